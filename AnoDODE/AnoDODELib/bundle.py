@@ -1,0 +1,119 @@
+"""Model bundles: a folder with ``model.json`` (format version, configs, calibration, training summary)
+and ``weights.pt`` (a plain state dict, loaded with ``weights_only=True`` after a SHA-256 check)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig, from_dict, to_dict
+from .features import Standardiser
+from .score_model import PointwiseScoreNet
+from .sde import VPSDE
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DEFAULT_MODEL_NAME = "anodode-flair-brats"
+
+
+class BundleError(ValueError):
+    """A missing, corrupt or incompatible model bundle; the message is one line."""
+
+
+class AnoDODEModel(torch.nn.Module):
+    """Everything scoring needs: the config, the feature standardiser, the score network and the SDE."""
+
+    def __init__(self, config: ModelConfig, metadata: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.metadata = dict(metadata or {})
+        self.standardiser = Standardiser(config.features.channels)
+        self.score_net = PointwiseScoreNet(config.score_net)
+        self.sde = VPSDE.from_config(config.sde)
+        self.name = self.metadata.get("name", "unnamed")
+
+
+def default_model_dir() -> Path:
+    """The bundled default model, inside the Slicer module's Resources."""
+    return Path(__file__).resolve().parent.parent / "Resources" / "Models" / DEFAULT_MODEL_NAME
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_model(model: AnoDODEModel, directory: str | os.PathLike, training: dict[str, Any] | None = None) -> Path:
+    """Write ``model.json`` and ``weights.pt`` into ``directory`` (created), each atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    weights = buffer.getvalue()
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "name": model.metadata.get("name", directory.name),
+        "description": model.metadata.get("description", ""),
+        "config": to_dict(model.config),
+        "training": training if training is not None else model.metadata.get("training", {}),
+        "weights": {"file": "weights.pt", "sha256": _sha256(weights), "bytes": len(weights)},
+    }
+    _write_atomic(directory / "weights.pt", weights)
+    _write_atomic(directory / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return directory
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_model(path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> AnoDODEModel:
+    """Load a bundle folder (default: the bundled model). Raises ``BundleError`` with a one-line reason."""
+    directory = Path(path) if path is not None else default_model_dir()
+    meta_path = directory / "model.json"
+    if not directory.is_dir():
+        raise BundleError(f"model bundle {directory} is not a folder")
+    if not meta_path.is_file():
+        raise BundleError(f"model bundle {directory} has no model.json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{meta_path} is not valid JSON ({exc})") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"model bundle {directory} has format version {version!r}; "
+                          f"this AnoDODE reads version {FORMAT_VERSION}")
+    try:
+        config = from_dict(ModelConfig, meta["config"])
+        weights_info = meta["weights"]
+        weights_path = directory / weights_info["file"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{meta_path} is incomplete or invalid ({exc})") from None
+    if not weights_path.is_file():
+        raise BundleError(f"model bundle {directory} is missing {weights_info['file']}")
+    data = weights_path.read_bytes()
+    if _sha256(data) != weights_info.get("sha256"):
+        raise BundleError(f"{weights_path} does not match the checksum in model.json (corrupt or replaced)")
+    model = AnoDODEModel(config, metadata={k: meta.get(k) for k in ("name", "description", "training")})
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - any failure here is an incompatible bundle
+        raise BundleError(f"{weights_path} does not fit the architecture in model.json ({exc})") from None
+    model.eval()
+    logger.info("loaded model %s from %s", model.name, directory)
+    return model

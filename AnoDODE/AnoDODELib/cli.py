@@ -1,0 +1,215 @@
+"""The ``anodode`` command.
+
+    anodode score INPUT [INPUT ...] [--mask MASK] [--model DIR] [--output-dir DIR]
+                  [--device auto|cpu|cuda] [--threshold T] [--preset fast|standard|exact]
+    anodode demo  [--output-dir DIR]     score a synthetic phantom with the bundled model (offline)
+    anodode info  [--model DIR]          model, torch build and device
+
+For each input ``score`` writes <stem>_anomaly.nii.gz (float32), <stem>_label.nii.gz (uint8),
+<stem>_report.json and <stem>_overlay.png. Exit code 0 on success; otherwise a one-line error and
+1 (a bad input) or 2 (bad usage or model).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from tqdm import tqdm
+
+from . import __version__, volume_io
+from .bundle import BundleError, default_model_dir, load_model
+from .overlay import encode_png, montage
+from .pipeline import PRESETS, score_image
+
+logger = logging.getLogger("anodode")
+SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".img", ".hdr")
+
+
+def output_stem(path: Path) -> str:
+    """File name without its image suffix; a DICOM folder's name."""
+    name = path.name
+    for suffix in SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def output_paths(path: Path, out_dir: Path) -> dict[str, Path]:
+    stem = output_stem(path)
+    return {k: out_dir / f"{stem}_{k}{ext}" for k, ext in
+            (("anomaly", ".nii.gz"), ("label", ".nii.gz"), ("report", ".json"), ("overlay", ".png"))}
+
+
+def _score_one(path: Path, mask_path: Path | None, model, args: argparse.Namespace, out_dir: Path,
+               protect: list[Path]) -> dict:
+    outputs = output_paths(path, out_dir)
+    protected = {p.resolve() for p in protect}
+    for out in outputs.values():
+        if out.resolve() in protected:
+            raise volume_io.InputError(f"refusing to overwrite input {out}; choose another --output-dir")
+    image = volume_io.read_image(path)
+    mask = volume_io.read_mask(mask_path, image) if mask_path else None
+    stem = output_stem(path)
+    bar = tqdm(total=100, desc=stem, file=sys.stderr, disable=args.quiet, bar_format="{l_bar}{bar}| {postfix}")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = int(round(100 * fraction))
+        bar.set_postfix_str(message)
+
+    try:
+        result = score_image(image, model, mask, threshold=args.threshold, device=args.device,
+                             preset=args.preset, callback=progress, name=str(path))
+    finally:
+        bar.close()
+    geometry = volume_io.slice_geometry(image)
+    png = encode_png(montage(geometry.to_canonical(sitk.GetArrayFromImage(image).astype(np.float32)),
+                             geometry.to_canonical(result.anomaly_map), geometry.to_canonical(result.label),
+                             result.threshold))
+    report = {
+        "input": str(path), "mask": str(mask_path) if mask_path else None,
+        "volume_score_bpd": result.volume_score_bpd, "slice_axis": result.slice_axis,
+        "slice_scores": result.slice_scores, "threshold": result.threshold,
+        "model": model.name, "model_dir": str(args.model or default_model_dir()),
+        "device": result.device, "preset": args.preset, "seconds": round(result.seconds, 3), "nfe": result.nfe,
+        "anomalous_voxels": int(result.label.sum()), "anodode_version": __version__,
+        "outputs": {k: str(v) for k, v in outputs.items()},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:   # all four outputs or none: remove what this input wrote if a later write fails
+        volume_io.write_image_atomic(result.anomaly_map.astype(np.float32), image, outputs["anomaly"],
+                                     sitk.sitkFloat32, protect=protect)
+        written.append(outputs["anomaly"])
+        volume_io.write_image_atomic(result.label.astype(np.uint8), image, outputs["label"], sitk.sitkUInt8,
+                                     protect=protect)
+        written.append(outputs["label"])
+        volume_io.write_bytes_atomic(png, outputs["overlay"], protect=protect)
+        written.append(outputs["overlay"])
+        volume_io.write_bytes_atomic((json.dumps(report, indent=2) + "\n").encode(), outputs["report"],
+                                     protect=protect)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return report
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    inputs = [Path(p) for p in args.inputs]
+    masks = [Path(m) for m in args.mask] if args.mask else []
+    if masks and len(masks) != len(inputs):
+        return _fail(f"--mask was given {len(masks)} time(s) for {len(inputs)} input(s); give one per input", 2)
+    if args.preset not in PRESETS:
+        return _fail(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}", 2)
+    try:
+        model = load_model(args.model)
+    except BundleError as exc:
+        return _fail(str(exc), 2)
+    out_dir = Path(args.output_dir)
+    failures = 0
+    protect = inputs + masks
+    for i, path in enumerate(inputs):
+        try:
+            report = _score_one(path, masks[i] if masks else None, model, args, out_dir, protect)
+            if not args.quiet:
+                print(f"{path}: volume score {report['volume_score_bpd']:.4f} bpd, "
+                      f"{report['anomalous_voxels']} anomalous voxels -> {out_dir}")
+        except (volume_io.InputError, ValueError, RuntimeError, OSError) as exc:
+            failures += 1
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
+    return 1 if failures else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import make_phantom
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    phantom = make_phantom()
+    flair, lesion = out_dir / "phantom_flair.nii.gz", out_dir / "phantom_lesion.nii.gz"
+    volume_io.write_image_atomic(sitk.GetArrayFromImage(phantom.image), phantom.image, flair, sitk.sitkFloat32)
+    volume_io.write_image_atomic(sitk.GetArrayFromImage(phantom.lesion), phantom.lesion, lesion, sitk.sitkUInt8)
+    print(f"synthetic FLAIR-like phantom (not a patient) with a lesion at {phantom.lesion_centre_mm} mm: {flair}")
+    args.inputs, args.mask = [str(flair)], None
+    code = cmd_score(args)
+    if code:
+        return code
+    amap = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "phantom_flair_anomaly.nii.gz")))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "phantom_flair_label.nii.gz"))) > 0
+    truth = sitk.GetArrayFromImage(phantom.lesion) > 0
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    inter = float((label & truth).sum())
+    dice = 2 * inter / max(float(label.sum() + truth.sum()), 1.0)
+    near = bool(np.any(truth[tuple(slice(max(0, p - 2), p + 3) for p in peak)]))
+    print(f"peak anomaly at voxel {tuple(int(v) for v in peak[::-1])} (x, y, z): "
+          f"{'inside' if near else 'OUTSIDE'} the known lesion; label Dice with the lesion {dice:.2f}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    try:
+        model = load_model(args.model)
+    except BundleError as exc:
+        return _fail(str(exc), 2)
+    print(json.dumps({
+        "anodode": __version__, "model": model.name, "model_dir": str(args.model or default_model_dir()),
+        "threshold": model.config.calibration.threshold, "training": model.metadata.get("training", {}),
+        "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }, indent=2))
+    return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"anodode: error: {message}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="anodode", description="Unsupervised anomaly detection in brain MRI "
+                                 "(diffusion-ODE likelihood over multi-scale features).")
+    ap.add_argument("--version", action="version", version=f"anodode {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default=None, help="model bundle folder (default: the bundled model)")
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--threshold", type=float, default=None, help="label threshold (default: calibrated)")
+        p.add_argument("--preset", default="standard", help=f"one of {', '.join(PRESETS)}")
+        p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+
+    s = sub.add_parser("score", help="score one or more 3-D scans")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="image file or DICOM series folder")
+    s.add_argument("--mask", action="append", default=None, metavar="MASK",
+                   help="brain mask on the input's grid (repeat once per input)")
+    s.add_argument("--output-dir", default="anodode_output", metavar="DIR")
+    common(s)
+    s.set_defaults(func=cmd_score)
+    d = sub.add_parser("demo", help="score a synthetic phantom with the bundled model (offline)")
+    d.add_argument("--output-dir", default="demo_output", metavar="DIR")
+    common(d)
+    d.set_defaults(func=cmd_demo)
+    i = sub.add_parser("info", help="show the model, torch build and device")
+    i.add_argument("--model", default=None)
+    i.set_defaults(func=cmd_info)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("ANODODE_LOG", "WARNING"), format="anodode: %(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

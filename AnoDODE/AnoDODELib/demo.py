@@ -1,0 +1,54 @@
+"""A synthetic FLAIR-like phantom with a hyperintense lesion at a known place.
+
+It is NOT a real scan: an ellipsoidal skull-stripped "brain" with a brighter cortical ribbon, darker
+white matter, dark ventricles (CSF is dark on FLAIR), smooth bias and noise, and one spherical
+hyperintense lesion with a fainter oedema rim. The project ships no patient data, so the offline demo
+scores this phantom, and the lesion mask tells whether the map found it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True)
+class Phantom:
+    image: sitk.Image        # FLAIR-like float32 volume, RAS-stored like most NIfTI files
+    lesion: sitk.Image       # uint8 lesion mask on the same grid
+    lesion_centre_mm: tuple[float, float, float]   # physical (LPS) centre of the lesion
+
+
+def make_phantom(seed: int = 0, lesion_radius_mm: float = 12.0, spacing=(1.5, 1.5, 3.0)) -> Phantom:
+    """Build the phantom; spacing (x, y, z) in mm; the lesion sits in the right frontal white matter."""
+    rng = np.random.default_rng(seed)
+    sx, sy, sz = spacing
+    nx, ny, nz = int(160 / sx), int(190 / sy), int(150 / sz)
+    # physical coordinates (mm) relative to the volume centre, array order (z, y, x)
+    z = (np.arange(nz) - nz / 2 + 0.5) * sz
+    y = (np.arange(ny) - ny / 2 + 0.5) * sy
+    x = (np.arange(nx) - nx / 2 + 0.5) * sx
+    Z, Y, X = np.meshgrid(z, y, x, indexing="ij")
+    r_brain = np.sqrt((X / 68) ** 2 + (Y / 85) ** 2 + (Z / 62) ** 2)
+    brain = r_brain < 1.0
+    img = np.where(brain, 1.0, 0.0)                           # white matter
+    img = np.where(brain & (r_brain > 0.88), 1.25, img)       # cortical ribbon (grey matter, brighter)
+    vent = (np.sqrt(((np.abs(X) - 9) / 7) ** 2 + (Y / 28) ** 2 + ((Z - 8) / 14) ** 2) < 1.0)
+    img = np.where(vent & brain, 0.35, img)                   # ventricles: CSF is dark on FLAIR
+    centre = np.array([-30.0, -35.0, 18.0])                   # (x, y, z) mm in the array-centred frame
+    d = np.sqrt((X - centre[0]) ** 2 + (Y - centre[1]) ** 2 + (Z - centre[2]) ** 2)
+    lesion = brain & (d < lesion_radius_mm)
+    oedema = brain & (d < lesion_radius_mm * 1.6) & ~lesion
+    img = np.where(oedema, img + 0.45, img)
+    img = np.where(lesion, 1.9, img)
+    bias = 1.0 + 0.08 * (X / 80) - 0.05 * (Z / 70)
+    img = np.where(brain, img * bias + rng.normal(0, 0.05, img.shape), 0.0)
+    image = sitk.GetImageFromArray((img * 400).astype(np.float32))
+    image.SetSpacing((sx, sy, sz))
+    image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))         # RAS storage
+    image.SetOrigin((nx / 2 * sx, ny / 2 * sy, -nz / 2 * sz))
+    mask = sitk.GetImageFromArray(lesion.astype(np.uint8))
+    mask.CopyInformation(image)
+    idx = [int(v) for v in np.argwhere(lesion).mean(axis=0)[::-1]]
+    return Phantom(image, mask, tuple(image.TransformIndexToPhysicalPoint(idx)))
