@@ -1,0 +1,171 @@
+"""The ``anodode score`` contract: outputs, report keys, grids, exit codes, bad inputs, no partial files."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from AnoDODELib.cli import main, output_stem
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "AnoDODELib.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_output_stem():
+    from pathlib import Path
+    assert output_stem(Path("a/b/case_flair.nii.gz")) == "case_flair"
+    assert output_stem(Path("x.nrrd")) == "x"
+    assert output_stem(Path("dicom_folder")) == "dicom_folder"
+
+
+def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("score", phantom_file, "--model", tiny_model_dir, "--output-dir", out, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    stem = "phantom"
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted(f"{stem}_{k}" for k in ("anomaly.nii.gz", "label.nii.gz", "report.json", "overlay.png"))
+    ref = sitk.ReadImage(str(phantom_file))
+    for name, pixel in (("anomaly", sitk.sitkFloat32), ("label", sitk.sitkUInt8)):
+        img = sitk.ReadImage(str(out / f"{stem}_{name}.nii.gz"))
+        assert img.GetSize() == ref.GetSize()
+        assert np.allclose(img.GetSpacing(), ref.GetSpacing())
+        assert np.allclose(img.GetOrigin(), ref.GetOrigin())
+        assert np.allclose(img.GetDirection(), ref.GetDirection())
+        assert img.GetPixelID() == pixel
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{stem}_label.nii.gz")))
+    assert set(np.unique(label)) <= {0, 1}
+    report = json.loads((out / f"{stem}_report.json").read_text())
+    for key in ("volume_score_bpd", "slice_axis", "slice_scores", "threshold", "model", "device", "seconds", "nfe"):
+        assert key in report
+    arr = sitk.GetArrayFromImage(ref)
+    axis = report["slice_axis"]
+    assert axis == 0   # phantom is stored axially: numpy axis 0 runs S-I
+    assert len(report["slice_scores"]) == arr.shape[axis]
+    empty = [i for i in range(arr.shape[axis]) if not np.take(arr, i, axis=axis).any()]
+    assert all(report["slice_scores"][i] is None for i in empty)
+    assert report["threshold"] == pytest.approx(0.05)
+    assert report["device"] == "cpu" and report["nfe"] > 0
+    anomaly = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{stem}_anomaly.nii.gz")))
+    assert np.array_equal(label, (anomaly > report["threshold"]).astype(np.uint8))
+    assert (out / f"{stem}_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_threshold_override(phantom_file, tiny_model_dir, tmp_path):
+    r = run_cli("score", phantom_file, "--model", tiny_model_dir, "--output-dir", tmp_path, "--threshold", "1e9",
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "phantom_label.nii.gz"))).sum() == 0
+    assert json.loads((tmp_path / "phantom_report.json").read_text())["threshold"] == 1e9
+
+
+def test_sagittally_stored_input_reports_its_axial_axis(phantom_file, tiny_model_dir, tmp_path):
+    img = sitk.ReadImage(str(phantom_file))
+    sag = sitk.PermuteAxes(img, [2, 0, 1])          # index axis 0 now runs S-I -> numpy axis 2
+    path = tmp_path / "sag.nrrd"
+    sitk.WriteImage(sag, str(path))
+    r = run_cli("score", path, "--model", tiny_model_dir, "--output-dir", tmp_path / "o", "--quiet")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "o" / "sag_report.json").read_text())
+    assert report["slice_axis"] == 2
+    assert len(report["slice_scores"]) == sitk.GetArrayFromImage(sag).shape[2]
+    out = sitk.ReadImage(str(tmp_path / "o" / "sag_anomaly.nii.gz"))
+    assert out.GetSize() == sag.GetSize()
+
+
+def _bad_inputs(tmp_path, phantom_file):
+    bad = {}
+    bad["missing"] = tmp_path / "nope.nii.gz"
+    garbage = tmp_path / "garbage.nii.gz"
+    garbage.write_bytes(b"this is not an image")
+    bad["unreadable"] = garbage
+    two_d = sitk.GetImageFromArray(np.random.rand(32, 32).astype(np.float32))
+    bad["2d"] = tmp_path / "two_d.nii.gz"
+    sitk.WriteImage(two_d, str(bad["2d"]))
+    four_d = sitk.GetImageFromArray(np.random.rand(3, 8, 8, 8).astype(np.float32))
+    bad["4d"] = tmp_path / "four_d.nii.gz"
+    sitk.WriteImage(four_d, str(bad["4d"]))
+    vec = sitk.GetImageFromArray(np.random.rand(8, 8, 8, 3).astype(np.float32), isVector=True)
+    bad["vector"] = tmp_path / "vector.nrrd"
+    sitk.WriteImage(vec, str(bad["vector"]))
+    const = sitk.GetImageFromArray(np.ones((8, 8, 8), np.float32))
+    bad["constant"] = tmp_path / "constant.nii.gz"
+    sitk.WriteImage(const, str(bad["constant"]))
+    for name, value in (("nan", np.nan), ("inf", np.inf)):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_file)))
+        a[a.shape[0] // 2, 10, 10] = value
+        img = sitk.GetImageFromArray(a)
+        img.CopyInformation(sitk.ReadImage(str(phantom_file)))
+        bad[name] = tmp_path / f"{name}.mha"   # the NIfTI writer drops NaN
+        sitk.WriteImage(img, str(bad[name]))
+    return bad
+
+
+@pytest.mark.parametrize("kind", ["missing", "unreadable", "2d", "4d", "vector", "constant", "nan", "inf"])
+def test_bad_input_one_line_error_and_no_files(kind, phantom_file, tiny_model_dir, tmp_path):
+    bad = _bad_inputs(tmp_path, phantom_file)[kind]
+    out = tmp_path / "out"
+    r = run_cli("score", bad, "--model", tiny_model_dir, "--output-dir", out, "--quiet")
+    assert r.returncode == 1
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("anodode: error:")]
+    assert len(lines) == 1, r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_mask_on_another_grid_is_refused(phantom_file, tiny_model_dir, tmp_path):
+    img = sitk.ReadImage(str(phantom_file))
+    mask = sitk.GetImageFromArray((sitk.GetArrayFromImage(img) > 0).astype(np.uint8))
+    mask.CopyInformation(img)
+    mask.SetOrigin(tuple(o + 5 for o in img.GetOrigin()))
+    mpath = tmp_path / "mask.nii.gz"
+    sitk.WriteImage(mask, str(mpath))
+    out = tmp_path / "out"
+    r = run_cli("score", phantom_file, "--mask", mpath, "--model", tiny_model_dir, "--output-dir", out, "--quiet")
+    assert r.returncode == 1 and "error" in r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_incompatible_model_bundle(phantom_file, tiny_model_dir, tmp_path):
+    import shutil
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    meta = json.loads((d / "model.json").read_text())
+    meta["format_version"] = 0
+    (d / "model.json").write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    r = run_cli("score", phantom_file, "--model", d, "--output-dir", out)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("anodode: error: model bundle")
+    assert not out.exists()
+
+
+def test_never_overwrites_the_input(phantom_file, tiny_model_dir, tmp_path):
+    # an input named like an output, in the output folder, must survive untouched
+    import shutil
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = out / "x_anomaly.nii.gz"
+    shutil.copy(phantom_file, victim)
+    before = victim.read_bytes()
+    # scoring 'x_anomaly' writes x_anomaly_anomaly...; scoring a file whose stem makes the same name:
+    src = out / "x.nii.gz"
+    shutil.copy(phantom_file, src)
+    r = run_cli("score", src, victim, "--model", tiny_model_dir, "--output-dir", out, "--quiet")
+    assert r.returncode == 1          # writing x_anomaly.nii.gz would overwrite the second input
+    assert victim.read_bytes() == before
+    assert "overwrite" in r.stderr or "input" in r.stderr
+
+
+def test_mask_count_must_match_inputs(phantom_file, tiny_model_dir, tmp_path):
+    assert main(["score", str(phantom_file), str(phantom_file), "--mask", str(phantom_file),
+                 "--model", str(tiny_model_dir), "--output-dir", str(tmp_path)]) == 2
+
+
+def test_unknown_preset_exits_2(phantom_file, tiny_model_dir, tmp_path):
+    assert main(["score", str(phantom_file), "--preset", "turbo", "--model", str(tiny_model_dir),
+                 "--output-dir", str(tmp_path)]) == 2

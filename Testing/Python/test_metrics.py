@@ -1,0 +1,52 @@
+"""Metrics against hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+
+from training import metrics
+
+
+def test_auroc_hand_computed():
+    # positives 0.9, 0.4; negatives 0.6, 0.2, 0.1: pairs won 1+1+1 (0.9) + 0+1+1 (0.4) = 5 of 6
+    s = np.array([0.9, 0.6, 0.4, 0.2, 0.1])
+    y = np.array([1, 0, 1, 0, 0])
+    assert metrics.auroc(s, y) == pytest.approx(5 / 6)
+
+
+def test_auroc_ties_count_half():
+    assert metrics.auroc(np.array([0.5, 0.5]), np.array([1, 0])) == pytest.approx(0.5)
+
+
+def test_auprc_hand_computed():
+    # ranks: 0.9(+) P=1 R=.5 ; 0.6(-) ; 0.4(+) P=2/3 R=1  -> AP = .5*1 + .5*2/3
+    s = np.array([0.9, 0.6, 0.4, 0.2, 0.1])
+    y = np.array([1, 0, 1, 0, 0])
+    assert metrics.auprc(s, y) == pytest.approx(0.5 + 0.5 * 2 / 3)
+
+
+def test_best_dice_hand_computed():
+    # thresholds: >=0.9 -> TP1 FP0: 2/3 ; >=0.6 -> TP1 FP1: 2/4 ; >=0.4 -> TP2 FP1: 4/5
+    s = np.array([0.9, 0.6, 0.4, 0.2, 0.1])
+    y = np.array([1, 0, 1, 0, 0])
+    d, t = metrics.best_dice(s, y)
+    assert d == pytest.approx(0.8)
+    assert t == pytest.approx(0.4)
+
+
+def test_dice_and_degenerate_cases():
+    assert metrics.dice(np.array([1, 1, 0]), np.array([1, 0, 0])) == pytest.approx(2 / 3)
+    assert math.isnan(metrics.auroc(np.array([0.1, 0.2]), np.array([0, 0])))
+    assert math.isnan(metrics.auprc(np.array([0.1, 0.2]), np.array([0, 0])))
+    with pytest.raises(ValueError):
+        metrics.auroc(np.zeros(3), np.zeros(2))
+
+
+def test_perfect_and_inverted_rankings():
+    rng = np.random.default_rng(0)
+    y = rng.random(200) < 0.3
+    s = y + rng.random(200) * 0.5
+    assert metrics.auroc(s, y) == pytest.approx(1.0)
+    assert metrics.auprc(s, y) == pytest.approx(1.0)
+    assert metrics.best_dice(s, y)[0] == pytest.approx(1.0)
+    assert metrics.auroc(-s, y) == pytest.approx(0.0)

@@ -1,0 +1,60 @@
+"""Detection and segmentation metrics, numpy only.
+
+AUROC: probability that a random positive outscores a random negative (ties count 1/2).
+AUPRC: average precision, sum_k (R_k - R_{k-1}) P_k over distinct score thresholds.
+Best-possible Dice: max over thresholds of 2 TP / (|pred| + |truth|).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _sorted_counts(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Cumulative true and false positives at each distinct threshold, scores descending."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).astype(bool).ravel()
+    if s.shape != y.shape:
+        raise ValueError("scores and labels differ in size")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]   # last index of each tie group
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    return tp.astype(np.float64), fp.astype(np.float64), int(y.sum())
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    tp, fp, p = _sorted_counts(scores, labels)
+    n = fp[-1] if fp.size else 0
+    if p == 0 or n == 0:
+        return float("nan")
+    tpr = np.r_[0.0, tp / p]
+    fpr = np.r_[0.0, fp / n]
+    return float(np.trapezoid(tpr, fpr))
+
+
+def auprc(scores: np.ndarray, labels: np.ndarray) -> float:
+    tp, fp, p = _sorted_counts(scores, labels)
+    if p == 0:
+        return float("nan")
+    precision = tp / (tp + fp)
+    recall = tp / p
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def best_dice(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(best Dice, the threshold reaching it: predict positive where score >= threshold)."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    tp, fp, p = _sorted_counts(s, labels)
+    if p == 0:
+        return float("nan"), float("nan")
+    dice = 2 * tp / (tp + fp + p)
+    k = int(np.argmax(dice))
+    thresholds = np.sort(np.unique(s))[::-1]
+    return float(dice[k]), float(thresholds[k])
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    denom = pred.sum() + truth.sum()
+    return float(2 * (pred & truth).sum() / denom) if denom else float("nan")
