@@ -1,0 +1,330 @@
+"""MRML side of the AnoDODE Slicer module: nodes in, arrays and files out, results back into nodes.
+
+Only ``slicer`` (MRML classes), ``vtk``, ``numpy`` and, lazily, ``SimpleITK`` are used: no qt, no
+``slicer.mrmlScene`` global, no ``slicer.app``. Every function takes the scene (or nodes) explicitly, so the
+same code runs inside Slicer and under the Qt-free ``slicer-core`` wheel in CI.
+
+Array layout: numpy arrays are (K, J, I) as returned by ``slicer.util.arrayFromVolume``, which is also the
+layout of ``SimpleITK.GetArrayFromImage`` for the same grid, so engine outputs map voxel for voxel.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import slicer
+import slicer.util
+import vtk
+from vtk.util import numpy_support
+
+ANOMALY_SEGMENT_ID = "Anomaly"
+ANOMALY_SEGMENT_NAME = "Anomaly"
+ANOMALY_COLOR = (1.0, 0.2, 0.1)
+HEAT_COLOR_NAME = "AnoDODE Heat"
+OVERLAY_OPACITY = 0.5
+DISPLAY_FLOOR_FRACTION = 0.5   # heat map voxels below this fraction of the label threshold are not drawn
+ROLE_ATTRIBUTE = "AnoDODE.Role"
+PLOT_REFERENCE = "AnoDODE.plotChart"
+SCORE_COLUMN = "Score (bpd)"
+SLICE_COLUMN = "Slice"
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def ijkToRASMatrix(volumeNode) -> vtk.vtkMatrix4x4:
+    m = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(m)
+    return m
+
+
+def matrixToArray(m: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def copyGeometry(source, target) -> None:
+    """Give ``target`` exactly the voxel-to-RAS geometry and parent transform of ``source``."""
+    target.SetIJKToRASMatrix(ijkToRASMatrix(source))
+    target.SetAndObserveTransformNodeID(source.GetTransformNodeID())
+
+
+def worldIJKToRAS(volumeNode) -> np.ndarray:
+    """4x4 IJK-to-world-RAS matrix: IJKToRAS with a linear parent transform hardened in (local if non-linear)."""
+    m = matrixToArray(ijkToRASMatrix(volumeNode))
+    parent = volumeNode.GetParentTransformNode()
+    if parent is not None and parent.IsTransformToWorldLinear():
+        toWorld = vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(toWorld)
+        m = matrixToArray(toWorld) @ m
+    return m
+
+
+def sitkImageFromVolume(volumeNode, array: np.ndarray | None = None):
+    """A SimpleITK image (LPS) of the node's voxels (or ``array``, same shape) on its world geometry."""
+    import SimpleITK as sitk
+
+    data = np.array(slicer.util.arrayFromVolume(volumeNode) if array is None else array, copy=True)
+    m = worldIJKToRAS(volumeNode)
+    rasToLps = np.diag([-1.0, -1.0, 1.0])
+    linear = rasToLps @ m[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    direction = linear / spacing
+    image = sitk.GetImageFromArray(data)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(d) for d in direction.ravel()])
+    image.SetOrigin([float(o) for o in rasToLps @ m[:3, 3]])
+    return image
+
+
+def sliceCenterRAS(volumeNode, sliceAxis: int, index: int) -> tuple[float, float, float]:
+    """World RAS of the centre of slice ``index`` along numpy axis ``sliceAxis`` of the node's array."""
+    dims = volumeNode.GetImageData().GetDimensions()   # (I, J, K); numpy axis a is IJK axis 2 - a
+    ijk = [(d - 1) / 2.0 for d in dims]
+    ijk[2 - int(sliceAxis)] = float(index)
+    ras = ijkToRASMatrix(volumeNode).MultiplyPoint(ijk + [1.0])[:3]
+    parent = volumeNode.GetParentTransformNode()
+    if parent is not None:
+        toWorld = vtk.vtkGeneralTransform()
+        parent.GetTransformToWorld(toWorld)
+        ras = toWorld.TransformPoint(ras)
+    return tuple(float(x) for x in ras)
+
+
+def jumpSlicesTo(scene, ras) -> None:
+    """Centre every slice view on a world RAS point."""
+    slicer.vtkMRMLSliceNode.JumpAllSlices(scene, float(ras[0]), float(ras[1]), float(ras[2]),
+                                          slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+
+
+# ----------------------------------------------------------------------------- inputs for the worker
+
+def maskArrayForInput(maskNode, inputNode) -> np.ndarray:
+    """A uint8 0/1 brain mask on the input's grid from a label map volume (any grid) or a segmentation
+    (union of all its segments)."""
+    if maskNode.IsA("vtkMRMLSegmentationNode"):
+        scene = maskNode.GetScene()
+        ids = vtk.vtkStringArray()
+        maskNode.GetSegmentation().GetSegmentIDs(ids)
+        if ids.GetNumberOfValues() == 0:
+            raise ValueError(f"brain mask segmentation '{maskNode.GetName()}' has no segments")
+        colorsBefore = _nodeIDs(scene, "vtkMRMLColorTableNode")
+        temp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__AnoDODE_mask_temp__")
+        try:
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(maskNode, ids, temp,
+                                                                                         inputNode):
+                raise ValueError(f"could not export segmentation '{maskNode.GetName()}' to the input's grid")
+            mask = np.array(slicer.util.arrayFromVolume(temp) > 0, dtype=np.uint8)
+        finally:
+            removeNodeAndDisplay(scene, temp)
+            for nodeID in _nodeIDs(scene, "vtkMRMLColorTableNode") - colorsBefore:   # made by the export
+                scene.RemoveNode(scene.GetNodeByID(nodeID))
+        return mask
+    import SimpleITK as sitk
+
+    reference = sitkImageFromVolume(inputNode)
+    source = sitkImageFromVolume(maskNode)
+    resampled = sitk.Resample(source, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
+    return (sitk.GetArrayFromImage(resampled) > 0).astype(np.uint8)
+
+
+def _nodeIDs(scene, className: str) -> set:
+    return {scene.GetNthNodeByClass(i, className).GetID() for i in range(scene.GetNumberOfNodesByClass(className))}
+
+
+def removeNodeAndDisplay(scene, node) -> None:
+    for i in range(node.GetNumberOfDisplayNodes()):
+        display = node.GetNthDisplayNode(i)
+        if display is not None:
+            scene.RemoveNode(display)
+    scene.RemoveNode(node)
+
+
+# ----------------------------------------------------------------------------- results into the scene
+
+def labelFromAnomalyMap(anomaly: np.ndarray, threshold: float) -> np.ndarray:
+    """The engine's labelling rule: anomaly > threshold, as uint8 0/1."""
+    return (np.asarray(anomaly) > float(threshold)).astype(np.uint8)
+
+
+def _checkShape(inputNode, array: np.ndarray, what: str) -> None:
+    expected = tuple(reversed(inputNode.GetImageData().GetDimensions()))
+    if tuple(array.shape) != expected:
+        raise ValueError(f"{what} has shape {tuple(array.shape)}, the input volume {expected}")
+
+
+def heatColorNode(scene):
+    """The module's heat colour table (black-red-yellow-white), created once per scene."""
+    existing = scene.GetFirstNodeByName(HEAT_COLOR_NAME)
+    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
+        return existing
+    node = slicer.vtkMRMLColorTableNode()
+    node.SetName(HEAT_COLOR_NAME)
+    node.SetTypeToUser()
+    node.SetAttribute(ROLE_ATTRIBUTE, "heatColor")
+    n = 256
+    node.SetNumberOfColors(n)
+    for i in range(n):
+        t = i / (n - 1)
+        r, g, b = min(1.0, 3 * t), min(1.0, max(0.0, 3 * t - 1)), min(1.0, max(0.0, 3 * t - 2))
+        node.SetColor(i, f"heat{i}", r, g, b, 1.0)
+    scene.AddNode(node)
+    return node
+
+
+def updateHeatmapNode(scene, inputNode, anomaly: np.ndarray, threshold: float, heatmapNode=None):
+    """Put the float anomaly map into ``heatmapNode`` (created if None) on the input's exact grid, with
+    heat display settings. Returns the node."""
+    if heatmapNode is not None and heatmapNode is inputNode:
+        raise ValueError("the heat-map output must not be the input volume")
+    anomaly = np.asarray(anomaly, dtype=np.float32)
+    _checkShape(inputNode, anomaly, "the anomaly map")
+    if heatmapNode is None:
+        heatmapNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{inputNode.GetName()} anomaly")
+    slicer.util.updateVolumeFromArray(heatmapNode, anomaly)
+    copyGeometry(inputNode, heatmapNode)
+    heatmapNode.SetAttribute(ROLE_ATTRIBUTE, "heatmap")
+    heatmapNode.SetAttribute("AnoDODE.Threshold", repr(float(threshold)))
+    setHeatmapDisplay(scene, heatmapNode, threshold)
+    return heatmapNode
+
+
+def setHeatmapDisplay(scene, heatmapNode, threshold: float) -> None:
+    """Heat colours; window from the display floor to the map's maximum; voxels below the floor hidden."""
+    if heatmapNode.GetDisplayNode() is None:
+        heatmapNode.CreateDefaultDisplayNodes()
+    display = heatmapNode.GetDisplayNode()
+    lo, hi = heatmapDisplayRange(slicer.util.arrayFromVolume(heatmapNode), threshold)
+    with slicer.util.NodeModify(display):
+        display.SetAndObserveColorNodeID(heatColorNode(scene).GetID())
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevelMinMax(lo, hi)
+        display.SetAutoThreshold(False)
+        display.SetApplyThreshold(True)
+        display.SetLowerThreshold(lo)
+        display.SetUpperThreshold(max(hi, lo) + 1e6)
+        display.SetInterpolate(True)
+
+
+def heatmapDisplayRange(anomaly: np.ndarray, threshold: float) -> tuple[float, float]:
+    finite = np.asarray(anomaly)[np.isfinite(anomaly)]
+    top = float(finite.max()) if finite.size else 1.0
+    lo = DISPLAY_FLOOR_FRACTION * float(threshold) if threshold > 0 else float(np.nextafter(np.float32(0), 1))
+    hi = max(top, float(threshold) * 2.0, lo + 1e-6)
+    return lo, hi
+
+
+def showInSliceViews(scene, backgroundNode, heatmapNode, opacity: float = OVERLAY_OPACITY) -> None:
+    """Input as background, heat map as foreground at ``opacity`` in every slice view."""
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        with slicer.util.NodeModify(composite):
+            composite.SetBackgroundVolumeID(backgroundNode.GetID())
+            composite.SetForegroundVolumeID(heatmapNode.GetID())
+            composite.SetForegroundOpacity(opacity)
+
+
+def orientedImageFromArray(label: np.ndarray, referenceNode):
+    """A vtkOrientedImageData of a uint8 (K, J, I) array on the reference volume's IJKToRAS."""
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(*reversed(label.shape))
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    view = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    view[:] = np.ascontiguousarray(label, dtype=np.uint8).ravel()
+    image.GetPointData().GetScalars().Modified()
+    image.SetImageToWorldMatrix(ijkToRASMatrix(referenceNode))
+    return image
+
+
+def updateSegmentationNode(scene, inputNode, label: np.ndarray, segmentationNode=None):
+    """Put the 0/1 label into segment "Anomaly" of ``segmentationNode`` (created if None), reference
+    geometry and parent transform = the input's. Other segments are left alone. Returns the node."""
+    label = (np.asarray(label) > 0).astype(np.uint8)
+    _checkShape(inputNode, label, "the label")
+    if segmentationNode is None:
+        segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{inputNode.GetName()} anomalies")
+    with slicer.util.NodeModify(segmentationNode):
+        if segmentationNode.GetDisplayNode() is None:
+            segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputNode)
+        segmentationNode.SetAndObserveTransformNodeID(inputNode.GetTransformNodeID())
+        segmentationNode.SetAttribute(ROLE_ATTRIBUTE, "segmentation")
+        segmentation = segmentationNode.GetSegmentation()
+        image = orientedImageFromArray(label, inputNode)
+        if segmentation.GetSegment(ANOMALY_SEGMENT_ID) is None:
+            segmentationNode.AddSegmentFromBinaryLabelmapRepresentation(image, ANOMALY_SEGMENT_NAME,
+                                                                        list(ANOMALY_COLOR), ANOMALY_SEGMENT_ID)
+        else:
+            slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+                image, segmentationNode, ANOMALY_SEGMENT_ID,
+                slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, image.GetExtent())
+    return segmentationNode
+
+
+def rethreshold(scene, inputNode, heatmapNode, segmentationNode, threshold: float) -> np.ndarray:
+    """Re-label the existing heat map at a new threshold (no model run); updates the segment and the
+    display floor. Returns the new label."""
+    anomaly = slicer.util.arrayFromVolume(heatmapNode)
+    label = labelFromAnomalyMap(anomaly, threshold)
+    if segmentationNode is not None:
+        updateSegmentationNode(scene, inputNode, label, segmentationNode)
+    heatmapNode.SetAttribute("AnoDODE.Threshold", repr(float(threshold)))
+    setHeatmapDisplay(scene, heatmapNode, threshold)
+    return label
+
+
+def updateScoreTable(scene, inputNode, report: dict, tableNode=None):
+    """Slice scores (NaN where a slice has no brain) in a table; run summary in table attributes."""
+    if tableNode is None:
+        tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{inputNode.GetName()} slice scores")
+    scores = report.get("slice_scores") or []
+    sliceColumn = vtk.vtkIntArray()
+    sliceColumn.SetName(SLICE_COLUMN)
+    scoreColumn = vtk.vtkDoubleArray()
+    scoreColumn.SetName(SCORE_COLUMN)
+    for i, s in enumerate(scores):
+        sliceColumn.InsertNextValue(i)
+        scoreColumn.InsertNextValue(math.nan if s is None else float(s))
+    with slicer.util.NodeModify(tableNode):
+        table = tableNode.GetTable()
+        table.Initialize()
+        table.AddColumn(sliceColumn)
+        table.AddColumn(scoreColumn)
+        tableNode.SetUseColumnTitleAsColumnHeader(True)
+        tableNode.SetAttribute(ROLE_ATTRIBUTE, "scores")
+        for key in ("volume_score_bpd", "slice_axis", "threshold", "model", "device", "preset", "seconds", "nfe"):
+            if key in report:
+                tableNode.SetAttribute(f"AnoDODE.{key}", str(report[key]))
+        tableNode.Modified()
+    return tableNode
+
+
+def updateScorePlot(scene, tableNode):
+    """A line plot of the table's slice scores, reused through a node reference on the table."""
+    chart = tableNode.GetNodeReference(PLOT_REFERENCE)
+    if chart is None:
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{tableNode.GetName()} plot")
+        tableNode.SetNodeReferenceID(PLOT_REFERENCE, chart.GetID())
+    series = chart.GetNthPlotSeriesNode(0) if chart.GetNumberOfPlotSeriesNodes() else None
+    if series is None:
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{tableNode.GetName()} series")
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    series.SetAndObserveTableNodeID(tableNode.GetID())
+    series.SetXColumnName(SLICE_COLUMN)
+    series.SetYColumnName(SCORE_COLUMN)
+    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+    series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+    chart.SetTitle("AnoDODE slice scores")
+    chart.SetXAxisTitle("slice index")
+    chart.SetYAxisTitle("bits per dimension")
+    return chart
+
+
+def applyResults(scene, inputNode, anomaly: np.ndarray, label: np.ndarray, report: dict, *,
+                 heatmapNode=None, segmentationNode=None, tableNode=None) -> dict:
+    """All outputs of one run into the scene, reusing the given nodes. Never modifies ``inputNode``."""
+    threshold = float(report["threshold"])
+    heatmapNode = updateHeatmapNode(scene, inputNode, anomaly, threshold, heatmapNode)
+    segmentationNode = updateSegmentationNode(scene, inputNode, label, segmentationNode)
+    tableNode = updateScoreTable(scene, inputNode, report, tableNode)
+    chart = updateScorePlot(scene, tableNode)
+    showInSliceViews(scene, inputNode, heatmapNode)
+    return {"heatmap": heatmapNode, "segmentation": segmentationNode, "table": tableNode, "plot": chart}

@@ -1,0 +1,297 @@
+"""The Slicer module's MRML logic (AnoDODE/AnoDODEMRML.py) on real MRML nodes from the Qt-free slicer-core wheel.
+
+The input is deliberately awkward: oblique (rotated IJKToRAS), anisotropic (0.9 x 1.2 x 3.0 mm), off-origin,
+under a rotating + translating parent transform. Outputs must land on exactly its grid.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+vtk = pytest.importorskip("vtk")
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "AnoDODE"
+sys.path.insert(0, str(MODULE_DIR))
+import AnoDODEMRML as M
+
+SHAPE = (10, 13, 16)           # numpy (K, J, I)
+SPACING = (0.9, 1.2, 3.0)      # I, J, K
+
+
+def rotation(axis, degrees):
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    a = math.radians(degrees)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * k @ k
+
+
+def vtk_matrix(m: np.ndarray) -> vtk.vtkMatrix4x4:
+    out = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            out.SetElement(r, c, float(m[r, c]))
+    return out
+
+
+IJK_TO_RAS = np.eye(4)
+IJK_TO_RAS[:3, :3] = rotation([1, 2, 3], 27) @ np.diag(SPACING)
+IJK_TO_RAS[:3, 3] = [-31.5, 12.25, 7.0]
+PARENT = np.eye(4)
+PARENT[:3, :3] = rotation([0, 0, 1], -15)
+PARENT[:3, 3] = [5.0, -3.0, 11.0]
+
+
+@pytest.fixture
+def scene():
+    s = slicer.vtkMRMLScene()
+    for name in ("Red", "Yellow", "Green"):   # what Slicer's layout would have
+        composite = s.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+        composite.SetLayoutName(name)
+    return s
+
+
+@pytest.fixture
+def volume(scene):
+    rng = np.random.default_rng(0)
+    data = (100 + 20 * rng.standard_normal(SHAPE)).astype(np.float32)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "oblique input")
+    slicer.util.updateVolumeFromArray(node, data)
+    node.SetIJKToRASMatrix(vtk_matrix(IJK_TO_RAS))
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "parent")
+    transform.SetMatrixTransformToParent(vtk_matrix(PARENT))
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    return node
+
+
+def known_map(seed=1):
+    rng = np.random.default_rng(seed)
+    m = np.abs(rng.standard_normal(SHAPE)).astype(np.float32)
+    m[:, :3] = 0.0                       # "outside the brain"
+    return m
+
+
+def report_for(threshold, scores=None):
+    scores = scores if scores is not None else [None, 1.5, 2.0] + [1.0 + 0.1 * i for i in range(SHAPE[0] - 3)]
+    return {"threshold": threshold, "slice_scores": scores, "slice_axis": 0, "volume_score_bpd": 1.25,
+            "model": "test", "device": "cpu", "preset": "fast", "seconds": 0.5, "nfe": 4}
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    return M.matrixToArray(M.ijkToRASMatrix(node))
+
+
+def export_segment(scene, segmentation_node, reference):
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(M.ANOMALY_SEGMENT_ID)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+        segmentation_node, ids, labelmap, reference)
+    out = slicer.util.arrayFromVolume(labelmap).copy()
+    scene.RemoveNode(labelmap)
+    return out
+
+
+def snapshot(node):
+    return slicer.util.arrayFromVolume(node).copy(), ijk_to_ras(node), node.GetTransformNodeID()
+
+
+def assert_unchanged(node, before):
+    array, matrix, transform_id = before
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), array)
+    np.testing.assert_array_equal(ijk_to_ras(node), matrix)
+    assert node.GetTransformNodeID() == transform_id
+
+
+# ----------------------------------------------------------------------------- outputs on the input grid
+
+def test_heatmap_is_on_the_input_grid(scene, volume):
+    before = snapshot(volume)
+    anomaly = known_map()
+    out = M.applyResults(scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, 1.0), report_for(1.0))
+    heat = out["heatmap"]
+    assert heat is not volume and heat.IsA("vtkMRMLScalarVolumeNode") and not heat.IsA("vtkMRMLLabelMapVolumeNode")
+    assert heat.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+    np.testing.assert_allclose(ijk_to_ras(heat), IJK_TO_RAS, atol=1e-9)
+    np.testing.assert_array_equal(ijk_to_ras(heat), ijk_to_ras(volume))
+    assert heat.GetTransformNodeID() == volume.GetTransformNodeID() is not None
+    got = slicer.util.arrayFromVolume(heat)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, anomaly)
+    assert_unchanged(volume, before)
+
+
+def test_segmentation_exports_back_to_the_label(scene, volume):
+    anomaly = known_map()
+    label = M.labelFromAnomalyMap(anomaly, 1.0)
+    assert 0 < label.sum() < label.size
+    seg = M.updateSegmentationNode(scene, volume, label)
+    segment = seg.GetSegmentation().GetSegment(M.ANOMALY_SEGMENT_ID)
+    assert segment is not None and segment.GetName() == "Anomaly"
+    assert seg.GetTransformNodeID() == volume.GetTransformNodeID()
+    # reference geometry is the input's (Slicer's serialised form of the IJKToRAS + extent)
+    reference = seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole())
+    assert reference is volume
+    np.testing.assert_array_equal(export_segment(scene, seg, volume), label)
+
+
+def test_display_settings(scene, volume):
+    anomaly = known_map()
+    threshold = 1.0
+    out = M.applyResults(scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, threshold), report_for(threshold))
+    display = out["heatmap"].GetDisplayNode()
+    color = display.GetColorNode()
+    assert color is not None and color.GetName() == M.HEAT_COLOR_NAME and color.GetNumberOfColors() == 256
+    assert not display.GetAutoWindowLevel()
+    lo, hi = M.DISPLAY_FLOOR_FRACTION * threshold, float(anomaly.max())
+    assert display.GetWindowLevelMin() == pytest.approx(lo)
+    assert display.GetWindowLevelMax() == pytest.approx(hi)
+    assert display.GetApplyThreshold() and not display.GetAutoThreshold()
+    assert display.GetLowerThreshold() == pytest.approx(lo)
+    assert display.GetUpperThreshold() >= hi
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        assert composite.GetBackgroundVolumeID() == volume.GetID()
+        assert composite.GetForegroundVolumeID() == out["heatmap"].GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.5)
+    seg_display = out["segmentation"].GetDisplayNode()
+    assert seg_display is not None
+
+
+def test_repeated_runs_reuse_and_replace(scene, volume):
+    before = snapshot(volume)
+    first = known_map(1)
+    out = M.applyResults(scene, volume, first, M.labelFromAnomalyMap(first, 1.0), report_for(1.0))
+    seg = out["segmentation"]
+    # a user segment added between runs must survive
+    brain = np.zeros(SHAPE, np.uint8)
+    brain[2:8, 4:10, 5:12] = 1
+    user_id = seg.AddSegmentFromBinaryLabelmapRepresentation(M.orientedImageFromArray(brain, volume), "Brain",
+                                                             [0.0, 1.0, 0.0])
+    counts = {c: scene.GetNumberOfNodesByClass(c) for c in (
+        "vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLTableNode", "vtkMRMLPlotChartNode",
+        "vtkMRMLPlotSeriesNode", "vtkMRMLColorTableNode")}
+
+    second = known_map(2) * 3.0
+    label2 = M.labelFromAnomalyMap(second, 2.0)
+    again = M.applyResults(scene, volume, second, label2, report_for(2.0, [0.5] * SHAPE[0]),
+                           heatmapNode=out["heatmap"], segmentationNode=seg, tableNode=out["table"])
+    for key in ("heatmap", "segmentation", "table", "plot"):
+        assert again[key] is out[key], key
+    assert counts == {c: scene.GetNumberOfNodesByClass(c) for c in counts}
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(again["heatmap"]), second)
+    segmentation = seg.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 2
+    assert segmentation.GetSegment(user_id).GetName() == "Brain"
+    np.testing.assert_array_equal(export_segment(scene, seg, volume), label2)
+    assert again["table"].GetTable().GetValue(0, 1).ToDouble() == pytest.approx(0.5)
+    assert_unchanged(volume, before)
+
+
+def test_heatmap_output_must_differ_from_input(scene, volume):
+    before = snapshot(volume)
+    with pytest.raises(ValueError, match="must not be the input"):
+        M.updateHeatmapNode(scene, volume, known_map(), 1.0, heatmapNode=volume)
+    with pytest.raises(ValueError, match="shape"):
+        M.updateHeatmapNode(scene, volume, np.zeros((3, 4, 5), np.float32), 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        M.updateSegmentationNode(scene, volume, np.zeros((3, 4, 5), np.uint8))
+    assert_unchanged(volume, before)
+
+
+def test_rethreshold_relabels_without_touching_the_map(scene, volume):
+    anomaly = known_map()
+    out = M.applyResults(scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, 1.0), report_for(1.0))
+    for threshold in (0.25, 1.7, 100.0):
+        label = M.rethreshold(scene, volume, out["heatmap"], out["segmentation"], threshold)
+        expected = (anomaly > threshold).astype(np.uint8)
+        np.testing.assert_array_equal(label, expected)
+        np.testing.assert_array_equal(export_segment(scene, out["segmentation"], volume), expected)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(out["heatmap"]), anomaly)
+        assert out["heatmap"].GetDisplayNode().GetLowerThreshold() == pytest.approx(0.5 * threshold)
+        assert float(out["heatmap"].GetAttribute("AnoDODE.Threshold")) == threshold
+    # the engine's rule is strict: a voxel exactly at the threshold is not anomalous
+    assert M.labelFromAnomalyMap(np.array([0.5, 1.0, 1.5]), 1.0).tolist() == [0, 0, 1]
+
+
+def test_score_table_and_plot(scene, volume):
+    report = report_for(1.0)
+    out = M.applyResults(scene, volume, known_map(), np.zeros(SHAPE, np.uint8), report)
+    table = out["table"]
+    assert table.GetNumberOfRows() == SHAPE[0]
+    assert table.GetColumnName(0) == M.SLICE_COLUMN and table.GetColumnName(1) == M.SCORE_COLUMN
+    scores = [table.GetTable().GetValue(r, 1).ToDouble() for r in range(SHAPE[0])]
+    assert math.isnan(scores[0])
+    np.testing.assert_allclose(scores[1:], report["slice_scores"][1:])
+    assert [table.GetTable().GetValue(r, 0).ToInt() for r in range(SHAPE[0])] == list(range(SHAPE[0]))
+    assert float(table.GetAttribute("AnoDODE.volume_score_bpd")) == 1.25
+    assert table.GetAttribute("AnoDODE.slice_axis") == "0"
+    chart = out["plot"]
+    series = chart.GetNthPlotSeriesNode(0)
+    assert series.GetTableNode() is table
+    assert (series.GetXColumnName(), series.GetYColumnName()) == (M.SLICE_COLUMN, M.SCORE_COLUMN)
+
+
+# ----------------------------------------------------------------------------- geometry helpers
+
+def world_of_ijk(ijk):
+    return (PARENT @ IJK_TO_RAS @ np.append(np.asarray(ijk, float), 1.0))[:3]
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slice_center_ras(volume, axis):
+    index = 3
+    ijk = [(d - 1) / 2 for d in reversed(SHAPE)]
+    ijk[2 - axis] = index
+    np.testing.assert_allclose(M.sliceCenterRAS(volume, axis, index), world_of_ijk(ijk), atol=1e-9)
+
+
+def test_jump_slices_moves_views_to_the_point(scene, volume):
+    slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    slice_node.SetLayoutName("Red")
+    ras = M.sliceCenterRAS(volume, 0, 7)
+    M.jumpSlicesTo(scene, ras)
+    center = [slice_node.GetSliceToRAS().GetElement(r, 3) for r in range(3)]
+    np.testing.assert_allclose(center, ras, atol=1e-6)
+
+
+def test_sitk_image_keeps_world_geometry(volume):
+    sitk = pytest.importorskip("SimpleITK")
+    image = M.sitkImageFromVolume(volume)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), slicer.util.arrayFromVolume(volume))
+    lps = np.diag([-1.0, -1.0, 1.0])
+    for ijk in [(0, 0, 0), (15, 0, 0), (0, 12, 9), (7, 5, 3)]:
+        np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(ijk), lps @ world_of_ijk(ijk), atol=1e-6)
+    np.testing.assert_allclose(image.GetSpacing(), SPACING, atol=1e-9)
+
+
+def test_brain_mask_from_labelmap_and_segmentation(scene, volume):
+    brain = np.zeros(SHAPE, np.uint8)
+    brain[1:9, 3:11, 2:14] = 1
+    # label map on the input's grid: identity
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
+    slicer.util.updateVolumeFromArray(labelmap, brain * 5)
+    M.copyGeometry(volume, labelmap)
+    np.testing.assert_array_equal(M.maskArrayForInput(labelmap, volume), brain)
+    # the same mask on a grid shifted by whole voxels, outside the parent transform (hardened): same result
+    shifted = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "shifted mask")
+    padded = np.zeros((SHAPE[0] + 2, SHAPE[1] + 2, SHAPE[2] + 2), np.uint8)
+    padded[1:-1, 1:-1, 1:-1] = brain
+    slicer.util.updateVolumeFromArray(shifted, padded)
+    m = PARENT @ IJK_TO_RAS
+    m[:3, 3] = world_of_ijk((-1, -1, -1))
+    shifted.SetIJKToRASMatrix(vtk_matrix(m))
+    np.testing.assert_array_equal(M.maskArrayForInput(shifted, volume), brain)
+    # a segmentation (all segments together)
+    seg = M.updateSegmentationNode(scene, volume, brain)
+    scene.GetSubjectHierarchyNode()   # created on demand by the export; make it exist before counting
+    before_nodes = scene.GetNumberOfNodes()
+    np.testing.assert_array_equal(M.maskArrayForInput(seg, volume), brain)
+    assert scene.GetNumberOfNodes() == before_nodes   # the temporary label map and its colours are gone
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    with pytest.raises(ValueError, match="no segments"):
+        M.maskArrayForInput(empty, volume)

@@ -1,0 +1,300 @@
+"""The Slicer module's worker process (``python -m AnoDODELib.worker``): line protocol, outputs on the input
+grid, cancel by killing the process group, one-line errors. Runs the real engine with a tiny model on a small
+real scan (a downsampled BraTS FLAIR built at test time from ../shared/data)."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from AnoDODELib.worker import build_command, error_from_stderr, parse_line
+from conftest import REPO, require_data
+
+sys.path.insert(0, str(REPO / "AnoDODE"))
+import AnoDODEProcess
+
+FLAIR = ("brats2012", "BRATS_HG0015", "BRATS_HG0015_FLAIR.mha")
+OUTPUTS = ("anomaly.nrrd", "label.nrrd", "report.json")
+
+
+def worker_env() -> dict:
+    return AnoDODEProcess.workerEnvironment()
+
+
+def run_worker(args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "AnoDODELib.worker", *map(str, args)], check=False,
+                          capture_output=True,
+                          text=True, timeout=timeout, env=worker_env(), cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def small_flair(tmp_path_factory) -> Path:
+    """BraTS 2012 FLAIR, shrunk 3x in-plane and 2x through-plane and cropped to a 12-slice slab through the
+    tumour (53x72x12), as .nrrd (the format Slicer hands the worker)."""
+    source = require_data(*FLAIR)
+    image = sitk.ReadImage(str(source), sitk.sitkFloat32)
+    image = sitk.Shrink(image, [3, 3, 2])
+    size = list(image.GetSize())
+    axial = int(np.argmax(np.abs(np.array(image.GetDirection()).reshape(3, 3)[2])))   # index axis nearest S
+    start = [0, 0, 0]
+    start[axial] = size[axial] // 2 - 6
+    size[axial] = 12
+    image = sitk.RegionOfInterest(image, size, start)
+    path = tmp_path_factory.mktemp("flair") / "flair_small.nrrd"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def progress_fractions(stdout: str) -> list[float]:
+    return [parse_line(line).fraction for line in stdout.splitlines() if line.startswith("PROGRESS ")]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("ERROR")]
+
+
+# ----------------------------------------------------------------------------- protocol helpers (no engine)
+
+def test_protocol_helpers():
+    assert parse_line("PROGRESS 0.2500 scoring slices\n") == ("progress", 0.25, "scoring slices")
+    assert parse_line("PROGRESS 1.7 x").fraction == 1.0
+    assert parse_line("DONE").kind == "done"
+    assert parse_line("PROGRESS nope").kind == "log"
+    assert parse_line("hello").text == "hello"
+    assert error_from_stderr("[WARNING] x\nERROR: it broke\n") == "it broke"
+    assert error_from_stderr("[INFO] fine") is None
+    cmd = build_command("py", "in.nrrd", "out", mask="m.nrrd", model="dir", device="cpu", preset="fast",
+                        threshold=0.5)
+    assert cmd[:3] == ["py", "-m", "AnoDODELib.worker"]
+    assert cmd[cmd.index("--threshold") + 1] == "0.5" and cmd[cmd.index("--mask") + 1] == "m.nrrd"
+    assert "--threshold" not in build_command("py", "a", "b") and "--model" not in build_command("py", "a", "b")
+
+
+def test_worker_environment_puts_the_module_folder_on_the_path():
+    env = AnoDODEProcess.workerEnvironment({"PYTHONPATH": "/x"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(REPO / "AnoDODE"), "/x"]
+    assert Path(AnoDODEProcess.pythonSlicerExecutable()).exists()
+
+
+# ----------------------------------------------------------------------------- real runs
+
+def test_worker_scores_a_real_scan(small_flair, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = run_worker(["--input", small_flair, "--output-dir", out, "--model", tiny_model_dir,
+                       "--device", "cpu", "--preset", "fast"])
+    assert proc.returncode == 0, proc.stderr
+    assert error_lines(proc.stderr) == []
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "DONE"
+    assert all(line.startswith("PROGRESS ") for line in lines[:-1]), lines
+    fractions = progress_fractions(proc.stdout)
+    assert len(fractions) >= 4 and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(b >= a for a, b in itertools.pairwise(fractions)), fractions
+
+    image = sitk.ReadImage(str(small_flair))
+    anomaly = sitk.ReadImage(str(out / "anomaly.nrrd"))
+    label = sitk.ReadImage(str(out / "label.nrrd"))
+    for result, pixel in ((anomaly, sitk.sitkFloat32), (label, sitk.sitkUInt8)):
+        assert result.GetPixelID() == pixel
+        assert result.GetSize() == image.GetSize()
+        np.testing.assert_allclose(result.GetSpacing(), image.GetSpacing(), atol=1e-6)
+        np.testing.assert_allclose(result.GetOrigin(), image.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(result.GetDirection(), image.GetDirection(), atol=1e-6)
+    report = json.loads((out / "report.json").read_text())
+    for key in ("volume_score_bpd", "slice_axis", "slice_scores", "threshold", "model", "device", "seconds", "nfe"):
+        assert key in report, key
+    a, lab = sitk.GetArrayFromImage(anomaly), sitk.GetArrayFromImage(label)
+    assert set(np.unique(lab)) <= {0, 1}
+    np.testing.assert_array_equal(lab, (a > report["threshold"]).astype(np.uint8))
+    assert len(report["slice_scores"]) == a.shape[report["slice_axis"]]
+    assert report["device"] == "cpu" and report["model"] == "tiny-test-model"
+    assert np.isfinite(report["volume_score_bpd"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)   # no temporary files left
+
+
+def test_worker_threshold_and_mask(small_flair, tiny_model_dir, tmp_path):
+    image = sitk.ReadImage(str(small_flair))
+    mask = sitk.Cast(image > 0, sitk.sitkUInt8)
+    mask_path = tmp_path / "mask.nrrd"
+    sitk.WriteImage(mask, str(mask_path))
+    out = tmp_path / "out"
+    proc = run_worker(["--input", small_flair, "--output-dir", out, "--model", tiny_model_dir, "--device", "cpu",
+                       "--preset", "fast", "--threshold", "0.123", "--mask", mask_path])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["threshold"] == pytest.approx(0.123)
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "anomaly.nrrd")))
+    assert not a[sitk.GetArrayFromImage(mask) == 0].any()   # nothing outside the given brain mask
+
+
+def test_cancel_kills_the_process_group_and_leaves_no_outputs(small_flair, tiny_model_dir, tmp_path):
+    if os.name == "nt":
+        pytest.skip("process groups are POSIX here; Windows uses taskkill /T")
+    out = tmp_path / "out"
+    cmd = build_command(sys.executable, small_flair, out, model=tiny_model_dir, device="cpu", preset="exact")
+    worker = AnoDODEProcess.WorkerProcess(cmd, env=worker_env(), cwd=str(REPO))
+    deadline = time.monotonic() + 120
+    seen = []
+    while time.monotonic() < deadline and not any(line.startswith("PROGRESS") for _, line in seen):
+        seen += worker.poll()
+        time.sleep(0.02)
+    assert any(line.startswith("PROGRESS") for _, line in seen), seen
+    assert os.getpgid(worker.pid) == worker.pid   # its own process group: the parent can kill the tree
+    t0 = time.monotonic()
+    worker.cancel(grace=5.0)
+    assert time.monotonic() - t0 < 10
+    assert worker.proc.poll() is not None and worker.proc.returncode != 0
+    with pytest.raises(ProcessLookupError):
+        os.killpg(worker.pid, 0)   # nothing of the group survives
+    leftovers = list(out.iterdir()) if out.exists() else []
+    assert leftovers == []
+
+
+def test_sigterm_exits_promptly_with_one_error_line(small_flair, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    cmd = build_command(sys.executable, small_flair, out, model=tiny_model_dir, device="cpu", preset="exact")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env(),
+                            cwd=REPO)
+    first = proc.stdout.readline()
+    assert first.startswith("PROGRESS"), first
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode != 0
+    assert error_lines(stderr) == ["ERROR: cancelled (SIGTERM)"]
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- error path
+
+def assert_one_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("ERROR: ") and "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert "DONE" not in proc.stdout
+    return errors[0]
+
+
+def test_missing_input(tmp_path, tiny_model_dir):
+    missing = tmp_path / "nope.nrrd"
+    proc = run_worker(["--input", missing, "--output-dir", tmp_path / "out", "--model", tiny_model_dir])
+    assert_one_error(proc, str(missing))
+    assert not (tmp_path / "out").exists()
+
+
+def test_2d_image(tmp_path, tiny_model_dir):
+    path = tmp_path / "slice.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((32, 32)).astype(np.float32)),
+                    str(path))
+    proc = run_worker(["--input", path, "--output-dir", tmp_path / "out", "--model", tiny_model_dir])
+    assert_one_error(proc, "2-D")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_model_message_is_verbatim(small_flair, tmp_path):
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    proc = run_worker(["--input", small_flair, "--output-dir", tmp_path / "out", "--model", empty])
+    line = assert_one_error(proc, "model.json")
+    assert not line.startswith("ERROR: BundleError")   # user-facing messages are not prefixed by a type
+
+
+def test_usage_error_is_one_line(tmp_path):
+    proc = run_worker(["--output-dir", tmp_path])
+    assert_one_error(proc, "--input")
+    proc = run_worker(["--input", "x", "--output-dir", tmp_path, "--preset", "bogus"])
+    assert_one_error(proc, "bogus")
+
+
+# ----------------------------------------------------------------------------- the module's Logic, end to end
+
+@pytest.fixture
+def module_with_stubbed_gui(monkeypatch, tmp_path):
+    """AnoDODE.py imported under slicer-core, with stand-ins for the Qt-only parts of Slicer's Python (qt, the
+    ScriptedLoadableModule bases, parameterNodeWrapper) and a real MRML scene as ``slicer.mrmlScene``."""
+    import importlib
+    import types
+    import unittest
+
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleWidget"):
+        setattr(slm, name, type(name, (), {"__init__": lambda self, *a, **k: None}))
+    slm.ScriptedLoadableModuleTest = unittest.TestCase
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+    pnw.Choice = pnw.WithinRange = lambda *a, **k: None
+    pnw.parameterNodeWrapper = lambda cls: cls
+    monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
+    scene = slicer.vtkMRMLScene()
+    temp = tmp_path / "slicer_tmp"
+    temp.mkdir()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(temp)), raising=False)
+    monkeypatch.delitem(sys.modules, "AnoDODE", raising=False)
+    module = importlib.import_module("AnoDODE")
+    yield module, scene, temp
+    sys.modules.pop("AnoDODE", None)
+
+
+def volume_node_from_file(scene, path):
+    import slicer
+    import vtk
+
+    image = sitk.ReadImage(str(path))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "flair")
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    m = np.eye(4)
+    m[:3, :3] = lps_to_ras @ np.array(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    m[:3, 3] = lps_to_ras @ np.array(image.GetOrigin())
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(m))
+    assert isinstance(node.GetImageData(), vtk.vtkImageData)
+    return node, image
+
+
+def test_module_logic_runs_the_worker_and_loads_results(module_with_stubbed_gui, small_flair, tiny_model_dir):
+    import slicer
+
+    module, scene, temp = module_with_stubbed_gui
+    node, image = volume_node_from_file(scene, small_flair)
+    before = slicer.util.arrayFromVolume(node).copy()
+    logic = module.AnoDODELogic()
+    assert logic.missingDependencies() == []
+    out = logic.runBlocking(node, modelPath=tiny_model_dir, device="cpu", preset="fast")
+    heat, seg, table, report = out["heatmap"], out["segmentation"], out["table"], out["report"]
+    assert heat.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(heat).shape, before.shape)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+    assert seg.GetSegmentation().GetSegment("Anomaly") is not None
+    assert table.GetNumberOfRows() == before.shape[report["slice_axis"]]
+    assert "bpd" in logic.summary(report)
+    # the worker read the node's geometry: its grid equals the file's
+    assert report["slice_axis"] == int(np.argmax(np.abs(np.array(image.GetDirection()).reshape(3, 3)[2])[::-1]))
+    assert list(temp.iterdir()) == []   # temporary input/output folder removed
+
+    # second run with a segmentation as brain mask, a fixed threshold, outputs reused
+    again = logic.runBlocking(node, maskNode=seg, modelPath=tiny_model_dir, device="cpu", preset="fast",
+                              threshold=0.2, heatmapNode=heat, segmentationNode=seg, tableNode=table)
+    assert again["heatmap"] is heat and again["segmentation"] is seg and again["table"] is table
+    assert again["report"]["threshold"] == pytest.approx(0.2)
+    logic_label = logic.rethreshold(node, heat, seg, 0.3)
+    np.testing.assert_array_equal(logic_label, (slicer.util.arrayFromVolume(heat) > 0.3).astype(np.uint8))
+    with pytest.raises(RuntimeError, match="model.json"):
+        logic.runBlocking(node, modelPath=temp, device="cpu", preset="fast")
+    assert list(temp.iterdir()) == []
