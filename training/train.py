@@ -46,7 +46,7 @@ class TrainConfig:
     healthy: str = "tissue"              # "tissue" | "slices"
     tumour_margin_mm: float = 6.0
     max_locations_per_case: int = 150_000
-    calibration_cases: int = 3
+    calibration_cases: int = 2
     calibration_quantile: float = 0.995
 
 

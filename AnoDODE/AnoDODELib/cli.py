@@ -57,11 +57,12 @@ def _score_one(path: Path, mask_path: Path | None, model, args: argparse.Namespa
     image = volume_io.read_image(path)
     mask = volume_io.read_mask(mask_path, image) if mask_path else None
     stem = output_stem(path)
-    bar = tqdm(total=100, desc=stem, file=sys.stderr, disable=args.quiet, bar_format="{l_bar}{bar}| {postfix}")
+    bar = tqdm(total=100, desc=stem, unit="%", file=sys.stderr, disable=args.quiet, mininterval=0.5,
+               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
 
     def progress(fraction: float, message: str) -> None:
-        bar.n = int(round(100 * fraction))
-        bar.set_postfix_str(message)
+        bar.set_description(f"{stem} ({message})", refresh=False)
+        bar.update(max(0, int(round(100 * fraction)) - bar.n))
 
     try:
         result = score_image(image, model, mask, threshold=args.threshold, device=args.device,

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 @dataclass(frozen=True)
 class Phantom:
     image: sitk.Image        # FLAIR-like float32 volume, RAS-stored like most NIfTI files
-    lesion: sitk.Image       # uint8 lesion mask on the same grid
+    lesion: sitk.Image       # uint8 mask of the whole lesion (core + oedema rim) on the same grid
     lesion_centre_mm: tuple[float, float, float]   # physical (LPS) centre of the lesion
 
 
@@ -33,7 +33,7 @@ def make_phantom(seed: int = 0, lesion_radius_mm: float = 12.0, spacing=(1.5, 1.
     r_brain = np.sqrt((X / 68) ** 2 + (Y / 85) ** 2 + (Z / 62) ** 2)
     brain = r_brain < 1.0
     img = np.where(brain, 1.0, 0.0)                           # white matter
-    img = np.where(brain & (r_brain > 0.88), 1.25, img)       # cortical ribbon (grey matter, brighter)
+    img = np.where(brain & (r_brain > 0.93), 1.12, img)       # cortical ribbon (grey matter, a little brighter)
     vent = (np.sqrt(((np.abs(X) - 9) / 7) ** 2 + (Y / 28) ** 2 + ((Z - 8) / 14) ** 2) < 1.0)
     img = np.where(vent & brain, 0.35, img)                   # ventricles: CSF is dark on FLAIR
     centre = np.array([-30.0, -35.0, 18.0])                   # (x, y, z) mm in the array-centred frame
@@ -48,7 +48,7 @@ def make_phantom(seed: int = 0, lesion_radius_mm: float = 12.0, spacing=(1.5, 1.
     image.SetSpacing((sx, sy, sz))
     image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))         # RAS storage
     image.SetOrigin((nx / 2 * sx, ny / 2 * sy, -nz / 2 * sz))
-    mask = sitk.GetImageFromArray(lesion.astype(np.uint8))
+    mask = sitk.GetImageFromArray((lesion | oedema).astype(np.uint8))   # whole lesion, as BraTS "whole tumour"
     mask.CopyInformation(image)
     idx = [int(v) for v in np.argwhere(lesion).mean(axis=0)[::-1]]
     return Phantom(image, mask, tuple(image.TransformIndexToPhysicalPoint(idx)))

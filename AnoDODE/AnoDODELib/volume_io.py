@@ -239,6 +239,12 @@ def _check_protect(path: Path, protect: Iterable[PathLike]) -> None:
             raise InputError(f"refusing to overwrite input {path}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write, protect: Iterable[PathLike]) -> None:
     path = Path(path)
     _check_protect(path, protect)
@@ -247,6 +253,7 @@ def _atomic(path: Path, write, protect: Iterable[PathLike]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
