@@ -1,19 +1,29 @@
 """Volume in, volume out: reading and validating scans, the axial slice geometry, brain masks,
 intensity normalisation, in-plane resampling, and atomic writes on the input's exact grid.
 
-Array layout: ``sitk.GetArrayFromImage`` order (k, j, i), i.e. numpy axis a <-> image index axis 2 - a.
-Canonical slices: (S, P, L) = numpy array re-ordered so axis 0 steps toward +S (superior), axis 1
-toward +P (posterior), axis 2 toward +L (left), in LPS physical coordinates (SimpleITK's convention).
-Spacings are in mm.
+Conventions
+-----------
+* Array layout: ``sitk.GetArrayFromImage`` order (k, j, i), i.e. numpy axis ``a`` <-> image index
+  axis ``2 - a``.
+* Physical coordinates are LPS (SimpleITK/ITK convention): +x toward the patient's Left, +y toward
+  Posterior, +z toward Superior. Column ``j`` of the direction matrix is the physical unit vector of
+  image index axis ``j``.
+* Canonical slices (S, P, L): the array re-ordered (and flipped) so axis 0 steps toward +S, axis 1
+  (rows) toward +P and axis 2 (columns) toward +L. Slices are axial; no interpolation is involved.
+* Spacings and physical lengths are in mm; shapes and indices are in voxels.
+
+Library code: no slicer/qt imports; errors a user can fix are :class:`InputError` with a one-line message.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,205 +32,386 @@ from skimage import measure, morphology, transform
 logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
+#: Physical LPS axis index of the canonical (axial, A-P, L-R) axes.
+_CANONICAL_PHYSICAL = (2, 1, 0)
+
 
 class InputError(ValueError):
     """A bad input; the message is one line, user-facing."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _sitk_reason(exc: BaseException) -> str:
+    """The informative line of a (multi-line) SimpleITK exception, without the C++ source location."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "ERROR:" in ln:
+            return _one_line(ln.split("ERROR:", 1)[1])
+    return _one_line(lines[-1]) if lines else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{folder}: folder holds no DICOM series (pass an image file or a DICOM folder)")
+    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
+    if len(series) > 1:
+        logger.warning("%s holds %d DICOM series; reading the largest (%d files)", folder, len(series), len(files))
+    reader.SetFileNames(files)
+    return reader.Execute()
+
 
 def read_image(path: PathLike) -> sitk.Image:
-    """Read a 3-D scalar image from a file SimpleITK reads, or a folder holding a DICOM series."""
+    """Read a 3-D scalar image.
+
+    ``path`` is a file SimpleITK reads (NIfTI, NRRD, MHA, ...) or a folder holding a DICOM series
+    (the series with the most files is read). Raises :class:`InputError` (one line naming the path)
+    for a missing path, an unreadable file, an empty image, a 2-D or single-slice image, an image of
+    more than 3 dimensions, or a multi-component (vector/RGB) image.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     try:
-        if p.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(p))
-            if not series:
-                raise InputError(f"{p}: folder holds no DICOM series")
-            files = max((reader.GetGDCMSeriesFileNames(str(p), s) for s in series), key=len)
-            reader.SetFileNames(files)
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(p))
-    except InputError:
-        raise
+        image = _read_dicom_folder(p) if p.is_dir() else sitk.ReadImage(str(p))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        reason = next((ln for ln in first if "Unable to determine ImageIO" in ln or "ERROR" in ln.upper()), "")
-        raise InputError(f"{p}: not a readable image{' (' + reason.strip()[:120] + ')' if reason else ''}") from None
+        raise InputError(f"{p}: not a readable image ({_sitk_reason(exc)})") from None
     dim = image.GetDimension()
+    size = image.GetSize()
     if dim == 2:
-        raise InputError(f"{p}: is a 2-D image; AnoDODE needs a 3-D volume")
+        hint = " (a DICOM slice? pass the folder holding the series)" if p.suffix.lower() in (".dcm", "") else ""
+        raise InputError(f"{p}: is a 2-D image{hint}; AnoDODE needs a 3-D volume")
     if dim != 3:
-        raise InputError(f"{p}: is a {dim}-D image; AnoDODE needs a single 3-D volume")
+        raise InputError(f"{p}: is a {dim}-D image {size}; AnoDODE needs a single 3-D volume")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{p}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-                         "AnoDODE needs a scalar volume")
-    if min(image.GetSize()) == 1:
-        raise InputError(f"{p}: has a single slice ({image.GetSize()}); AnoDODE needs a 3-D volume")
+                         "AnoDODE needs a scalar (grey-value) volume")
+    if min(size) == 0:
+        raise InputError(f"{p}: the image is empty (size {size})")
+    if min(size) == 1:
+        raise InputError(f"{p}: has a single slice (size {size}); AnoDODE needs a 3-D volume")
     return image
 
 
 def validate_intensities(image: sitk.Image, name: str) -> np.ndarray:
-    """float32 array (sitk layout); InputError for an empty or constant image, or NaN/inf voxels."""
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    """The image's voxels as a float32 array (sitk layout z, y, x).
+
+    Raises :class:`InputError` (naming ``name``) for an empty (size 0) image, NaN/inf voxels, or a
+    constant image.
+    """
+    array = sitk.GetArrayFromImage(image)
     if array.size == 0:
-        raise InputError(f"{name}: the image is empty")
+        raise InputError(f"{name}: the image is empty (size {image.GetSize()})")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel")
+    array = array.astype(np.float32)
     finite = np.isfinite(array)
     if not finite.all():
         raise InputError(f"{name}: {int((~finite).sum())} voxel(s) are NaN or infinite")
-    if float(array.max()) == float(array.min()):
-        raise InputError(f"{name}: the image is constant ({float(array.min()):g} everywhere)")
+    lo, hi = float(array.min()), float(array.max())
+    if lo == hi:
+        raise InputError(f"{name}: the image is constant ({lo:g} everywhere)")
     return array
 
 
-def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
-    """Same size, and spacing/origin/direction equal within ``tol`` (relative to the spacing for origin)."""
-    if a.GetSize() != b.GetSize() or a.GetDimension() != b.GetDimension():
-        return False
-    sa, sb = np.array(a.GetSpacing()), np.array(b.GetSpacing())
+def _grid_difference(a: sitk.Image, b: sitk.Image, tol: float) -> str:
+    """'' when ``a`` and ``b`` share a grid, else which attribute differs (one short phrase)."""
+    if a.GetDimension() != b.GetDimension():
+        return f"dimension {a.GetDimension()} vs {b.GetDimension()}"
+    if a.GetSize() != b.GetSize():
+        return f"size {a.GetSize()} vs {b.GetSize()}"
+    sa, sb = np.array(a.GetSpacing(), float), np.array(b.GetSpacing(), float)
     if not np.allclose(sa, sb, rtol=tol, atol=0):
-        return False
-    if not np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * max(1.0, float(sa.max())) * 10):
-        return False
-    return bool(np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
+        return f"spacing {tuple(round(float(v), 4) for v in sa)} vs {tuple(round(float(v), 4) for v in sb)} mm"
+    # origin: within 10*tol voxels (mm tolerance scaled by the spacing; NIfTI stores float32)
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=10 * tol * max(1.0, float(sa.max()))):
+        return (f"origin {tuple(round(float(v), 3) for v in a.GetOrigin())} vs "
+                f"{tuple(round(float(v), 3) for v in b.GetOrigin())} mm")
+    if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=tol):
+        return "direction (orientation) differs"
+    return ""
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    """Whether two images share a voxel grid: equal size; spacing equal within ``tol`` relative;
+    origin within ``10*tol`` voxels (in mm: ``10*tol*max(1, spacing)``); direction cosines within ``tol``."""
+    return _grid_difference(a, b, tol) == ""
 
 
 def read_mask(path: PathLike, reference: sitk.Image) -> np.ndarray:
-    """Bool mask (reference's array layout) from a label image on the reference's exact grid."""
+    """A brain mask as a bool array in ``reference``'s sitk array layout (voxels with value > 0.5).
+
+    Raises :class:`InputError` when the file cannot be read (see :func:`read_image`), when its grid
+    differs from the reference's (size, spacing, origin, direction; see :func:`same_grid`), or when it
+    is empty.
+    """
     mask = read_image(path)
-    if not same_grid(mask, reference):
-        raise InputError(f"{path}: the mask is not on the input's grid (size {mask.GetSize()} vs "
-                         f"{reference.GetSize()}, or spacing/origin/direction differ)")
+    diff = _grid_difference(mask, reference, 1e-4)
+    if diff:
+        raise InputError(f"{path}: the mask is not on the input's voxel grid ({diff}); resample it first")
     array = sitk.GetArrayFromImage(mask)
     if not np.isfinite(array).all():
         raise InputError(f"{path}: the mask has NaN or infinite voxels")
     out = array > 0.5
     if not out.any():
-        raise InputError(f"{path}: the mask is empty")
+        raise InputError(f"{path}: the mask is empty (no voxel above 0.5)")
     return out
 
 
-def axial_axis(image: sitk.Image) -> int:
-    """Numpy axis along which the patient's S-I direction runs (from the direction cosines)."""
-    return slice_geometry(image).axes[0]
+# -------------------------------------------------------------------------------------------- geometry
+
+
+def _direction(image: sitk.Image) -> np.ndarray:
+    if image.GetDimension() != 3:
+        raise InputError(f"expected a 3-D image, got {image.GetDimension()}-D")
+    d = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)   # column j = index axis j
+    if not np.isfinite(d).all() or abs(np.linalg.det(d)) < 1e-3:
+        raise InputError("the image's direction matrix is degenerate (axes not independent)")
+    return d
+
+
+def _index_axis_per_physical(d: np.ndarray) -> tuple[int, int, int]:
+    """For each physical axis (x=L, y=P, z=S) the image index axis that runs along it.
+
+    Each index axis claims its dominant physical axis (largest |cosine| in its direction column). When
+    two index axes claim the same physical axis (directions near 45 degrees), the one-to-one assignment
+    with the largest total |cosine| is used instead, with a warning.
+    """
+    a = np.abs(d)
+    claims = [int(np.argmax(a[:, j])) for j in range(3)]          # physical axis of index axis j
+    if sorted(claims) == [0, 1, 2]:
+        return tuple(claims.index(phys) for phys in range(3))   # type: ignore[return-value]
+    best = max(itertools.permutations(range(3)), key=lambda perm: sum(a[phys, perm[phys]] for phys in range(3)))
+    logger.warning("oblique image: index axes do not each have a distinct dominant direction; "
+                   "using the closest axis assignment %s", best)
+    return best   # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class SliceGeometry:
-    """How the sitk array maps to canonical (S, P, L) slices: permutation + flips; spacings in mm."""
+    """How the sitk array maps to canonical slices (S, P, L): a permutation plus flips; spacings in mm.
 
-    axes: tuple[int, int, int]               # numpy axes giving (axial, A-P, L-R)
-    flips: tuple[bool, bool, bool]           # flip each canonical axis so index increases toward +S, +P, +L
-    spacing_mm: tuple[float, float, float]   # (slice spacing, row spacing, column spacing), canonical order
-    shape: tuple[int, int, int]              # input array shape (sitk layout)
+    axes: numpy axes of the input array giving (axial, A-P, L-R).
+    flips: whether each canonical axis is flipped so its index increases toward +S, +P, +L.
+    spacing_mm: (slice spacing, row spacing, column spacing) in mm, canonical order.
+    shape: the input array shape (sitk layout, voxels).
+    """
+
+    axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    spacing_mm: tuple[float, float, float]
+    shape: tuple[int, int, int]
+
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        """(n_slices, rows, cols) in voxels."""
+        return tuple(self.shape[a] for a in self.axes)   # type: ignore[return-value]
+
+    def _flip_axes(self) -> tuple[int, ...]:
+        return tuple(i for i, f in enumerate(self.flips) if f)
 
     def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        """Input-layout array (``shape``) -> canonical (n_slices, rows, cols); a view where possible."""
+        if tuple(array.shape) != tuple(self.shape):
+            raise ValueError(f"array shape {tuple(array.shape)} does not match the geometry's {self.shape}")
         out = np.transpose(array, self.axes)
-        flip_axes = tuple(i for i, f in enumerate(self.flips) if f)
-        return np.flip(out, flip_axes) if flip_axes else out
+        flips = self._flip_axes()
+        return np.flip(out, flips) if flips else out
 
     def from_canonical(self, canon: np.ndarray) -> np.ndarray:
-        flip_axes = tuple(i for i, f in enumerate(self.flips) if f)
-        out = np.flip(canon, flip_axes) if flip_axes else canon
+        """Exact inverse of :meth:`to_canonical`: canonical array -> input layout (contiguous copy)."""
+        if tuple(canon.shape) != self.canonical_shape:
+            raise ValueError(f"canonical shape {tuple(canon.shape)} does not match {self.canonical_shape}")
+        flips = self._flip_axes()
+        out = np.flip(canon, flips) if flips else canon
         return np.ascontiguousarray(np.transpose(out, np.argsort(self.axes)))
 
 
 def slice_geometry(image: sitk.Image) -> SliceGeometry:
-    """Assign each physical axis (LPS x, y, z) the image index axis most aligned with it."""
-    d = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)   # column j = index axis j
-    size, spacing = image.GetSize(), image.GetSpacing()
-    remaining = [0, 1, 2]
-    chosen: dict[int, int] = {}
-    for phys in (2, 1, 0):   # S first, then P, then L
-        j = max(remaining, key=lambda jj: abs(d[phys, jj]))
-        chosen[phys] = j
-        remaining.remove(j)
-    index_axes = (chosen[2], chosen[1], chosen[0])          # (axial, A-P, L-R) image index axes
+    """The permutation and flips taking ``image``'s array to canonical (S, P, L) slices.
+
+    Derived from the direction cosines only (works for oblique directions, RAS or LPS storage,
+    sagittally or coronally stored scans); each physical axis is claimed by exactly one index axis.
+    """
+    d = _direction(image)
+    index_of_phys = _index_axis_per_physical(d)
+    index_axes = tuple(index_of_phys[phys] for phys in _CANONICAL_PHYSICAL)     # (axial, A-P, L-R)
     axes = tuple(2 - j for j in index_axes)
-    flips = tuple(bool(d[phys, j] < 0) for phys, j in zip((2, 1, 0), index_axes))
+    flips = tuple(bool(d[phys, j] < 0) for phys, j in zip(_CANONICAL_PHYSICAL, index_axes))
+    spacing = image.GetSpacing()
     spacing_mm = tuple(float(spacing[j]) for j in index_axes)
-    shape = tuple(int(size[2 - a]) for a in range(3))
+    size = image.GetSize()
+    shape = (int(size[2]), int(size[1]), int(size[0]))
     return SliceGeometry(axes, flips, spacing_mm, shape)   # type: ignore[arg-type]
 
 
-def brain_mask_from_image(array: np.ndarray) -> np.ndarray:
-    """Brain of a skull-stripped scan: voxels differing from the background value (the most frequent
-    value on the border faces; some preprocessings use a constant non-zero background), largest
-    connected component, holes filled slice by slice along axis 0."""
-    faces = np.concatenate([array[0].ravel(), array[-1].ravel(), array[:, 0].ravel(), array[:, -1].ravel(),
-                            array[:, :, 0].ravel(), array[:, :, -1].ravel()])
-    values, counts = np.unique(faces, return_counts=True)
-    background = values[np.argmax(counts)]
-    mask = ~np.isclose(array, background, rtol=0, atol=1e-6 * max(1.0, abs(float(background))))
+def axial_axis(image: sitk.Image) -> int:
+    """The numpy axis (of ``sitk.GetArrayFromImage``) along which the patient's S-I direction runs.
+
+    The image index axis ``j`` whose direction column has the largest |S| (LPS z) component; the numpy
+    axis is ``2 - j``. Identical to ``slice_geometry(image).axes[0]`` (which also resolves near-45
+    degree ties consistently with the other two axes).
+    """
+    return slice_geometry(image).axes[0]
+
+
+# ---------------------------------------------------------------------------------------- brain masks
+
+
+def _border_faces(array: np.ndarray) -> np.ndarray:
+    """All voxels on the six faces of a 3-D array (edges counted more than once; fine for fractions)."""
+    return np.concatenate([array[0].ravel(), array[-1].ravel(), array[:, 0].ravel(), array[:, -1].ravel(),
+                           array[:, :, 0].ravel(), array[:, :, -1].ravel()])
+
+
+def _background_value(array: np.ndarray) -> float:
+    values, counts = np.unique(_border_faces(array), return_counts=True)
+    return float(values[np.argmax(counts)])
+
+
+def _is_background(array: np.ndarray, background: float) -> np.ndarray:
+    if np.issubdtype(array.dtype, np.integer):
+        return array == background
+    return np.isclose(array, background, rtol=0, atol=1e-6 * max(1.0, abs(background)))
+
+
+def _fill_enclosed_3d(mask: np.ndarray) -> np.ndarray:
+    """Fill background regions not connected to the array border (cavities fully inside the mask)."""
+    labels = measure.label(~mask, connectivity=1)
+    outside = np.unique(_border_faces(labels))
+    return ~np.isin(labels, outside[outside > 0]) | mask
+
+
+def brain_mask_from_image(array: np.ndarray, *, slice_axis: int = 0, keep_fraction: float = 0.1) -> np.ndarray:
+    """Brain mask of a skull-stripped scan (bool, same layout as ``array``).
+
+    Brain = voxels that differ from the background value, the most frequent value on the array's
+    border faces (some BraTS preprocessings leave a constant non-zero background). Keeps the largest
+    6-connected component and any other component with at least ``keep_fraction`` of its size (e.g. a
+    cerebellum that touches the rest only diagonally), fills cavities enclosed in 3-D, then fills small
+    holes (< 2% of a slice) slice by slice along ``slice_axis`` (pass :func:`axial_axis` for axial slices).
+    """
+    if array.ndim != 3:
+        raise ValueError(f"expected a 3-D array, got shape {array.shape}")
+    mask = ~_is_background(array, _background_value(array))
     if not mask.any():
         return mask
     labels = measure.label(mask, connectivity=1)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    mask = labels == int(np.argmax(sizes))
-    for k in range(mask.shape[0]):
-        mask[k] = morphology.remove_small_holes(mask[k], max_size=max(64, mask[k].size // 50))
+    keep = np.flatnonzero(sizes >= max(1, keep_fraction * sizes.max()))
+    mask = np.isin(labels, keep)
+    mask = _fill_enclosed_3d(mask)
+    moved = np.moveaxis(mask, slice_axis, 0)          # a view: filling writes into ``mask``
+    max_hole = max(64, moved[0].size // 50)
+    for k in range(moved.shape[0]):
+        if moved[k].any():
+            moved[k] = morphology.remove_small_holes(moved[k], max_size=max_hole)
     return mask
 
 
 def looks_skull_stripped(array: np.ndarray, mask: np.ndarray) -> bool:
-    """Heuristic: a skull-stripped scan has a constant background around the brain, so the border
-    faces are background and the mask leaves a clear margin. True when the mask touches < 5% of the
-    border-face voxels and covers < 60% of the volume."""
-    border = np.concatenate([mask[0].ravel(), mask[-1].ravel(), mask[:, 0].ravel(), mask[:, -1].ravel(),
-                             mask[:, :, 0].ravel(), mask[:, :, -1].ravel()])
-    return bool(border.mean() < 0.05 and mask.mean() < 0.6)
+    """Heuristic (used for a warning only): whether ``array`` looks skull-stripped.
+
+    A skull-stripped scan sits in a constant background that fills the field-of-view border: True when
+    at least 60% of the border-face voxels hold the background value (the most frequent border value),
+    the mask touches at most 25% of the border-face voxels, and the mask covers less than 70% of the
+    volume. A raw head scan has noisy background and tissue (scalp, neck) reaching the border.
+    """
+    if array.shape != mask.shape:
+        raise ValueError(f"array {array.shape} and mask {mask.shape} differ in shape")
+    faces = _border_faces(array)
+    background_fraction = float(_is_background(faces, _background_value(array)).mean())
+    mask_border = float(_border_faces(mask.astype(bool)).mean())
+    return bool(background_fraction >= 0.6 and mask_border <= 0.25 and float(mask.mean()) < 0.7)
+
+
+# --------------------------------------------------------------------------------------- intensities
 
 
 def normalise_intensity(array: np.ndarray, mask: np.ndarray, clip_z: float = 6.0) -> np.ndarray:
-    """z-score within the brain, robust: mean and std of brain voxels between the 1st and 99th
-    percentiles. float32, 0 outside the brain, clipped to [-clip_z, clip_z]."""
+    """z-score within the brain: ``(x - mean) / std`` with a robust mean/std (of the brain voxels
+    between the 1st and 99th percentiles). Returns float32, 0 outside the brain, clipped to
+    ``[-clip_z, clip_z]``. Raises :class:`InputError` for an empty mask or constant brain intensities.
+    """
+    if array.shape != mask.shape:
+        raise ValueError(f"array {array.shape} and mask {mask.shape} differ in shape")
+    mask = mask.astype(bool)
     v = array[mask].astype(np.float64)
+    if v.size == 0:
+        raise InputError("the brain mask is empty")
     lo, hi = np.percentile(v, [1, 99])
     core = v[(v >= lo) & (v <= hi)]
-    mean, std = core.mean(), core.std()
-    if std <= 0:
+    mean, std = float(core.mean()), float(core.std())
+    if std <= 1e-12 * max(1.0, abs(mean)):
+        mean, std = float(v.mean()), float(v.std())        # a mostly-flat brain with a few outliers
+    if std <= 1e-12 * max(1.0, abs(mean)):
         raise InputError("the brain's intensities are constant")
-    z = np.clip((array - mean) / std, -clip_z, clip_z)
+    z = np.clip((array.astype(np.float64) - mean) / std, -clip_z, clip_z)
     return np.where(mask, z, 0.0).astype(np.float32)
 
 
+# ---------------------------------------------------------------------------------------- resampling
+
+
 def _target_shape(shape: tuple[int, int], spacing_in: tuple[float, float], spacing_out: float) -> tuple[int, int]:
-    return (max(1, int(round(shape[0] * spacing_in[0] / spacing_out))),
-            max(1, int(round(shape[1] * spacing_in[1] / spacing_out))))
+    return (max(1, round(shape[0] * spacing_in[0] / spacing_out)),
+            max(1, round(shape[1] * spacing_in[1] / spacing_out)))
 
 
 def resample_slices(slices: np.ndarray, spacing_in: tuple[float, float], spacing_out: float,
                     order: int = 1) -> np.ndarray:
-    """(S, H, W) -> (S, h, w) on a grid of ``spacing_out`` mm covering the same field of view.
+    """Resample every slice of ``slices`` (S, H, W) to a grid of about ``spacing_out`` mm: (S, h, w)
+    with ``h = round(H * spacing_in[0] / spacing_out)`` and ``w = round(W * spacing_in[1] / spacing_out)``.
 
-    Pixel-centre convention of skimage's ``resize`` (edges aligned), so ``resample_back`` is its
-    geometric inverse. Downsampling is anti-aliased (Gaussian) for order > 0.
+    The output covers the same physical field of view (H*spacing_in[0] by W*spacing_in[1] mm; pixel
+    edges aligned, so the effective pixel size is ``H*spacing_in[0]/h``), the convention
+    :func:`resample_back` inverts. Downsampling is anti-aliased with a Gaussian for ``order > 0``;
+    use ``order=0`` (nearest) for label masks. Slices are never mixed. Returns float32.
     """
+    if slices.ndim != 3:
+        raise ValueError(f"expected (S, H, W) slices, got shape {slices.shape}")
+    if spacing_out <= 0 or min(spacing_in) <= 0:
+        raise ValueError(f"spacings must be positive (in {spacing_in}, out {spacing_out} mm)")
     s, h, w = slices.shape
     th, tw = _target_shape((h, w), spacing_in, spacing_out)
+    data = slices.astype(np.float32)
     if (th, tw) == (h, w):
-        return slices.astype(np.float32, copy=True)
+        return data.copy() if data is slices else data
     anti = order > 0 and (th < h or tw < w)
-    out = transform.resize(slices.astype(np.float32), (s, th, tw), order=order, mode="edge",
-                           anti_aliasing=anti, anti_aliasing_sigma=None if not anti else
-                           (0, max(0, (h / th - 1) / 2), max(0, (w / tw - 1) / 2)), preserve_range=True)
+    sigma = (0.0, max(0.0, (h / th - 1) / 2), max(0.0, (w / tw - 1) / 2)) if anti else None
+    out = transform.resize(data, (s, th, tw), order=order, mode="edge", anti_aliasing=anti,
+                           anti_aliasing_sigma=sigma, preserve_range=True)
     return out.astype(np.float32)
 
 
 def resample_back(maps: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.ndarray:
-    """(S, h, w) -> (S, H, W): a model-grid map back onto the original in-plane grid."""
+    """(S, h, w) model-grid maps -> (S, H, W) on the original in-plane grid ``shape`` (voxels), the
+    geometric inverse of :func:`resample_slices` (same field of view, pixel edges aligned). float32."""
+    if maps.ndim != 3:
+        raise ValueError(f"expected (S, h, w) maps, got shape {maps.shape}")
     s = maps.shape[0]
+    data = maps.astype(np.float32)
     if maps.shape[1:] == tuple(shape):
-        return maps.astype(np.float32, copy=True)
-    return transform.resize(maps.astype(np.float32), (s, *shape), order=order, mode="edge",
-                            anti_aliasing=False, preserve_range=True).astype(np.float32)
+        return data.copy() if data is maps else data
+    return transform.resize(data, (s, *shape), order=order, mode="edge", anti_aliasing=False,
+                            preserve_range=True).astype(np.float32)
 
 
 def spacing_warnings(image: sitk.Image) -> list[str]:
-    """One-line warnings for implausible voxel spacing (mm)."""
+    """One-line warnings for implausible voxel spacing (mm): any spacing < 0.2 mm or > 10 mm, or a
+    slice spacing more than 3x the in-plane spacing."""
     sp = np.array(image.GetSpacing(), dtype=float)
     out = []
     if (sp < 0.2).any() or (sp > 10).any():
@@ -232,52 +423,75 @@ def spacing_warnings(image: sitk.Image) -> list[str]:
     return out
 
 
-def _check_protect(path: Path, protect: Iterable[PathLike]) -> None:
-    target = path.resolve()
-    for p in protect:
-        if Path(p).resolve() == target:
-            raise InputError(f"refusing to overwrite input {path}")
+# ------------------------------------------------------------------------------------------- writing
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path: Path, write, protect: Iterable[PathLike]) -> None:
-    path = Path(path)
-    _check_protect(path, protect)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-    os.close(fd)
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp creates 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_protect(path: Path, protect: Iterable[PathLike]) -> None:
+    for p in protect:
+        if _same_file(path, Path(p)):
+            raise InputError(f"refusing to overwrite input {path}; choose another output path")
+
+
+def _atomic(path: PathLike, write: Callable[[str], None], protect: Iterable[PathLike]) -> None:
+    """Write via ``write(tmp_path)`` into a private temporary folder beside ``path`` (same file system,
+    same file name, so writers pick the format from the extension and detached-header formats such as
+    .mhd/.nhdr reference the right data file), then move the result(s) into place with os.replace,
+    the named file last. The temporary folder is removed on success and on failure."""
+    path = Path(path)
+    protect = list(protect)
+    _check_protect(path, protect)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{path}: the output folder does not exist")
+    tmpdir = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.tmp-"))
+    try:
+        write(str(tmpdir / path.name))
+        produced = sorted(tmpdir.iterdir(), key=lambda f: f.name == path.name)   # named file last
+        if not any(f.name == path.name for f in produced):
+            raise OSError(f"{path}: the writer produced no file")
+        for f in produced:
+            _check_protect(parent / f.name, protect)
+        for f in produced:
+            os.replace(f, parent / f.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def write_image_atomic(array: np.ndarray, reference: sitk.Image, path: PathLike,
                        pixel_type: int = sitk.sitkFloat32, protect: Iterable[PathLike] = ()) -> None:
-    """Write ``array`` (reference's sitk layout) with the reference's exact geometry, atomically."""
+    """Write ``array`` (``reference``'s sitk array layout) as an image with exactly the reference's
+    size, spacing (mm), origin (mm) and direction, cast to ``pixel_type``; the format follows the
+    extension. Atomic (temporary file beside ``path``, then os.replace; nothing left behind on
+    failure). Raises :class:`InputError` when ``path`` is one of ``protect`` (resolved paths compared).
+    """
     expected = tuple(reversed(reference.GetSize()))
-    if array.shape != expected:
-        raise ValueError(f"array shape {array.shape} does not match the reference {expected}")
-    image = sitk.Cast(sitk.GetImageFromArray(np.ascontiguousarray(array)), pixel_type)
+    if tuple(array.shape) != expected:
+        raise ValueError(f"array shape {tuple(array.shape)} does not match the reference {expected}")
+    data = np.ascontiguousarray(array.astype(np.uint8) if array.dtype == bool else array)
+    image = sitk.Cast(sitk.GetImageFromArray(data), pixel_type)
     image.CopyInformation(reference)
 
     def write(tmp: str) -> None:
         sitk.WriteImage(image, tmp, True)
 
-    _atomic(Path(path), write, protect)
+    _atomic(path, write, protect)
 
 
 def write_bytes_atomic(data: bytes, path: PathLike, protect: Iterable[PathLike] = ()) -> None:
+    """Write ``data`` to ``path`` atomically (for JSON/PNG outputs); same guarantees as
+    :func:`write_image_atomic`."""
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
 
-    _atomic(Path(path), write, protect)
+    _atomic(path, write, protect)
