@@ -1,15 +1,33 @@
-"""The 3-D BraTS-family FLAIR cases in ../shared/data (read in place, never copied).
+"""Training and evaluation cases: the BraTS-family scans in ../shared/data, and readers for public layouts.
 
 Whole tumour = seg > 0 in every label scheme. ``expert`` is False for the TCGA pseudo ground truth
 (a fusion of 5 BraTS algorithms): fine for choosing healthy tissue, weaker for scoring.
+
+Readers (each given a folder, or a CSV file) return ``Case`` objects for one contrast:
+
+    brats2021  BraTS2021_XXXXX/BraTS2021_XXXXX_{flair,t1,t1ce,t2,seg}.nii.gz
+    brats2023  BraTS-GLI-XXXXX-XXX/BraTS-GLI-XXXXX-XXX-{t2f,t1n,t1c,t2w,seg}.nii.gz (any BraTS-* prefix)
+    msd        Task01_BrainTumour: imagesTr/BRATS_XXX.nii.gz (4-D: FLAIR, T1w, t1gd, T2w), labelsTr/BRATS_XXX.nii.gz
+    csv        a table of paths: one column per contrast (e.g. ``flair``), optional ``seg``, ``brain_mask``,
+               ``name``, ``dataset``; relative paths are relative to the CSV's folder. No ``seg``: a healthy scan.
+
+Contrast names are ``flair`` (default), ``t1``, ``t1ce``, ``t2``; each reader maps them to its own file
+naming. ``find_cases("kind:path")`` picks a reader explicitly, ``find_cases(path)`` detects the layout.
 """
 from __future__ import annotations
 
+import csv
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import SimpleITK as sitk
+
 REPO = Path(__file__).resolve().parents[1]
+CONTRASTS = ("flair", "t1", "t1ce", "t2")
 
 
 def data_dir() -> Path:
@@ -19,12 +37,182 @@ def data_dir() -> Path:
 
 @dataclass(frozen=True)
 class Case:
+    """One scan. ``flair`` is the image file of the chosen contrast (the name is historical: it holds
+    whatever contrast the reader was asked for, see ``contrast``); ``channel`` selects one volume of a
+    4-D file (MSD), None for a 3-D file."""
+
     name: str
     dataset: str
     flair: Path
     seg: Path | None
     brain_mask: Path | None = None
     expert: bool = True
+    channel: int | None = None
+    contrast: str = "flair"
+
+    @property
+    def image(self) -> Path:
+        return self.flair
+
+    def input_files(self) -> list[Path]:
+        return [p for p in (self.flair, self.seg, self.brain_mask) if p is not None]
+
+
+def read_case_image(case: Case) -> sitk.Image:
+    """The case's 3-D image (a 4-D file's ``channel`` extracted in memory), validated like any input."""
+    from AnoDODELib import volume_io
+
+    if case.channel is None:
+        return volume_io.read_image(case.flair)
+    image = sitk.ReadImage(str(case.flair))
+    if image.GetNumberOfComponentsPerPixel() > 1:          # stored as a vector image
+        n = image.GetNumberOfComponentsPerPixel()
+        if not 0 <= case.channel < n:
+            raise volume_io.InputError(f"{case.flair}: channel {case.channel} of {n}")
+        return sitk.VectorIndexSelectionCast(image, case.channel)
+    if image.GetDimension() != 4:
+        raise volume_io.InputError(f"{case.flair}: a channel was asked for but the image is "
+                                   f"{image.GetDimension()}-D")
+    size = list(image.GetSize())
+    if not 0 <= case.channel < size[3]:
+        raise volume_io.InputError(f"{case.flair}: channel {case.channel} of {size[3]}")
+    return sitk.Extract(image, size[:3] + [0], [0, 0, 0, case.channel])
+
+
+def _check_contrast(contrast: str) -> str:
+    c = contrast.lower()
+    if c not in CONTRASTS:
+        raise ValueError(f"unknown contrast {contrast!r}; valid: {', '.join(CONTRASTS)}")
+    return c
+
+
+BRATS2021_SUFFIX = {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2"}
+BRATS2023_SUFFIX = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
+MSD_CHANNEL = {"flair": 0, "t1": 1, "t1ce": 2, "t2": 3}
+MSD_NAMES = {"flair": "flair", "t1": "t1w", "t1ce": "t1gd", "t2": "t2w"}
+
+
+def _first_existing(*paths: Path) -> Path | None:
+    return next((p for p in paths if p.exists()), None)
+
+
+def read_brats2021(folder: str | os.PathLike, contrast: str = "flair", dataset: str = "BraTS2021") -> list[Case]:
+    """Every ``BraTS2021_*`` case folder under ``folder`` that has the contrast (seg optional)."""
+    suffix = BRATS2021_SUFFIX[_check_contrast(contrast)]
+    out = []
+    for d in sorted(Path(folder).iterdir()):
+        if not (d.is_dir() and d.name.startswith("BraTS2021_")):
+            continue
+        img = _first_existing(d / f"{d.name}_{suffix}.nii.gz", d / f"{d.name}_{suffix}.nii")
+        if img is None:
+            continue
+        seg = _first_existing(d / f"{d.name}_seg.nii.gz", d / f"{d.name}_seg.nii")
+        out.append(Case(d.name, dataset, img, seg, contrast=contrast))
+    return out
+
+
+def read_brats2023(folder: str | os.PathLike, contrast: str = "flair", dataset: str = "BraTS2023") -> list[Case]:
+    """Every ``BraTS-*`` case folder (GLI, MEN, MET, PED, SSA ...) under ``folder`` with the contrast."""
+    suffix = BRATS2023_SUFFIX[_check_contrast(contrast)]
+    out = []
+    for d in sorted(Path(folder).iterdir()):
+        if not (d.is_dir() and d.name.startswith("BraTS-")):
+            continue
+        img = _first_existing(d / f"{d.name}-{suffix}.nii.gz", d / f"{d.name}-{suffix}.nii")
+        if img is None:
+            continue
+        seg = _first_existing(d / f"{d.name}-seg.nii.gz", d / f"{d.name}-seg.nii")
+        out.append(Case(d.name, dataset, img, seg, contrast=contrast))
+    return out
+
+
+def read_msd(folder: str | os.PathLike, contrast: str = "flair", dataset: str = "MSD Task01_BrainTumour"
+             ) -> list[Case]:
+    """Task01_BrainTumour: 4-D ``imagesTr/BRATS_XXX.nii.gz``; the channel comes from ``dataset.json``'s
+    ``modality`` when present (else FLAIR, T1w, t1gd, T2w). Labels from ``labelsTr`` when present."""
+    c = _check_contrast(contrast)
+    root = Path(folder)
+    channel = MSD_CHANNEL[c]
+    meta = root / "dataset.json"
+    if meta.exists():
+        modality = json.loads(meta.read_text()).get("modality", {})
+        named = {v.lower(): int(k) for k, v in modality.items()}
+        channel = named.get(MSD_NAMES[c], channel)
+    out = []
+    for sub in ("imagesTr", "imagesTs"):
+        for img in sorted((root / sub).glob("*.nii*")):
+            if img.name.startswith("._"):     # macOS resource forks shipped in the MSD tarball
+                continue
+            name = re.sub(r"\.nii(\.gz)?$", "", img.name)
+            seg = _first_existing(root / "labelsTr" / img.name) if sub == "imagesTr" else None
+            out.append(Case(name, dataset, img, seg, channel=channel, contrast=c))
+    return out
+
+
+def read_csv(path: str | os.PathLike, contrast: str = "flair", dataset: str | None = None) -> list[Case]:
+    """Cases from a CSV table of paths; the image column is the contrast's name (``flair`` ...)."""
+    c = _check_contrast(contrast)
+    path = Path(path)
+    base = path.parent
+    out = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = {k.strip().lower(): k for k in (reader.fieldnames or [])}
+        if c not in cols:
+            raise ValueError(f"{path}: no {c!r} column (columns: {', '.join(cols)})")
+
+        def get(row: dict, key: str) -> str:
+            return (row.get(cols[key]) or "").strip() if key in cols else ""
+
+        def resolve(value: str) -> Path | None:
+            if not value:
+                return None
+            p = Path(value).expanduser()
+            return p if p.is_absolute() else base / p
+
+        for i, row in enumerate(reader):
+            img = resolve(get(row, c))
+            if img is None:
+                continue
+            name = get(row, "name") or re.sub(r"\.nii(\.gz)?$|\.[^.]+$", "", img.name) or f"row{i}"
+            out.append(Case(name, get(row, "dataset") or dataset or path.stem, img, resolve(get(row, "seg")),
+                            resolve(get(row, "brain_mask")), contrast=c))
+    return out
+
+
+READERS = {"brats2021": read_brats2021, "brats2023": read_brats2023, "msd": read_msd, "csv": read_csv}
+
+
+def detect_layout(path: Path) -> str:
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "csv"
+        raise ValueError(f"{path}: a file source must be a .csv table")
+    if (path / "imagesTr").is_dir():
+        return "msd"
+    names = [d.name for d in path.iterdir() if d.is_dir()]
+    if any(n.startswith("BraTS2021_") for n in names):
+        return "brats2021"
+    if any(n.startswith("BraTS-") for n in names):
+        return "brats2023"
+    raise ValueError(f"{path}: unrecognised layout (expected BraTS2021_*/, BraTS-*/ folders, imagesTr/, or a "
+                     "CSV); name it explicitly as kind:path with kind one of " + ", ".join(READERS))
+
+
+def find_cases(source: str | os.PathLike, contrast: str = "flair") -> list[Case]:
+    """Cases from ``kind:path`` or a path whose layout is detected; ``brats-family`` is the shared data."""
+    s = str(source)
+    kind, _, rest = s.partition(":")
+    if s == "brats-family":
+        return brats_family_cases() if contrast == "flair" else []
+    if rest and kind in READERS:
+        path = Path(rest)
+    else:
+        kind, path = "", Path(s)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    kind = kind or detect_layout(path)
+    return READERS[kind](path, contrast)
 
 
 def brats_family_cases(root: Path | None = None) -> list[Case]:
@@ -53,3 +241,26 @@ def unlabelled_cases(root: Path | None = None) -> list[Case]:
     p = d / "brats2023_noGT" / "BraTS-GLI-00001-000"
     c = Case("BraTS-GLI-00001-000", "BraTS2023", p / "BraTS-GLI-00001-000-t2f.nii.gz", None)
     return [c] if c.flair.exists() else []
+
+
+def select(cases: list[Case], names: list[str] | None = None, exclude: list[str] | None = None) -> list[Case]:
+    """Keep ``names`` (all when None; an unknown name is an error) minus ``exclude``."""
+    known = {c.name for c in cases}
+    for n in names or []:
+        if n not in known:
+            raise ValueError(f"unknown case {n!r}")
+    keep = set(names) if names else known
+    drop = set(exclude or [])
+    return [c for c in cases if c.name in keep and c.name not in drop]
+
+
+def seg_array(case: Case, image: sitk.Image) -> np.ndarray:
+    """Whole-tumour mask (seg > 0) in the image's array layout (all False without a seg)."""
+    from AnoDODELib import volume_io
+
+    if case.seg is None:
+        return np.zeros(sitk.GetArrayViewFromImage(image).shape, bool)
+    seg = sitk.ReadImage(str(case.seg))
+    if not volume_io.same_grid(seg, image):
+        raise ValueError(f"{case.seg} is not on the grid of {case.flair}")
+    return np.rint(sitk.GetArrayFromImage(seg)) > 0

@@ -17,11 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from AnoDODELib.config import ModelConfig
 
+from .baselines import GaussianBaseline
 from .cases import brats_family_cases
-from .evaluate import evaluate_loaded, localisation_variants, pooled
-from .train import TrainConfig, load_case, train_loaded
+from .evaluate import evaluate_loaded, localisation_variants, pooled, print_table
+from .train import TrainConfig, load_case, train_loaded, training_vectors
 
 logger = logging.getLogger("training.crossval")
 
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--healthy", choices=["tissue", "slices"], default="tissue")
     ap.add_argument("--preset", default="standard")
     ap.add_argument("--all-variants", action="store_true", help="score every localisation variant")
+    ap.add_argument("--no-gaussian", action="store_true", help="leave out the feature-space Gaussian baseline")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cases = brats_family_cases()
@@ -59,11 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     for k, held in enumerate(folds):
         train_set = [lc for i, lc in enumerate(loaded) if i not in held]
         model = train_loaded(train_set, cfg, tc, calibrate_model=True, progress=False)
+        gaussian = None
+        if not args.no_gaussian:   # the same normal vectors the model was trained on (same seed)
+            feats, ctx = training_vectors(train_set, tc.max_locations_per_case,
+                                          torch.Generator().manual_seed(tc.seed))
+            with torch.no_grad():
+                gaussian = GaussianBaseline.fit(model.standardiser(feats).numpy(), ctx.numpy())
         variants = localisation_variants(cfg.localisation) if args.all_variants else None
         for i in held:
-            res, out = evaluate_loaded(model, loaded[i], variants, preset=args.preset)
+            res, out = evaluate_loaded(model, loaded[i], variants, preset=args.preset, gaussian=gaussian)
             maps = dict(out["maps"])
             maps["flair_zscore"] = out["baseline"]
+            if "gaussian" in out:
+                maps["gaussian"] = out["gaussian"]
             maps_per_case[i] = maps
             order.append(i)
             for method, r in res.items():
@@ -87,14 +98,6 @@ def main(argv: list[str] | None = None) -> int:
         w.writerows(rows)
     print_table(rows)
     return 0
-
-
-def print_table(rows: list[dict]) -> None:
-    cols = ["voxel_auprc", "best_dice", "dice_at_threshold", "slice_auroc"]
-    print(f"{'case':24s} {'method':26s} " + " ".join(f"{c:>17s}" for c in cols))
-    for r in rows:
-        vals = " ".join(f"{r.get(c, float('nan')):17.3f}" if r.get(c) is not None else f"{'':17s}" for c in cols)
-        print(f"{r['case']:24s} {r['method']:26s} {vals}")
 
 
 if __name__ == "__main__":

@@ -58,3 +58,28 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     denom = pred.sum() + truth.sum()
     return float(2 * (pred & truth).sum() / denom) if denom else float("nan")
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at each distinct threshold, starting at (0, 0)."""
+    tp, fp, p = _sorted_counts(scores, labels)
+    n = fp[-1] if fp.size else 0
+    if p == 0 or n == 0:
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0]) * float("nan")
+    return np.r_[0.0, fp / n], np.r_[0.0, tp / p]
+
+
+def pr_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) at each distinct threshold, scores descending."""
+    tp, fp, p = _sorted_counts(scores, labels)
+    if p == 0:
+        return np.array([0.0]), np.array([float("nan")])
+    return tp / p, tp / (tp + fp)
+
+
+def thin_curve(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``n`` points of a curve (first and last kept), for plotting."""
+    if x.size <= n:
+        return x, y
+    idx = np.unique(np.r_[np.linspace(0, x.size - 1, n).astype(np.int64), x.size - 1])
+    return x[idx], y[idx]

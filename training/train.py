@@ -14,8 +14,11 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +27,16 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
 from AnoDODELib import volume_io
 from AnoDODELib.bundle import AnoDODEModel, save_model
 from AnoDODELib.config import Calibration, ModelConfig, ScoreNetConfig, to_dict
-from AnoDODELib.pipeline import PRESETS, PreparedVolume, maps_from_scores, prepare_volume, score_locations
-from AnoDODELib.score_model import dsm_loss
+from AnoDODELib.pipeline import PRESETS, PreparedVolume, maps_from_scores, score_locations
+from tqdm import tqdm
 
-from .cases import Case, brats_family_cases
+from . import cache
+from .baselines import GaussianBaseline
+from .cache import prepare_case
+from .cases import Case, brats_family_cases, find_cases, seg_array, select  # noqa: F401
 
 logger = logging.getLogger("training.train")
 
@@ -48,6 +52,7 @@ class TrainConfig:
     max_locations_per_case: int = 150_000
     calibration_cases: int = 2
     calibration_quantile: float = 0.995
+    amp: bool = True                     # bf16 autocast when training on CUDA (no effect on CPU)
 
 
 @dataclass
@@ -59,34 +64,68 @@ class LoadedCase:
     healthy_full: np.ndarray     # (S, H, W) canonical bool normal voxels, full resolution
 
 
+@dataclass
+class RunOptions:
+    """How a training run is driven (none of it changes the weights)."""
+
+    run_dir: Path | None = None          # checkpoint.pt lives here
+    checkpoint_every: int = 0            # steps between checkpoints (0: none)
+    resume: bool = False                 # continue from run_dir/checkpoint.pt when it exists
+    stop_after: int | None = None        # stop (after checkpointing) at this step: simulates an interruption
+
+
 def read_case_tumour(case: Case, image: sitk.Image) -> np.ndarray:
     """Whole-tumour mask (seg > 0) in the image's array layout."""
-    if case.seg is None:
-        return np.zeros(sitk.GetArrayViewFromImage(image).shape, bool)
-    seg = sitk.ReadImage(str(case.seg))
-    if not volume_io.same_grid(seg, image):
-        raise ValueError(f"{case.seg} is not on the grid of {case.flair}")
-    return np.rint(sitk.GetArrayFromImage(seg)) > 0
+    return seg_array(case, image)
 
 
-def load_case(case: Case, cfg: ModelConfig, healthy: str = "tissue", margin_mm: float = 6.0) -> LoadedCase:
-    image = volume_io.read_image(case.flair)
-    mask = volume_io.read_mask(case.brain_mask, image) if case.brain_mask else None
-    prepared = prepare_volume(image, cfg, mask, name=case.name)
-    tumour = prepared.geometry.to_canonical(read_case_tumour(case, image))
-    tumour_grid = prepared.to_grid(tumour.astype(np.float32), order=1) > 0.01
-    r = max(1, int(math.ceil(margin_mm / prepared.spacing_mm)))
-    dil = F.max_pool3d(tumour_grid.float()[None, None], (3, 2 * r + 1, 2 * r + 1), 1, (1, r, r))[0, 0] > 0
+def _tumour_dilation(grid_mask: torch.Tensor, tumour: np.ndarray, spacing_in: tuple[float, float],
+                     spacing_mm: float, margin_mm: float) -> torch.Tensor:
+    tumour_grid = torch.from_numpy(np.ascontiguousarray(volume_io.resample_slices(
+        tumour.astype(np.float32), spacing_in, spacing_mm, order=1))) > 0.01
+    r = max(1, math.ceil(margin_mm / spacing_mm))
+    return F.max_pool3d(tumour_grid.float()[None, None], (3, 2 * r + 1, 2 * r + 1), 1, (1, r, r))[0, 0] > 0
+
+
+def _healthy_grid(grid_mask: torch.Tensor, tumour: np.ndarray, dil: torch.Tensor, healthy: str) -> torch.Tensor:
     if healthy == "tissue":
-        healthy_grid = prepared.grid_mask & ~dil
-    elif healthy == "slices":
+        return grid_mask & ~dil
+    if healthy == "slices":
         tumour_slices = torch.from_numpy(tumour.reshape(tumour.shape[0], -1).any(1))
-        healthy_grid = prepared.grid_mask & ~tumour_slices[:, None, None]
-    else:
-        raise ValueError(f"unknown healthy selection {healthy!r}; valid: tissue, slices")
+        return grid_mask & ~tumour_slices[:, None, None]
+    raise ValueError(f"unknown healthy selection {healthy!r}; valid: tissue, slices")
+
+
+def select_healthy(case: Case, prepared: PreparedVolume, tumour: np.ndarray, healthy: str = "tissue",
+                   margin_mm: float = 6.0) -> LoadedCase:
+    """Normal locations: outside the tumour dilated by ``margin_mm`` ("tissue") or tumour-free slices."""
+    dil = _tumour_dilation(prepared.grid_mask, tumour, prepared.geometry.spacing_mm[1:], prepared.spacing_mm,
+                           margin_mm)
+    healthy_grid = _healthy_grid(prepared.grid_mask, tumour, dil, healthy)
     full_dil = prepared.to_input(dil.float())  # dilated tumour back at full resolution, input layout
     healthy_full = prepared.brain & ~(prepared.geometry.to_canonical(full_dil) > 0.5) & ~tumour
     return LoadedCase(case, prepared, tumour, healthy_grid, healthy_full)
+
+
+def load_case(case: Case, cfg: ModelConfig, healthy: str = "tissue", margin_mm: float = 6.0) -> LoadedCase:
+    prepared, tumour = prepare_case(case, cfg)
+    return select_healthy(case, prepared, tumour, healthy, margin_mm)
+
+
+def load_cached(case: Case, entry: Path, healthy: str = "tissue", margin_mm: float = 6.0) -> LoadedCase:
+    """``load_case`` from a preprocessing-cache entry (identical arrays)."""
+    prepared, tumour = cache.load_prepared(entry)
+    return select_healthy(case, prepared, tumour, healthy, margin_mm)
+
+
+def load_cases(cases: list[Case], cfg: ModelConfig, healthy: str = "tissue", margin_mm: float = 6.0,
+               cache_dir: Path | None = None, workers: int = 1, progress: bool = True) -> list[LoadedCase]:
+    """Every case loaded: through the cache when ``cache_dir`` is given (cases failing preprocessing are
+    dropped with a warning there), else directly."""
+    if cache_dir is None:
+        return [load_case(c, cfg, healthy, margin_mm) for c in cases]
+    rep = cache.build_cache(cases, cfg, cache_dir, workers, progress)
+    return [load_cached(c, rep.entries[c.name], healthy, margin_mm) for c in cases if c.name in rep.entries]
 
 
 def training_vectors(loaded: list[LoadedCase], max_per_case: int, gen: torch.Generator
@@ -104,22 +143,110 @@ def training_vectors(loaded: list[LoadedCase], max_per_case: int, gen: torch.Gen
     return torch.cat(feats), torch.cat(ctxs)
 
 
+def training_vectors_cached(entries: list[Path], healthy: str, margin_mm: float, max_per_case: int,
+                            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``training_vectors`` straight from cache entries, one case in memory at a time (same vectors)."""
+    feats, ctxs = [], []
+    for e in entries:
+        grid, f_loc, c_loc, tumour, spacing_in, spacing_mm = cache.load_grid(e)
+        dil = _tumour_dilation(grid, tumour, spacing_in, spacing_mm, margin_mm)
+        sel = _healthy_grid(grid, tumour, dil, healthy)[grid]     # healthy among the grid's locations
+        f, c = f_loc[sel], c_loc[sel]
+        if f.shape[0] > max_per_case:
+            idx = torch.randperm(f.shape[0], generator=gen)[:max_per_case]
+            f, c = f[idx], c[idx]
+        feats.append(f)
+        ctxs.append(c)
+    return torch.cat(feats), torch.cat(ctxs)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _save_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def fit(model: AnoDODEModel, feats: torch.Tensor, ctx: torch.Tensor, tc: TrainConfig,
-        device: torch.device, progress: bool = True) -> list[float]:
-    """Denoising score matching on standardised features; returns the loss curve (per 100 steps)."""
+        device: torch.device, progress: bool = True, run: RunOptions | None = None) -> list[float]:
+    """Denoising score matching on standardised features; returns the loss curve (per 100 steps).
+
+    Each step draws ``batch_size`` indices, diffusion times and noises for the whole global batch from
+    the seeded generators; under DistributedDataParallel rank r trains on entries r::world of it, so N
+    processes give the single-process result (the gradient all-reduce averages equal shards). With
+    ``run.checkpoint_every`` rank 0 saves model, optimizer, scheduler, step and RNG states; ``run.resume``
+    continues from them bit for bit.
+    """
+    run = run or RunOptions()
+    rank, world = dist_info()
+    if tc.batch_size % world:
+        raise ValueError(f"batch size {tc.batch_size} is not divisible by the world size {world}")
     gen = torch.Generator().manual_seed(tc.seed)
     model.standardiser.fit(feats)
     y = model.standardiser(feats).to(device)
     ctx = ctx.to(device)
     net = model.score_net.to(device).train()
+    train_net: torch.nn.Module = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        train_net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.05)
-    curve, running = [], 0.0
-    bar = tqdm(range(tc.steps), desc="train", disable=not progress, file=sys.stderr)
+    use_amp = tc.amp and device.type == "cuda"
+    curve, running, start = [], 0.0, 0
+    ckpt_path = run.run_dir / "checkpoint.pt" if run.run_dir is not None else None
+    if run.resume and ckpt_path is not None and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ck["train_config"] != dataclasses.asdict(tc):
+            raise ValueError(f"{ckpt_path} was written with a different training config; "
+                             "start a new run (no --resume) or restore the config")
+        net.load_state_dict(ck["net"])
+        model.standardiser.load_state_dict(ck["standardiser"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["rng_cpu"])
+        if device.type == "cuda" and ck.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ck["rng_cuda"], device)
+        start, curve, running = int(ck["step"]), list(ck["curve"]), float(ck["running"])
+        logger.info("resumed from %s at step %d", ckpt_path, start)
+
+    def save_checkpoint(step: int) -> None:
+        if rank != 0 or ckpt_path is None:
+            return
+        _save_atomic({"step": step, "net": net.state_dict(), "standardiser": model.standardiser.state_dict(),
+                      "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                      "rng_cpu": torch.get_rng_state(),
+                      "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                      "curve": curve, "running": running, "train_config": dataclasses.asdict(tc)}, ckpt_path)
+
+    sde, t_eps = model.sde, 1e-3
+    bar = tqdm(range(start, tc.steps), desc="train", disable=not progress or rank != 0, file=sys.stderr,
+               initial=start, total=tc.steps)
     t0 = time.perf_counter()
     for step in bar:
         idx = torch.randint(0, y.shape[0], (tc.batch_size,), generator=gen).to(device)
-        loss = dsm_loss(net, model.sde, y[idx], ctx[idx])
+        # the engine's dsm_loss, with t and noise drawn for the global batch and then sharded
+        t = t_eps + (1.0 - t_eps) * torch.rand(tc.batch_size, dtype=y.dtype).to(device)
+        eps = torch.randn((tc.batch_size, y.shape[1]), dtype=y.dtype).to(device)
+        if world > 1:
+            idx, t, eps = idx[rank::world], t[rank::world], eps[rank::world]
+        x0, cond = y[idx], ctx[idx]
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            mean, std = sde.marginal_prob(x0, t)
+            loss = (train_net(mean + std * eps, t, cond).float() - eps).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -127,9 +254,14 @@ def fit(model: AnoDODEModel, feats: torch.Tensor, ctx: torch.Tensor, tc: TrainCo
         running += float(loss.detach())
         if (step + 1) % 100 == 0:
             curve.append(running / 100)
-            rate = (step + 1) * tc.batch_size / (time.perf_counter() - t0)
+            rate = (step + 1 - start) * tc.batch_size / (time.perf_counter() - t0)
             bar.set_postfix(loss=f"{curve[-1]:.4f}", vectors_per_s=f"{rate:.0f}")
             running = 0.0
+        done = step + 1
+        if (run.checkpoint_every and done % run.checkpoint_every == 0) or done == run.stop_after:
+            save_checkpoint(done)
+        if run.stop_after is not None and done >= run.stop_after:
+            break
     net.eval()
     return curve
 
@@ -163,23 +295,37 @@ def train(cases: list[Case], model_cfg: ModelConfig, tc: TrainConfig, device: st
 
 
 def train_loaded(loaded: list[LoadedCase], model_cfg: ModelConfig, tc: TrainConfig, device: str = "cpu",
-                 calibrate_model: bool = True, progress: bool = True, t0: float | None = None) -> AnoDODEModel:
+                 calibrate_model: bool = True, progress: bool = True, t0: float | None = None,
+                 run: RunOptions | None = None) -> AnoDODEModel:
     """Train (and calibrate) on already loaded cases."""
     t0 = time.perf_counter() if t0 is None else t0
     torch.manual_seed(tc.seed)
-    dev = torch.device(device)
-    cases = [lc.case for lc in loaded]
     feats, ctx = training_vectors(loaded, tc.max_locations_per_case, torch.Generator().manual_seed(tc.seed))
+    return train_vectors(feats, ctx, [lc.case for lc in loaded], loaded[: tc.calibration_cases], model_cfg, tc,
+                         device, calibrate_model, progress, t0, run)
+
+
+def train_vectors(feats: torch.Tensor, ctx: torch.Tensor, cases: list[Case], calibration: list[LoadedCase],
+                  model_cfg: ModelConfig, tc: TrainConfig, device: str | torch.device = "cpu",
+                  calibrate_model: bool = True, progress: bool = True, t0: float | None = None,
+                  run: RunOptions | None = None) -> AnoDODEModel:
+    """Fit the model on normal vectors (call ``torch.manual_seed(tc.seed)`` before drawing them, as
+    ``train_loaded`` does) and calibrate on ``calibration`` (rank 0 only under torchrun)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    dev = torch.device(device)
     logger.info("training on %d normal feature vectors from %d cases", feats.shape[0], len(cases))
     model = AnoDODEModel(model_cfg, metadata={"name": "anodode-flair-brats"})
-    curve = fit(model, feats, ctx, tc, dev, progress)
+    curve = fit(model, feats, ctx, tc, dev, progress, run)
     model = model.cpu()
-    if calibrate_model:
-        cal = calibrate(model, loaded[: tc.calibration_cases], tc.calibration_quantile, torch.device("cpu"))
+    rank, world = dist_info()
+    if calibrate_model and rank == 0 and not (run and run.stop_after is not None and run.stop_after < tc.steps):
+        cal_dev = dev if dev.type == "cuda" else torch.device("cpu")
+        cal = calibrate(model.to(cal_dev), calibration, tc.calibration_quantile, cal_dev)
+        model = model.cpu()
         model.config = dataclasses.replace(model.config, calibration=cal)
     model.metadata["training"] = {
         "cases": [{"name": c.name, "dataset": c.dataset, "flair": c.flair.name} for c in cases],
-        "contrast": "FLAIR",
+        "contrast": cases[0].contrast.upper() if cases else "FLAIR",
         "healthy_selection": tc.healthy,
         "normal_vectors": int(feats.shape[0]),
         "train_config": dataclasses.asdict(tc),
@@ -188,21 +334,83 @@ def train_loaded(loaded: list[LoadedCase], model_cfg: ModelConfig, tc: TrainConf
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
+    if world > 1:
+        model.metadata["training"]["world_size"] = world
     return model
+
+
+def init_distributed(device: str) -> tuple[int, int, torch.device]:
+    """Under torchrun (``WORLD_SIZE`` > 1): join the process group (nccl on CUDA, gloo on CPU) and
+    return (rank, world, this rank's device); else (0, 1, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, torch.device(device)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(local)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return torch.distributed.get_rank(), world, torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
+def barrier() -> None:
+    if dist_info()[1] > 1:
+        torch.distributed.barrier()
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def gather_cases(sources: list[str], contrast: str, names: list[str] | None, exclude: list[str]) -> list[Case]:
+    cases: list[Case] = []
+    for s in sources:
+        cases += find_cases(s, contrast)
+    return select(cases, names, exclude)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", required=True, type=Path, help="bundle folder to write")
+    ap.add_argument("--data", nargs="+", default=["brats-family"],
+                    help="case sources: a folder (layout detected), kind:path with kind in "
+                         "brats2021, brats2023, msd, csv, or brats-family (../shared/data; the default)")
+    ap.add_argument("--contrast", default="flair", help="flair (default), t1, t1ce or t2")
+    ap.add_argument("--cases", nargs="*", default=None, help="only these case names")
     ap.add_argument("--exclude", nargs="*", default=[], help="case names to leave out")
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="global batch (all ranks)")
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    ap.add_argument("--max-locations-per-case", type=int, default=TrainConfig.max_locations_per_case)
     ap.add_argument("--healthy", choices=["tissue", "slices"], default="tissue")
     ap.add_argument("--hidden", type=int, default=ScoreNetConfig.hidden)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (under torchrun: cuda:LOCAL_RANK)")
+    ap.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA too")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="preprocessing cache folder (e.g. cache/preprocess); default: preprocess in memory")
+    ap.add_argument("--workers", type=int, default=1, help="processes building the cache")
+    ap.add_argument("--run-dir", type=Path, default=None,
+                    help="run folder for run_config.json, checkpoint.pt, gaussian_baseline.npz "
+                         "(default runs/train/<output name>)")
+    ap.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (0: none)")
+    ap.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoint.pt")
+    ap.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cases = [c for c in brats_family_cases() if c.name not in set(args.exclude)]
+    rank, world, dev = init_distributed(args.device)
+    if world == 1 and args.device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        cases = gather_cases(args.data, args.contrast, args.cases, args.exclude)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not cases:
         print("error: no training cases found (is ../shared/data there?)", file=sys.stderr)
         return 2
@@ -210,11 +418,52 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclasses.replace(base, score_net=dataclasses.replace(
         base.score_net, channels=base.features.channels, cond_channels=base.features.cond_channels,
         hidden=args.hidden))
-    tc = TrainConfig(steps=args.steps, healthy=args.healthy, seed=args.seed)
-    model = train(cases, cfg, tc, device=args.device)
-    save_model(model, args.output)
-    print(json.dumps({"output": str(args.output), "calibration": to_dict(model.config.calibration),
-                      "seconds": model.metadata["training"]["seconds"]}, indent=2))
+    tc = TrainConfig(steps=args.steps, healthy=args.healthy, seed=args.seed, batch_size=args.batch_size,
+                     lr=args.lr, max_locations_per_case=args.max_locations_per_case, amp=not args.no_amp)
+    run_dir = args.run_dir or Path("runs") / "train" / args.output.name
+    run = RunOptions(run_dir, args.checkpoint_every, args.resume, args.stop_after)
+    t0 = time.perf_counter()
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "run_config.json").write_text(json.dumps({
+            "argv": sys.argv if argv is None else ["training.train", *argv],
+            "output": str(args.output), "data": args.data, "contrast": args.contrast,
+            "cases": [{"name": c.name, "dataset": c.dataset, "image": str(c.flair), "channel": c.channel,
+                       "seg": str(c.seg) if c.seg else None} for c in cases],
+            "train_config": dataclasses.asdict(tc), "model_config": to_dict(cfg),
+            "world_size": world, "device": str(dev), "cache": str(args.cache) if args.cache else None,
+            "torch": torch.__version__, "python": platform.python_version(), "git_commit": git_commit(),
+        }, indent=2) + "\n")
+    gen = torch.Generator().manual_seed(tc.seed)
+    if args.cache is None:
+        loaded = [load_case(c, cfg, tc.healthy, tc.tumour_margin_mm) for c in cases]
+        torch.manual_seed(tc.seed)
+        feats, ctx = training_vectors(loaded, tc.max_locations_per_case, gen)
+        calib = loaded[: tc.calibration_cases]
+    else:   # every rank builds its share of the cache, then all read it
+        cache.build_cache(cases, cfg, args.cache, args.workers, progress=rank == 0, shard=(rank, world))
+        barrier()
+        entries = cache.entries_for(cases, cfg, args.cache)
+        missing = [c.name for c in cases if c.name not in entries]
+        if missing:
+            logger.warning("leaving out %d case(s) that failed preprocessing: %s", len(missing), missing)
+        cases = [c for c in cases if c.name in entries]
+        torch.manual_seed(tc.seed)
+        feats, ctx = training_vectors_cached([entries[c.name] for c in cases], tc.healthy, tc.tumour_margin_mm,
+                                             tc.max_locations_per_case, gen)
+        calib = [load_cached(c, entries[c.name], tc.healthy, tc.tumour_margin_mm)
+                 for c in cases[: tc.calibration_cases]] if rank == 0 else []
+    model = train_vectors(feats, ctx, cases, calib, cfg, tc, dev, progress=True, t0=t0, run=run)
+    interrupted = run.stop_after is not None and run.stop_after < tc.steps
+    if rank == 0 and not interrupted:
+        save_model(model, args.output)
+        GaussianBaseline.fit(model.standardiser(feats).detach().numpy(), ctx.numpy()).save(run_dir / "gaussian_baseline.npz")
+        print(json.dumps({"output": str(args.output), "run_dir": str(run_dir),
+                          "calibration": to_dict(model.config.calibration),
+                          "seconds": model.metadata["training"]["seconds"]}, indent=2))
+    barrier()
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return 0
 
 

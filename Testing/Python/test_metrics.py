@@ -50,3 +50,17 @@ def test_perfect_and_inverted_rankings():
     assert metrics.auprc(s, y) == pytest.approx(1.0)
     assert metrics.best_dice(s, y)[0] == pytest.approx(1.0)
     assert metrics.auroc(-s, y) == pytest.approx(0.0)
+
+
+def test_roc_and_pr_curves_hand_computed():
+    s = np.array([0.9, 0.6, 0.4, 0.2, 0.1])
+    y = np.array([1, 0, 1, 0, 0])
+    fpr, tpr = metrics.roc_curve(s, y)
+    np.testing.assert_allclose(fpr, [0, 0, 1 / 3, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(tpr, [0, 0.5, 0.5, 1, 1, 1])
+    assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.auroc(s, y))
+    recall, precision = metrics.pr_curve(s, y)
+    np.testing.assert_allclose(recall, [0.5, 0.5, 1, 1, 1])
+    np.testing.assert_allclose(precision, [1, 0.5, 2 / 3, 0.5, 0.4])
+    x, _yy = metrics.thin_curve(np.arange(10.0), np.arange(10.0), n=4)
+    assert x[0] == 0 and x[-1] == 9 and len(x) <= 5

@@ -1,0 +1,75 @@
+"""The Gaussian baseline, and train -> evaluate end to end through the command lines on tiny phantoms."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from training.baselines import GaussianBaseline
+
+
+def test_gaussian_baseline_hand_computed():
+    # one cell (no position context); mean (0, 0); sample covariance diag(8/3, 2/3)
+    y = np.array([[2.0, 0], [-2, 0], [0, 1], [0, -1]])
+    g = GaussianBaseline.fit(y, np.zeros((4, 1)), ridge=0.0, min_count=1)
+    # d = (1, 2): d^2 = 1 / (8/3) + 4 / (2/3) = 3/8 + 6
+    assert g.score(np.array([[1.0, 2.0]]), np.zeros((1, 1)))[0] == pytest.approx(np.sqrt(6.375), rel=1e-5)
+
+
+def test_gaussian_baseline_cells_by_position():
+    rng = np.random.default_rng(0)
+    ctx = np.c_[np.zeros(4000), rng.uniform(-1, 1, (4000, 3))]
+    y = rng.normal(size=(4000, 2)) * 0.1 + (ctx[:, 1:2] > 0) * 5.0     # the right half is brighter
+    g = GaussianBaseline.fit(y, ctx, cells=2, min_count=10)
+    left, right = np.array([[0.0, -0.5, 0, 0]]), np.array([[0.0, 0.5, 0, 0]])
+    assert g.score([[5.0, 5.0]], right)[0] < 1.5 < g.score([[5.0, 5.0]], left)[0]
+
+
+@pytest.fixture(scope="module")
+def csv_cases(tmp_path_factory):
+    from AnoDODELib.demo import make_phantom
+
+    d = tmp_path_factory.mktemp("evaldata")
+    rows = []
+    for i in range(2):
+        ph = make_phantom(seed=i, spacing=(3.0, 3.0, 6.0))
+        sitk.WriteImage(ph.image, str(d / f"p{i}.nii.gz"))
+        sitk.WriteImage(ph.lesion, str(d / f"p{i}_seg.nii.gz"))
+        rows.append([f"p{i}", f"p{i}.nii.gz", f"p{i}_seg.nii.gz"])
+    with open(d / "cases.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["name", "flair", "seg"], *rows])
+    return d / "cases.csv"
+
+
+def test_train_then_evaluate_cli(tmp_path, csv_cases):
+    from training import evaluate, train
+
+    model, run = tmp_path / "model", tmp_path / "run"
+    args = ["--output", str(model), "--data", f"csv:{csv_cases}", "--steps", "30", "--batch-size", "256",
+            "--hidden", "16", "--run-dir", str(run), "--cache", str(tmp_path / "cache"), "--checkpoint-every", "10"]
+    assert train.main(args) == 0
+    assert (model / "model.json").is_file() and (run / "gaussian_baseline.npz").is_file()
+    cfg = json.loads((run / "run_config.json").read_text())
+    assert cfg["train_config"]["steps"] == 30 and [c["name"] for c in cfg["cases"]] == ["p0", "p1"]
+    assert (run / "checkpoint.pt").is_file()
+    out = tmp_path / "eval"
+    assert evaluate.main(["--model", str(model), "--output", str(out), "--data", str(csv_cases),
+                          "--gaussian", str(run / "gaussian_baseline.npz"), "--preset", "fast",
+                          "--cache", str(tmp_path / "cache"), "--worst", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    methods = {(r["case"], r["method"]) for r in res["rows"]}
+    for m in ("anodode", "flair_zscore", "gaussian"):
+        assert {("p0", m), ("p1", m), ("POOLED", m)} <= methods
+    pooled = {r["method"]: r for r in res["rows"] if r["case"] == "POOLED"}
+    for key in ("voxel_auroc", "voxel_auprc", "best_dice", "slice_auroc", "slice_auprc"):
+        assert 0.0 <= pooled["flair_zscore"][key] <= 1.0
+    per_case = next(r for r in res["rows"] if r["case"] == "p0" and r["method"] == "anodode")
+    assert "dice_at_threshold" in per_case
+    assert (out / "results.csv").is_file()
+    assert len(list((out / "montages").glob("worst1_*.png"))) == 1
+    pytest.importorskip("matplotlib")
+    assert {"roc.png", "pr.png", "slice_roc.png"} <= {p.name for p in out.glob("*.png")}
+    assert not (out / "shards").exists() and not (out / "voxels").exists()
