@@ -20,24 +20,33 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from . import device as fast_ode
 from . import volume_io
 from .anomaly_map import location_scores, scatter_to_grid, smooth_on_grid
 from .config import LocalisationConfig, ModelConfig, SolverConfig
 from .features import extract_features
 from .likelihood import log_likelihood, solver_kwargs
-from .reconstruction import reconstruct
 from .score_model import score_fn
 
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[float, str], None]
 
+# Likelihood solver per --preset (the reconstruction is the model's localisation setting in every preset).
+# Measured against dopri5 rtol=atol=1e-5 (benchmarks/README.md): fixed-step presets run on the fused
+# evaluator of device.py (exact trace by forward-mode tangents, no autograd); "exact" runs the adaptive
+# torchdiffeq path of likelihood.log_likelihood.
+#   fast:     explicit midpoint, 4 uniform steps (8 NFE), exact trace
+#   standard: 3/8-rule RK4, 4 uniform steps (16 NFE), exact trace
+#   exact:    adaptive dopri5, rtol = atol = 1e-5, exact trace (the reference; about 300 NFE)
 PRESETS: dict[str, SolverConfig] = {
-    "fast": SolverConfig(method="euler", steps=4, divergence="exact"),
+    "fast": SolverConfig(method="midpoint", steps=4, divergence="exact"),
     "standard": SolverConfig(method="rk4", steps=4, divergence="exact"),
     "exact": SolverConfig(method="dopri5", rtol=1e-5, atol=1e-5, divergence="exact"),
 }
-CHUNK = 65536
+CHUNK = 65536           # locations per batch on the GPU (all reconstruction draws are stacked on top)
+CPU_CHUNK = 16384       # on the CPU: bounded memory (~60 MB of activations), cache-friendlier
+MIN_CHUNK = 4096        # CUDA out-of-memory retries halve the chunk down to this, then fall back to CPU
 
 
 @dataclass
@@ -79,7 +88,7 @@ def prepare_volume(image: sitk.Image, cfg: ModelConfig, mask: np.ndarray | None 
     for warning in volume_io.spacing_warnings(image):
         logger.warning(warning)
     if mask is None:
-        mask = volume_io.brain_mask_from_image(array)
+        mask = volume_io.brain_mask_from_image(array, slice_axis=volume_io.axial_axis(image))
         if not volume_io.looks_skull_stripped(array, mask):
             logger.warning("%s does not look skull-stripped: the brain mask is the non-background region; "
                            "pass --mask for a better result", name)
@@ -102,10 +111,13 @@ class LocationScores(NamedTuple):
     bpd: torch.Tensor        # (N,) per-location NLL, bits per dimension
     residual: torch.Tensor   # (N, C) standardised features minus their reconstruction
     nfe: int                 # score-network evaluations per location for the likelihood
+    nfe_reconstruction: int = 0  # score-network evaluations per draw for the reconstruction
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
     """'auto' picks CUDA when available; 'cuda' without a GPU is an error."""
+    if isinstance(device, torch.device):
+        device = device.type
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda"):
@@ -115,38 +127,81 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _score_chunk(model: "AnoDODEModel", y: torch.Tensor, c: torch.Tensor, noise: torch.Tensor,  # noqa: F821
+                 solver: SolverConfig, device: torch.device, reconstruction_method: str,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """bpd (n,), residual (n, C), likelihood NFE and reconstruction NFE for one chunk, results on the CPU."""
+    loc_cfg = model.config.localisation
+    net = model.score_net.to(device).eval()
+    y, c, noise = y.to(device), c.to(device), noise.to(device)
+    fast = solver.method in fast_ode.FAST_METHODS and solver.divergence == "exact"
+    with torch.inference_mode():
+        if fast:
+            bpd, nfe = fast_ode.likelihood_fixed(fast_ode.PointwiseEvaluator(net, c), model.sde, y,
+                                                 method=solver.method, steps=solver.steps, t_eps=solver.t_eps)
+        else:
+            gen = torch.Generator(device="cpu").manual_seed(seed)   # Hutchinson probes
+            res = log_likelihood(score_fn(net, model.sde, c), model.sde, y, generator=gen,
+                                 **solver_kwargs(solver))
+            bpd, nfe = res.bpd, res.nfe
+        ev = fast_ode.PointwiseEvaluator(net, c, repeat=noise.shape[0])
+        rec, rec_nfe = fast_ode.reconstruct_batched(ev, model.sde, y, noise, t_start=loc_cfg.t_start,
+                                                    steps=loc_cfg.reconstruction_steps, t_eps=solver.t_eps,
+                                                    method=reconstruction_method)
+        return bpd.float().cpu(), (y - rec).float().cpu(), nfe, rec_nfe
+
+
 def score_locations(model: "AnoDODEModel", features: torch.Tensor, context: torch.Tensor, *,  # noqa: F821
                     solver: SolverConfig | None = None, device: torch.device | str = "cpu",
-                    callback: Callback | None = None, seed: int = 0) -> LocationScores:
-    """Per-location bpd and reconstruction residual for (N, C) features with (N, K) context, in chunks."""
+                    callback: Callback | None = None, seed: int = 0, chunk: int | None = None,
+                    reconstruction_method: str = "rk4") -> LocationScores:
+    """Per-location bpd and reconstruction residual for (N, C) features with (N, K) context.
+
+    Locations are scored in chunks of ``chunk`` (default ``CHUNK`` on CUDA, ``CPU_CHUNK`` on the CPU), so
+    memory is bounded whatever the volume size. The reconstruction noise is drawn for all locations up front
+    from ``seed`` on the CPU, so results do not depend on the chunk size or the device. On CUDA
+    out-of-memory the chunk is halved (down to ``MIN_CHUNK``), then the rest is scored on the CPU with a
+    warning. ``reconstruction_method``: the fixed-step solver of the reconstruction ODE (the localisation
+    config's meaning is RK4; "midpoint"/"euler" are cheaper approximations of the same ODE).
+    """
     device = torch.device(device)
     solver = solver or model.config.solver
     loc_cfg = model.config.localisation
-    net = model.score_net.to(device).eval()
-    sde = model.sde
-    y_all = model.standardiser(features.float())
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    bpds, residuals, nfe = [], [], 0
+    y_all = model.standardiser(features.float()).detach()
+    context = context.float()
     n = y_all.shape[0]
-    for start in range(0, n, CHUNK):
-        y = y_all[start:start + CHUNK].to(device)
-        c = context[start:start + CHUNK].float().to(device)
-        fn = score_fn(net, sde, c)
-        res = log_likelihood(fn, sde, y, **solver_kwargs(solver))
-        nfe = max(nfe, res.nfe)
-        with torch.no_grad():
-            rec = torch.zeros_like(y)
-            for _ in range(loc_cfg.n_reconstructions):
-                noise = torch.randn(y.shape, generator=gen).to(device)
-                rec += reconstruct(fn, sde, y, t_start=loc_cfg.t_start, noise=noise,
-                                   method="rk4", steps=loc_cfg.reconstruction_steps,
-                                   t_eps=solver.t_eps)
-            rec /= loc_cfg.n_reconstructions
-        bpds.append(res.bpd.detach().cpu())
-        residuals.append((y - rec).cpu())
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    noise_all = torch.randn((loc_cfg.n_reconstructions, *y_all.shape), generator=gen)
+    size = int(chunk or (CHUNK if device.type == "cuda" else CPU_CHUNK))
+    bpds, residuals, nfe, rec_nfe = [], [], 0, 0
+    start = 0
+    while start < n:
+        stop = min(n, start + size)
+        try:
+            bpd, res, k, kr = _score_chunk(model, y_all[start:stop], context[start:stop],
+                                           noise_all[:, start:stop], solver, device, reconstruction_method,
+                                           seed=seed + start)
+        except Exception as exc:  # only out-of-memory is handled, anything else is re-raised
+            if device.type == "cpu" or not fast_ode.is_oom(exc):
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if size > MIN_CHUNK:
+                size = max(MIN_CHUNK, size // 2)
+                logger.info("out of GPU memory; retrying with chunks of %d locations", size)
+            else:
+                logger.warning("out of GPU memory even with chunks of %d locations; scoring the rest on the CPU",
+                               size)
+                device, size = torch.device("cpu"), CPU_CHUNK
+            continue
+        bpds.append(bpd)
+        residuals.append(res)
+        nfe, rec_nfe = max(nfe, k), max(rec_nfe, kr)
+        start = stop
         if callback is not None:
-            callback(min(1.0, (start + y.shape[0]) / n), "likelihood")
-    return LocationScores(torch.cat(bpds), torch.cat(residuals), nfe)
+            callback(stop / n, "likelihood")
+    model.score_net.to("cpu")
+    return LocationScores(torch.cat(bpds), torch.cat(residuals), nfe, rec_nfe)
 
 
 class ScoreResult(NamedTuple):

@@ -1,0 +1,148 @@
+"""Solver presets and the batched scoring path (issue 5): presets are valid, the fast evaluator computes
+what the torchdiffeq path computes, fast/standard agree with exact, and CUDA out-of-memory falls back."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from AnoDODELib import device as fast_ode
+from AnoDODELib import pipeline
+from AnoDODELib.bundle import load_model
+from AnoDODELib.config import SolverConfig
+from AnoDODELib.likelihood import DIVERGENCES, METHODS, log_likelihood
+from AnoDODELib.pipeline import PRESETS, score_locations
+from AnoDODELib.reconstruction import reconstruct
+from AnoDODELib.score_model import score_fn
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small problems: one thread avoids OpenMP barrier stalls on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return load_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(300, 3, generator=g) * 0.8, torch.rand(300, 4, generator=g)
+
+
+def test_presets_are_valid_solver_configs():
+    assert set(PRESETS) == {"fast", "standard", "exact"}
+    for name, cfg in PRESETS.items():
+        assert isinstance(cfg, SolverConfig), name
+        assert cfg.method in METHODS and cfg.divergence in DIVERGENCES, name
+        assert cfg.steps >= 1 and cfg.rtol > 0 and cfg.atol > 0, name
+    # cost ordering: fast <= standard, and the exact preset is adaptive and tight
+    nfe = {"euler": 1, "midpoint": 2, "rk4": 4}
+    assert nfe[PRESETS["fast"].method] * PRESETS["fast"].steps <= nfe[PRESETS["standard"].method] * PRESETS["standard"].steps
+    assert PRESETS["exact"].method == "dopri5" and PRESETS["exact"].rtol <= 1e-5
+
+
+@pytest.mark.parametrize("method", fast_ode.FAST_METHODS)
+def test_fused_likelihood_matches_torchdiffeq(model, problem, method):
+    x, c = problem
+    net = model.score_net.eval()
+    want = log_likelihood(score_fn(net, model.sde, c), model.sde, x, method=method, steps=3).bpd
+    with torch.inference_mode():
+        got, nfe = fast_ode.likelihood_fixed(fast_ode.PointwiseEvaluator(net, c), model.sde, x, method=method,
+                                             steps=3, t_eps=1e-3)
+    assert nfe == 3 * {"euler": 1, "midpoint": 2, "rk4": 4}[method]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_batched_reconstruction_matches_per_draw(model, problem):
+    x, c = problem
+    net = model.score_net.eval()
+    noise = torch.randn(3, *x.shape, generator=torch.Generator().manual_seed(1))
+    fn = score_fn(net, model.sde, c)
+    want = sum(reconstruct(fn, model.sde, x, t_start=0.5, noise=noise[k], method="rk4", steps=4)
+               for k in range(3)) / 3
+    with torch.inference_mode():
+        got, nfe = fast_ode.reconstruct_batched(fast_ode.PointwiseEvaluator(net, c, repeat=3), model.sde, x, noise,
+                                                t_start=0.5, steps=4, t_eps=1e-3)
+    assert nfe == 16
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_and_standard_agree_with_exact(model, problem):
+    """Per-location bpd of fast/standard within a stated tolerance of the adaptive dopri5 preset."""
+    x, c = problem
+    ref = score_locations(model, x, c, solver=PRESETS["exact"])
+    for name, tol in (("fast", 0.05), ("standard", 0.02)):
+        got = score_locations(model, x, c, solver=PRESETS[name])
+        err = (got.bpd - ref.bpd).abs()
+        assert float(err.mean()) < tol, (name, float(err.mean()))
+        # the reconstruction does not depend on the likelihood solver
+        torch.testing.assert_close(got.residual, ref.residual)
+
+
+def test_results_do_not_depend_on_chunk_size(model, problem):
+    x, c = problem
+    a = score_locations(model, x, c, solver=PRESETS["fast"], chunk=128)
+    b = score_locations(model, x, c, solver=PRESETS["fast"], chunk=100000)
+    torch.testing.assert_close(a.bpd, b.bpd)
+    torch.testing.assert_close(a.residual, b.residual)
+
+
+def test_cuda_oom_retries_smaller_then_falls_back_to_cpu(model, problem, monkeypatch, caplog):
+    """Simulated: every 'cuda' chunk runs out of memory: halve 300 -> 150 -> 75, then the CPU."""
+    x, c = problem
+    real = pipeline._score_chunk
+    calls = []
+
+    def fake(mdl, y, ctx, noise, solver, device, method, seed=0):
+        calls.append((device.type, y.shape[0]))
+        if device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(mdl, y, ctx, noise, solver, device, method, seed=seed)
+
+    monkeypatch.setattr(pipeline, "_score_chunk", fake)
+    monkeypatch.setattr(pipeline, "MIN_CHUNK", 75)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="AnoDODELib.pipeline"):
+        got = score_locations(model, x, c, solver=PRESETS["fast"], device=torch.device("cuda"), chunk=300)
+    sizes = [n for dev, n in calls if dev == "cuda"]
+    assert sizes == [300, 150, 75]
+    assert any(dev == "cpu" for dev, _ in calls)
+    assert "scoring the rest on the CPU" in caplog.text
+    want = score_locations(model, x, c, solver=PRESETS["fast"])
+    torch.testing.assert_close(got.bpd, want.bpd)
+
+
+def test_other_errors_are_not_swallowed(model, problem, monkeypatch):
+    x, c = problem
+
+    def boom(*a, **k):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(pipeline, "_score_chunk", boom)
+    with pytest.raises(RuntimeError, match="something else"):
+        score_locations(model, x, c, solver=PRESETS["fast"], device=torch.device("cuda"))
+
+
+def test_hutchinson_and_generic_nets_use_the_fallback_path(model, problem):
+    x, c = problem
+    solver = dataclasses.replace(PRESETS["standard"], divergence="hutchinson", n_probes=2)
+    got = score_locations(model, x, c, solver=solver)
+    ref = score_locations(model, x, c, solver=PRESETS["standard"])
+    assert got.bpd.shape == ref.bpd.shape and torch.isfinite(got.bpd).all()
+    assert float((got.bpd - ref.bpd).mean().abs()) < 0.5   # unbiased estimator, 300 locations
+
+
+def test_resolve_device():
+    assert pipeline.resolve_device("cpu").type == "cpu"
+    assert pipeline.resolve_device(torch.device("cpu")).type == "cpu"
+    with pytest.raises(ValueError):
+        pipeline.resolve_device("tpu")
