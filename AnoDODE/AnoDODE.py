@@ -416,6 +416,7 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
                  threshold=None) -> AnoDODERun:
         """Write the input (and mask) to a temporary folder and start the worker; returns at once."""
         import SimpleITK as sitk
+
         from AnoDODELib.worker import build_command
 
         if inputNode is None or inputNode.GetImageData() is None:
@@ -529,6 +530,7 @@ class AnoDODETest(ScriptedLoadableModuleTest):
 
     def _tinyModel(self, folder: pathlib.Path) -> str:
         import torch
+
         from AnoDODELib.bundle import AnoDODEModel, save_model
         from AnoDODELib.config import Calibration, ModelConfig, ScoreNetConfig
 

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from AnoDODELib import volume_io
 from AnoDODELib.config import ModelConfig, to_dict
 from AnoDODELib.pipeline import PreparedVolume
-from tqdm import tqdm
 
 from .cases import Case
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from AnoDODELib.config import ModelConfig
 
 from .baselines import GaussianBaseline

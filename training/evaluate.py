@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from AnoDODELib.anomaly_map import scatter_to_grid, smooth_on_grid
 from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import LocalisationConfig
@@ -161,8 +162,9 @@ def score_cases(model: AnoDODEModel, loaded: list[LoadedCase], voxel_dir: Path, 
                 device: str, worst: int, progress: bool = True) -> list[dict]:
     """Score each case; per-case metric rows are returned, brain-voxel scores saved for pooling, and
     montages of this process's ``worst`` cases (lowest AnoDODE voxel AUPRC) kept in ``montage_dir``."""
-    from AnoDODELib.overlay import encode_png, montage
     from tqdm import tqdm
+
+    from AnoDODELib.overlay import encode_png, montage
 
     voxel_dir.mkdir(parents=True, exist_ok=True)
     montage_dir.mkdir(parents=True, exist_ok=True)

@@ -27,11 +27,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
 from AnoDODELib import volume_io
 from AnoDODELib.bundle import AnoDODEModel, save_model
 from AnoDODELib.config import Calibration, ModelConfig, ScoreNetConfig, to_dict
 from AnoDODELib.pipeline import PRESETS, PreparedVolume, maps_from_scores, score_locations
-from tqdm import tqdm
 
 from . import cache
 from .baselines import GaussianBaseline

@@ -127,7 +127,7 @@ class Standardiser(torch.nn.Module):
         self.register_buffer("std", torch.ones(channels))
 
     @torch.no_grad()
-    def fit(self, features: torch.Tensor) -> "Standardiser":
+    def fit(self, features: torch.Tensor) -> Standardiser:
         """features: (N, C) normal training vectors."""
         self.mean.copy_(features.mean(0))
         self.std.copy_(features.std(0).clamp_min(1e-6))

@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -127,7 +128,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def _score_chunk(model: "AnoDODEModel", y: torch.Tensor, c: torch.Tensor, noise: torch.Tensor,  # noqa: F821
+def _score_chunk(model: AnoDODEModel, y: torch.Tensor, c: torch.Tensor, noise: torch.Tensor,  # noqa: F821
                  solver: SolverConfig, device: torch.device, reconstruction_method: str,
                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """bpd (n,), residual (n, C), likelihood NFE and reconstruction NFE for one chunk, results on the CPU."""
@@ -151,7 +152,7 @@ def _score_chunk(model: "AnoDODEModel", y: torch.Tensor, c: torch.Tensor, noise:
         return bpd.float().cpu(), (y - rec).float().cpu(), nfe, rec_nfe
 
 
-def score_locations(model: "AnoDODEModel", features: torch.Tensor, context: torch.Tensor, *,  # noqa: F821
+def score_locations(model: AnoDODEModel, features: torch.Tensor, context: torch.Tensor, *,  # noqa: F821
                     solver: SolverConfig | None = None, device: torch.device | str = "cpu",
                     callback: Callback | None = None, seed: int = 0, chunk: int | None = None,
                     reconstruction_method: str = "rk4") -> LocationScores:
@@ -216,7 +217,7 @@ class ScoreResult(NamedTuple):
     device: str
 
 
-def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: "AnoDODEModel",  # noqa: F821
+def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
                      localisation: LocalisationConfig | None = None) -> np.ndarray:
     """The voxel anomaly map (input array layout) from per-location scores (default: the model's
     localisation settings)."""
@@ -238,7 +239,7 @@ def slice_scores(prepared: PreparedVolume, bpd: torch.Tensor) -> list[float | No
     return canon
 
 
-def score_image(image: sitk.Image, model: "AnoDODEModel", mask: np.ndarray | None = None, *,  # noqa: F821
+def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None = None, *,  # noqa: F821
                 threshold: float | None = None, device: str = "auto", preset: str = "standard",
                 callback: Callback | None = None, name: str = "input") -> ScoreResult:
     """Score a 3-D scan with a loaded model; see ``ScoreResult`` for the outputs."""

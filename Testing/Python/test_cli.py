@@ -1,6 +1,5 @@
 """The ``anodode score`` contract: outputs, report keys, grids, exit codes, bad inputs, no partial files."""
 import json
-import os
 import subprocess
 import sys
 

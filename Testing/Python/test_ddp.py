@@ -8,10 +8,10 @@ import socket
 
 import pytest
 import torch
+
 from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import ModelConfig, ScoreNetConfig
 from AnoDODELib.score_model import dsm_loss
-
 from training.train import RunOptions, TrainConfig, fit
 
 CFG = ModelConfig(score_net=ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2))

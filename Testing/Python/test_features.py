@@ -1,10 +1,16 @@
 """Multi-scale features and anatomical context."""
-import torch
 import pytest
+import torch
 
 from AnoDODELib.config import FeatureConfig
-from AnoDODELib.features import (Standardiser, brain_box_coordinates, edge_depth, extract_features,
-                                 gaussian_kernel1d, masked_smooth)
+from AnoDODELib.features import (
+    Standardiser,
+    brain_box_coordinates,
+    edge_depth,
+    extract_features,
+    gaussian_kernel1d,
+    masked_smooth,
+)
 
 
 def test_gaussian_kernel_is_normalised_with_right_variance():

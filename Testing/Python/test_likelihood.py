@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+
 from AnoDODELib.config import ScoreNetConfig, SolverConfig
 from AnoDODELib.likelihood import (
     ADAPTIVE_METHODS,

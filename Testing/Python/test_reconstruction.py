@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+
 from AnoDODELib.reconstruction import reconstruct, reconstruction_error
 from AnoDODELib.sde import VPSDE
 

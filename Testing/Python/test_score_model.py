@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from AnoDODELib.config import ScoreNetConfig
 from AnoDODELib.score_model import FourierTime, PointwiseScoreNet, dsm_loss, score_fn
 from AnoDODELib.sde import VPSDE

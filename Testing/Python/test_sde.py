@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+
 from AnoDODELib.config import SDEConfig
 from AnoDODELib.sde import VPSDE, append_dims
 

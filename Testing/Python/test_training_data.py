@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from AnoDODELib.config import ModelConfig, PreprocessConfig
 from conftest import require_data
 
+from AnoDODELib.config import ModelConfig, PreprocessConfig
 from training import cache
 from training.cases import (
     Case,

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import require_data
+
 from AnoDODELib import volume_io as vio
 from AnoDODELib.volume_io import InputError
-from conftest import require_data
 
 # ------------------------------------------------------------------------------------------- helpers
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from AnoDODELib.worker import build_command, error_from_stderr, parse_line
 from conftest import REPO, require_data
+
+from AnoDODELib.worker import build_command, error_from_stderr, parse_line
 
 sys.path.insert(0, str(REPO / "AnoDODE"))
 import AnoDODEProcess
