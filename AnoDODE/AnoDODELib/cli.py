@@ -6,7 +6,8 @@
     anodode info  [--model DIR]          model, torch build and device
 
 For each input ``score`` writes <stem>_anomaly.nii.gz (float32), <stem>_label.nii.gz (uint8),
-<stem>_report.json and <stem>_overlay.png. Exit code 0 on success; otherwise a one-line error and
+<stem>_report.json and <stem>_overlay.png (inputs with the same file name are told apart by their
+folder: <folder>_<stem>). Exit code 0 on success; otherwise a one-line error and
 1 (a bad input) or 2 (bad usage or model).
 """
 from __future__ import annotations
@@ -41,22 +42,31 @@ def output_stem(path: Path) -> str:
     return name
 
 
-def output_paths(path: Path, out_dir: Path) -> dict[str, Path]:
-    stem = output_stem(path)
+def output_stems(paths: list[Path]) -> list[str]:
+    """Output name stems; inputs whose stems collide (e.g. BraTS folders of identically named files)
+    are prefixed with their parent folder's name so no input's outputs overwrite another's."""
+    stems = [output_stem(p) for p in paths]
+    clash = {s for s in stems if stems.count(s) > 1}
+    out = [f"{p.resolve().parent.name}_{s}" if s in clash else s for p, s in zip(paths, stems)]
+    if len(set(out)) != len(out):
+        raise volume_io.InputError("two inputs would write the same output names; score them separately")
+    return out
+
+
+def output_paths(stem: str, out_dir: Path) -> dict[str, Path]:
     return {k: out_dir / f"{stem}_{k}{ext}" for k, ext in
             (("anomaly", ".nii.gz"), ("label", ".nii.gz"), ("report", ".json"), ("overlay", ".png"))}
 
 
 def _score_one(path: Path, mask_path: Path | None, model, args: argparse.Namespace, out_dir: Path,
-               protect: list[Path]) -> dict:
-    outputs = output_paths(path, out_dir)
+               protect: list[Path], stem: str) -> dict:
+    outputs = output_paths(stem, out_dir)
     protected = {p.resolve() for p in protect}
     for out in outputs.values():
         if out.resolve() in protected:
             raise volume_io.InputError(f"refusing to overwrite input {out}; choose another --output-dir")
     image = volume_io.read_image(path)
     mask = volume_io.read_mask(mask_path, image) if mask_path else None
-    stem = output_stem(path)
     bar = tqdm(total=100, desc=stem, unit="%", file=sys.stderr, disable=args.quiet, mininterval=0.5,
                bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
 
@@ -116,9 +126,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
     failures = 0
     protect = inputs + masks
+    try:
+        stems = output_stems(inputs)
+    except volume_io.InputError as exc:
+        return _fail(str(exc), 2)
     for i, path in enumerate(inputs):
         try:
-            report = _score_one(path, masks[i] if masks else None, model, args, out_dir, protect)
+            report = _score_one(path, masks[i] if masks else None, model, args, out_dir, protect, stems[i])
             if not args.quiet:
                 print(f"{path}: volume score {report['volume_score_bpd']:.4f} bpd, "
                       f"{report['anomalous_voxels']} anomalous voxels -> {out_dir}")

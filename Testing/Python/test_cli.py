@@ -22,6 +22,14 @@ def test_output_stem():
     assert output_stem(Path("dicom_folder")) == "dicom_folder"
 
 
+def test_colliding_stems_get_their_folder_name(tmp_path):
+    from pathlib import Path
+
+    from AnoDODELib.cli import output_stems
+    a, b = tmp_path / "pat1" / "Flair.nii.gz", tmp_path / "pat2" / "Flair.nii.gz"
+    assert output_stems([a, b, Path("x/other.nrrd")]) == ["pat1_Flair", "pat2_Flair", "other"]
+
+
 def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     r = run_cli("score", phantom_file, "--model", tiny_model_dir, "--output-dir", out, "--device", "cpu")
