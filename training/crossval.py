@@ -9,9 +9,7 @@ the FLAIR z-score baseline beside every AnoDODE variant.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -23,7 +21,7 @@ from AnoDODELib.config import ModelConfig
 
 from .baselines import GaussianBaseline
 from .cases import brats_family_cases
-from .evaluate import evaluate_loaded, localisation_variants, pooled, print_table
+from .evaluate import evaluate_loaded, localisation_variants, pooled, print_table, write_table
 from .train import TrainConfig, load_case, train_loaded, training_vectors
 
 logger = logging.getLogger("training.crossval")
@@ -86,17 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     pool = pooled([maps_per_case[i] for i in order], [loaded[i] for i in order])
     for method, r in pool.items():
         rows.append({"case": "POOLED", "dataset": "all", "expert_mask": None, "fold": None, "method": method, **r})
-    args.output.mkdir(parents=True, exist_ok=True)
     summary = {"protocol": f"{n_folds}-fold leave-cases-out CV, healthy={tc.healthy}, steps={tc.steps}, "
                            f"preset={args.preset}",
                "config": dataclasses.asdict(cfg), "train_config": dataclasses.asdict(tc),
-               "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
-    (args.output / "results.json").write_text(json.dumps(summary, indent=2, default=str))
-    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("case", "method"), k))
-    with open(args.output / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+               "seconds": round(time.perf_counter() - t0, 1)}
+    write_table(rows, args.output, summary)
     print_table(rows)
     return 0
 
