@@ -27,8 +27,14 @@ from .train import TrainConfig, load_case, train_loaded, training_vectors
 logger = logging.getLogger("training.crossval")
 
 
-def default_model_config(hidden: int | None = None) -> ModelConfig:
+def default_model_config(hidden: int | None = None, scales_mm: tuple[float, ...] | None = None,
+                         position_context: bool = True) -> ModelConfig:
+    """The shipped model's config; ``scales_mm``/``position_context`` change the feature extractor for
+    ablations (the score network's input and context widths follow)."""
     base = ModelConfig()
+    feats = dataclasses.replace(base.features, scales_mm=tuple(scales_mm or base.features.scales_mm),
+                                position_context=position_context)
+    base = dataclasses.replace(base, features=feats)
     net = dataclasses.replace(base.score_net, channels=base.features.channels,
                               cond_channels=base.features.cond_channels,
                               hidden=hidden or base.score_net.hidden)
@@ -43,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--healthy", choices=["tissue", "slices"], default="tissue")
     ap.add_argument("--preset", default="standard")
     ap.add_argument("--all-variants", action="store_true", help="score every localisation variant")
+    ap.add_argument("--scales", type=float, nargs="+", metavar="MM",
+                    help="feature scales in mm (default: the shipped model's 0 4 8)")
+    ap.add_argument("--no-position-context", action="store_true",
+                    help="condition on edge depth only, not on brain-relative position")
     ap.add_argument("--no-gaussian", action="store_true", help="leave out the feature-space Gaussian baseline")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -50,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(cases) < 2:
         print("error: cross-validation needs at least 2 cases in ../shared/data", file=sys.stderr)
         return 2
-    cfg = default_model_config()
+    cfg = default_model_config(scales_mm=tuple(args.scales) if args.scales else None,
+                               position_context=not args.no_position_context)
     tc = TrainConfig(steps=args.steps, healthy=args.healthy)
     t0 = time.perf_counter()
     loaded = [load_case(c, cfg, tc.healthy, tc.tumour_margin_mm) for c in cases]
