@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     # the held-out case is evaluated with the tumour mask only for metrics; its healthy set is unused
     n_folds = args.folds or len(loaded)
     folds = [list(range(i, len(loaded), n_folds)) for i in range(n_folds)]
-    rows, maps_per_case, order = [], [None] * len(loaded), []
+    rows, maps_per_case, bpd_per_case, order = [], [None] * len(loaded), [None] * len(loaded), []
     for k, held in enumerate(folds):
         train_set = [lc for i, lc in enumerate(loaded) if i not in held]
         model = train_loaded(train_set, cfg, tc, calibrate_model=True, progress=False)
@@ -86,13 +86,15 @@ def main(argv: list[str] | None = None) -> int:
             if "gaussian" in out:
                 maps["gaussian"] = out["gaussian"]
             maps_per_case[i] = maps
+            bpd_per_case[i] = out["slice_bpd"]
             order.append(i)
             for method, r in res.items():
                 rows.append({"case": loaded[i].case.name, "dataset": loaded[i].case.dataset,
                              "expert_mask": loaded[i].case.expert, "fold": k, "method": method, **r})
             logger.info("fold %d %s: %s", k, loaded[i].case.name,
                         {m: round(r.get("best_dice", float("nan")), 3) for m, r in res.items()})
-    pool = pooled([maps_per_case[i] for i in order], [loaded[i] for i in order])
+    pool = pooled([maps_per_case[i] for i in order], [loaded[i] for i in order],
+                  [bpd_per_case[i] for i in order])
     for method, r in pool.items():
         rows.append({"case": "POOLED", "dataset": "all", "expert_mask": None, "fold": None, "method": method, **r})
     summary = {"protocol": f"{n_folds}-fold leave-cases-out CV, healthy={tc.healthy}, steps={tc.steps}, "

@@ -101,8 +101,10 @@ def evaluate_loaded(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, Loc
     brain, truth = lc.prepared.brain, lc.tumour & lc.prepared.brain
     res: dict[str, dict[str, float]] = {}
     thr = model.config.calibration.threshold
+    own = [n for n, loc in (variants or {"anodode": model.config.localisation}).items()
+           if loc == model.config.localisation]     # the threshold was calibrated on this map only
     for name, m in out["maps"].items():
-        r = voxel_metrics(m, truth, brain, thr if name in ("anodode", model.config.localisation.method) else None)
+        r = voxel_metrics(m, truth, brain, thr if name in own else None)
         r.update(slice_metrics(slice_quantile_scores(m, brain), truth, brain))
         res[name] = r
     res["slice_bpd"] = slice_metrics(out["slice_bpd"], truth, brain)
@@ -117,18 +119,32 @@ def evaluate_loaded(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, Loc
     return res, out
 
 
-def pooled(per_case_maps: list[dict[str, np.ndarray]], cases: list[LoadedCase]) -> dict[str, dict[str, float]]:
-    """Voxel metrics over the brain voxels of all cases together, per method name."""
+def pooled(per_case_maps: list[dict[str, np.ndarray]], cases: list[LoadedCase],
+           slice_bpd: list[list[float | None]] | None = None) -> dict[str, dict[str, float]]:
+    """Voxel metrics over the brain voxels of all cases together, and slice metrics over all their
+    brain slices together (a slice's score is its map's 99th percentile; ``slice_bpd``, one list per
+    case in canonical order, adds the ``slice_bpd`` row), per method name."""
     names = per_case_maps[0].keys()
     res = {}
     truth = np.concatenate([(lc.tumour & lc.prepared.brain)[lc.prepared.brain] for lc in cases])
+    truths = [_slice_truth(lc) for lc in cases]
+    s_truth = np.concatenate([pos[has] for has, pos in truths])
+
+    def slice_pool(per_case: list[list[float | None]]) -> dict[str, float]:
+        s = np.concatenate([np.array([np.nan if v is None else v for v in sc], np.float64)[has]
+                            for sc, (has, _) in zip(per_case, truths)])
+        ok = np.isfinite(s)
+        return {"slice_auroc": metrics.auroc(s[ok], s_truth[ok]), "slice_auprc": metrics.auprc(s[ok], s_truth[ok])}
+
     for name in names:
         s = np.concatenate([m[name][lc.prepared.brain] for m, lc in zip(per_case_maps, cases)])
         res[name] = {"voxel_auroc": metrics.auroc(s, truth), "voxel_auprc": metrics.auprc(s, truth),
-                     "best_dice": metrics.best_dice(s, truth)[0]}
+                     "best_dice": metrics.best_dice(s, truth)[0],
+                     **slice_pool([slice_quantile_scores(m[name], lc.prepared.brain)
+                                   for m, lc in zip(per_case_maps, cases)])}
+    if slice_bpd is not None:
+        res["slice_bpd"] = slice_pool(slice_bpd)
     return res
-
-
 
 
 def print_table(rows: list[dict], file=None) -> None:

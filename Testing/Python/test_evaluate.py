@@ -73,3 +73,47 @@ def test_train_then_evaluate_cli(tmp_path, csv_cases):
     pytest.importorskip("matplotlib")
     assert {"roc.png", "pr.png", "slice_roc.png"} <= {p.name for p in out.glob("*.png")}
     assert not (out / "shards").exists() and not (out / "voxels").exists()
+
+
+def _case(brain, tumour):
+    from types import SimpleNamespace
+    return SimpleNamespace(tumour=np.asarray(tumour, bool), prepared=SimpleNamespace(brain=np.asarray(brain, bool)))
+
+
+def test_pooled_voxel_and_slice_metrics_hand_computed():
+    from training.evaluate import pooled
+
+    a = _case(np.ones((2, 1, 2)), [[[1, 0]], [[0, 0]]])          # tumour in slice 0 of case a only
+    b = _case(np.ones((1, 1, 2)), [[[0, 0]]])
+    maps = [{"m": np.array([[[0.9, 0.1]], [[0.2, 0.3]]])}, {"m": np.array([[[0.95, 0.4]]])}]
+    r = pooled(maps, [a, b], slice_bpd=[[5.0, 1.0], [2.0]])
+    # voxels 0.95(-) 0.9(+) 0.4 0.3 0.2 0.1: the positive beats 4 of 5 negatives, AP = 1/2,
+    # best Dice at threshold 0.9: 2 * 1 / (2 + 1)
+    assert r["m"]["voxel_auroc"] == pytest.approx(0.8)
+    assert r["m"]["voxel_auprc"] == pytest.approx(0.5)
+    assert r["m"]["best_dice"] == pytest.approx(2 / 3)
+    # slice scores (99th percentile): a0 = 0.892 (+), a1 = 0.299, b0 = 0.9445: pooled over cases
+    assert r["m"]["slice_auroc"] == pytest.approx(0.5)
+    assert r["m"]["slice_auprc"] == pytest.approx(0.5)
+    assert r["slice_bpd"]["slice_auroc"] == pytest.approx(1.0)
+
+
+def test_calibrated_threshold_is_scored_on_the_models_own_variant(monkeypatch):
+    import dataclasses
+
+    from AnoDODELib.config import ModelConfig
+    from training import evaluate
+
+    cfg = ModelConfig()
+    model = type("M", (), {"config": dataclasses.replace(
+        cfg, calibration=dataclasses.replace(cfg.calibration, threshold=0.5))})()
+    lc = _case(np.ones((1, 1, 4)), [[[1, 1, 0, 0]]])
+    m = np.array([[[0.9, 0.8, 0.7, 0.1]]])       # above 0.5: three voxels, two of them tumour -> Dice 0.8
+    monkeypatch.setattr(evaluate, "case_maps", lambda *a, **k: {
+        "maps": {n: m for n in variants}, "baseline": m, "slice_bpd": [1.0]})
+    variants = evaluate.localisation_variants(cfg.localisation)
+    res, _ = evaluate.evaluate_loaded(model, lc, variants)
+    with_thr = [n for n, r in res.items() if "dice_at_threshold" in r]
+    own = next(n for n, loc in variants.items() if loc == cfg.localisation)
+    assert with_thr == [own] and own == "reconstruction+hyper"
+    assert res[own]["dice_at_threshold"] == pytest.approx(0.8)
