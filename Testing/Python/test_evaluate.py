@@ -117,3 +117,17 @@ def test_calibrated_threshold_is_scored_on_the_models_own_variant(monkeypatch):
     own = next(n for n, loc in variants.items() if loc == cfg.localisation)
     assert with_thr == [own] and own == "reconstruction+hyper"
     assert res[own]["dice_at_threshold"] == pytest.approx(0.8)
+
+
+def test_markdown_report_keeps_the_baseline_beside_the_method(tmp_path):
+    from training.report import main, markdown_table
+
+    rows = [{"case": "c1", "dataset": "d", "method": "anodode", "voxel_auprc": 0.81234, "best_dice": float("nan")},
+            {"case": "POOLED", "dataset": "all", "method": "flair_zscore", "voxel_auprc": 0.7},
+            {"case": "c1", "dataset": "d", "method": "flair_zscore", "voxel_auprc": 0.6},
+            {"case": "c1", "dataset": "d", "method": "gaussian", "voxel_auprc": 0.5}]
+    lines = markdown_table(rows, ["anodode"]).splitlines()
+    assert lines[2].startswith("| c1 | d | anodode | 0.812 | – |")
+    assert lines[3].startswith("| c1 | d | **flair_zscore** | 0.600 |")
+    assert lines[4].startswith("| POOLED | all | **flair_zscore** | 0.700 |") and len(lines) == 5
+    assert main([str(tmp_path / "missing.json")]) == 1
