@@ -1,16 +1,31 @@
 """Baselines scored in the same harness as AnoDODE.
 
 FLAIR z-score: the intensity z-scored within the brain (the engine's own normalisation) is the voxel
-anomaly score; FLAIR pathology is hyperintense, so larger is more anomalous.
+anomaly score; FLAIR pathology is hyperintense, so larger is more anomalous. The smoothed variant
+averages it in-plane inside the brain with the same Gaussian as AnoDODE's map, so that the map
+smoothing itself is not what separates the two.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from AnoDODELib.features import masked_smooth
 
 
 def flair_zscore_map(normalised: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """Voxel score = z-scored FLAIR inside the brain, -inf outside (canonical or any layout)."""
     return np.where(brain, normalised, -np.inf).astype(np.float32)
+
+
+def smoothed_zscore_map(normalised: np.ndarray, brain: np.ndarray, sigma_mm: float,
+                        spacing_mm: tuple[float, float]) -> np.ndarray:
+    """The z-score map smoothed in-plane (axis 0 = slices) by a Gaussian of ``sigma_mm`` inside the brain
+    (normalised convolution, sigma in pixels = sigma_mm / mean in-plane spacing); -inf outside."""
+    img = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32)).unsqueeze(1)
+    m = torch.from_numpy(np.ascontiguousarray(brain, dtype=np.float32)).unsqueeze(1)
+    sm = masked_smooth(img, m, sigma_mm / float(np.mean(spacing_mm))).squeeze(1).numpy()
+    return flair_zscore_map(sm, brain)
 
 
 def slice_quantile_scores(voxel_map: np.ndarray, brain: np.ndarray, q: float = 0.99) -> list[float | None]:

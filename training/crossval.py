@@ -81,11 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = localisation_variants(cfg.localisation) if args.all_variants else None
         for i in held:
             res, out = evaluate_loaded(model, loaded[i], variants, preset=args.preset, gaussian=gaussian)
-            maps = dict(out["maps"])
-            maps["flair_zscore"] = out["baseline"]
-            if "gaussian" in out:
-                maps["gaussian"] = out["gaussian"]
-            maps_per_case[i] = maps
+            maps_per_case[i] = {**out["maps"], **out["baseline_maps"]}
             bpd_per_case[i] = out["slice_bpd"]
             order.append(i)
             for method, r in res.items():

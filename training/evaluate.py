@@ -34,7 +34,7 @@ from AnoDODELib.config import LocalisationConfig
 from AnoDODELib.pipeline import PRESETS, PreparedVolume, maps_from_scores, score_locations, slice_scores
 
 from . import metrics
-from .baselines import GaussianBaseline, flair_zscore_map, slice_quantile_scores
+from .baselines import GaussianBaseline, flair_zscore_map, slice_quantile_scores, smoothed_zscore_map
 from .train import LoadedCase
 
 logger = logging.getLogger("training.evaluate")
@@ -71,8 +71,10 @@ def case_maps(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, Localisat
     bpd_slices = slice_scores(p, scores.bpd)
     if p.geometry.flips[0]:
         bpd_slices = bpd_slices[::-1]   # back to canonical slice order
-    return {"maps": maps, "baseline": flair_zscore_map(p.normalised, p.brain), "slice_bpd": bpd_slices,
-            "nfe": scores.nfe}
+    baselines = {"flair_zscore": flair_zscore_map(p.normalised, p.brain),
+                 "flair_zscore_smoothed": smoothed_zscore_map(p.normalised, p.brain, model.config.localisation.smooth_mm,
+                                                              p.geometry.spacing_mm[1:])}
+    return {"maps": maps, "baseline_maps": baselines, "slice_bpd": bpd_slices, "nfe": scores.nfe}
 
 
 def voxel_metrics(score: np.ndarray, truth: np.ndarray, brain: np.ndarray, threshold: float | None = None
@@ -95,8 +97,8 @@ def slice_metrics(slice_score: list[float | None], truth: np.ndarray, brain: np.
 def evaluate_loaded(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, LocalisationConfig] | None = None,
                     preset: str = "standard", gaussian: GaussianBaseline | None = None, device: str = "cpu"
                     ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Metrics for each AnoDODE variant and the baselines on one case, and the raw maps (the Gaussian
-    baseline's map, when given, is ``out["gaussian"]``)."""
+    """Metrics for each AnoDODE variant and the baselines on one case, and the raw maps
+    (``out["maps"]`` AnoDODE's, ``out["baseline_maps"]`` the baselines', the Gaussian one when given)."""
     out = case_maps(model, lc, variants, preset, device)
     brain, truth = lc.prepared.brain, lc.tumour & lc.prepared.brain
     res: dict[str, dict[str, float]] = {}
@@ -108,14 +110,11 @@ def evaluate_loaded(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, Loc
         r.update(slice_metrics(slice_quantile_scores(m, brain), truth, brain))
         res[name] = r
     res["slice_bpd"] = slice_metrics(out["slice_bpd"], truth, brain)
-    b = voxel_metrics(out["baseline"], truth, brain)
-    b.update(slice_metrics(slice_quantile_scores(out["baseline"], brain), truth, brain))
-    res["flair_zscore"] = b
     if gaussian is not None:
-        out["gaussian"] = gaussian_map(model, lc.prepared, gaussian)
-        g = voxel_metrics(out["gaussian"], truth, brain)
-        g.update(slice_metrics(slice_quantile_scores(out["gaussian"], brain), truth, brain))
-        res["gaussian"] = g
+        out["baseline_maps"]["gaussian"] = gaussian_map(model, lc.prepared, gaussian)
+    for name, m in out["baseline_maps"].items():
+        res[name] = voxel_metrics(m, truth, brain)
+        res[name].update(slice_metrics(slice_quantile_scores(m, brain), truth, brain))
     return res, out
 
 
@@ -190,10 +189,7 @@ def score_cases(model: AnoDODEModel, loaded: list[LoadedCase], voxel_dir: Path, 
     for lc in tqdm(loaded, desc="evaluate", unit="case", disable=not progress, file=sys.stderr):
         t0 = time.perf_counter()
         res, out = evaluate_loaded(model, lc, variants, preset, gaussian, device)
-        maps = dict(out["maps"])
-        maps["flair_zscore"] = out["baseline"]
-        if "gaussian" in out:
-            maps["gaussian"] = out["gaussian"]
+        maps = {**out["maps"], **out["baseline_maps"]}
         brain, truth = lc.prepared.brain, lc.tumour & lc.prepared.brain
         has_brain, slice_pos = _slice_truth(lc)
         slice_sc = {"slice_bpd": [v if v is not None else float("nan") for v in out["slice_bpd"]]}

@@ -110,7 +110,7 @@ def test_calibrated_threshold_is_scored_on_the_models_own_variant(monkeypatch):
     lc = _case(np.ones((1, 1, 4)), [[[1, 1, 0, 0]]])
     m = np.array([[[0.9, 0.8, 0.7, 0.1]]])       # above 0.5: three voxels, two of them tumour -> Dice 0.8
     monkeypatch.setattr(evaluate, "case_maps", lambda *a, **k: {
-        "maps": {n: m for n in variants}, "baseline": m, "slice_bpd": [1.0]})
+        "maps": {n: m for n in variants}, "baseline_maps": {"flair_zscore": m}, "slice_bpd": [1.0]})
     variants = evaluate.localisation_variants(cfg.localisation)
     res, _ = evaluate.evaluate_loaded(model, lc, variants)
     with_thr = [n for n, r in res.items() if "dice_at_threshold" in r]
@@ -131,3 +131,20 @@ def test_markdown_report_keeps_the_baseline_beside_the_method(tmp_path):
     assert lines[3].startswith("| c1 | d | **flair_zscore** | 0.600 |")
     assert lines[4].startswith("| POOLED | all | **flair_zscore** | 0.700 |") and len(lines) == 5
     assert main([str(tmp_path / "missing.json")]) == 1
+
+
+def test_smoothed_zscore_baseline_keeps_the_mean_inside_the_brain():
+    from training.baselines import smoothed_zscore_map
+
+    brain = np.zeros((1, 21, 21), bool)
+    brain[0, 5:16, 5:16] = True
+    z = np.where(brain, 2.0, -50.0)                         # constant brain, dark background
+    out = smoothed_zscore_map(z, brain, sigma_mm=2.0, spacing_mm=(1.0, 1.0))
+    assert np.allclose(out[brain], 2.0, atol=1e-5)           # the edge is not darkened by the background
+    assert np.isneginf(out[~brain]).all()
+    z[0, 10, 10] = 2.0 + 100.0                               # one bright voxel spreads isotropically
+    out = smoothed_zscore_map(z, brain, sigma_mm=2.0, spacing_mm=(1.0, 1.0))
+    # normalised convolution: the centre keeps 100 g(0)^2 / (sum of g over the 11 in-brain offsets)^2
+    g = np.exp(-0.5 * (np.arange(-5, 6) / 2.0) ** 2)
+    assert out[0, 10, 10] - 2.0 == pytest.approx(100.0 / g.sum() ** 2, rel=1e-4)
+    assert out[0, 10, 12] == pytest.approx(out[0, 12, 10]) and 2.0 < out[0, 10, 12] < out[0, 10, 10]
