@@ -26,6 +26,7 @@ DISPLAY_FLOOR_FRACTION = 0.5   # heat map voxels below this fraction of the labe
 ROLE_ATTRIBUTE = "AnoDODE.Role"
 PLOT_REFERENCE = "AnoDODE.plotChart"
 SCORE_COLUMN = "Score (bpd)"
+MAP_SCORE_COLUMN = "Anomaly (p99)"
 SLICE_COLUMN = "Slice"
 
 
@@ -272,22 +273,29 @@ def rethreshold(scene, inputNode, heatmapNode, segmentationNode, threshold: floa
 
 
 def updateScoreTable(scene, inputNode, report: dict, tableNode=None):
-    """Slice scores (NaN where a slice has no brain) in a table; run summary in table attributes."""
+    """Slice scores in a table: slice index, bpd, and the anomaly map's 99th percentile (NaN where a slice
+    has no brain, or the report has no such score); the run summary in table attributes."""
     if tableNode is None:
         tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{inputNode.GetName()} slice scores")
     scores = report.get("slice_scores") or []
+    mapScores = report.get("slice_anomaly_scores") or []
     sliceColumn = vtk.vtkIntArray()
     sliceColumn.SetName(SLICE_COLUMN)
     scoreColumn = vtk.vtkDoubleArray()
     scoreColumn.SetName(SCORE_COLUMN)
+    mapColumn = vtk.vtkDoubleArray()
+    mapColumn.SetName(MAP_SCORE_COLUMN)
     for i, s in enumerate(scores):
         sliceColumn.InsertNextValue(i)
         scoreColumn.InsertNextValue(math.nan if s is None else float(s))
+        m = mapScores[i] if i < len(mapScores) else None
+        mapColumn.InsertNextValue(math.nan if m is None else float(m))
     with slicer.util.NodeModify(tableNode):
         table = tableNode.GetTable()
         table.Initialize()
         table.AddColumn(sliceColumn)
         table.AddColumn(scoreColumn)
+        table.AddColumn(mapColumn)
         tableNode.SetUseColumnTitleAsColumnHeader(True)
         tableNode.SetAttribute(ROLE_ATTRIBUTE, "scores")
         for key in ("volume_score_bpd", "slice_axis", "threshold", "model", "device", "preset", "seconds", "nfe"):

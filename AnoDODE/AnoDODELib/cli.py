@@ -86,7 +86,8 @@ def _score_one(path: Path, mask_path: Path | None, model, args: argparse.Namespa
     report = {
         "input": str(path), "mask": str(mask_path) if mask_path else None,
         "volume_score_bpd": result.volume_score_bpd, "slice_axis": result.slice_axis,
-        "slice_scores": result.slice_scores, "threshold": result.threshold,
+        "slice_scores": result.slice_scores, "slice_anomaly_scores": result.slice_anomaly_scores,
+        "threshold": result.threshold,
         "model": model.name, "model_dir": str(args.model or default_model_dir()),
         "device": result.device, "preset": args.preset, "seconds": round(result.seconds, 3), "nfe": result.nfe,
         "anomalous_voxels": int(result.label.sum()), "anodode_version": __version__,

@@ -215,6 +215,8 @@ class ScoreResult(NamedTuple):
     nfe: int                         # score-network evaluations per location (likelihood ODE)
     seconds: float
     device: str
+    slice_anomaly_scores: list[float | None] = []  # per index along slice_axis: 99th percentile of the
+    #                                                anomaly map over the slice's brain voxels; None without brain
 
 
 def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
@@ -237,6 +239,15 @@ def slice_scores(prepared: PreparedVolume, bpd: torch.Tensor) -> list[float | No
     if prepared.geometry.flips[0]:
         canon = canon[::-1]
     return canon
+
+
+def slice_map_scores(prepared: PreparedVolume, anomaly_map: np.ndarray, q: float = 0.99) -> list[float | None]:
+    """The ``q``-quantile of the anomaly map (input array layout) over each axial slice's brain voxels, in
+    the input's index order along the axial axis; None where a slice has no brain. It ranks slices by
+    their most anomalous region, where the slice bpd averages it away (see README, Results)."""
+    canon = prepared.geometry.to_canonical(anomaly_map)
+    out = [float(np.quantile(m[b], q)) if b.any() else None for m, b in zip(canon, prepared.brain)]
+    return out[::-1] if prepared.geometry.flips[0] else out
 
 
 def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None = None, *,  # noqa: F821
@@ -262,6 +273,6 @@ def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None 
     volume_bpd = float(scores.bpd.mean())
     result = ScoreResult(anomaly, label, volume_bpd, prepared.geometry.axes[0],
                          slice_scores(prepared, scores.bpd), thr, scores.nfe,
-                         time.perf_counter() - t0, str(dev))
+                         time.perf_counter() - t0, str(dev), slice_map_scores(prepared, anomaly))
     report(1.0, "done")
     return result

@@ -166,6 +166,7 @@ def _run(args: argparse.Namespace, progress: _Progress, written: list[Path]) -> 
         "input": str(args.input), "mask": args.mask,
         "volume_score_bpd": float(result.volume_score_bpd), "slice_axis": int(result.slice_axis),
         "slice_scores": [None if s is None else float(s) for s in result.slice_scores],
+        "slice_anomaly_scores": [None if s is None else float(s) for s in result.slice_anomaly_scores],
         "threshold": float(result.threshold), "model": getattr(model, "name", "unnamed"),
         "model_dir": str(args.model or default_model_dir()), "device": str(result.device),
         "preset": args.preset, "seconds": round(float(result.seconds), 3), "nfe": int(result.nfe),

@@ -56,6 +56,12 @@ def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
     assert len(report["slice_scores"]) == arr.shape[axis]
     empty = [i for i in range(arr.shape[axis]) if not np.take(arr, i, axis=axis).any()]
     assert all(report["slice_scores"][i] is None for i in empty)
+    # the map-based slice score: the 99th percentile of the written anomaly map over each brain slice
+    # (the map is >= 0 and 0 outside the brain, so it lies between the whole slice's p99 and its maximum)
+    amap = np.moveaxis(sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{stem}_anomaly.nii.gz"))), axis, 0)
+    assert [s is None for s in report["slice_anomaly_scores"]] == [s is None for s in report["slice_scores"]]
+    k = int(np.argmax(amap.reshape(len(amap), -1).max(1)))
+    assert float(np.quantile(amap[k], 0.99)) - 1e-6 <= report["slice_anomaly_scores"][k] <= float(amap[k].max()) + 1e-6
     assert report["threshold"] == pytest.approx(0.05)
     assert report["device"] == "cpu" and report["nfe"] > 0
     anomaly = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{stem}_anomaly.nii.gz")))

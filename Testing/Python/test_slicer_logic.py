@@ -220,6 +220,7 @@ def test_rethreshold_relabels_without_touching_the_map(scene, volume):
 
 def test_score_table_and_plot(scene, volume):
     report = report_for(1.0)
+    report["slice_anomaly_scores"] = [None] + [0.1 * i for i in range(1, SHAPE[0])]
     out = M.applyResults(scene, volume, known_map(), np.zeros(SHAPE, np.uint8), report)
     table = out["table"]
     assert table.GetNumberOfRows() == SHAPE[0]
@@ -227,6 +228,10 @@ def test_score_table_and_plot(scene, volume):
     scores = [table.GetTable().GetValue(r, 1).ToDouble() for r in range(SHAPE[0])]
     assert math.isnan(scores[0])
     np.testing.assert_allclose(scores[1:], report["slice_scores"][1:])
+    assert table.GetColumnName(2) == M.MAP_SCORE_COLUMN
+    p99 = [table.GetTable().GetValue(r, 2).ToDouble() for r in range(SHAPE[0])]
+    assert math.isnan(p99[0])
+    np.testing.assert_allclose(p99[1:], report["slice_anomaly_scores"][1:])
     assert [table.GetTable().GetValue(r, 0).ToInt() for r in range(SHAPE[0])] == list(range(SHAPE[0]))
     assert float(table.GetAttribute("AnoDODE.volume_score_bpd")) == 1.25
     assert table.GetAttribute("AnoDODE.slice_axis") == "0"

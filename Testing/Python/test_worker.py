@@ -110,7 +110,7 @@ def test_worker_scores_a_real_scan(small_flair, tiny_model_dir, tmp_path):
         np.testing.assert_allclose(result.GetOrigin(), image.GetOrigin(), atol=1e-4)
         np.testing.assert_allclose(result.GetDirection(), image.GetDirection(), atol=1e-6)
     report = json.loads((out / "report.json").read_text())
-    for key in ("volume_score_bpd", "slice_axis", "slice_scores", "threshold", "model", "device", "seconds", "nfe"):
+    for key in ("volume_score_bpd", "slice_axis", "slice_scores", "slice_anomaly_scores", "threshold", "model", "device", "seconds", "nfe"):
         assert key in report, key
     a, lab = sitk.GetArrayFromImage(anomaly), sitk.GetArrayFromImage(label)
     assert set(np.unique(lab)) <= {0, 1}
