@@ -298,7 +298,8 @@ def updateScoreTable(scene, inputNode, report: dict, tableNode=None):
         table.AddColumn(mapColumn)
         tableNode.SetUseColumnTitleAsColumnHeader(True)
         tableNode.SetAttribute(ROLE_ATTRIBUTE, "scores")
-        for key in ("volume_score_bpd", "slice_axis", "threshold", "model", "device", "preset", "seconds", "nfe"):
+        for key in ("volume_score_bpd", "slice_axis", "threshold", "model", "device", "preset", "seconds", "nfe",
+                    "nfe_reconstruction"):
             if key in report:
                 tableNode.SetAttribute(f"AnoDODE.{key}", str(report[key]))
         tableNode.Modified()

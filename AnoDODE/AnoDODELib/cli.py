@@ -90,6 +90,7 @@ def _score_one(path: Path, mask_path: Path | None, model, args: argparse.Namespa
         "threshold": result.threshold,
         "model": model.name, "model_dir": str(args.model or default_model_dir()),
         "device": result.device, "preset": args.preset, "seconds": round(result.seconds, 3), "nfe": result.nfe,
+        "nfe_reconstruction": result.nfe_reconstruction,
         "anomalous_voxels": int(result.label.sum()), "anodode_version": __version__,
         "outputs": {k: str(v) for k, v in outputs.items()},
     }

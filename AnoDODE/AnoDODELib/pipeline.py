@@ -215,6 +215,7 @@ class ScoreResult(NamedTuple):
     nfe: int                         # score-network evaluations per location (likelihood ODE)
     seconds: float
     device: str
+    nfe_reconstruction: int = 0      # score-network evaluations per location for the reconstruction, all draws
     slice_anomaly_scores: list[float | None] = []  # per index along slice_axis: 99th percentile of the
     #                                                anomaly map over the slice's brain voxels; None without brain
 
@@ -273,6 +274,8 @@ def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None 
     volume_bpd = float(scores.bpd.mean())
     result = ScoreResult(anomaly, label, volume_bpd, prepared.geometry.axes[0],
                          slice_scores(prepared, scores.bpd), thr, scores.nfe,
-                         time.perf_counter() - t0, str(dev), slice_map_scores(prepared, anomaly))
+                         time.perf_counter() - t0, str(dev),
+                         scores.nfe_reconstruction * model.config.localisation.n_reconstructions,
+                         slice_map_scores(prepared, anomaly))
     report(1.0, "done")
     return result

@@ -170,6 +170,7 @@ def _run(args: argparse.Namespace, progress: _Progress, written: list[Path]) -> 
         "threshold": float(result.threshold), "model": getattr(model, "name", "unnamed"),
         "model_dir": str(args.model or default_model_dir()), "device": str(result.device),
         "preset": args.preset, "seconds": round(float(result.seconds), 3), "nfe": int(result.nfe),
+        "nfe_reconstruction": int(result.nfe_reconstruction),
         "anomalous_voxels": int(np.count_nonzero(result.label)),
         "outputs": {k: str(v) for k, v in paths.items()},
     }

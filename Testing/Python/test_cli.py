@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from AnoDODELib.bundle import load_model
 from AnoDODELib.cli import main, output_stem
 
 
@@ -64,6 +65,8 @@ def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
     assert float(np.quantile(amap[k], 0.99)) - 1e-6 <= report["slice_anomaly_scores"][k] <= float(amap[k].max()) + 1e-6
     assert report["threshold"] == pytest.approx(0.05)
     assert report["device"] == "cpu" and report["nfe"] > 0
+    loc = load_model(tiny_model_dir).config.localisation
+    assert report["nfe_reconstruction"] == 4 * loc.reconstruction_steps * loc.n_reconstructions   # RK4
     anomaly = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{stem}_anomaly.nii.gz")))
     assert np.array_equal(label, (anomaly > report["threshold"]).astype(np.uint8))
     assert (out / f"{stem}_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
