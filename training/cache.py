@@ -64,7 +64,8 @@ def case_key(case: Case, cfg_digest: str) -> str:
     for p in case.input_files():
         st = Path(p).stat()
         files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
-    blob = json.dumps({"cfg": cfg_digest, "name": case.name, "channel": case.channel, "files": files},
+    extra = {"resample_seg": True} if case.resample_seg else {}   # keeps older keys valid
+    blob = json.dumps({"cfg": cfg_digest, "name": case.name, "channel": case.channel, "files": files, **extra},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

@@ -49,6 +49,7 @@ class Case:
     expert: bool = True
     channel: int | None = None
     contrast: str = "flair"
+    resample_seg: bool = False     # a seg on another grid is resampled onto the image (nearest, by mm)
 
     @property
     def image(self) -> Path:
@@ -255,12 +256,22 @@ def select(cases: list[Case], names: list[str] | None = None, exclude: list[str]
 
 
 def seg_array(case: Case, image: sitk.Image) -> np.ndarray:
-    """Whole-tumour mask (seg > 0) in the image's array layout (all False without a seg)."""
+    """Whole-tumour mask (seg > 0) in the image's array layout (all False without a seg).
+
+    A seg on another grid is an error unless ``case.resample_seg``: then it is resampled onto the image's
+    grid (nearest neighbour at each voxel's physical position, 0 outside the seg), e.g. a lesion mask drawn
+    on a DWI of the same session."""
     from AnoDODELib import volume_io
 
     if case.seg is None:
         return np.zeros(sitk.GetArrayViewFromImage(image).shape, bool)
     seg = sitk.ReadImage(str(case.seg))
     if not volume_io.same_grid(seg, image):
-        raise ValueError(f"{case.seg} is not on the grid of {case.flair}")
+        if not case.resample_seg:
+            raise ValueError(f"{case.seg} is not on the grid of {case.flair} (--resample-seg resamples it "
+                             "onto the image by physical coordinates)")
+        if seg.GetNumberOfComponentsPerPixel() != 1 or seg.GetDimension() != 3:
+            raise ValueError(f"{case.seg}: a seg must be a 3-D scalar image")
+        # nearest neighbour at each image voxel's physical position (mm); outside the seg's extent = 0
+        seg = sitk.Resample(seg, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, seg.GetPixelID())
     return np.rint(sitk.GetArrayFromImage(seg)) > 0

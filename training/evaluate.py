@@ -296,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contrast", default="flair")
     ap.add_argument("--cases", nargs="*", default=None, help="only these case names")
     ap.add_argument("--exclude", nargs="*", default=[])
+    ap.add_argument("--resample-seg", action="store_true",
+                    help="resample a seg that is not on its image's grid onto it (nearest neighbour, by "
+                         "physical coordinates) instead of refusing the case")
     ap.add_argument("--gaussian", type=Path, default=None,
                     help="gaussian_baseline.npz from the training run folder (adds the Gaussian baseline)")
     ap.add_argument("--preset", default="standard", choices=list(PRESETS))
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model = load_model(args.model)
-        cases = gather_cases(args.data, args.contrast, args.cases, args.exclude)
+        cases = gather_cases(args.data, args.contrast, args.cases, args.exclude, args.resample_seg)
         gaussian = GaussianBaseline.load(args.gaussian) if args.gaussian else None
     except (BundleError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -322,10 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     mine = cases[rank::world]
-    if args.cache is not None:   # each rank caches its own cases
-        loaded = load_cases(mine, model.config, cache_dir=args.cache, workers=args.workers, progress=rank == 0)
-    else:
-        loaded = load_cases(mine, model.config)
+    try:
+        if args.cache is not None:   # each rank caches its own cases
+            loaded = load_cases(mine, model.config, cache_dir=args.cache, workers=args.workers,
+                                progress=rank == 0)
+        else:
+            loaded = load_cases(mine, model.config)
+    except (ValueError, OSError) as exc:   # volume_io.InputError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     variants = localisation_variants(model.config.localisation) if args.all_variants else None
     out = args.output
     shard_dir = out / "shards"

@@ -368,10 +368,13 @@ def git_commit() -> str | None:
         return None
 
 
-def gather_cases(sources: list[str], contrast: str, names: list[str] | None, exclude: list[str]) -> list[Case]:
+def gather_cases(sources: list[str], contrast: str, names: list[str] | None, exclude: list[str],
+                 resample_seg: bool = False) -> list[Case]:
     cases: list[Case] = []
     for s in sources:
         cases += find_cases(s, contrast)
+    if resample_seg:
+        cases = [dataclasses.replace(c, resample_seg=True) for c in cases]
     return select(cases, names, exclude)
 
 
@@ -384,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contrast", default="flair", help="flair (default), t1, t1ce or t2")
     ap.add_argument("--cases", nargs="*", default=None, help="only these case names")
     ap.add_argument("--exclude", nargs="*", default=[], help="case names to leave out")
+    ap.add_argument("--resample-seg", action="store_true",
+                    help="resample a seg that is not on its image's grid onto it (nearest neighbour, by "
+                         "physical coordinates) instead of refusing the case")
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="global batch (all ranks)")
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -408,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     if world == 1 and args.device == "auto":
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        cases = gather_cases(args.data, args.contrast, args.cases, args.exclude)
+        cases = gather_cases(args.data, args.contrast, args.cases, args.exclude, args.resample_seg)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -437,7 +443,11 @@ def main(argv: list[str] | None = None) -> int:
         }, indent=2) + "\n")
     gen = torch.Generator().manual_seed(tc.seed)
     if args.cache is None:
-        loaded = [load_case(c, cfg, tc.healthy, tc.tumour_margin_mm) for c in cases]
+        try:
+            loaded = [load_case(c, cfg, tc.healthy, tc.tumour_margin_mm) for c in cases]
+        except (ValueError, OSError) as exc:   # volume_io.InputError is a ValueError
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         torch.manual_seed(tc.seed)
         feats, ctx = training_vectors(loaded, tc.max_locations_per_case, gen)
         calib = loaded[: tc.calibration_cases]

@@ -75,6 +75,20 @@ def test_train_then_evaluate_cli(tmp_path, csv_cases):
     assert not (out / "shards").exists() and not (out / "voxels").exists()
 
 
+def test_evaluate_refuses_a_missing_case_file_with_one_line(tmp_path, capsys):
+    from AnoDODELib.bundle import default_model_dir
+    from training import evaluate
+
+    table = tmp_path / "cases.csv"
+    table.write_text("name,flair,seg\nx,missing.nii.gz,\n")
+    out = tmp_path / "eval"
+    assert evaluate.main(["--model", str(default_model_dir()), "--output", str(out),
+                          "--data", f"csv:{table}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "missing.nii.gz" in err[0]
+    assert not out.exists()
+
+
 def _case(brain, tumour):
     from types import SimpleNamespace
     return SimpleNamespace(tumour=np.asarray(tumour, bool), prepared=SimpleNamespace(brain=np.asarray(brain, bool)))

@@ -23,6 +23,7 @@ from training.cases import (
     read_case_image,
     read_csv,
     read_msd,
+    seg_array,
     select,
 )
 from training.train import load_cached, load_case, load_cases, training_vectors, training_vectors_cached
@@ -142,6 +143,37 @@ def test_csv_reader(tmp_path, vols):
     assert [c.name for c in select(cases, ["ixi"])] == ["ixi"]
     with pytest.raises(ValueError, match="unknown case"):
         select(cases, ["nope"])
+
+
+def test_seg_on_another_grid_is_refused_or_resampled_by_physical_position(tmp_path):
+    """A lesion mask on a coarser, shifted grid (e.g. drawn on a DWI of the same session)."""
+    image = sitk.Image(40, 30, 12, sitk.sitkFloat32)
+    image.SetSpacing((1.0, 1.0, 5.0))
+    image.SetOrigin((-20.0, -15.0, -30.0))
+    seg = sitk.Image(20, 16, 30, sitk.sitkUInt8)
+    seg.SetSpacing((2.0, 2.0, 2.0))
+    seg.SetOrigin((-19.5, -15.5, -29.5))
+    # a box of 2 mm voxels [4, 10) x [3, 9) x [5, 20), i.e. x in [-12.5, -0.5), y in [-10.5, 1.5), z in [-20.5, 9.5) mm
+    arr = np.zeros((30, 16, 20), np.uint8)
+    arr[5:20, 3:9, 4:10] = 2
+    seg_img = sitk.GetImageFromArray(arr)
+    seg_img.CopyInformation(seg)
+    sitk.WriteImage(seg_img, str(tmp_path / "seg.nii.gz"))
+    sitk.WriteImage(image, str(tmp_path / "img.nii.gz"))
+    case = Case("c", "test", tmp_path / "img.nii.gz", tmp_path / "seg.nii.gz")
+    with pytest.raises(ValueError, match="not on the grid.*--resample-seg"):
+        seg_array(case, image)
+    got = seg_array(dataclasses.replace(case, resample_seg=True), image)
+    # expected: image voxel centres (x = -20 + i, y = -15 + j, z = -30 + 5 k) whose nearest seg voxel is in
+    # the box, i.e. centres inside the box's physical extent
+    x = -20.0 + np.arange(40)
+    y = -15.0 + np.arange(30)
+    z = -30.0 + 5.0 * np.arange(12)
+    want = ((z >= -20.5) & (z < 9.5))[:, None, None] & ((y >= -10.5) & (y < 1.5))[None, :, None] \
+        & ((x >= -12.5) & (x < -0.5))[None, None, :]
+    assert got.shape == (12, 30, 40) and want.sum() > 0
+    np.testing.assert_array_equal(got, want)
+    assert cache.case_key(case, "d") != cache.case_key(dataclasses.replace(case, resample_seg=True), "d")
 
 
 @pytest.fixture()
