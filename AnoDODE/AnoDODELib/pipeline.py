@@ -215,8 +215,8 @@ class ScoreResult(NamedTuple):
     nfe: int                         # score-network evaluations per location (likelihood ODE)
     seconds: float
     device: str
-    nfe_reconstruction: int = 0      # score-network evaluations per location for the reconstruction, all draws
-    slice_anomaly_scores: list[float | None] = []  # per index along slice_axis: 99th percentile of the
+    nfe_reconstruction: int          # score-network evaluations per location for the reconstruction, all draws
+    slice_anomaly_scores: list[float | None]  # per index along slice_axis: 99th percentile of the
     #                                                anomaly map over the slice's brain voxels; None without brain
 
 
