@@ -2,8 +2,8 @@
 
 FLAIR z-score: the intensity z-scored within the brain (the engine's own normalisation) is the voxel
 anomaly score; FLAIR pathology is hyperintense, so larger is more anomalous. The smoothed variant
-averages it in-plane inside the brain with the same Gaussian as AnoDODE's map, so that the map
-smoothing itself is not what separates the two.
+averages it in-plane inside the brain (normalised convolution) with a Gaussian as wide as AnoDODE's
+map smoothing, so that the smoothing itself is not what separates the two.
 """
 from __future__ import annotations
 
@@ -26,14 +26,6 @@ def smoothed_zscore_map(normalised: np.ndarray, brain: np.ndarray, sigma_mm: flo
     m = torch.from_numpy(np.ascontiguousarray(brain, dtype=np.float32)).unsqueeze(1)
     sm = masked_smooth(img, m, sigma_mm / float(np.mean(spacing_mm))).squeeze(1).numpy()
     return flair_zscore_map(sm, brain)
-
-
-def slice_quantile_scores(voxel_map: np.ndarray, brain: np.ndarray, q: float = 0.99) -> list[float | None]:
-    """Per-slice (axis 0) ``q``-quantile of a voxel map over brain voxels; None for slices without brain."""
-    out: list[float | None] = []
-    for m, b in zip(voxel_map, brain):
-        out.append(float(np.quantile(m[b], q)) if b.any() else None)
-    return out
 
 
 class GaussianBaseline:

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from AnoDODELib.anomaly_map import scatter_to_grid, smooth_on_grid
+from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smooth_on_grid
 from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import LocalisationConfig
 from AnoDODELib.pipeline import PRESETS, PreparedVolume, maps_from_scores, score_locations, slice_scores
 
 from . import metrics
-from .baselines import GaussianBaseline, flair_zscore_map, slice_quantile_scores, smoothed_zscore_map
+from .baselines import GaussianBaseline, flair_zscore_map, smoothed_zscore_map
 from .train import LoadedCase
 
 logger = logging.getLogger("training.evaluate")

@@ -9,6 +9,7 @@ positive intensity residual: high where the location is both improbable and brig
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .config import LocalisationConfig
@@ -46,3 +47,8 @@ def smooth_on_grid(grid: torch.Tensor, mask: torch.Tensor, sigma_mm: float, spac
         return grid
     out = gaussian_blur(grid.unsqueeze(1).float(), sigma_mm / spacing_mm).squeeze(1)
     return out * mask
+
+
+def slice_quantile_scores(voxel_map: np.ndarray, brain: np.ndarray, q: float = 0.99) -> list[float | None]:
+    """Per-slice (axis 0) ``q``-quantile of a voxel map over brain voxels; None for slices without brain."""
+    return [float(np.quantile(m[b], q)) if b.any() else None for m, b in zip(voxel_map, brain)]

@@ -23,7 +23,7 @@ import torch
 
 from . import device as fast_ode
 from . import volume_io
-from .anomaly_map import location_scores, scatter_to_grid, smooth_on_grid
+from .anomaly_map import location_scores, scatter_to_grid, slice_quantile_scores, smooth_on_grid
 from .config import LocalisationConfig, ModelConfig, SolverConfig
 from .features import extract_features
 from .likelihood import log_likelihood, solver_kwargs
@@ -246,8 +246,7 @@ def slice_map_scores(prepared: PreparedVolume, anomaly_map: np.ndarray, q: float
     """The ``q``-quantile of the anomaly map (input array layout) over each axial slice's brain voxels, in
     the input's index order along the axial axis; None where a slice has no brain. It ranks slices by
     their most anomalous region, where the slice bpd averages it away (see README, Results)."""
-    canon = prepared.geometry.to_canonical(anomaly_map)
-    out = [float(np.quantile(m[b], q)) if b.any() else None for m, b in zip(canon, prepared.brain)]
+    out = slice_quantile_scores(prepared.geometry.to_canonical(anomaly_map), prepared.brain, q)
     return out[::-1] if prepared.geometry.flips[0] else out
 
 
