@@ -413,8 +413,11 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
     # --- running
 
     def startRun(self, inputNode, maskNode=None, modelPath=None, device="auto", preset="standard",
-                 threshold=None) -> AnoDODERun:
-        """Write the input (and mask) to a temporary folder and start the worker; returns at once."""
+                 threshold=None, otherContrastNodes=None) -> AnoDODERun:
+        """Write the input (and mask) to a temporary folder and start the worker; returns at once.
+
+        otherContrastNodes: for a multi-contrast model, its other contrasts as {name: volume node}, e.g.
+        {"t1ce": node}; each is written with its own geometry and resampled onto the input by position."""
         import SimpleITK as sitk
 
         from AnoDODELib.worker import build_command
@@ -430,9 +433,16 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
                 mask = AnoDODEMRML.maskArrayForInput(maskNode, inputNode)
                 maskPath = tempDir / "mask.nrrd"
                 sitk.WriteImage(AnoDODEMRML.sitkImageFromVolume(inputNode, mask), str(maskPath))
+            others = {}
+            for name, node in (otherContrastNodes or {}).items():
+                if node is None or node.GetImageData() is None:
+                    raise ValueError(f"Select a {name} volume with image data.")
+                others[name] = tempDir / f"contrast_{name}.nrrd"
+                sitk.WriteImage(AnoDODEMRML.sitkImageFromVolume(node), str(others[name]))
             model = str(modelPath) if modelPath and str(modelPath) not in ("", ".") else None
             command = build_command(AnoDODEProcess.pythonSlicerExecutable(), inputPath, tempDir / "output",
-                                    mask=maskPath, model=model, device=device, preset=preset, threshold=threshold)
+                                    mask=maskPath, model=model, device=device, preset=preset, threshold=threshold,
+                                    other_contrasts=others)
             process = AnoDODEProcess.WorkerProcess(command)
         except BaseException:
             shutil.rmtree(tempDir, ignore_errors=True)
@@ -467,9 +477,9 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
 
     def runBlocking(self, inputNode, maskNode=None, modelPath=None, device="auto", preset="standard",
                     threshold=None, heatmapNode=None, segmentationNode=None, tableNode=None,
-                    timeout=None) -> dict:
+                    timeout=None, otherContrastNodes=None) -> dict:
         """Score ``inputNode`` and wait; returns the output nodes plus the report. Raises RuntimeError."""
-        run = self.startRun(inputNode, maskNode, modelPath, device, preset, threshold)
+        run = self.startRun(inputNode, maskNode, modelPath, device, preset, threshold, otherContrastNodes)
         try:
             run.process.wait(timeout)
             for stream, line in run.process.poll():

@@ -65,6 +65,8 @@ def case_key(case: Case, cfg_digest: str) -> str:
         st = Path(p).stat()
         files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
     extra = {"resample_seg": True} if case.resample_seg else {}   # keeps older keys valid
+    if case.extra:
+        extra["contrasts"] = [[c, ch] for c, _, ch in case.extra]
     blob = json.dumps({"cfg": cfg_digest, "name": case.name, "channel": case.channel, "files": files, **extra},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -86,14 +88,19 @@ def _valid(path: Path, key: str) -> bool:
 
 
 def prepare_case(case: Case, cfg: ModelConfig) -> tuple[PreparedVolume, np.ndarray]:
-    """The engine's preprocessing of the case's image, and its canonical whole-tumour mask."""
+    """The engine's preprocessing of the case's image(s), and its canonical whole-tumour mask.
+
+    The case must carry exactly the model's contrasts, primary first."""
     from AnoDODELib.pipeline import prepare_volume
 
-    from .cases import read_case_image, seg_array
+    from .cases import read_case_images, seg_array
 
-    image = read_case_image(case)
+    if case.contrasts != tuple(cfg.features.contrasts):
+        raise ValueError(f"{case.name}: has contrasts {'+'.join(case.contrasts)}, the model reads "
+                         f"{'+'.join(cfg.features.contrasts)}")
+    image, others = read_case_images(case)
     mask = volume_io.read_mask(case.brain_mask, image) if case.brain_mask else None
-    prepared = prepare_volume(image, cfg, mask, name=case.name)
+    prepared = prepare_volume(image, cfg, mask, name=case.name, other_contrasts=others)
     tumour = prepared.geometry.to_canonical(seg_array(case, image))
     return prepared, np.ascontiguousarray(tumour)
 
@@ -119,7 +126,8 @@ def _arrays(prepared: PreparedVolume, tumour: np.ndarray, meta: dict) -> dict[st
 def build_entry(case: Case, cfg: ModelConfig, path: Path, key: str) -> Path:
     prepared, tumour = prepare_case(case, cfg)
     meta = {"key": key, "format": CACHE_FORMAT, "case": case.name, "dataset": case.dataset,
-            "image": str(case.flair), "channel": case.channel, "contrast": case.contrast}
+            "image": str(case.flair), "channel": case.channel, "contrast": case.contrast,
+            "contrasts": list(case.contrasts)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
     try:

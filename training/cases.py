@@ -3,7 +3,9 @@
 Whole tumour = seg > 0 in every label scheme. ``expert`` is False for the TCGA pseudo ground truth
 (a fusion of 5 BraTS algorithms): fine for choosing healthy tissue, weaker for scoring.
 
-Readers (each given a folder, or a CSV file) return ``Case`` objects for one contrast:
+Readers (each given a folder, or a CSV file) return ``Case`` objects for one contrast or several
+(``contrast="flair,t1ce"`` or a sequence: the first is the primary image, the others ride along as
+co-registered extra contrasts; a case lacking any of them is left out):
 
     brats2021  BraTS2021_XXXXX/BraTS2021_XXXXX_{flair,t1,t1ce,t2,seg}.nii.gz
     brats2023  BraTS-GLI-XXXXX-XXX/BraTS-GLI-XXXXX-XXX-{t2f,t1n,t1c,t2w,seg}.nii.gz (any BraTS-* prefix)
@@ -20,14 +22,16 @@ import csv
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from AnoDODELib.config import CONTRASTS
+
 REPO = Path(__file__).resolve().parents[1]
-CONTRASTS = ("flair", "t1", "t1ce", "t2")
 
 
 def data_dir() -> Path:
@@ -37,9 +41,10 @@ def data_dir() -> Path:
 
 @dataclass(frozen=True)
 class Case:
-    """One scan. ``flair`` is the image file of the chosen contrast (the name is historical: it holds
-    whatever contrast the reader was asked for, see ``contrast``); ``channel`` selects one volume of a
-    4-D file (MSD), None for a 3-D file."""
+    """One scan. ``flair`` is the image file of the primary contrast (the name is historical: it holds
+    whatever contrast the reader was asked for first, see ``contrast``); ``channel`` selects one volume of
+    a 4-D file (MSD), None for a 3-D file. ``extra`` holds the further contrasts of a multi-contrast
+    model as (contrast, file, channel), aligned with the primary image."""
 
     name: str
     dataset: str
@@ -50,34 +55,48 @@ class Case:
     channel: int | None = None
     contrast: str = "flair"
     resample_seg: bool = False     # a seg on another grid is resampled onto the image (nearest, by mm)
+    extra: tuple[tuple[str, Path, int | None], ...] = ()
 
     @property
     def image(self) -> Path:
         return self.flair
 
+    @property
+    def contrasts(self) -> tuple[str, ...]:
+        return (self.contrast, *(c for c, _, _ in self.extra))
+
     def input_files(self) -> list[Path]:
-        return [p for p in (self.flair, self.seg, self.brain_mask) if p is not None]
+        files = [p for p in (self.flair, self.seg, self.brain_mask) if p is not None]
+        return files + [p for _, p, _ in self.extra if p not in files]
 
 
 def read_case_image(case: Case) -> sitk.Image:
-    """The case's 3-D image (a 4-D file's ``channel`` extracted in memory), validated like any input."""
+    """The case's primary 3-D image (a 4-D file's ``channel`` extracted in memory), validated like any input."""
+    return _read_volume(case.flair, case.channel)
+
+
+def read_case_images(case: Case) -> tuple[sitk.Image, dict[str, sitk.Image]]:
+    """The primary image and the extra contrasts by name."""
+    return read_case_image(case), {c: _read_volume(p, ch) for c, p, ch in case.extra}
+
+
+def _read_volume(path: Path, channel: int | None) -> sitk.Image:
     from AnoDODELib import volume_io
 
-    if case.channel is None:
-        return volume_io.read_image(case.flair)
-    image = sitk.ReadImage(str(case.flair))
+    if channel is None:
+        return volume_io.read_image(path)
+    image = sitk.ReadImage(str(path))
     if image.GetNumberOfComponentsPerPixel() > 1:          # stored as a vector image
         n = image.GetNumberOfComponentsPerPixel()
-        if not 0 <= case.channel < n:
-            raise volume_io.InputError(f"{case.flair}: channel {case.channel} of {n}")
-        return sitk.VectorIndexSelectionCast(image, case.channel)
+        if not 0 <= channel < n:
+            raise volume_io.InputError(f"{path}: channel {channel} of {n}")
+        return sitk.VectorIndexSelectionCast(image, channel)
     if image.GetDimension() != 4:
-        raise volume_io.InputError(f"{case.flair}: a channel was asked for but the image is "
-                                   f"{image.GetDimension()}-D")
+        raise volume_io.InputError(f"{path}: a channel was asked for but the image is {image.GetDimension()}-D")
     size = list(image.GetSize())
-    if not 0 <= case.channel < size[3]:
-        raise volume_io.InputError(f"{case.flair}: channel {case.channel} of {size[3]}")
-    return sitk.Extract(image, size[:3] + [0], [0, 0, 0, case.channel])
+    if not 0 <= channel < size[3]:
+        raise volume_io.InputError(f"{path}: channel {channel} of {size[3]}")
+    return sitk.Extract(image, size[:3] + [0], [0, 0, 0, channel])
 
 
 def _check_contrast(contrast: str) -> str:
@@ -85,6 +104,21 @@ def _check_contrast(contrast: str) -> str:
     if c not in CONTRASTS:
         raise ValueError(f"unknown contrast {contrast!r}; valid: {', '.join(CONTRASTS)}")
     return c
+
+
+def parse_contrasts(contrast: str | Sequence[str]) -> tuple[str, ...]:
+    """``"flair,t1ce"`` or ``["flair", "t1ce"]`` -> ("flair", "t1ce"), checked (known, distinct, not empty)."""
+    items = contrast.split(",") if isinstance(contrast, str) else list(contrast)
+    out = tuple(_check_contrast(c.strip()) for c in items if c.strip())
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"contrasts must be distinct names from {', '.join(CONTRASTS)}; got {contrast!r}")
+    return out
+
+
+def _case(name: str, dataset: str, files: list[tuple[str, Path, int | None]], seg: Path | None,
+          brain_mask: Path | None = None, expert: bool = True) -> Case:
+    (c0, p0, ch0), rest = files[0], tuple(files[1:])
+    return Case(name, dataset, p0, seg, brain_mask, expert, channel=ch0, contrast=c0, extra=rest)
 
 
 BRATS2021_SUFFIX = {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2"}
@@ -97,48 +131,46 @@ def _first_existing(*paths: Path) -> Path | None:
     return next((p for p in paths if p.exists()), None)
 
 
-def read_brats2021(folder: str | os.PathLike, contrast: str = "flair", dataset: str = "BraTS2021") -> list[Case]:
-    """Every ``BraTS2021_*`` case folder under ``folder`` that has the contrast (seg optional)."""
-    suffix = BRATS2021_SUFFIX[_check_contrast(contrast)]
+def _read_folders(folder: str | os.PathLike, contrast: str | Sequence[str], dataset: str, prefix: str,
+                  sep: str, suffixes: dict[str, str]) -> list[Case]:
+    contrasts = parse_contrasts(contrast)
     out = []
     for d in sorted(Path(folder).iterdir()):
-        if not (d.is_dir() and d.name.startswith("BraTS2021_")):
+        if not (d.is_dir() and d.name.startswith(prefix)):
             continue
-        img = _first_existing(d / f"{d.name}_{suffix}.nii.gz", d / f"{d.name}_{suffix}.nii")
-        if img is None:
+        files = [(c, _first_existing(d / f"{d.name}{sep}{suffixes[c]}.nii.gz", d / f"{d.name}{sep}{suffixes[c]}.nii"),
+                  None) for c in contrasts]
+        if any(p is None for _, p, _ in files):
             continue
-        seg = _first_existing(d / f"{d.name}_seg.nii.gz", d / f"{d.name}_seg.nii")
-        out.append(Case(d.name, dataset, img, seg, contrast=contrast))
+        seg = _first_existing(d / f"{d.name}{sep}seg.nii.gz", d / f"{d.name}{sep}seg.nii")
+        out.append(_case(d.name, dataset, files, seg))
     return out
 
 
-def read_brats2023(folder: str | os.PathLike, contrast: str = "flair", dataset: str = "BraTS2023") -> list[Case]:
-    """Every ``BraTS-*`` case folder (GLI, MEN, MET, PED, SSA ...) under ``folder`` with the contrast."""
-    suffix = BRATS2023_SUFFIX[_check_contrast(contrast)]
-    out = []
-    for d in sorted(Path(folder).iterdir()):
-        if not (d.is_dir() and d.name.startswith("BraTS-")):
-            continue
-        img = _first_existing(d / f"{d.name}-{suffix}.nii.gz", d / f"{d.name}-{suffix}.nii")
-        if img is None:
-            continue
-        seg = _first_existing(d / f"{d.name}-seg.nii.gz", d / f"{d.name}-seg.nii")
-        out.append(Case(d.name, dataset, img, seg, contrast=contrast))
-    return out
+def read_brats2021(folder: str | os.PathLike, contrast: str | Sequence[str] = "flair",
+                   dataset: str = "BraTS2021") -> list[Case]:
+    """Every ``BraTS2021_*`` case folder under ``folder`` that has the contrast(s) (seg optional)."""
+    return _read_folders(folder, contrast, dataset, "BraTS2021_", "_", BRATS2021_SUFFIX)
 
 
-def read_msd(folder: str | os.PathLike, contrast: str = "flair", dataset: str = "MSD Task01_BrainTumour"
-             ) -> list[Case]:
+def read_brats2023(folder: str | os.PathLike, contrast: str | Sequence[str] = "flair",
+                   dataset: str = "BraTS2023") -> list[Case]:
+    """Every ``BraTS-*`` case folder (GLI, MEN, MET, PED, SSA ...) under ``folder`` with the contrast(s)."""
+    return _read_folders(folder, contrast, dataset, "BraTS-", "-", BRATS2023_SUFFIX)
+
+
+def read_msd(folder: str | os.PathLike, contrast: str | Sequence[str] = "flair",
+             dataset: str = "MSD Task01_BrainTumour") -> list[Case]:
     """Task01_BrainTumour: 4-D ``imagesTr/BRATS_XXX.nii.gz``; the channel comes from ``dataset.json``'s
     ``modality`` when present (else FLAIR, T1w, t1gd, T2w). Labels from ``labelsTr`` when present."""
-    c = _check_contrast(contrast)
+    contrasts = parse_contrasts(contrast)
     root = Path(folder)
-    channel = MSD_CHANNEL[c]
+    channels = dict(MSD_CHANNEL)
     meta = root / "dataset.json"
     if meta.exists():
         modality = json.loads(meta.read_text()).get("modality", {})
         named = {v.lower(): int(k) for k, v in modality.items()}
-        channel = named.get(MSD_NAMES[c], channel)
+        channels = {c: named.get(MSD_NAMES[c], ch) for c, ch in channels.items()}
     out = []
     for sub in ("imagesTr", "imagesTs"):
         for img in sorted((root / sub).glob("*.nii*")):
@@ -146,21 +178,24 @@ def read_msd(folder: str | os.PathLike, contrast: str = "flair", dataset: str = 
                 continue
             name = re.sub(r"\.nii(\.gz)?$", "", img.name)
             seg = _first_existing(root / "labelsTr" / img.name) if sub == "imagesTr" else None
-            out.append(Case(name, dataset, img, seg, channel=channel, contrast=c))
+            out.append(_case(name, dataset, [(c, img, channels[c]) for c in contrasts], seg))
     return out
 
 
-def read_csv(path: str | os.PathLike, contrast: str = "flair", dataset: str | None = None) -> list[Case]:
-    """Cases from a CSV table of paths; the image column is the contrast's name (``flair`` ...)."""
-    c = _check_contrast(contrast)
+def read_csv(path: str | os.PathLike, contrast: str | Sequence[str] = "flair", dataset: str | None = None
+             ) -> list[Case]:
+    """Cases from a CSV table of paths; the image columns are the contrasts' names (``flair`` ...). A row
+    without a path for one of them is left out."""
+    contrasts = parse_contrasts(contrast)
     path = Path(path)
     base = path.parent
     out = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         cols = {k.strip().lower(): k for k in (reader.fieldnames or [])}
-        if c not in cols:
-            raise ValueError(f"{path}: no {c!r} column (columns: {', '.join(cols)})")
+        for c in contrasts:
+            if c not in cols:
+                raise ValueError(f"{path}: no {c!r} column (columns: {', '.join(cols)})")
 
         def get(row: dict, key: str) -> str:
             return (row.get(cols[key]) or "").strip() if key in cols else ""
@@ -172,12 +207,13 @@ def read_csv(path: str | os.PathLike, contrast: str = "flair", dataset: str | No
             return p if p.is_absolute() else base / p
 
         for i, row in enumerate(reader):
-            img = resolve(get(row, c))
-            if img is None:
+            files = [(c, resolve(get(row, c)), None) for c in contrasts]
+            if any(p is None for _, p, _ in files):
                 continue
+            img = files[0][1]
             name = get(row, "name") or re.sub(r"\.nii(\.gz)?$|\.[^.]+$", "", img.name) or f"row{i}"
-            out.append(Case(name, get(row, "dataset") or dataset or path.stem, img, resolve(get(row, "seg")),
-                            resolve(get(row, "brain_mask")), contrast=c))
+            out.append(_case(name, get(row, "dataset") or dataset or path.stem, files, resolve(get(row, "seg")),
+                             resolve(get(row, "brain_mask"))))
     return out
 
 
@@ -200,12 +236,12 @@ def detect_layout(path: Path) -> str:
                      "CSV); name it explicitly as kind:path with kind one of " + ", ".join(READERS))
 
 
-def find_cases(source: str | os.PathLike, contrast: str = "flair") -> list[Case]:
+def find_cases(source: str | os.PathLike, contrast: str | Sequence[str] = "flair") -> list[Case]:
     """Cases from ``kind:path`` or a path whose layout is detected; ``brats-family`` is the shared data."""
     s = str(source)
     kind, _, rest = s.partition(":")
     if s == "brats-family":
-        return brats_family_cases() if contrast == "flair" else []
+        return brats_family_cases(contrasts=parse_contrasts(contrast))
     if rest and kind in READERS:
         path = Path(rest)
     else:
@@ -216,32 +252,39 @@ def find_cases(source: str | os.PathLike, contrast: str = "flair") -> list[Case]
     return READERS[kind](path, contrast)
 
 
-def brats_family_cases(root: Path | None = None) -> list[Case]:
-    """Every 3-D BraTS-family case with a lesion mask that exists under ``root``."""
-    d = root or data_dir()
-    cases: list[Case] = []
+# the shared BraTS-family cases: (name, dataset, folder, {contrast: file}, seg, brain mask, expert)
+def _brats_family_table(d: Path) -> list[tuple[str, str, Path, dict[str, str], str, str | None, bool]]:
+    rows = []
     for i in range(1, 5):
-        p = d / "deepmedic_brats2015" / f"brats_2013_pat000{i}_1"
-        cases.append(Case(f"brats2013_pat000{i}", "BraTS2015 (deepmedic)", p / "Flair_subtrMeanDivStd.nii.gz",
-                          p / "OTMultiClass.nii.gz", p / "brainmask.nii.gz"))
-    p = d / "antsxnet_brats2014" / "brats_tcia_pat222_2"
-    cases.append(Case("brats_tcia_pat222", "BRATS2014 (antsxnet)", p / "Flair.nii.gz", p / "segmentation.nii.gz",
-                      p / "BrainExtractionMask.nii.gz"))
-    p = d / "brats2012" / "BRATS_HG0015"
-    cases.append(Case("BRATS_HG0015", "BRATS2012", p / "BRATS_HG0015_FLAIR.mha", p / "BRATS_HG0015_truth.mha"))
+        rows.append((f"brats2013_pat000{i}", "BraTS2015 (deepmedic)", d / "deepmedic_brats2015" / f"brats_2013_pat000{i}_1",
+                     {"flair": "Flair_subtrMeanDivStd.nii.gz", "t1ce": "T1c_subtrMeanDivStd.nii.gz"},
+                     "OTMultiClass.nii.gz", "brainmask.nii.gz", True))
+    rows.append(("brats_tcia_pat222", "BRATS2014 (antsxnet)", d / "antsxnet_brats2014" / "brats_tcia_pat222_2",
+                 {"flair": "Flair.nii.gz", "t1": "T1.nii.gz", "t1ce": "T1c.nii.gz", "t2": "T2.nii.gz"},
+                 "segmentation.nii.gz", "BrainExtractionMask.nii.gz", True))
+    rows.append(("BRATS_HG0015", "BRATS2012", d / "brats2012" / "BRATS_HG0015",
+                 {c: f"BRATS_HG0015_{s}.mha" for c, s in (("flair", "FLAIR"), ("t1", "T1"), ("t1ce", "T1C"),
+                                                           ("t2", "T2"))},
+                 "BRATS_HG0015_truth.mha", None, True))
     for n in ("TCGA-DU-7294", "OtherEXampleFromTCIA"):
-        p = d / "brainlesion_tcga_pseudoGT" / n
-        cases.append(Case(n, "TCGA (pseudo-GT)", p / f"{n}_fla_bet.nii.gz", p / f"{n}_fusion_simple_seg.nii.gz",
-                          expert=False))
-    return [c for c in cases if c.flair.exists()]
+        rows.append((n, "TCGA (pseudo-GT)", d / "brainlesion_tcga_pseudoGT" / n,
+                     {c: f"{n}_{s}_bet.nii.gz" for c, s in (("flair", "fla"), ("t1", "t1"), ("t1ce", "t1c"),
+                                                             ("t2", "t2"))},
+                     f"{n}_fusion_simple_seg.nii.gz", None, False))
+    return rows
 
 
-def unlabelled_cases(root: Path | None = None) -> list[Case]:
-    """BraTS-family FLAIRs without a lesion mask (qualitative use only)."""
-    d = root or data_dir()
-    p = d / "brats2023_noGT" / "BraTS-GLI-00001-000"
-    c = Case("BraTS-GLI-00001-000", "BraTS2023", p / "BraTS-GLI-00001-000-t2f.nii.gz", None)
-    return [c] if c.flair.exists() else []
+def brats_family_cases(root: Path | None = None, contrasts: Sequence[str] = ("flair",)) -> list[Case]:
+    """Every 3-D BraTS-family case with a lesion mask, under ``root``, that has all ``contrasts`` (the
+    deepmedic cases have FLAIR and T1ce only)."""
+    contrasts = parse_contrasts(contrasts)
+    cases: list[Case] = []
+    for name, dataset, folder, files, seg, brain, expert in _brats_family_table(root or data_dir()):
+        paths = [(c, folder / files[c], None) for c in contrasts if c in files]
+        if len(paths) < len(contrasts) or not all(p.exists() for _, p, _ in paths):
+            continue
+        cases.append(_case(name, dataset, paths, folder / seg, folder / brain if brain else None, expert))
+    return cases
 
 
 def select(cases: list[Case], names: list[str] | None = None, exclude: list[str] | None = None) -> list[Case]:

@@ -20,25 +20,17 @@ import torch
 from AnoDODELib.config import ModelConfig
 
 from .baselines import GaussianBaseline
-from .cases import brats_family_cases
+from .cases import brats_family_cases, parse_contrasts
 from .evaluate import evaluate_loaded, localisation_variants, pooled, print_table, write_table
-from .train import TrainConfig, load_case, train_loaded, training_vectors
+from .train import TrainConfig, load_case, model_config, train_loaded, training_vectors
 
 logger = logging.getLogger("training.crossval")
 
 
 def default_model_config(hidden: int | None = None, scales_mm: tuple[float, ...] | None = None,
-                         position_context: bool = True) -> ModelConfig:
-    """The shipped model's config; ``scales_mm``/``position_context`` change the feature extractor for
-    ablations (the score network's input and context widths follow)."""
-    base = ModelConfig()
-    feats = dataclasses.replace(base.features, scales_mm=tuple(scales_mm or base.features.scales_mm),
-                                position_context=position_context)
-    base = dataclasses.replace(base, features=feats)
-    net = dataclasses.replace(base.score_net, channels=base.features.channels,
-                              cond_channels=base.features.cond_channels,
-                              hidden=hidden or base.score_net.hidden)
-    return dataclasses.replace(base, score_net=net)
+                         position_context: bool = True, contrasts: tuple[str, ...] = ("flair",)) -> ModelConfig:
+    """The shipped model's config (see ``training.train.model_config``)."""
+    return model_config(contrasts, hidden, scales_mm, position_context)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,15 +45,24 @@ def main(argv: list[str] | None = None) -> int:
                     help="feature scales in mm (default: the shipped model's 0 4 8)")
     ap.add_argument("--no-position-context", action="store_true",
                     help="condition on edge depth only, not on brain-relative position")
+    ap.add_argument("--contrast", default="flair",
+                    help="contrast(s) the models read, comma-separated, primary first (e.g. flair,t1ce); "
+                         "only the cases that have all of them take part")
     ap.add_argument("--no-gaussian", action="store_true", help="leave out the feature-space Gaussian baseline")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cases = brats_family_cases()
+    try:
+        contrasts = parse_contrasts(args.contrast)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cases = brats_family_cases(contrasts=contrasts)
     if len(cases) < 2:
-        print("error: cross-validation needs at least 2 cases in ../shared/data", file=sys.stderr)
+        print(f"error: cross-validation needs at least 2 cases with {'+'.join(contrasts)} in ../shared/data",
+              file=sys.stderr)
         return 2
     cfg = default_model_config(scales_mm=tuple(args.scales) if args.scales else None,
-                               position_context=not args.no_position_context)
+                               position_context=not args.no_position_context, contrasts=contrasts)
     tc = TrainConfig(steps=args.steps, healthy=args.healthy)
     t0 = time.perf_counter()
     loaded = [load_case(c, cfg, tc.healthy, tc.tumour_margin_mm) for c in cases]

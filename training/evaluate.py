@@ -286,6 +286,7 @@ def plot_curves(curves: dict[str, dict[str, Any]], pooled_vox: dict, pooled_slic
 def main(argv: list[str] | None = None) -> int:
     from AnoDODELib.bundle import BundleError, load_model
 
+    from .cases import parse_contrasts
     from .train import barrier, gather_cases, init_distributed, load_cases
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -293,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True, type=Path, help="folder for results and plots")
     ap.add_argument("--data", nargs="+", default=["brats-family"],
                     help="case sources, as for training.train (default: brats-family)")
-    ap.add_argument("--contrast", default="flair")
+    ap.add_argument("--contrast", default=None,
+                    help="the contrast(s) the model reads, comma-separated (default and only valid value: "
+                         "the model's own, from its model.json)")
     ap.add_argument("--cases", nargs="*", default=None, help="only these case names")
     ap.add_argument("--exclude", nargs="*", default=[])
     ap.add_argument("--resample-seg", action="store_true",
@@ -315,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model = load_model(args.model)
-        cases = gather_cases(args.data, args.contrast, args.cases, args.exclude, args.resample_seg)
+        contrasts = tuple(model.config.features.contrasts)
+        if args.contrast is not None and parse_contrasts(args.contrast) != contrasts:
+            raise ValueError(f"the model reads {','.join(contrasts)}, not {args.contrast}")
+        cases = gather_cases(args.data, contrasts, args.cases, args.exclude, args.resample_seg)
         gaussian = GaussianBaseline.load(args.gaussian) if args.gaussian else None
     except (BundleError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

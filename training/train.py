@@ -37,9 +37,12 @@ from AnoDODELib.pipeline import PRESETS, PreparedVolume, maps_from_scores, score
 from . import cache
 from .baselines import GaussianBaseline
 from .cache import prepare_case
-from .cases import Case, brats_family_cases, find_cases, seg_array, select  # noqa: F401
+from .cases import Case, brats_family_cases, find_cases, parse_contrasts, seg_array, select  # noqa: F401
 
 logger = logging.getLogger("training.train")
+
+
+MIN_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,13 @@ def _save_atomic(obj, path: Path) -> None:
         raise
 
 
+def one_cycle(opt: torch.optim.Optimizer, tc: TrainConfig) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The learning-rate schedule: one cycle up to ``tc.lr`` and down over ``tc.steps`` steps, warming up over
+    5 % of them (at least 2 steps, so that short runs keep a non-empty warm-up phase)."""
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.steps,
+                                               pct_start=max(0.05, 2.0 / tc.steps))
+
+
 def fit(model: AnoDODEModel, feats: torch.Tensor, ctx: torch.Tensor, tc: TrainConfig,
         device: torch.device, progress: bool = True, run: RunOptions | None = None) -> list[float]:
     """Denoising score matching on standardised features; returns the loss curve (per 100 steps).
@@ -192,6 +202,8 @@ def fit(model: AnoDODEModel, feats: torch.Tensor, ctx: torch.Tensor, tc: TrainCo
     """
     run = run or RunOptions()
     rank, world = dist_info()
+    if tc.steps < MIN_STEPS:
+        raise ValueError(f"training needs at least {MIN_STEPS} steps, got {tc.steps}")
     if tc.batch_size % world:
         raise ValueError(f"batch size {tc.batch_size} is not divisible by the world size {world}")
     gen = torch.Generator().manual_seed(tc.seed)
@@ -204,7 +216,7 @@ def fit(model: AnoDODEModel, feats: torch.Tensor, ctx: torch.Tensor, tc: TrainCo
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.05)
+    sched = one_cycle(opt, tc)
     use_amp = tc.amp and device.type == "cuda"
     curve, running, start = [], 0.0, 0
     ckpt_path = run.run_dir / "checkpoint.pt" if run.run_dir is not None else None
@@ -315,7 +327,7 @@ def train_vectors(feats: torch.Tensor, ctx: torch.Tensor, cases: list[Case], cal
     t0 = time.perf_counter() if t0 is None else t0
     dev = torch.device(device)
     logger.info("training on %d normal feature vectors from %d cases", feats.shape[0], len(cases))
-    model = AnoDODEModel(model_cfg, metadata={"name": "anodode-flair-brats"})
+    model = AnoDODEModel(model_cfg, metadata={"name": f"anodode-{'-'.join(model_cfg.features.contrasts)}-brats"})
     curve = fit(model, feats, ctx, tc, dev, progress, run)
     model = model.cpu()
     rank, world = dist_info()
@@ -326,7 +338,7 @@ def train_vectors(feats: torch.Tensor, ctx: torch.Tensor, cases: list[Case], cal
         model.config = dataclasses.replace(model.config, calibration=cal)
     model.metadata["training"] = {
         "cases": [{"name": c.name, "dataset": c.dataset, "flair": c.flair.name} for c in cases],
-        "contrast": cases[0].contrast.upper() if cases else "FLAIR",
+        "contrast": "+".join(model_cfg.features.contrasts).upper(),
         "healthy_selection": tc.healthy,
         "normal_vectors": int(feats.shape[0]),
         "train_config": dataclasses.asdict(tc),
@@ -368,7 +380,21 @@ def git_commit() -> str | None:
         return None
 
 
-def gather_cases(sources: list[str], contrast: str, names: list[str] | None, exclude: list[str],
+def model_config(contrasts: tuple[str, ...] = ("flair",), hidden: int | None = None,
+                 scales_mm: tuple[float, ...] | None = None, position_context: bool = True) -> ModelConfig:
+    """The shipped model's config for the given contrasts (primary first); ``scales_mm`` and
+    ``position_context`` change the feature extractor for ablations. The score network's input and
+    context widths follow the features."""
+    base = ModelConfig()
+    feats = dataclasses.replace(base.features, contrasts=tuple(contrasts),
+                                scales_mm=tuple(scales_mm or base.features.scales_mm),
+                                position_context=position_context)
+    net = dataclasses.replace(base.score_net, channels=feats.channels, cond_channels=feats.cond_channels,
+                              hidden=hidden or base.score_net.hidden)
+    return dataclasses.replace(base, features=feats, score_net=net)
+
+
+def gather_cases(sources: list[str], contrast: str | tuple[str, ...], names: list[str] | None, exclude: list[str],
                  resample_seg: bool = False) -> list[Case]:
     cases: list[Case] = []
     for s in sources:
@@ -384,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", nargs="+", default=["brats-family"],
                     help="case sources: a folder (layout detected), kind:path with kind in "
                          "brats2021, brats2023, msd, csv, or brats-family (../shared/data; the default)")
-    ap.add_argument("--contrast", default="flair", help="flair (default), t1, t1ce or t2")
+    ap.add_argument("--contrast", default="flair",
+                    help="the contrast(s) the model reads, comma-separated, primary first: flair (default), "
+                         "t1, t1ce, t2, e.g. flair,t1ce (several contrasts become feature channels)")
     ap.add_argument("--cases", nargs="*", default=None, help="only these case names")
     ap.add_argument("--exclude", nargs="*", default=[], help="case names to leave out")
     ap.add_argument("--resample-seg", action="store_true",
@@ -413,18 +441,20 @@ def main(argv: list[str] | None = None) -> int:
     rank, world, dev = init_distributed(args.device)
     if world == 1 and args.device == "auto":
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.steps < MIN_STEPS:
+        print(f"error: --steps must be at least {MIN_STEPS}", file=sys.stderr)
+        return 2
     try:
-        cases = gather_cases(args.data, args.contrast, args.cases, args.exclude, args.resample_seg)
+        contrasts = parse_contrasts(args.contrast)
+        cases = gather_cases(args.data, contrasts, args.cases, args.exclude, args.resample_seg)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not cases:
-        print("error: no training cases found (is ../shared/data there?)", file=sys.stderr)
+        print(f"error: no training cases with {'+'.join(contrasts)} found (is ../shared/data there?)",
+              file=sys.stderr)
         return 2
-    base = ModelConfig()
-    cfg = dataclasses.replace(base, score_net=dataclasses.replace(
-        base.score_net, channels=base.features.channels, cond_channels=base.features.cond_channels,
-        hidden=args.hidden))
+    cfg = model_config(contrasts, hidden=args.hidden)
     tc = TrainConfig(steps=args.steps, healthy=args.healthy, seed=args.seed, batch_size=args.batch_size,
                      lr=args.lr, max_locations_per_case=args.max_locations_per_case, amp=not args.no_amp)
     run_dir = args.run_dir or Path("runs") / "train" / args.output.name
@@ -434,8 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "run_config.json").write_text(json.dumps({
             "argv": sys.argv if argv is None else ["training.train", *argv],
-            "output": str(args.output), "data": args.data, "contrast": args.contrast,
+            "output": str(args.output), "data": args.data, "contrasts": list(contrasts),
             "cases": [{"name": c.name, "dataset": c.dataset, "image": str(c.flair), "channel": c.channel,
+                       "extra": [[n, str(p), ch] for n, p, ch in c.extra],
                        "seg": str(c.seg) if c.seg else None} for c in cases],
             "train_config": dataclasses.asdict(tc), "model_config": to_dict(cfg),
             "world_size": world, "device": str(dev), "cache": str(args.cache) if args.cache else None,

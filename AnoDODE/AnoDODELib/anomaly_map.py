@@ -3,35 +3,48 @@
 Two localisations are computed per brain location p of the model grid (standardised features y):
     likelihood:      bpd(p) = -log p(y(p) | context(p)) / (C ln 2)      exact per-location NLL, bits/dim
     reconstruction:  e(p)   = sum_c r_c(p)^2,  r = y - y_rec             y_rec: noised to t_start, ODE back
-With ``hyperintense_only`` (FLAIR pathology is bright), a location counts only where its intensity
-channel is above the reconstruction, r_0(p) > 0.  "combined" multiplies the likelihood by the
-positive intensity residual: high where the location is both improbable and brighter than normal.
+With ``hyperintense_only`` (FLAIR pathology is bright), the channels of hyperintense contrasts (FLAIR,
+T2) count only where they are above the reconstruction, max(r_c, 0), and the likelihood counts only where
+the intensity channel is, r_0(p) > 0.  "combined" multiplies the likelihood by the positive intensity
+residual: high where the location is both improbable and brighter than normal.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .config import LocalisationConfig
+from .config import FeatureConfig, LocalisationConfig
 from .features import gaussian_blur
 
 LOCALISATIONS = ("likelihood", "reconstruction", "combined")
 
 
-def location_scores(bpd: torch.Tensor, residual: torch.Tensor, cfg: LocalisationConfig) -> torch.Tensor:
-    """Per-location anomaly score (N,) from per-location bpd (N,) and residual y - y_rec (N, C)."""
+def hyperintense_channels(features: FeatureConfig, loc: LocalisationConfig) -> torch.Tensor:
+    """(C,) bool: the feature channels whose contrast is one of ``loc.hyperintense_contrasts``."""
+    return torch.tensor([c in loc.hyperintense_contrasts for c in features.channel_contrasts()])
+
+
+def location_scores(bpd: torch.Tensor, residual: torch.Tensor, cfg: LocalisationConfig,
+                    hyperintense: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-location anomaly score (N,) from per-location bpd (N,) and residual y - y_rec (N, C).
+
+    hyperintense: (C,) bool, the channels read one-sided when ``cfg.hyperintense_only`` (default: all;
+    see ``hyperintense_channels``). The "bright" gate of the likelihood and combined maps is the first
+    such channel, i.e. the finest scale of the first hyperintense contrast.
+    """
     if cfg.method not in LOCALISATIONS:
         raise ValueError(f"unknown localisation {cfg.method!r}; valid: {', '.join(LOCALISATIONS)}")
-    bright = residual[:, 0].clamp_min(0.0)
-    if cfg.method == "likelihood":
-        score = bpd.clamp_min(0.0)
-        return score * (bright > 0) if cfg.hyperintense_only else score
+    one_sided = torch.ones(residual.shape[1], dtype=torch.bool) if hyperintense is None else hyperintense.bool()
+    if not cfg.hyperintense_only:
+        one_sided = torch.zeros_like(one_sided)
+    r = torch.where(one_sided.to(residual.device), residual.clamp_min(0.0), residual)
     if cfg.method == "reconstruction":
-        if cfg.hyperintense_only:
-            return (residual.clamp_min(0.0) ** 2).sum(dim=1)
-        return (residual ** 2).sum(dim=1)
-    score = bpd.clamp_min(0.0) * bright if cfg.hyperintense_only else bpd.clamp_min(0.0) * residual.norm(dim=1)
-    return score
+        return (r ** 2).sum(dim=1)
+    score = bpd.clamp_min(0.0)
+    if not bool(one_sided.any()):
+        return score if cfg.method == "likelihood" else score * r.norm(dim=1)
+    bright = residual[:, int(torch.nonzero(one_sided)[0])].clamp_min(0.0)
+    return score * (bright > 0) if cfg.method == "likelihood" else score * bright
 
 
 def scatter_to_grid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

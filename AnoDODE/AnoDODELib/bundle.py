@@ -104,6 +104,9 @@ def load_model(path: str | os.PathLike | None = None, map_location: str | torch.
         weights_path = directory / weights_info["file"]
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{meta_path} is incomplete or invalid ({exc})") from None
+    if config.score_net.channels != config.features.channels:
+        raise BundleError(f"{meta_path}: the score network takes {config.score_net.channels} channels but the "
+                          f"features have {config.features.channels}")
     if not weights_path.is_file():
         raise BundleError(f"model bundle {directory} is missing {weights_info['file']}")
     data = weights_path.read_bytes()

@@ -1,13 +1,14 @@
 """The ``anodode`` command.
 
-    anodode score INPUT [INPUT ...] [--mask MASK] [--model DIR] [--output-dir DIR]
+    anodode score INPUT [INPUT ...] [--mask MASK] [--contrast NAME=PATH] [--model DIR] [--output-dir DIR]
                   [--device auto|cpu|cuda] [--threshold T] [--preset fast|standard|exact]
     anodode demo  [--output-dir DIR]     score a synthetic phantom with the bundled model (offline)
     anodode info  [--model DIR]          model, torch build and device
 
 For each input ``score`` writes <stem>_anomaly.nii.gz (float32), <stem>_label.nii.gz (uint8),
 <stem>_report.json and <stem>_overlay.png (inputs with the same file name are told apart by their
-folder: <folder>_<stem>). Exit code 0 on success; otherwise a one-line error and
+folder: <folder>_<stem>). A multi-contrast model reads INPUT as its primary contrast and takes each other
+contrast as ``--contrast NAME=PATH``, repeated once per input in input order (as ``--mask``). Exit code 0 on success; otherwise a one-line error and
 1 (a bad input) or 2 (bad usage or model).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from . import __version__, volume_io
 from .bundle import BundleError, default_model_dir, load_model
 from .overlay import encode_png, montage
-from .pipeline import PRESETS, score_image
+from .pipeline import PRESETS, check_contrasts, score_image
 
 logger = logging.getLogger("anodode")
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".img", ".hdr")
@@ -58,8 +59,25 @@ def output_paths(stem: str, out_dir: Path) -> dict[str, Path]:
             (("anomaly", ".nii.gz"), ("label", ".nii.gz"), ("report", ".json"), ("overlay", ".png"))}
 
 
+def parse_contrast_args(values: list[str] | None) -> dict[str, list[Path]]:
+    """``["t1ce=a.nii.gz", "t1ce=b.nii.gz"]`` -> {"t1ce": [a.nii.gz, b.nii.gz]}; ValueError for a value
+    that is not NAME=PATH or names an unknown contrast."""
+    from .config import CONTRASTS
+
+    out: dict[str, list[Path]] = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        name = name.strip().lower()
+        if not sep or not name or not path:
+            raise ValueError(f"--contrast expects NAME=PATH (e.g. t1ce=scan_t1ce.nii.gz), got {value!r}")
+        if name not in CONTRASTS:
+            raise ValueError(f"--contrast {value!r}: unknown contrast {name!r}; valid: {', '.join(CONTRASTS)}")
+        out.setdefault(name, []).append(Path(path))
+    return out
+
+
 def _score_one(path: Path, mask_path: Path | None, model, args: argparse.Namespace, out_dir: Path,
-               protect: list[Path], stem: str) -> dict:
+               protect: list[Path], stem: str, others: dict[str, Path] | None = None) -> dict:
     outputs = output_paths(stem, out_dir)
     protected = {p.resolve() for p in protect}
     for out in outputs.values():
@@ -67,6 +85,7 @@ def _score_one(path: Path, mask_path: Path | None, model, args: argparse.Namespa
             raise volume_io.InputError(f"refusing to overwrite input {out}; choose another --output-dir")
     image = volume_io.read_image(path)
     mask = volume_io.read_mask(mask_path, image) if mask_path else None
+    other_images = {c: volume_io.read_image(p) for c, p in (others or {}).items()}
     bar = tqdm(total=100, desc=stem, unit="%", file=sys.stderr, disable=args.quiet, mininterval=0.5,
                bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
 
@@ -76,7 +95,7 @@ def _score_one(path: Path, mask_path: Path | None, model, args: argparse.Namespa
 
     try:
         result = score_image(image, model, mask, threshold=args.threshold, device=args.device,
-                             preset=args.preset, callback=progress, name=str(path))
+                             preset=args.preset, callback=progress, name=str(path), other_contrasts=other_images)
     finally:
         bar.close()
     geometry = volume_io.slice_geometry(image)
@@ -85,6 +104,7 @@ def _score_one(path: Path, mask_path: Path | None, model, args: argparse.Namespa
                              result.threshold))
     report = {
         "input": str(path), "mask": str(mask_path) if mask_path else None,
+        "contrasts": {model.config.features.contrasts[0]: str(path), **{c: str(p) for c, p in (others or {}).items()}},
         "volume_score_bpd": result.volume_score_bpd, "slice_axis": result.slice_axis,
         "slice_scores": result.slice_scores, "slice_anomaly_scores": result.slice_anomaly_scores,
         "threshold": result.threshold,
@@ -125,16 +145,31 @@ def cmd_score(args: argparse.Namespace) -> int:
         model = load_model(args.model)
     except BundleError as exc:
         return _fail(str(exc), 2)
+    try:
+        others = parse_contrast_args(args.contrast)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    try:
+        check_contrasts(model.config, others, model.name)
+    except ValueError as exc:
+        missing = set(model.config.features.contrasts[1:]) - others.keys()
+        hint = " (pass each other contrast as --contrast NAME=PATH)" if missing else ""
+        return _fail(f"{exc}{hint}", 2)
+    for name, paths in others.items():
+        if len(paths) != len(inputs):
+            return _fail(f"--contrast {name}=... was given {len(paths)} time(s) for {len(inputs)} input(s); "
+                         "give one per input, in input order", 2)
     out_dir = Path(args.output_dir)
     failures = 0
-    protect = inputs + masks
+    protect = inputs + masks + [p for paths in others.values() for p in paths]
     try:
         stems = output_stems(inputs)
     except volume_io.InputError as exc:
         return _fail(str(exc), 2)
     for i, path in enumerate(inputs):
         try:
-            report = _score_one(path, masks[i] if masks else None, model, args, out_dir, protect, stems[i])
+            report = _score_one(path, masks[i] if masks else None, model, args, out_dir, protect, stems[i],
+                                {c: paths[i] for c, paths in others.items()})
             if not args.quiet:
                 print(f"{path}: volume score {report['volume_score_bpd']:.4f} bpd, "
                       f"{report['anomalous_voxels']} anomalous voxels -> {out_dir}")
@@ -154,7 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     volume_io.write_image_atomic(sitk.GetArrayFromImage(phantom.image), phantom.image, flair, sitk.sitkFloat32)
     volume_io.write_image_atomic(sitk.GetArrayFromImage(phantom.lesion), phantom.lesion, lesion, sitk.sitkUInt8)
     print(f"synthetic FLAIR-like phantom (not a patient) with a lesion at {phantom.lesion_centre_mm} mm: {flair}")
-    args.inputs, args.mask = [str(flair)], None
+    args.inputs, args.mask, args.contrast = [str(flair)], None, None
     code = cmd_score(args)
     if code:
         return code
@@ -177,6 +212,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     print(json.dumps({
         "anodode": __version__, "model": model.name, "model_dir": str(args.model or default_model_dir()),
+        "contrasts": list(model.config.features.contrasts),
         "threshold": model.config.calibration.threshold, "training": model.metadata.get("training", {}),
         "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -206,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="image file or DICOM series folder")
     s.add_argument("--mask", action="append", default=None, metavar="MASK",
                    help="brain mask on the input's grid (repeat once per input)")
+    s.add_argument("--contrast", action="append", default=None, metavar="NAME=PATH",
+                   help="another contrast of the input for a multi-contrast model (e.g. t1ce=scan_t1ce.nii.gz), "
+                        "aligned with it; repeat once per input")
     s.add_argument("--output-dir", default="anodode_output", metavar="DIR")
     common(s)
     s.set_defaults(func=cmd_score)

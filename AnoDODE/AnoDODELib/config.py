@@ -24,23 +24,40 @@ class PreprocessConfig:
     clip_z: float = 6.0
 
 
+CONTRASTS = ("flair", "t1", "t1ce", "t2")
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Multi-scale features of a normalised slice (see ``features.py``).
+    """Multi-scale features of normalised, co-registered slices (see ``features.py``).
 
+    contrasts: the MR contrasts the features are taken from, each one of ``CONTRASTS``. The first is
+        the primary scan: the brain mask, the model grid and the output maps are its. Channels are
+        contrast-major: (contrast 0 at every scale, contrast 1 at every scale, ...).
     scales_mm: Gaussian sigmas (mm) of the masked smoothing at each scale; 0 means the
         intensity at the model grid itself.
     edge_scale_mm: distance (mm) over which the depth-from-brain-edge context saturates.
     position_context: whether the score network sees brain-relative position (x, y, z).
     """
 
+    contrasts: tuple[str, ...] = ("flair",)
     scales_mm: tuple[float, ...] = (0.0, 4.0, 8.0)
     edge_scale_mm: float = 20.0
     position_context: bool = True
 
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.contrasts if c not in CONTRASTS]
+        if not self.contrasts or unknown or len(set(self.contrasts)) != len(self.contrasts):
+            raise ValueError(f"contrasts must be distinct names from {', '.join(CONTRASTS)}; got "
+                             f"{list(self.contrasts)}")
+
     @property
     def channels(self) -> int:
-        return len(self.scales_mm)
+        return len(self.contrasts) * len(self.scales_mm)
+
+    def channel_contrasts(self) -> list[str]:
+        """The contrast each feature channel is taken from, in channel order."""
+        return [c for c in self.contrasts for _ in self.scales_mm]
 
     @property
     def cond_channels(self) -> int:
@@ -91,8 +108,10 @@ class LocalisationConfig:
 
     method: "likelihood" (per-location bpd), "reconstruction" (noise part-way, ODE back,
         error) or "combined".
-    hyperintense_only: keep only locations brighter than the model's reconstruction
-        (FLAIR pathology is hyperintense).
+    hyperintense_only: count a channel of a ``hyperintense_contrasts`` contrast only where it is
+        brighter than the model's reconstruction (FLAIR and T2 pathology is hyperintense); channels of
+        other contrasts (T1, T1ce: lesions may be darker or brighter) count both ways.
+    hyperintense_contrasts: the contrasts read as hyperintense by ``hyperintense_only``.
     t_start: diffusion time the features are noised to for the reconstruction.
     n_reconstructions: noise draws averaged for the reconstruction error.
     reconstruction_steps: fixed RK4 steps of the ODE from t_start back to t_eps.
@@ -101,6 +120,7 @@ class LocalisationConfig:
 
     method: str = "reconstruction"
     hyperintense_only: bool = True
+    hyperintense_contrasts: tuple[str, ...] = ("flair", "t2")
     t_start: float = 0.5
     n_reconstructions: int = 4
     reconstruction_steps: int = 4

@@ -1,9 +1,10 @@
 """Multi-scale features of normalised axial slices, and the anatomical context they are read in.
 
 Features (the density's dimensions), one vector per location of the model grid:
-    f_k(p) = (G_{s_k} * (I m))(p) / (G_{s_k} * m)(p)        for each scale s_k in ``scales_mm``
-a masked (normalised) Gaussian smoothing of the z-scored intensity I inside the brain mask m, so
-that the brain edge is not darkened by the zero background (s = 0 means the intensity itself).
+    f_{j,k}(p) = (G_{s_k} * (I_j m))(p) / (G_{s_k} * m)(p)   for each contrast j, each scale s_k in ``scales_mm``
+a masked (normalised) Gaussian smoothing of the z-scored intensity I_j of contrast j inside the brain
+mask m, so that the brain edge is not darkened by the zero background (s = 0 means the intensity
+itself). Channels are contrast-major: C = n_contrasts * n_scales.
 This extractor is fixed (no learnt weights); its per-channel standardisation is fitted on the
 normal training data and stored in the bundle.
 
@@ -96,14 +97,20 @@ def extract_features(slices: torch.Tensor, mask: torch.Tensor, slice_positions_m
                      spacing_mm: float, cfg: FeatureConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and context of canonical, normalised slices on the model grid.
 
-    slices: (S, H, W) z-scored intensity; mask: (S, H, W) bool brain mask; spacing_mm: model grid pixel size.
-    Returns features (S, C, H, W) with C = len(cfg.scales_mm) and context (S, K, H, W),
+    slices: (S, M, H, W) z-scored intensity of the M = len(cfg.contrasts) co-registered contrasts, in
+    ``cfg.contrasts`` order ((S, H, W) when M = 1); mask: (S, H, W) bool brain mask of the primary
+    contrast; spacing_mm: model grid pixel size.
+    Returns features (S, C, H, W) with C = M * len(cfg.scales_mm), contrast-major, and context (S, K, H, W),
     K = cfg.cond_channels (depth first, then x, y, z when ``position_context``). Zero outside the mask.
     Features are not yet standardised (see ``Standardiser``).
     """
     m = mask.float().unsqueeze(1)
-    img = slices.float().unsqueeze(1)
-    feats = [masked_smooth(img, m, s / spacing_mm) for s in cfg.scales_mm]
+    imgs = slices.float().unsqueeze(1) if slices.dim() == 3 else slices.float()
+    if imgs.shape[1] != len(cfg.contrasts):
+        raise ValueError(f"{imgs.shape[1]} contrast(s) given, the feature config has {len(cfg.contrasts)} "
+                         f"({', '.join(cfg.contrasts)})")
+    feats = [masked_smooth(imgs[:, j:j + 1], m, s / spacing_mm)
+             for j in range(imgs.shape[1]) for s in cfg.scales_mm]
     max_px = max(1, int(round(cfg.edge_scale_mm / spacing_mm)))
     depth = edge_depth(m, max_px) / max_px
     context = [depth]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,7 +23,13 @@ import torch
 
 from . import device as fast_ode
 from . import volume_io
-from .anomaly_map import location_scores, scatter_to_grid, slice_quantile_scores, smooth_on_grid
+from .anomaly_map import (
+    hyperintense_channels,
+    location_scores,
+    scatter_to_grid,
+    slice_quantile_scores,
+    smooth_on_grid,
+)
 from .config import LocalisationConfig, ModelConfig, SolverConfig
 from .features import extract_features
 from .likelihood import log_likelihood, solver_kwargs
@@ -55,9 +61,9 @@ class PreparedVolume:
     """A volume on the model grid. Shapes: S slices, (H, W) input in-plane, (h, w) model grid."""
 
     geometry: volume_io.SliceGeometry
-    normalised: np.ndarray          # (S, H, W) canonical z-scored intensity, full resolution
+    normalised: np.ndarray          # (S, H, W) canonical z-scored intensity of the primary contrast, full res.
     brain: np.ndarray               # (S, H, W) canonical bool brain mask, full resolution
-    features: torch.Tensor          # (S, C, h, w) raw features
+    features: torch.Tensor          # (S, C, h, w) raw features, C = contrasts x scales
     context: torch.Tensor           # (S, K, h, w)
     grid_mask: torch.Tensor         # (S, h, w) bool brain mask on the model grid
     spacing_mm: float               # model grid pixel size
@@ -83,8 +89,16 @@ class PreparedVolume:
 
 
 def prepare_volume(image: sitk.Image, cfg: ModelConfig, mask: np.ndarray | None = None,
-                   name: str = "input") -> PreparedVolume:
-    """Validate, canonicalise, normalise and featurise a 3-D scan (mask in the image's array layout)."""
+                   name: str = "input", other_contrasts: Mapping[str, sitk.Image] | None = None
+                   ) -> PreparedVolume:
+    """Validate, canonicalise, normalise and featurise a 3-D scan (mask in the image's array layout).
+
+    ``image`` is the model's primary contrast (``cfg.features.contrasts[0]``); a multi-contrast model
+    also needs ``other_contrasts``: every other contrast it reads, by name, aligned with ``image`` (on its
+    grid, or resampled onto it by physical position, see ``volume_io.align_to``). Each contrast is
+    z-scored within the primary's brain mask.
+    """
+    check_contrasts(cfg, other_contrasts, name)
     array = volume_io.validate_intensities(image, name)
     for warning in volume_io.spacing_warnings(image):
         logger.warning(warning)
@@ -96,16 +110,35 @@ def prepare_volume(image: sitk.Image, cfg: ModelConfig, mask: np.ndarray | None 
     if not mask.any():
         raise volume_io.InputError(f"{name}: the brain mask is empty")
     geometry = volume_io.slice_geometry(image)
-    canon = geometry.to_canonical(array)
     brain = geometry.to_canonical(mask.astype(bool))
-    normalised = volume_io.normalise_intensity(canon, brain, clip_z=cfg.preprocess.clip_z)
     sp = cfg.preprocess.in_plane_spacing_mm
-    grid_img = volume_io.resample_slices(normalised, geometry.spacing_mm[1:], sp, order=1)
+
+    def normalised_on_grid(canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = volume_io.normalise_intensity(canonical, brain, clip_z=cfg.preprocess.clip_z)
+        return z, volume_io.resample_slices(z, geometry.spacing_mm[1:], sp, order=1)
+
+    normalised, grid_img = normalised_on_grid(geometry.to_canonical(array))
+    grids = [grid_img]
+    for contrast in cfg.features.contrasts[1:]:
+        other = volume_io.align_to(other_contrasts[contrast], image, f"{name} ({contrast})", region=mask)
+        grids.append(normalised_on_grid(geometry.to_canonical(other))[1])
     grid_mask = volume_io.resample_slices(brain.astype(np.float32), geometry.spacing_mm[1:], sp, order=1) > 0.5
-    positions = torch.arange(canon.shape[0], dtype=torch.float32) * geometry.spacing_mm[0]
-    feats, ctx = extract_features(torch.from_numpy(np.ascontiguousarray(grid_img)),
+    positions = torch.arange(brain.shape[0], dtype=torch.float32) * geometry.spacing_mm[0]
+    feats, ctx = extract_features(torch.from_numpy(np.ascontiguousarray(np.stack(grids, axis=1))),
                                   torch.from_numpy(np.ascontiguousarray(grid_mask)), positions, sp, cfg.features)
     return PreparedVolume(geometry, normalised, brain, feats, ctx, torch.from_numpy(grid_mask), sp)
+
+
+def check_contrasts(cfg: ModelConfig, other_contrasts: Mapping[str, object] | None, name: str = "input") -> None:
+    """InputError unless ``other_contrasts`` names exactly the model's contrasts after the primary."""
+    needed, given = list(cfg.features.contrasts[1:]), set(other_contrasts or {})
+    reads = "+".join(cfg.features.contrasts)
+    missing = [c for c in needed if c not in given]
+    if missing:
+        raise volume_io.InputError(f"{name}: the model reads {reads}; no {', '.join(missing)} image was given")
+    unused = sorted(given - set(needed))
+    if unused:
+        raise volume_io.InputError(f"{name}: the model reads {reads}; it does not use {', '.join(unused)}")
 
 
 class LocationScores(NamedTuple):
@@ -225,7 +258,7 @@ def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: An
     """The voxel anomaly map (input array layout) from per-location scores (default: the model's
     localisation settings)."""
     loc = localisation or model.config.localisation
-    per_loc = location_scores(scores.bpd, scores.residual, loc)
+    per_loc = location_scores(scores.bpd, scores.residual, loc, hyperintense_channels(model.config.features, loc))
     grid = scatter_to_grid(per_loc, prepared.grid_mask)
     grid = smooth_on_grid(grid, prepared.grid_mask, loc.smooth_mm, prepared.spacing_mm)
     return prepared.to_input(grid)
@@ -252,15 +285,17 @@ def slice_map_scores(prepared: PreparedVolume, anomaly_map: np.ndarray, q: float
 
 def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None = None, *,  # noqa: F821
                 threshold: float | None = None, device: str = "auto", preset: str = "standard",
-                callback: Callback | None = None, name: str = "input") -> ScoreResult:
-    """Score a 3-D scan with a loaded model; see ``ScoreResult`` for the outputs."""
+                callback: Callback | None = None, name: str = "input",
+                other_contrasts: Mapping[str, sitk.Image] | None = None) -> ScoreResult:
+    """Score a 3-D scan with a loaded model; see ``ScoreResult`` for the outputs. ``image`` is the model's
+    primary contrast; ``other_contrasts`` its other contrasts by name (see ``prepare_volume``)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     dev = resolve_device(device)
     t0 = time.perf_counter()
     report = callback or (lambda fraction, message: None)
     report(0.0, "preprocessing")
-    prepared = prepare_volume(image, model.config, mask, name=name)
+    prepared = prepare_volume(image, model.config, mask, name=name, other_contrasts=other_contrasts)
     report(0.1, "scoring")
     feats, ctx = prepared.locations()
     solver = dataclasses.replace(PRESETS[preset], t_eps=model.config.solver.t_eps)

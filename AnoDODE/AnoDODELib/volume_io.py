@@ -149,6 +149,35 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
     return _grid_difference(a, b, tol) == ""
 
 
+def align_to(image: sitk.Image, reference: sitk.Image, name: str, region: np.ndarray | None = None
+             ) -> np.ndarray:
+    """``image``'s voxels in ``reference``'s array layout (float32, validated like any input).
+
+    On the reference's grid (see :func:`same_grid`) the voxels are returned as they are. Otherwise each
+    reference voxel gets ``image`` linearly interpolated at its physical position (mm): the two must
+    already be aligned in physical space (one session, or co-registered); nothing is registered here.
+    Raises :class:`InputError` when a voxel of ``region`` (bool, reference layout; default: all) lies
+    outside ``image``.
+    """
+    array = validate_intensities(image, name)
+    if image.GetDimension() != reference.GetDimension():
+        raise InputError(f"{name}: {image.GetDimension()}-D image for a {reference.GetDimension()}-D reference")
+    if same_grid(image, reference):
+        return array
+    logger.warning("%s is not on the reference grid (%s): resampled by physical position, not registered",
+                   name, _grid_difference(image, reference, 1e-4))
+    moved = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), reference, sitk.Transform(), sitk.sitkLinear,
+                          float("nan"), sitk.sitkFloat32)
+    out = sitk.GetArrayFromImage(moved)
+    outside = ~np.isfinite(out)
+    if region is not None:
+        outside &= region.astype(bool)
+    if outside.any():
+        raise InputError(f"{name}: does not cover {int(outside.sum())} voxel(s) of the brain; it must be "
+                         "aligned with the primary scan")
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+
 def read_mask(path: PathLike, reference: sitk.Image) -> np.ndarray:
     """A brain mask as a bool array in ``reference``'s sitk array layout (voxels with value > 0.5).
 

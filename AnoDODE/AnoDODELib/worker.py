@@ -1,6 +1,6 @@
 """Out-of-process scoring for the Slicer module (and anything else that wants a line protocol).
 
-    python -m AnoDODELib.worker --input IN --output-dir DIR [--mask M] [--model DIR]
+    python -m AnoDODELib.worker --input IN --output-dir DIR [--mask M] [--model DIR] [--contrast NAME=PATH ...]
                                 [--device auto|cpu|cuda] [--preset fast|standard|exact] [--threshold T]
 
 Protocol, one line each:
@@ -47,8 +47,10 @@ class Message(NamedTuple):
 
 def build_command(python: str, input_path: str | os.PathLike, output_dir: str | os.PathLike, *,
                   mask: str | os.PathLike | None = None, model: str | os.PathLike | None = None,
-                  device: str = "auto", preset: str = "standard", threshold: float | None = None) -> list[str]:
-    """The argv that runs this worker with ``python`` (e.g. Slicer's PythonSlicer)."""
+                  device: str = "auto", preset: str = "standard", threshold: float | None = None,
+                  other_contrasts: dict[str, str | os.PathLike] | None = None) -> list[str]:
+    """The argv that runs this worker with ``python`` (e.g. Slicer's PythonSlicer); ``other_contrasts``:
+    a multi-contrast model's other contrasts by name (files aligned with the input)."""
     cmd = [str(python), "-m", "AnoDODELib.worker", "--input", str(input_path), "--output-dir", str(output_dir),
            "--device", device, "--preset", preset]
     if mask:
@@ -57,6 +59,8 @@ def build_command(python: str, input_path: str | os.PathLike, output_dir: str | 
         cmd += ["--model", str(model)]
     if threshold is not None:
         cmd += ["--threshold", repr(float(threshold))]
+    for name, path in (other_contrasts or {}).items():
+        cmd += ["--contrast", f"{name}={path}"]
     return cmd
 
 
@@ -104,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, help="folder for anomaly.nrrd, label.nrrd, report.json")
     p.add_argument("--mask", help="brain mask on the input's grid (non-zero = brain)")
     p.add_argument("--model", help="model bundle folder (default: the bundled model)")
+    p.add_argument("--contrast", action="append", default=None, metavar="NAME=PATH",
+                   help="another contrast for a multi-contrast model, aligned with the input (once per contrast)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--preset", default="standard", choices=PRESET_NAMES)
     p.add_argument("--threshold", type=float, help="label threshold (default: the model's calibrated one)")
@@ -146,24 +152,36 @@ def _run(args: argparse.Namespace, progress: _Progress, written: list[Path]) -> 
 
     from . import volume_io
     from .bundle import default_model_dir, load_model
-    from .pipeline import PRESETS, score_image
+    from .cli import parse_contrast_args
+    from .pipeline import PRESETS, check_contrasts, score_image
 
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}")
-    progress(0.0, "reading input")
+    try:
+        other_paths = parse_contrast_args(args.contrast)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    repeated = [c for c, paths in other_paths.items() if len(paths) > 1]
+    if repeated:
+        raise UsageError(f"--contrast {repeated[0]}=... was given more than once")
+    progress(0.0, "loading model")
+    model = load_model(args.model)
+    check_contrasts(model.config, other_paths, model.name)
+    progress(0.01, "reading input")
     image = volume_io.read_image(Path(args.input))
     mask = volume_io.read_mask(Path(args.mask), image) if args.mask else None
-    progress(0.02, "loading model")
-    model = load_model(args.model)
+    others = {c: volume_io.read_image(paths[0]) for c, paths in other_paths.items()}
     result = score_image(image, model, mask, threshold=args.threshold, device=args.device, preset=args.preset,
-                         callback=progress.stage(0.05, 0.95))
+                         callback=progress.stage(0.05, 0.95), other_contrasts=others)
     progress(0.96, "writing results")
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: out_dir / name for k, name in OUTPUT_FILES.items()}
-    protect = [Path(args.input)] + ([Path(args.mask)] if args.mask else [])
+    protect = [Path(args.input)] + ([Path(args.mask)] if args.mask else []) + [p[0] for p in other_paths.values()]
     report = {
         "input": str(args.input), "mask": args.mask,
+        "contrasts": {model.config.features.contrasts[0]: str(args.input),
+                      **{c: str(p[0]) for c, p in other_paths.items()}},
         "volume_score_bpd": float(result.volume_score_bpd), "slice_axis": int(result.slice_axis),
         "slice_scores": [None if s is None else float(s) for s in result.slice_scores],
         "slice_anomaly_scores": [None if s is None else float(s) for s in result.slice_anomaly_scores],

@@ -12,7 +12,7 @@ import torch
 from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import ModelConfig, ScoreNetConfig
 from AnoDODELib.score_model import dsm_loss
-from training.train import RunOptions, TrainConfig, fit
+from training.train import RunOptions, TrainConfig, fit, one_cycle
 
 CFG = ModelConfig(score_net=ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2))
 TC = TrainConfig(steps=12, batch_size=64, lr=5e-3, seed=3)
@@ -42,7 +42,7 @@ def test_fit_equals_engine_dsm_loop():
     ref.standardiser.fit(feats)
     y = ref.standardiser(feats)
     opt = torch.optim.Adam(ref.score_net.parameters(), lr=TC.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=TC.lr, total_steps=TC.steps, pct_start=0.05)
+    sched = one_cycle(opt, TC)
     for _ in range(TC.steps):
         idx = torch.randint(0, y.shape[0], (TC.batch_size,), generator=gen)
         loss = dsm_loss(ref.score_net, ref.sde, y[idx], ctx[idx])

@@ -162,3 +162,13 @@ def test_smoothed_zscore_baseline_keeps_the_mean_inside_the_brain():
     g = np.exp(-0.5 * (np.arange(-5, 6) / 2.0) ** 2)
     assert out[0, 10, 10] - 2.0 == pytest.approx(100.0 / g.sum() ** 2, rel=1e-4)
     assert out[0, 10, 12] == pytest.approx(out[0, 12, 10]) and 2.0 < out[0, 10, 12] < out[0, 10, 10]
+
+
+def test_train_refuses_too_few_steps(tmp_path, csv_cases, capsys):
+    """Fewer than 10 steps leave the one-cycle schedule no warm-up phase: a one-line error, nothing written."""
+    from training import train
+
+    out = tmp_path / "model"
+    assert train.main(["--output", str(out), "--data", f"csv:{csv_cases}", "--steps", "5",
+                       "--run-dir", str(tmp_path / "run")]) == 2
+    assert "at least 10" in capsys.readouterr().err and not out.exists() and not (tmp_path / "run").exists()

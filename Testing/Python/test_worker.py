@@ -299,3 +299,56 @@ def test_module_logic_runs_the_worker_and_loads_results(module_with_stubbed_gui,
     with pytest.raises(RuntimeError, match="model.json"):
         logic.runBlocking(node, modelPath=temp, device="cpu", preset="fast")
     assert list(temp.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def two_contrast_model_dir(tmp_path_factory) -> Path:
+    """An untrained, tiny model reading FLAIR + T1ce (6 feature channels)."""
+    import torch
+
+    from AnoDODELib.bundle import AnoDODEModel, save_model
+    from AnoDODELib.config import Calibration, FeatureConfig, ModelConfig, ScoreNetConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(features=FeatureConfig(contrasts=("flair", "t1ce")),
+                      score_net=ScoreNetConfig(channels=6, cond_channels=4, hidden=16, layers=2),
+                      calibration=Calibration(threshold=0.05))
+    return save_model(AnoDODEModel(cfg, metadata={"name": "tiny-flair-t1ce"}),
+                      tmp_path_factory.mktemp("models") / "tiny2")
+
+
+def test_worker_other_contrasts(small_flair, tiny_model_dir, two_contrast_model_dir, tmp_path):
+    cmd = build_command("py", "in.nrrd", "out", other_contrasts={"t1ce": "c.nrrd"})
+    assert cmd[cmd.index("--contrast") + 1] == "t1ce=c.nrrd"
+    base = ["--input", small_flair, "--device", "cpu", "--preset", "fast"]
+    proc = run_worker([*base, "--output-dir", tmp_path / "a", "--model", two_contrast_model_dir])
+    assert_one_error(proc, "no t1ce image")
+    proc = run_worker([*base, "--output-dir", tmp_path / "b", "--model", tiny_model_dir,
+                       "--contrast", f"t1ce={small_flair}"])
+    assert_one_error(proc, "does not use t1ce")
+    proc = run_worker([*base, "--output-dir", tmp_path / "c", "--contrast", "t1ce"])
+    assert_one_error(proc, "NAME=PATH")
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_module_logic_scores_a_two_contrast_model(module_with_stubbed_gui, small_flair, two_contrast_model_dir):
+    import slicer
+
+    module, scene, temp = module_with_stubbed_gui
+    node, image = volume_node_from_file(scene, small_flair)
+    # the T1ce stand-in: the FLAIR on a 2x coarser grid of the same field of view (its first voxel covers the
+    # FLAIR's first 2x2x2 voxels, so its centre sits half a FLAIR voxel in), as another node
+    origin = image.TransformContinuousIndexToPhysicalPoint([0.5, 0.5, 0.5])
+    coarse = sitk.Resample(image, [(s + 1) // 2 for s in image.GetSize()], sitk.Transform(), sitk.sitkLinear,
+                           origin, [2 * s for s in image.GetSpacing()], image.GetDirection(), 0.0)
+    coarse_path = temp.parent / "t1ce.nrrd"
+    sitk.WriteImage(coarse, str(coarse_path))
+    other, _ = volume_node_from_file(scene, coarse_path)
+    logic = module.AnoDODELogic()
+    with pytest.raises(RuntimeError, match="no t1ce image"):
+        logic.runBlocking(node, modelPath=two_contrast_model_dir, device="cpu", preset="fast")
+    out = logic.runBlocking(node, modelPath=two_contrast_model_dir, device="cpu", preset="fast",
+                            otherContrastNodes={"t1ce": other})
+    assert set(out["report"]["contrasts"]) == {"flair", "t1ce"}
+    assert slicer.util.arrayFromVolume(out["heatmap"]).shape == slicer.util.arrayFromVolume(node).shape
+    assert list(temp.iterdir()) == []
