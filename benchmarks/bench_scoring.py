@@ -3,6 +3,7 @@
     python benchmarks/bench_scoring.py [--volume PATH --mask PATH] [--device cpu|cuda] [--model DIR]
                                        [--json out.json] [--slice-stride K] [--threads T] [--no-profile]
     python benchmarks/bench_scoring.py --large [--json out.json]     # 512x512x300 peak-RAM check
+    python benchmarks/bench_scoring.py --end-to-end [--presets standard,fast] [--json out.json]
 
 For each preset: seconds per volume and per slice, mean NFE (likelihood ODE + reconstruction, per location),
 peak RAM (the process's ``ru_maxrss`` high-water mark, cumulative over the run) and peak GPU memory, and
@@ -15,7 +16,10 @@ preset seconds measured in the same run (compare ratios, not absolute seconds, o
 ``--slice-stride K`` scores every K-th axial slice that has brain (for a quick run; per-volume seconds are
 then extrapolated by the location count, and said so). A CPU profile of one pass (standard preset) splits
 the time into preprocessing/IO, score-network forward, exact-trace tangents, solver overhead and
-reconstruction. Real data are read from ../shared/data (or $ANODODE_DATA); nothing is written but --json.
+reconstruction. A preset that scores every k-th slice (``Preset.slice_spacing_mm``) is timed on the same
+locations and its seconds scaled by the fraction of the volume's locations it scores; its accuracy on the
+slices it skips is what ``--end-to-end`` measures: whole volumes through ``score_image`` against every slice
+scored with RK4 (slice-score Spearman, map Pearson, label Dice). Real data are read from ../shared/data (or $ANODODE_DATA); nothing is written but --json.
 """
 from __future__ import annotations
 
@@ -40,8 +44,9 @@ import SimpleITK as sitk
 
 from AnoDODELib import device as fast_ode
 from AnoDODELib.bundle import load_model
+from AnoDODELib.config import SolverConfig
 from AnoDODELib.likelihood import log_likelihood
-from AnoDODELib.pipeline import PRESETS, prepare_volume, score_locations
+from AnoDODELib.pipeline import PRESETS, Preset, prepare_volume, score_image, score_locations, scored_slices
 from AnoDODELib.reconstruction import reconstruct
 from AnoDODELib.score_model import score_fn
 
@@ -99,7 +104,7 @@ def reference(model, y_std: torch.Tensor, ctx: torch.Tensor, dev: torch.device, 
     return torch.cat(bpds), nfe, 4 * loc.reconstruction_steps
 
 
-def profile(model, y_std, ctx, dev, solver) -> dict[str, float]:
+def profile(model, y_std, ctx, dev, solver, reconstruction: str = "rk4") -> dict[str, float]:
     """Seconds per stage for one pass of the fixed-step likelihood + reconstruction (fused path)."""
     loc = model.config.localisation
     net = model.score_net.to(dev).eval()
@@ -127,7 +132,7 @@ def profile(model, y_std, ctx, dev, solver) -> dict[str, float]:
             noise = torch.randn((loc.n_reconstructions, *y.shape), generator=gen).to(dev)
             fast_ode.reconstruct_batched(fast_ode.PointwiseEvaluator(net, c, repeat=loc.n_reconstructions),
                                          model.sde, y, noise, t_start=loc.t_start,
-                                         steps=loc.reconstruction_steps, t_eps=solver.t_eps)
+                                         steps=loc.reconstruction_steps, t_eps=solver.t_eps, method=reconstruction)
             sync(dev)
             t4 = time.perf_counter()
             t["network forward"] += t2 - t1
@@ -151,11 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) dopri5 reference")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--large", action="store_true", help="peak RAM of a synthetic 512x512x300 volume")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="score_image on whole volumes (--volume, or the BraTS-family FLAIRs) with each preset and "
+                         "with every slice scored by RK4 x4 (the dense reference): seconds, and slice-score, "
+                         "map and label agreement with the dense reference")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.large:
         return large_volume(args)
+    if args.end_to_end:
+        return end_to_end(args)
     volume = args.volume or DATA / DEFAULT_CASE / "Flair_subtrMeanDivStd.nii.gz"
     mask_path = args.mask or (volume.parent / "brainmask.nii.gz" if args.volume is None else None)
     if not volume.exists():
@@ -209,17 +220,23 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for name in args.presets.split(","):
-        solver = dataclasses.replace(PRESETS[name], t_eps=model.config.solver.t_eps)
+        preset = PRESETS[name]
+        solver = dataclasses.replace(preset.likelihood, t_eps=model.config.solver.t_eps)
+        # a preset scoring every k-th slice costs that fraction of the volume's locations (same cost per location)
+        keep = scored_slices(gm, prepared.geometry.spacing_mm[0], preset.slice_spacing_mm)
+        frac = float((gm & keep[:, None, None]).sum()) / n_all
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         sync(dev)
         t0, c0 = time.perf_counter(), time.process_time()
-        sc = score_locations(model, feats, ctx, solver=solver, device=dev)
+        sc = score_locations(model, feats, ctx, solver=solver, device=dev, reconstruction_method=preset.reconstruction)
         sync(dev)
         sec, cpu = time.perf_counter() - t0, time.process_time() - c0
         slices = slice_means(sc.bpd, slice_of, gm.shape[0])
-        row = {"preset": name, "solver": dataclasses.asdict(solver), "seconds_per_volume": sec * scale,
-               "cpu_seconds_per_volume": cpu * scale, "seconds_per_slice": sec / per_slice,
+        row = {"preset": name, "solver": dataclasses.asdict(solver), "reconstruction": preset.reconstruction,
+               "slice_spacing_mm": preset.slice_spacing_mm, "fraction_of_locations_scored": frac,
+               "seconds_per_volume": sec * scale * frac,
+               "cpu_seconds_per_volume": cpu * scale * frac, "seconds_per_slice": sec * frac / per_slice,
                "nfe_likelihood": sc.nfe, "nfe_reconstruction": sc.nfe_reconstruction,
                "nfe_total": sc.nfe + model.config.localisation.n_reconstructions * sc.nfe_reconstruction,
                "peak_rss_mib": peak_rss_mib(),
@@ -229,15 +246,18 @@ def main(argv: list[str] | None = None) -> int:
             row.update(spearman_slices=spearman(slices, ref_slices),
                        mean_abs_dbpd=float((sc.bpd - ref_bpd).abs().mean()),
                        mean_abs_dbpd_slice=float(np.abs(slices - ref_slices).mean()),
-                       speedup_vs_reference=ref["seconds_scored"] / sec)
+                       speedup_vs_reference=ref["seconds_scored"] / (sec * frac))
         rows.append(row)
         out["presets"][name] = row
     print_table(rows, ref is not None)
 
     if not args.no_profile:
-        solver = dataclasses.replace(PRESETS["standard"], t_eps=model.config.solver.t_eps)
-        prof = profile(model, y_std, ctx, dev, solver)
-        prof = {k: v * scale for k, v in prof.items()}
+        std = PRESETS["standard"]
+        solver = dataclasses.replace(std.likelihood, t_eps=model.config.solver.t_eps)
+        frac = float((gm & scored_slices(gm, prepared.geometry.spacing_mm[0], std.slice_spacing_mm)[:, None, None])
+                     .sum()) / n_all
+        prof = profile(model, y_std, ctx, dev, solver, std.reconstruction)
+        prof = {k: v * scale * frac for k, v in prof.items()}
         prof["preprocessing + I/O"] = t_prep + t_io
         total = sum(prof.values())
         out["profile_standard_seconds_per_volume"] = prof
@@ -280,6 +300,63 @@ def machine(dev: torch.device) -> str:
     return f"{name}, {os.cpu_count()} cores"
 
 
+DENSE = Preset(SolverConfig(method="rk4", steps=4, divergence="exact"), "rk4", 0.0)
+
+
+def end_to_end(args) -> int:
+    """Whole volumes through ``score_image`` (preprocessing and maps included, no file output): each preset
+    against the dense reference (every slice, RK4 x4 likelihood and reconstruction; its slice bpd has
+    Spearman 1.0000 with dopri5 1e-5, see the README)."""
+    sys.path.insert(0, str(REPO))
+    from training.cases import brats_family_cases, unlabelled_cases
+
+    if args.volume:
+        vols = [(args.volume, args.mask)]
+    else:
+        vols = [(c.flair, c.brain_mask) for c in brats_family_cases() + unlabelled_cases()]
+    if not vols:
+        print("real data not found (../shared/data or $ANODODE_DATA); pass --volume", file=sys.stderr)
+        return 2
+    model = load_model(args.model)
+    names = args.presets.split(",")
+    out: dict = {"machine": machine(torch.device(args.device)), "threads": torch.get_num_threads(), "volumes": []}
+    for path, mask_path in vols:
+        image = sitk.ReadImage(str(path))
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))) > 0 if mask_path else None
+        res = {}
+        for name in ["dense", *names]:
+            t0 = time.perf_counter()
+            r = score_image(image, model, mask, device=args.device, preset=DENSE if name == "dense" else name)
+            res[name] = (r, time.perf_counter() - t0)
+        ref, ref_sec = res["dense"]
+        brain = ref.anomaly_map != 0
+        row = {"volume": str(path), "dense_seconds": ref_sec}
+        for name in names:
+            r, sec = res[name]
+            have = [i for i, v in enumerate(ref.slice_scores) if v is not None and r.slice_scores[i] is not None]
+            inter = float(((r.label > 0) & (ref.label > 0)).sum())
+            dice = 2 * inter / max(float((r.label > 0).sum() + (ref.label > 0).sum()), 1.0)
+            row[name] = {
+                "seconds": sec, "speedup_vs_dense": ref_sec / sec,
+                "slice_bpd_spearman": spearman([r.slice_scores[i] for i in have], [ref.slice_scores[i] for i in have]),
+                "slice_anomaly_spearman": spearman([r.slice_anomaly_scores[i] for i in have],
+                                                   [ref.slice_anomaly_scores[i] for i in have]),
+                "map_pearson": float(np.corrcoef(r.anomaly_map[brain], ref.anomaly_map[brain])[0, 1]),
+                "label_dice_vs_dense": dice}
+        out["volumes"].append(row)
+        print(f"{Path(path).name}: dense {ref_sec:.1f} s; " + "; ".join(
+            f"{n} {row[n]['seconds']:.1f} s ({row[n]['speedup_vs_dense']:.1f}x), slice bpd rho "
+            f"{row[n]['slice_bpd_spearman']:.4f}, slice p99 rho {row[n]['slice_anomaly_spearman']:.4f}, map r "
+            f"{row[n]['map_pearson']:.4f}, label Dice {row[n]['label_dice_vs_dense']:.3f}" for n in names), flush=True)
+    for n in ["dense", *names]:
+        key = "dense_seconds" if n == "dense" else None
+        secs = [v[key] if key else v[n]["seconds"] for v in out["volumes"]]
+        print(f"{n}: mean {np.mean(secs):.1f} s per volume (min {np.min(secs):.1f}, max {np.max(secs):.1f})")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
 def large_volume(args) -> int:
     """Upsample the default FLAIR to 512x512x300 in a temp dir and score it in a child process (fast)."""
     src = DATA / DEFAULT_CASE
@@ -296,18 +373,19 @@ def large_volume(args) -> int:
             del img, out
         code = ("import resource,sys,time,torch,SimpleITK as sitk;"
                 f"sys.path.insert(0,{str(REPO / 'AnoDODE')!r});"
-                "from AnoDODELib.bundle import load_model;from AnoDODELib.pipeline import score_image;"
+                "from AnoDODELib.bundle import load_model;from AnoDODELib.pipeline import PRESETS,Preset,score_image;"
+                "import dataclasses;every=dataclasses.replace(PRESETS['fast'],slice_spacing_mm=0.0);"
                 f"img=sitk.ReadImage('{tmp}/Flair_subtrMeanDivStd.nii.gz');"
                 f"m=sitk.GetArrayFromImage(sitk.ReadImage('{tmp}/brainmask.nii.gz'))>0;"
                 f"mdl=load_model({str(args.model) if args.model else None!r});t=time.perf_counter();"
-                "r=score_image(img,mdl,m,device='cpu',preset='fast');"
+                "r=score_image(img,mdl,m,device='cpu',preset=every);"
                 "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)")
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         if res.returncode:
             print(res.stderr, file=sys.stderr)
             return 1
         sec, rss = map(float, res.stdout.split()[-2:])
-    print(f"512x512x300 synthetic volume (fast preset, CPU): {sec:.1f} s, peak RSS {rss:.0f} MiB "
+    print(f"512x512x300 synthetic volume (fast solvers, every slice scored, CPU): {sec:.1f} s, peak RSS {rss:.0f} MiB "
           f"({rss / 1024:.2f} GiB; limit 4 GiB)")
     if args.json:
         args.json.write_text(json.dumps({"large_volume": {"shape": [512, 512, 300], "seconds": sec,

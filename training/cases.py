@@ -287,6 +287,14 @@ def brats_family_cases(root: Path | None = None, contrasts: Sequence[str] = ("fl
     return cases
 
 
+def unlabelled_cases(root: Path | None = None) -> list[Case]:
+    """BraTS-family FLAIRs without a lesion mask (qualitative use only)."""
+    d = root or data_dir()
+    p = d / "brats2023_noGT" / "BraTS-GLI-00001-000"
+    c = Case("BraTS-GLI-00001-000", "BraTS2023", p / "BraTS-GLI-00001-000-t2f.nii.gz", None)
+    return [c] if c.flair.exists() else []
+
+
 def select(cases: list[Case], names: list[str] | None = None, exclude: list[str] | None = None) -> list[Case]:
     """Keep ``names`` (all when None; an unknown name is an error) minus ``exclude``."""
     known = {c.name for c in cases}

@@ -31,7 +31,13 @@ import torch
 from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smooth_on_grid
 from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import LocalisationConfig
-from AnoDODELib.pipeline import PRESETS, PreparedVolume, maps_from_scores, score_locations, slice_scores
+from AnoDODELib.pipeline import (
+    PRESETS,
+    PreparedVolume,
+    canonical_slice_scores,
+    maps_from_scores,
+    score_prepared,
+)
 
 from . import metrics
 from .baselines import GaussianBaseline, flair_zscore_map, smoothed_zscore_map
@@ -64,13 +70,11 @@ def case_maps(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, Localisat
               preset: str = "standard", device: str = "cpu") -> dict[str, Any]:
     """Canonical full-resolution maps for each variant, the baseline, and slice scores."""
     p = lc.prepared
-    feats, ctx = p.locations()
-    scores = score_locations(model, feats, ctx, solver=PRESETS[preset], device=device)
+    scores, scored = score_prepared(model, p, preset, device=device)
     variants = variants or {"anodode": model.config.localisation}
-    maps = {name: p.geometry.to_canonical(maps_from_scores(p, scores, model, loc)) for name, loc in variants.items()}
-    bpd_slices = slice_scores(p, scores.bpd)
-    if p.geometry.flips[0]:
-        bpd_slices = bpd_slices[::-1]   # back to canonical slice order
+    maps = {name: p.geometry.to_canonical(maps_from_scores(p, scores, model, loc, scored))
+            for name, loc in variants.items()}
+    bpd_slices = canonical_slice_scores(p, scores.bpd, scored)
     baselines = {"flair_zscore": flair_zscore_map(p.normalised, p.brain),
                  "flair_zscore_smoothed": smoothed_zscore_map(p.normalised, p.brain, model.config.localisation.smooth_mm,
                                                               p.geometry.spacing_mm[1:])}

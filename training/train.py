@@ -32,7 +32,7 @@ from tqdm import tqdm
 from AnoDODELib import volume_io
 from AnoDODELib.bundle import AnoDODEModel, save_model
 from AnoDODELib.config import Calibration, ModelConfig, ScoreNetConfig, to_dict
-from AnoDODELib.pipeline import PRESETS, PreparedVolume, maps_from_scores, score_locations
+from AnoDODELib.pipeline import PreparedVolume, canonical_slice_scores, maps_from_scores, score_prepared
 
 from . import cache
 from .baselines import GaussianBaseline
@@ -281,19 +281,16 @@ def fit(model: AnoDODEModel, feats: torch.Tensor, ctx: torch.Tensor, tc: TrainCo
 
 def calibrate(model: AnoDODEModel, loaded: list[LoadedCase], quantile: float, device: torch.device
               ) -> Calibration:
-    """Threshold = the ``quantile`` of voxel anomaly scores over normal voxels of the given cases."""
+    """Threshold = the ``quantile`` of voxel anomaly scores over normal voxels of the given cases, as the
+    ``standard`` preset scores them (the preset ``anodode score`` uses by default)."""
     values, slice_bpd = [], []
     for lc in loaded:
-        feats, ctx = lc.prepared.locations()
-        scores = score_locations(model, feats, ctx, solver=PRESETS["standard"], device=device)
-        amap = lc.prepared.geometry.to_canonical(maps_from_scores(lc.prepared, scores, model))
+        scores, scored = score_prepared(model, lc.prepared, "standard", device=device)
+        amap = lc.prepared.geometry.to_canonical(maps_from_scores(lc.prepared, scores, model, scored=scored))
         values.append(amap[lc.healthy_full])
-        grid_bpd = torch.zeros(lc.prepared.grid_mask.shape)
-        grid_bpd[lc.prepared.grid_mask] = scores.bpd
+        per_slice = canonical_slice_scores(lc.prepared, scores.bpd, scored)
         normal_slices = lc.healthy_grid.flatten(1).sum(1) == lc.prepared.grid_mask.flatten(1).sum(1)
-        counts = lc.prepared.grid_mask.flatten(1).sum(1)
-        ok = normal_slices & (counts > 0)
-        slice_bpd += (grid_bpd.flatten(1).sum(1)[ok] / counts[ok]).tolist()
+        slice_bpd += [v for v, ok in zip(per_slice, normal_slices.tolist()) if ok and v is not None]
     v = np.concatenate(values)
     sb = np.asarray(slice_bpd) if slice_bpd else np.zeros(1)
     return Calibration(threshold=float(np.quantile(v, quantile)), quantile=quantile,

@@ -6,12 +6,14 @@
           --anomaly_map--> per-location score --smooth, upsample, undo canonical--> voxel map on the input grid
 
 Slice score: the slice's bpd, i.e. the NLL of all its brain feature vectors divided by their dimension
-count (the mean of per-location bpd). Volume score: the same over all brain locations.
+count (the mean of per-location bpd). Volume score: the same over all scored brain locations. A preset may
+score every k-th slice only (``Preset.slice_spacing_mm``); the others' maps and scores are interpolated.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,17 +41,34 @@ logger = logging.getLogger(__name__)
 
 Callback = Callable[[float, str], None]
 
-# Likelihood solver per --preset (the reconstruction is the model's localisation setting in every preset).
-# Measured against dopri5 rtol=atol=1e-5 (benchmarks/README.md): fixed-step presets run on the fused
-# evaluator of device.py (exact trace by forward-mode tangents, no autograd); "exact" runs the adaptive
-# torchdiffeq path of likelihood.log_likelihood.
-#   fast:     explicit midpoint, 4 uniform steps (8 NFE), exact trace
-#   standard: 3/8-rule RK4, 4 uniform steps (16 NFE), exact trace
-#   exact:    adaptive dopri5, rtol = atol = 1e-5, exact trace (the reference; about 300 NFE)
-PRESETS: dict[str, SolverConfig] = {
-    "fast": SolverConfig(method="midpoint", steps=4, divergence="exact"),
-    "standard": SolverConfig(method="rk4", steps=4, divergence="exact"),
-    "exact": SolverConfig(method="dopri5", rtol=1e-5, atol=1e-5, divergence="exact"),
+@dataclass(frozen=True)
+class Preset:
+    """How a scan is scored (``--preset``); the model's weights, features and localisation are the same in each.
+
+    likelihood: the probability-flow ODE solver of the per-location bpd. Fixed-step methods run on the fused
+        evaluator of device.py (exact trace by forward-mode tangents, no autograd); adaptive ones on the
+        torchdiffeq path of likelihood.log_likelihood.
+    reconstruction: the fixed-step method ("rk4", "midpoint", "euler") of the reconstruction ODE; t_start,
+        steps and noise draws are the model's localisation settings.
+    slice_spacing_mm: axial slices closer together than this are subsampled: every k-th slice with brain is
+        scored, k = max(1, floor(slice_spacing_mm / slice thickness)), plus the last; the map and the slice bpd
+        of the slices between are linear interpolations of their scored neighbours (0: every slice).
+    """
+
+    likelihood: SolverConfig
+    reconstruction: str = "rk4"
+    slice_spacing_mm: float = 0.0
+
+
+# Measured against dopri5 rtol=atol=1e-5 and against scoring every slice (benchmarks/README.md):
+#   fast:     midpoint x4 likelihood (8 NFE), midpoint x4 reconstruction (8 NFE a draw), slices >= 4 mm apart
+#   standard: midpoint x4 likelihood (8 NFE), midpoint x4 reconstruction (8 NFE a draw), slices >= 2 mm apart
+#             (the model grid's in-plane spacing, so BraTS's 1 mm slices are scored every second slice)
+#   exact:    dopri5 rtol = atol = 1e-5 likelihood (about 300 NFE), RK4 x4 reconstruction, every slice
+PRESETS: dict[str, Preset] = {
+    "fast": Preset(SolverConfig(method="midpoint", steps=4, divergence="exact"), "midpoint", 4.0),
+    "standard": Preset(SolverConfig(method="midpoint", steps=4, divergence="exact"), "midpoint", 2.0),
+    "exact": Preset(SolverConfig(method="dopri5", rtol=1e-5, atol=1e-5, divergence="exact"), "rk4", 0.0),
 }
 CHUNK = 65536           # locations per batch on the GPU (all reconstruction draws are stacked on top)
 CPU_CHUNK = 16384       # on the CPU: bounded memory (~60 MB of activations), cache-friendlier
@@ -68,10 +87,12 @@ class PreparedVolume:
     grid_mask: torch.Tensor         # (S, h, w) bool brain mask on the model grid
     spacing_mm: float               # model grid pixel size
 
-    def locations(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feature (N, C) and context (N, K) vectors at the N brain locations of the model grid."""
-        f = self.features.permute(0, 2, 3, 1)[self.grid_mask]
-        c = self.context.permute(0, 2, 3, 1)[self.grid_mask]
+    def locations(self, where: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature (N, C) and context (N, K) vectors at the N brain locations of the model grid (or at the
+        True entries of ``where``, an (S, h, w) subset of them)."""
+        m = self.grid_mask if where is None else where
+        f = self.features.permute(0, 2, 3, 1)[m]
+        c = self.context.permute(0, 2, 3, 1)[m]
         return f, c
 
     def to_grid(self, canonical: np.ndarray, order: int = 0) -> torch.Tensor:
@@ -253,26 +274,89 @@ class ScoreResult(NamedTuple):
     #                                                anomaly map over the slice's brain voxels; None without brain
 
 
+def scored_slices(grid_mask: torch.Tensor, slice_mm: float, spacing_mm: float) -> torch.Tensor:
+    """(S,) bool: the canonical slices scored when slices must be at least ``spacing_mm`` apart (see
+    ``Preset``): from the first slice with brain every k-th one, k = max(1, floor(spacing_mm / slice_mm)),
+    and the last slice with brain."""
+    has = torch.nonzero(grid_mask.flatten(1).any(1)).flatten()
+    keep = torch.zeros(grid_mask.shape[0], dtype=torch.bool)
+    if has.numel() == 0:
+        return keep
+    k = max(1, math.floor(spacing_mm / slice_mm + 1e-6)) if spacing_mm > 0 else 1
+    keep[int(has[0]): int(has[-1]) + 1: k] = True
+    keep[int(has[-1])] = True
+    return keep
+
+
+def interpolate_slices(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(S, ...) values given on the ``keep`` slices, linearly interpolated in slice index onto the others
+    (before the first kept slice and after the last, their values)."""
+    if bool(keep.all()):
+        return values
+    idx = torch.nonzero(keep).flatten()
+    s = torch.arange(values.shape[0])
+    lo = idx[(torch.searchsorted(idx, s, right=True) - 1).clamp(min=0)]
+    hi = idx[torch.searchsorted(idx, s).clamp(max=idx.numel() - 1)]
+    w = torch.where(hi > lo, (s - lo).float() / (hi - lo).clamp(min=1).float(), torch.zeros(s.shape))
+    w = w.clamp(0.0, 1.0).view(-1, *([1] * (values.dim() - 1))).to(values.dtype)
+    return (1 - w) * values[lo] + w * values[hi]
+
+
+def score_prepared(model: AnoDODEModel, prepared: PreparedVolume, preset: str | Preset = "standard", *,  # noqa: F821
+                   device: torch.device | str = "cpu", callback: Callback | None = None, seed: int = 0
+                   ) -> tuple[LocationScores, torch.Tensor]:
+    """Per-location scores at the brain locations of the slices the preset scores, and those slices as an
+    (S,) bool mask (pass both on to ``maps_from_scores`` and ``slice_scores``)."""
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    keep = scored_slices(prepared.grid_mask, prepared.geometry.spacing_mm[0], p.slice_spacing_mm)
+    feats, ctx = prepared.locations(prepared.grid_mask & keep[:, None, None])
+    solver = dataclasses.replace(p.likelihood, t_eps=model.config.solver.t_eps)
+    scores = score_locations(model, feats, ctx, solver=solver, device=device, callback=callback, seed=seed,
+                             reconstruction_method=p.reconstruction)
+    return scores, keep
+
+
+def _all_slices(prepared: PreparedVolume, scored: torch.Tensor | None) -> torch.Tensor:
+    return torch.ones(prepared.grid_mask.shape[0], dtype=torch.bool) if scored is None else scored
+
+
 def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
-                     localisation: LocalisationConfig | None = None) -> np.ndarray:
+                     localisation: LocalisationConfig | None = None, scored: torch.Tensor | None = None
+                     ) -> np.ndarray:
     """The voxel anomaly map (input array layout) from per-location scores (default: the model's
-    localisation settings)."""
+    localisation settings). ``scored``: the (S,) slices the scores are from (default: all); the map of the
+    others is interpolated between them."""
     loc = localisation or model.config.localisation
+    keep = _all_slices(prepared, scored)
+    where = prepared.grid_mask & keep[:, None, None]
     per_loc = location_scores(scores.bpd, scores.residual, loc, hyperintense_channels(model.config.features, loc))
-    grid = scatter_to_grid(per_loc, prepared.grid_mask)
-    grid = smooth_on_grid(grid, prepared.grid_mask, loc.smooth_mm, prepared.spacing_mm)
+    grid = smooth_on_grid(scatter_to_grid(per_loc, where), where, loc.smooth_mm, prepared.spacing_mm)
+    grid = interpolate_slices(grid, keep) * prepared.grid_mask
     return prepared.to_input(grid)
 
 
-def slice_scores(prepared: PreparedVolume, bpd: torch.Tensor) -> list[float | None]:
-    """Mean per-location bpd of each canonical slice, re-ordered to the input's index along the axial axis."""
-    grid = scatter_to_grid(bpd, prepared.grid_mask)
-    counts = prepared.grid_mask.flatten(1).sum(1)
-    sums = grid.flatten(1).sum(1)
-    canon = [float(s / c) if c > 0 else None for s, c in zip(sums.tolist(), counts.tolist())]
-    if prepared.geometry.flips[0]:
-        canon = canon[::-1]
-    return canon
+def canonical_slice_scores(prepared: PreparedVolume, bpd: torch.Tensor, scored: torch.Tensor | None = None
+                           ) -> list[float | None]:
+    """Mean per-location bpd of each canonical slice with brain (None without); slices not ``scored`` get the
+    linear interpolation of the scored slices' values (the nearest one's beyond the first and last)."""
+    keep = _all_slices(prepared, scored)
+    where = prepared.grid_mask & keep[:, None, None]
+    counts = where.flatten(1).sum(1)
+    sums = scatter_to_grid(bpd, where).flatten(1).sum(1)
+    ok = torch.nonzero(counts > 0).flatten().numpy()
+    brain = prepared.grid_mask.flatten(1).any(1).tolist()
+    if ok.size == 0:
+        return [None] * len(brain)
+    means = (sums[ok] / counts[ok]).double().numpy()
+    values = np.interp(np.arange(len(brain)), ok, means)
+    return [float(v) if b else None for v, b in zip(values, brain)]
+
+
+def slice_scores(prepared: PreparedVolume, bpd: torch.Tensor, scored: torch.Tensor | None = None
+                 ) -> list[float | None]:
+    """``canonical_slice_scores`` re-ordered to the input's index along the axial axis."""
+    canon = canonical_slice_scores(prepared, bpd, scored)
+    return canon[::-1] if prepared.geometry.flips[0] else canon
 
 
 def slice_map_scores(prepared: PreparedVolume, anomaly_map: np.ndarray, q: float = 0.99) -> list[float | None]:
@@ -284,12 +368,12 @@ def slice_map_scores(prepared: PreparedVolume, anomaly_map: np.ndarray, q: float
 
 
 def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None = None, *,  # noqa: F821
-                threshold: float | None = None, device: str = "auto", preset: str = "standard",
+                threshold: float | None = None, device: str = "auto", preset: str | Preset = "standard",
                 callback: Callback | None = None, name: str = "input",
                 other_contrasts: Mapping[str, sitk.Image] | None = None) -> ScoreResult:
     """Score a 3-D scan with a loaded model; see ``ScoreResult`` for the outputs. ``image`` is the model's
     primary contrast; ``other_contrasts`` its other contrasts by name (see ``prepare_volume``)."""
-    if preset not in PRESETS:
+    if isinstance(preset, str) and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     dev = resolve_device(device)
     t0 = time.perf_counter()
@@ -297,17 +381,15 @@ def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None 
     report(0.0, "preprocessing")
     prepared = prepare_volume(image, model.config, mask, name=name, other_contrasts=other_contrasts)
     report(0.1, "scoring")
-    feats, ctx = prepared.locations()
-    solver = dataclasses.replace(PRESETS[preset], t_eps=model.config.solver.t_eps)
-    scores = score_locations(model, feats, ctx, solver=solver, device=dev,
-                             callback=lambda f, m: report(0.1 + 0.8 * f, m))
+    scores, scored = score_prepared(model, prepared, preset, device=dev,
+                                    callback=lambda f, m: report(0.1 + 0.8 * f, m))
     report(0.9, "building maps")
-    anomaly = maps_from_scores(prepared, scores, model)
+    anomaly = maps_from_scores(prepared, scores, model, scored=scored)
     thr = float(model.config.calibration.threshold if threshold is None else threshold)
     label = (anomaly > thr).astype(np.uint8)
     volume_bpd = float(scores.bpd.mean())
     result = ScoreResult(anomaly, label, volume_bpd, prepared.geometry.axes[0],
-                         slice_scores(prepared, scores.bpd), thr, scores.nfe,
+                         slice_scores(prepared, scores.bpd, scored), thr, scores.nfe,
                          time.perf_counter() - t0, str(dev),
                          scores.nfe_reconstruction * model.config.localisation.n_reconstructions,
                          slice_map_scores(prepared, anomaly))

@@ -66,7 +66,8 @@ def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
     assert report["threshold"] == pytest.approx(0.05)
     assert report["device"] == "cpu" and report["nfe"] > 0
     loc = load_model(tiny_model_dir).config.localisation
-    assert report["nfe_reconstruction"] == 4 * loc.reconstruction_steps * loc.n_reconstructions   # RK4
+    # standard preset: midpoint reconstruction, 2 evaluations per step, every draw
+    assert report["nfe_reconstruction"] == 2 * loc.reconstruction_steps * loc.n_reconstructions
     anomaly = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{stem}_anomaly.nii.gz")))
     assert np.array_equal(label, (anomaly > report["threshold"]).astype(np.uint8))
     assert (out / f"{stem}_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

