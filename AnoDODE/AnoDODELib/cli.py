@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=None, help="model bundle folder (default: the bundled model)")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--threshold", type=float, default=None, help="label threshold (default: calibrated)")
-        p.add_argument("--preset", default="standard", help=f"one of {', '.join(PRESETS)}")
+        p.add_argument("--preset", default="standard",
+                       help=f"one of {', '.join(PRESETS)}: solvers and slice density (README, Speed)")
         p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
 
     s = sub.add_parser("score", help="score one or more 3-D scans")
