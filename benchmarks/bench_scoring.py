@@ -19,7 +19,8 @@ the time into preprocessing/IO, score-network forward, exact-trace tangents, sol
 reconstruction. A preset that scores every k-th slice (``Preset.slice_spacing_mm``) is timed on the same
 locations and its seconds scaled by the fraction of the volume's locations it scores; its accuracy on the
 slices it skips is what ``--end-to-end`` measures: whole volumes through ``score_image`` against every slice
-scored with RK4 (slice-score Spearman, map Pearson, label Dice). Real data are read from ../shared/data (or $ANODODE_DATA); nothing is written but --json.
+scored with RK4 (slice-score Spearman, map Pearson, label Dice). Real data are read from ../shared/data
+(or $ANODODE_DATA); nothing is written but --json.
 """
 from __future__ import annotations
 
@@ -218,13 +219,16 @@ def main(argv: list[str] | None = None) -> int:
         out["reference"] = ref
         print(f"reference dopri5 1e-5 exact trace: {t_ref * scale:.1f} s/volume, NFE {ref_nfe} + {ref_rec}")
 
+    def scored_fraction(preset: Preset) -> float:
+        """A preset scoring every k-th slice costs this fraction of the volume's locations (same cost each)."""
+        keep = scored_slices(gm, prepared.geometry.spacing_mm[0], preset.slice_spacing_mm)
+        return float((gm & keep[:, None, None]).sum()) / n_all
+
     rows = []
     for name in args.presets.split(","):
         preset = PRESETS[name]
         solver = dataclasses.replace(preset.likelihood, t_eps=model.config.solver.t_eps)
-        # a preset scoring every k-th slice costs that fraction of the volume's locations (same cost per location)
-        keep = scored_slices(gm, prepared.geometry.spacing_mm[0], preset.slice_spacing_mm)
-        frac = float((gm & keep[:, None, None]).sum()) / n_all
+        frac = scored_fraction(preset)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         sync(dev)
@@ -254,10 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_profile:
         std = PRESETS["standard"]
         solver = dataclasses.replace(std.likelihood, t_eps=model.config.solver.t_eps)
-        frac = float((gm & scored_slices(gm, prepared.geometry.spacing_mm[0], std.slice_spacing_mm)[:, None, None])
-                     .sum()) / n_all
         prof = profile(model, y_std, ctx, dev, solver, std.reconstruction)
-        prof = {k: v * scale * frac for k, v in prof.items()}
+        prof = {k: v * scale * scored_fraction(std) for k, v in prof.items()}
         prof["preprocessing + I/O"] = t_prep + t_io
         total = sum(prof.values())
         out["profile_standard_seconds_per_volume"] = prof

@@ -17,20 +17,12 @@ from pathlib import Path
 
 import torch
 
-from AnoDODELib.config import ModelConfig
-
 from .baselines import GaussianBaseline
 from .cases import brats_family_cases, parse_contrasts
 from .evaluate import evaluate_loaded, localisation_variants, pooled, print_table, write_table
 from .train import TrainConfig, load_case, model_config, train_loaded, training_vectors
 
 logger = logging.getLogger("training.crossval")
-
-
-def default_model_config(hidden: int | None = None, scales_mm: tuple[float, ...] | None = None,
-                         position_context: bool = True, contrasts: tuple[str, ...] = ("flair",)) -> ModelConfig:
-    """The shipped model's config (see ``training.train.model_config``)."""
-    return model_config(contrasts, hidden, scales_mm, position_context)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cross-validation needs at least 2 cases with {'+'.join(contrasts)} in ../shared/data",
               file=sys.stderr)
         return 2
-    cfg = default_model_config(scales_mm=tuple(args.scales) if args.scales else None,
-                               position_context=not args.no_position_context, contrasts=contrasts)
+    cfg = model_config(contrasts, scales_mm=tuple(args.scales) if args.scales else None,
+                       position_context=not args.no_position_context)
     tc = TrainConfig(steps=args.steps, healthy=args.healthy)
     t0 = time.perf_counter()
     loaded = [load_case(c, cfg, tc.healthy, tc.tumour_margin_mm) for c in cases]

@@ -8,8 +8,8 @@
 For each input ``score`` writes <stem>_anomaly.nii.gz (float32), <stem>_label.nii.gz (uint8),
 <stem>_report.json and <stem>_overlay.png (inputs with the same file name are told apart by their
 folder: <folder>_<stem>). A multi-contrast model reads INPUT as its primary contrast and takes each other
-contrast as ``--contrast NAME=PATH``, repeated once per input in input order (as ``--mask``). Exit code 0 on success; otherwise a one-line error and
-1 (a bad input) or 2 (bad usage or model).
+contrast as ``--contrast NAME=PATH``, repeated once per input in input order (as ``--mask``). Exit code 0
+on success; otherwise a one-line error and 1 (a bad input) or 2 (bad usage or model).
 """
 from __future__ import annotations
 

@@ -343,13 +343,11 @@ def canonical_slice_scores(prepared: PreparedVolume, bpd: torch.Tensor, scored: 
     where = prepared.grid_mask & keep[:, None, None]
     counts = where.flatten(1).sum(1)
     sums = scatter_to_grid(bpd, where).flatten(1).sum(1)
-    ok = torch.nonzero(counts > 0).flatten().numpy()
     brain = prepared.grid_mask.flatten(1).any(1).tolist()
-    if ok.size == 0:
+    if not bool((counts > 0).any()):
         return [None] * len(brain)
-    means = (sums[ok] / counts[ok]).double().numpy()
-    values = np.interp(np.arange(len(brain)), ok, means)
-    return [float(v) if b else None for v, b in zip(values, brain)]
+    values = interpolate_slices((sums / counts.clamp(min=1)).double(), counts > 0)
+    return [float(v) if b else None for v, b in zip(values.tolist(), brain)]
 
 
 def slice_scores(prepared: PreparedVolume, bpd: torch.Tensor, scored: torch.Tensor | None = None
