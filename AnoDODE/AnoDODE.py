@@ -73,7 +73,8 @@ class AnoDODEParameterNode:
     """GUI state, saved with the scene. ``modelPath`` empty (".") means the bundled model."""
 
     inputVolume: vtkMRMLScalarVolumeNode
-    brainMask: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]  # noqa: UP007 - wrapper needs typing.Union
+    # the None is required: Slicer's wrapper writes None as the default of a node parameter (issue 12.1)
+    brainMask: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]  # noqa: UP007 - typing.Union
     modelPath: pathlib.Path
     device: Annotated[str, Choice(DEVICES)] = "auto"
     preset: Annotated[str, Choice(PRESETS)] = "standard"

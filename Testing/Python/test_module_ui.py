@@ -64,7 +64,7 @@ def base_type(annotation: ast.expr) -> ast.expr:
 def node_types(annotation: ast.expr) -> list[str]:
     t = base_type(annotation)
     if isinstance(t, ast.Subscript) and ast.unparse(t.value) in ("Union", "typing.Union"):
-        return sorted(ast.unparse(e) for e in t.slice.elts)
+        return sorted(ast.unparse(e) for e in t.slice.elts if ast.unparse(e) != "None")
     name = ast.unparse(t)
     return [name] if name.startswith("vtkMRML") else []
 
