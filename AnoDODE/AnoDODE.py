@@ -1,19 +1,18 @@
 """AnoDODE: unsupervised anomaly detection in brain MRI (3D Slicer scripted module).
 
 The model runs in a separate process (``PythonSlicer -m AnoDODELib.worker``) so Slicer stays responsive and a
-run can be cancelled; this file holds the four template parts. MRML handling is in ``AnoDODEMRML`` and the
-child-process handling in ``AnoDODEProcess`` (both Qt-free, tested in CI with slicer-core).
+run can be cancelled; this file holds the four template parts. MRML handling and the child process are in the
+package ``AnoDODESlicerLib`` (Qt-free, tested in CI with slicer-core).
 """
 import importlib.util
 import json
 import logging
 import pathlib
 import shutil
+import sys
 import tempfile
 from typing import Annotated, Union
 
-import AnoDODEMRML
-import AnoDODEProcess
 import qt
 import slicer
 import vtk
@@ -31,6 +30,8 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+from AnoDODESlicerLib import child_process, mrml
 
 logger = logging.getLogger("AnoDODE")
 DEVICES = ["auto", "cpu", "cuda"]
@@ -134,6 +135,16 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.cancelRun()
         self.removeObservers()
 
+    def onReload(self) -> None:
+        """Developer mode's Reload: the helper package first (Slicer re-reads only this file), then the module."""
+        import AnoDODESlicerLib
+
+        for name in AnoDODESlicerLib.reloadSubmodules():
+            logger.debug("reloaded %s", name)
+        if "AnoDODELib.worker" in sys.modules:   # the protocol helpers used in Slicer's process
+            importlib.reload(sys.modules["AnoDODELib.worker"])
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def enter(self) -> None:
         self.initializeParameterNode()
 
@@ -156,7 +167,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first and not first.IsA("vtkMRMLLabelMapVolumeNode") and not first.GetAttribute(
-                    AnoDODEMRML.ROLE_ATTRIBUTE):
+                    mrml.ROLE_ATTRIBUTE):
                 self._parameterNode.inputVolume = first
 
     def setParameterNode(self, inputParameterNode) -> None:
@@ -291,7 +302,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if threshold is None:
             threshold = p.threshold if p else 1.0
         if p and p.outputHeatmap and p.outputHeatmap.GetImageData():
-            _, hi = AnoDODEMRML.heatmapDisplayRange(slicer.util.arrayFromVolume(p.outputHeatmap), threshold)
+            _, hi = mrml.heatmapDisplayRange(slicer.util.arrayFromVolume(p.outputHeatmap), threshold)
         else:
             hi = max(1.0, 2.0 * threshold)
         self.ui.thresholdSliderWidget.maximum = hi
@@ -401,7 +412,7 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
         if path and str(path) not in ("", "."):
             meta = pathlib.Path(path) / "model.json"
         else:
-            found = sorted((AnoDODEProcess.MODULE_DIR / "Resources" / "Models").glob("*/model.json"))
+            found = sorted((child_process.MODULE_DIR / "Resources" / "Models").glob("*/model.json"))
             if not found:
                 return "Bundled model: not found (choose a model folder)"
             meta = found[0]
@@ -428,23 +439,23 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
         tempDir = pathlib.Path(tempfile.mkdtemp(prefix="AnoDODE-", dir=slicer.app.temporaryPath))
         try:
             inputPath = tempDir / "input.nrrd"
-            sitk.WriteImage(AnoDODEMRML.sitkImageFromVolume(inputNode), str(inputPath))
+            sitk.WriteImage(mrml.sitkImageFromVolume(inputNode), str(inputPath))
             maskPath = None
             if maskNode is not None:
-                mask = AnoDODEMRML.maskArrayForInput(maskNode, inputNode)
+                mask = mrml.maskArrayForInput(maskNode, inputNode)
                 maskPath = tempDir / "mask.nrrd"
-                sitk.WriteImage(AnoDODEMRML.sitkImageFromVolume(inputNode, mask), str(maskPath))
+                sitk.WriteImage(mrml.sitkImageFromVolume(inputNode, mask), str(maskPath))
             others = {}
             for name, node in (otherContrastNodes or {}).items():
                 if node is None or node.GetImageData() is None:
                     raise ValueError(f"Select a {name} volume with image data.")
                 others[name] = tempDir / f"contrast_{name}.nrrd"
-                sitk.WriteImage(AnoDODEMRML.sitkImageFromVolume(node), str(others[name]))
+                sitk.WriteImage(mrml.sitkImageFromVolume(node), str(others[name]))
             model = str(modelPath) if modelPath and str(modelPath) not in ("", ".") else None
-            command = build_command(AnoDODEProcess.pythonSlicerExecutable(), inputPath, tempDir / "output",
+            command = build_command(child_process.pythonSlicerExecutable(), inputPath, tempDir / "output",
                                     mask=maskPath, model=model, device=device, preset=preset, threshold=threshold,
                                     other_contrasts=others)
-            process = AnoDODEProcess.WorkerProcess(command)
+            process = child_process.WorkerProcess(command)
         except BaseException:
             shutil.rmtree(tempDir, ignore_errors=True)
             raise
@@ -472,7 +483,7 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
         anomaly = sitk.GetArrayFromImage(sitk.ReadImage(str(run.outputDir / "anomaly.nrrd")))
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(run.outputDir / "label.nrrd")))
         run.report = report
-        return AnoDODEMRML.applyResults(slicer.mrmlScene, run.inputNode, anomaly, label, report,
+        return mrml.applyResults(slicer.mrmlScene, run.inputNode, anomaly, label, report,
                                         heatmapNode=heatmapNode, segmentationNode=segmentationNode,
                                         tableNode=tableNode)
 
@@ -500,12 +511,12 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
     # --- results
 
     def rethreshold(self, inputNode, heatmapNode, segmentationNode, threshold: float):
-        return AnoDODEMRML.rethreshold(slicer.mrmlScene, inputNode, heatmapNode, segmentationNode, threshold)
+        return mrml.rethreshold(slicer.mrmlScene, inputNode, heatmapNode, segmentationNode, threshold)
 
     def jumpToSlice(self, inputNode, tableNode, row: int) -> None:
         axis = int(tableNode.GetAttribute("AnoDODE.slice_axis") or 0)
-        index = int(tableNode.GetTable().GetValueByName(row, AnoDODEMRML.SLICE_COLUMN).ToInt())
-        AnoDODEMRML.jumpSlicesTo(slicer.mrmlScene, AnoDODEMRML.sliceCenterRAS(inputNode, axis, index))
+        index = int(tableNode.GetTable().GetValueByName(row, mrml.SLICE_COLUMN).ToInt())
+        mrml.jumpSlicesTo(slicer.mrmlScene, mrml.sliceCenterRAS(inputNode, axis, index))
 
     @staticmethod
     def showPlot(chartNode) -> None:
@@ -567,12 +578,12 @@ class AnoDODETest(ScriptedLoadableModuleTest):
         self.delayDisplay("Scoring MRBrainTumor1 with a tiny model")
         logic, inputVolume = self._setUpInput()
         before = slicer.util.arrayFromVolume(inputVolume).copy()
-        beforeMatrix = AnoDODEMRML.matrixToArray(AnoDODEMRML.ijkToRASMatrix(inputVolume))
+        beforeMatrix = mrml.matrixToArray(mrml.ijkToRASMatrix(inputVolume))
         out = logic.runBlocking(inputVolume, modelPath=self.modelDir, device="cpu", preset="fast")
         heat, seg, table = out["heatmap"], out["segmentation"], out["table"]
         self.assertEqual(heat.GetImageData().GetDimensions(), inputVolume.GetImageData().GetDimensions())
-        np.testing.assert_allclose(AnoDODEMRML.matrixToArray(AnoDODEMRML.ijkToRASMatrix(heat)), beforeMatrix)
-        self.assertIsNotNone(seg.GetSegmentation().GetSegment(AnoDODEMRML.ANOMALY_SEGMENT_ID))
+        np.testing.assert_allclose(mrml.matrixToArray(mrml.ijkToRASMatrix(heat)), beforeMatrix)
+        self.assertIsNotNone(seg.GetSegmentation().GetSegment(mrml.ANOMALY_SEGMENT_ID))
         axis = out["report"]["slice_axis"]
         self.assertEqual(table.GetNumberOfRows(), before.shape[axis])
 

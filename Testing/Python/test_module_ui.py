@@ -163,7 +163,8 @@ def test_cmake_lists_every_script():
     scripts = cmake_list(CMAKE_FILE.read_text(), "MODULE_PYTHON_SCRIPTS")
     assert len(scripts) == len(set(scripts)), "duplicate entries"
     expected = {p.name for p in MODULE_DIR.glob("*.py")} | {
-        p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "AnoDODELib").glob("*.py")}
+        p.relative_to(MODULE_DIR).as_posix() for package in ("AnoDODELib", "AnoDODESlicerLib")
+        for p in (MODULE_DIR / package).glob("*.py")}
     assert set(scripts) == expected
 
 
@@ -207,12 +208,18 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", sorted((MODULE_DIR / "AnoDODELib").glob("*.py")), ids=lambda p: p.name)
 def test_engine_never_imports_slicer_or_qt(path):
-    assert imported_modules(path) & {"slicer", "qt", "ctk", "vtk", "AnoDODEMRML", "AnoDODEProcess"} == set()
+    assert imported_modules(path) & {"slicer", "qt", "ctk", "vtk", "AnoDODESlicerLib"} == set()
 
 
-@pytest.mark.parametrize("name", ["AnoDODEMRML.py", "AnoDODEProcess.py"])
-def test_helpers_are_qt_free(name):
-    assert imported_modules(MODULE_DIR / name) & {"qt", "ctk", "torch"} == set()
+def test_only_the_module_file_is_beside_the_module():
+    """Slicer instantiates every .py in a module folder as a module ("Fail to instantiate module" otherwise)."""
+    assert sorted(p.name for p in MODULE_DIR.glob("*.py")) == ["AnoDODE.py"]
+    assert (MODULE_DIR / "AnoDODESlicerLib" / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("path", sorted((MODULE_DIR / "AnoDODESlicerLib").glob("*.py")), ids=lambda p: p.name)
+def test_slicer_helpers_are_qt_and_torch_free(path):
+    assert imported_modules(path) & {"qt", "ctk", "torch"} == set()
 
 
 def test_worker_imports_nothing_heavy_at_module_level():

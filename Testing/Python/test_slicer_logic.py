@@ -1,4 +1,4 @@
-"""The Slicer module's MRML logic (AnoDODE/AnoDODEMRML.py) on real MRML nodes from the Qt-free slicer-core wheel.
+"""The Slicer module's MRML logic (AnoDODE/AnoDODESlicerLib/mrml.py) on real MRML nodes from the Qt-free slicer-core wheel.
 
 The input is deliberately awkward: oblique (rotated IJKToRAS), anisotropic (0.9 x 1.2 x 3.0 mm), off-origin,
 under a rotating + translating parent transform. Outputs must land on exactly its grid.
@@ -17,7 +17,7 @@ vtk = pytest.importorskip("vtk")
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "AnoDODE"
 sys.path.insert(0, str(MODULE_DIR))
-import AnoDODEMRML as M
+from AnoDODESlicerLib import mrml as M
 
 SHAPE = (10, 13, 16)           # numpy (K, J, I)
 SPACING = (0.9, 1.2, 3.0)      # I, J, K

@@ -20,7 +20,7 @@ from conftest import REPO, require_data
 from AnoDODELib.worker import build_command, error_from_stderr, parse_line
 
 sys.path.insert(0, str(REPO / "AnoDODE"))
-import AnoDODEProcess
+from AnoDODESlicerLib import child_process as AnoDODEProcess
 
 FLAIR = ("brats2012", "BRATS_HG0015", "BRATS_HG0015_FLAIR.mha")
 OUTPUTS = ("anomaly.nrrd", "label.nrrd", "report.json")

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-MODULE_DIR = Path(__file__).resolve().parent   # holds the AnoDODELib package
+MODULE_DIR = Path(__file__).resolve().parents[1]   # the module folder: holds the AnoDODELib package
 
 
 def pythonSlicerExecutable() -> str:
