@@ -1,0 +1,119 @@
+"""Per-scan statistics for the report, and the batch summary: one row per input in summary.csv and
+summary.json in the output folder.
+
+A row holds the input's path and its status (``ok`` or the one-line error), and for a scored input the
+values of its report: the volume score (bits/dim), the anomalous volume (mL, the label's voxels at the
+threshold), the anomaly map's maximum and 99th percentile over the brain (map units), the three most
+anomalous slices (index along the input's axial axis, see ``figure.most_anomalous_slices``), the seconds
+scoring took, the device, the preset, and the model's name and version (the first 12 hex digits of its
+weights' SHA-256, which changes whenever the weights do).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import volume_io
+from .figure import most_anomalous_slices
+
+COLUMNS = ("input", "status", "volume_score_bpd", "anomalous_volume_ml", "map_max", "map_p99",
+           "most_anomalous_slices", "seconds", "device", "preset", "model", "model_version")
+#: Report keys copied into a row unchanged (the rest: input, status, model_version).
+REPORT_KEYS = ("volume_score_bpd", "anomalous_volume_ml", "map_max", "map_p99", "most_anomalous_slices",
+               "seconds", "device", "preset", "model")
+SUMMARY_FILES = ("summary.csv", "summary.json")
+PENDING = "pending"
+OK = "ok"
+
+
+def map_statistics(anomaly_map: np.ndarray, label: np.ndarray, brain: np.ndarray,
+                   spacing_mm: Sequence[float], slice_anomaly_scores: Sequence[float | None],
+                   slice_mm: float, n_slices: int = 3) -> dict[str, Any]:
+    """The report's scan statistics.
+
+    anomalous_volume_ml = (number of label voxels) * prod(spacing_mm) / 1000;
+    map_max, map_p99 = the maximum and the 0.99-quantile (numpy's linear interpolation) of the map over
+    the ``brain`` voxels (map units; None when the brain is empty);
+    most_anomalous_slices = ``most_anomalous_slices(slice_anomaly_scores, n_slices, slice_mm)``.
+    ``anomaly_map``, ``label`` and ``brain`` share one array layout; ``slice_mm``: the axial spacing (mm).
+    """
+    if not (anomaly_map.shape == label.shape == brain.shape):
+        raise ValueError(f"map {anomaly_map.shape}, label {label.shape} and brain {brain.shape} differ in shape")
+    values = np.asarray(anomaly_map, dtype=np.float64)[np.asarray(brain, dtype=bool)]
+    voxel_ml = float(np.prod(np.asarray(spacing_mm, dtype=np.float64))) / 1000.0
+    return {
+        "anomalous_volume_ml": float(np.count_nonzero(label)) * voxel_ml,
+        "map_max": float(values.max()) if values.size else None,
+        "map_p99": float(np.quantile(values, 0.99)) if values.size else None,
+        "most_anomalous_slices": most_anomalous_slices(slice_anomaly_scores, n_slices, slice_mm),
+    }
+
+
+def model_version(weights_sha256: str | None) -> str | None:
+    """A model's version as written in reports: the first 12 hex digits of its weights' SHA-256."""
+    return weights_sha256[:12] if weights_sha256 else None
+
+
+def summary_row(input_path: str | os.PathLike, report: Mapping[str, Any] | None = None,
+                error: str | None = None) -> dict[str, Any]:
+    """One row: from a scored input's ``report``, or for an input that failed with ``error`` (one line),
+    or (neither) for an input not scored yet (status ``pending``)."""
+    if report is not None and error is not None:
+        raise ValueError("a row has a report or an error, not both")
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row["input"] = str(input_path)
+    if error is not None:
+        row["status"] = " ".join(str(error).split()) or "error"
+    elif report is None:
+        row["status"] = PENDING
+    else:
+        row["status"] = OK
+        row.update({k: report.get(k) for k in REPORT_KEYS})
+        row["model_version"] = report.get("model_version")
+    return row
+
+
+def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The rows as CSV text with a header of ``COLUMNS``; slices joined by ';', missing values empty."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _csv_value(row.get(c)) for c in COLUMNS})
+    return buffer.getvalue()
+
+
+def to_json(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows as strict JSON: ``{"inputs": n, "ok": k, "failed": f, "pending": p, "rows": [...]}``."""
+    statuses = [r["status"] for r in rows]
+    data = {"inputs": len(rows), "ok": statuses.count(OK), "pending": statuses.count(PENDING),
+            "failed": sum(s not in (OK, PENDING) for s in statuses),
+            "rows": [{c: r.get(c) for c in COLUMNS} for r in rows]}
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"
+
+
+def write_summary(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
+                  protect: Iterable[str | os.PathLike] = ()) -> tuple[Path, Path]:
+    """Write summary.csv and summary.json into ``out_dir``, each atomically (a reader sees the previous
+    or the new file, never a part); never over one of ``protect`` (the inputs)."""
+    out = Path(out_dir)
+    protect = list(protect)
+    paths = (out / SUMMARY_FILES[0], out / SUMMARY_FILES[1])
+    volume_io.write_bytes_atomic(to_csv(rows).encode(), paths[0], protect=protect)
+    volume_io.write_bytes_atomic(to_json(rows).encode(), paths[1], protect=protect)
+    return paths
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ";".join(str(v) for v in value)
+    return value
