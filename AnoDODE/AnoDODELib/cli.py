@@ -32,6 +32,8 @@ from .pipeline import PRESETS, check_contrasts, score_image
 
 logger = logging.getLogger("anodode")
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".img", ".hdr")
+#: Files a folder input stands for (a folder without any is read as a DICOM series).
+FOLDER_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def output_stem(path: Path) -> str:
@@ -41,6 +43,21 @@ def output_stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def expand_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The inputs with each folder that holds NIfTI/NRRD/MetaImage files (``FOLDER_IMAGE_SUFFIXES``, hidden
+    files skipped, not recursive) replaced by those files sorted by name; a folder without any (a DICOM
+    series folder) and every file stay as given. Returns (inputs, the folders that were expanded)."""
+    out: list[Path] = []
+    expanded: list[Path] = []
+    for path in paths:
+        images = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.name.lower().endswith(FOLDER_IMAGE_SUFFIXES)) if path.is_dir() else []
+        out.extend(images or [path])
+        if images:
+            expanded.append(path)
+    return out, expanded
 
 
 def output_stems(paths: list[Path]) -> list[str]:

@@ -114,15 +114,27 @@ def figure_input(image: sitk.Image, anomaly_map: np.ndarray, label: np.ndarray, 
     n = geo.canonical_shape[0]
     if len(slice_anomaly_scores) != n:
         raise ValueError(f"{len(slice_anomaly_scores)} slice scores for {n} axial slices")
-    scores = np.array([np.nan if s is None else float(s) for s in slice_anomaly_scores], dtype=np.float64)
-    index = np.arange(n)[::-1] if geo.flips[0] else np.arange(n)
+    scores = list(slice_anomaly_scores)[::-1] if geo.flips[0] else list(slice_anomaly_scores)
+    return canonical_figure_input(
+        geo, geo.to_canonical(sitk.GetArrayViewFromImage(image)), geo.to_canonical(np.asarray(anomaly_map)),
+        geo.to_canonical(np.asarray(label)), threshold, scores, units, title, subtitle,
+        slice_position_mm=slice_positions_mm(image, geo))
+
+
+def canonical_figure_input(geometry: volume_io.SliceGeometry, scan: np.ndarray, anomaly: np.ndarray,
+                           label: np.ndarray, threshold: float, slice_scores: Sequence[float | None], units: str,
+                           title: str = "", subtitle: str = "", slice_position_mm: np.ndarray | None = None
+                           ) -> FigureInput:
+    """The figure's input from canonical (S, P, L) arrays of a scan with this ``geometry`` and canonical-order
+    ``slice_scores`` (None/NaN without brain); ``slice_position_mm`` None when the image is not at hand."""
+    n = geometry.canonical_shape[0]
     return FigureInput(
-        scan=geo.to_canonical(sitk.GetArrayViewFromImage(image)).astype(np.float32),
-        anomaly=geo.to_canonical(np.asarray(anomaly_map, dtype=np.float32)),
-        label=geo.to_canonical(np.asarray(label)).astype(bool),
-        threshold=float(threshold), slice_scores=scores[index], slice_index=index,
-        slice_position_mm=slice_positions_mm(image, geo), pixel_mm=(geo.spacing_mm[1], geo.spacing_mm[2]),
-        slice_mm=geo.spacing_mm[0], units=units, title=title, subtitle=subtitle)
+        scan=np.asarray(scan, dtype=np.float32), anomaly=np.asarray(anomaly, dtype=np.float32),
+        label=np.asarray(label).astype(bool), threshold=float(threshold),
+        slice_scores=np.array([np.nan if s is None else float(s) for s in slice_scores], dtype=np.float64),
+        slice_index=np.arange(n)[::-1] if geometry.flips[0] else np.arange(n),
+        slice_position_mm=slice_position_mm, pixel_mm=(geometry.spacing_mm[1], geometry.spacing_mm[2]),
+        slice_mm=geometry.spacing_mm[0], units=units, title=title, subtitle=subtitle)
 
 
 def most_anomalous_slices(scores: Sequence[float | None], n: int = 3, slice_mm: float = 1.0,

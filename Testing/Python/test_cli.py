@@ -186,3 +186,22 @@ def test_mask_count_must_match_inputs(phantom_file, tiny_model_dir, tmp_path):
 def test_unknown_preset_exits_2(phantom_file, tiny_model_dir, tmp_path):
     assert main(["score", str(phantom_file), "--preset", "turbo", "--model", str(tiny_model_dir),
                  "--output-dir", str(tmp_path)]) == 2
+
+
+def test_a_folder_of_images_means_every_image_in_it(tmp_path):
+    from pathlib import Path
+
+    from AnoDODELib.cli import expand_inputs
+    study = tmp_path / "study"
+    (study / "sub").mkdir(parents=True)
+    for name in ("b.nii.gz", "a.nrrd", "c.NII", "d.mha", ".hidden.nii.gz", "notes.txt", "e.dcm"):
+        (study / name).write_bytes(b"")
+    (study / "sub" / "f.nii.gz").write_bytes(b"")
+    dicom = tmp_path / "series"
+    dicom.mkdir()
+    (dicom / "IM0001.dcm").write_bytes(b"")
+    single = tmp_path / "x.nii.gz"
+    inputs, expanded = expand_inputs([single, study, dicom])
+    assert inputs == [single, study / "a.nrrd", study / "b.nii.gz", study / "c.NII", study / "d.mha", dicom]
+    assert expanded == [study]
+    assert expand_inputs([Path("missing_dir")]) == ([Path("missing_dir")], [])

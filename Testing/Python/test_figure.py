@@ -56,7 +56,7 @@ def test_tiles_are_radiological_whatever_the_storage(storage):
     """A marker at the patient's left and front appears on the tile's right half and upper half."""
     arr = np.zeros((20, 24, 28), np.float32)          # LPS storage: (z, y, x) = (S, P, L)
     arr[4:16, 4:20, 4:24] = 1.0                        # "brain"
-    arr[9:11, 6:8, 18:22] = 5.0                        # left (x high) and anterior (y low)
+    arr[12:14, 6:8, 18:22] = 5.0                       # left (x high), anterior (y low), superior (z high)
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing((1.0, 1.2, 1.5))
     stored = sitk.DICOMOrient(img, storage)
@@ -66,6 +66,9 @@ def test_tiles_are_radiological_whatever_the_storage(storage):
     s, r, c = np.argwhere(d.scan == 5.0).mean(axis=0)
     h, w = d.scan.shape[1:]
     assert c > w / 2 and r < h / 2                      # patient left -> image right; anterior -> top
+    assert s > d.scan.shape[0] / 2                      # slices run inferior -> superior
+    axis = volume_io.slice_geometry(stored).axes[0]     # the titles' slice index is the stored array's
+    assert d.slice_index[[12, 13]].mean() == np.argwhere(data == 5.0)[:, axis].mean()
     assert d.pixel_mm == (1.2, 1.0) and d.slice_mm == 1.5
     assert np.all(np.diff(d.slice_position_mm) > 0)
 
