@@ -183,7 +183,7 @@ def score_cases(model: AnoDODEModel, loaded: list[LoadedCase], voxel_dir: Path, 
     montages of this process's ``worst`` cases (lowest AnoDODE voxel AUPRC) kept in ``montage_dir``."""
     from tqdm import tqdm
 
-    from AnoDODELib.overlay import encode_png, montage
+    from AnoDODELib.figure import MAP_UNITS, canonical_figure_input, render_png
 
     voxel_dir.mkdir(parents=True, exist_ok=True)
     montage_dir.mkdir(parents=True, exist_ok=True)
@@ -212,8 +212,12 @@ def score_cases(model: AnoDODEModel, loaded: list[LoadedCase], voxel_dir: Path, 
             ranked.append((key, lc.case.name))
             ranked.sort()
             if any(n == lc.case.name for _, n in ranked[:worst]):
-                m = maps[main_name]
-                png = encode_png(montage(lc.prepared.normalised, np.where(brain, m, 0.0), m > thr, thr))
+                m = np.where(brain, maps[main_name], 0.0)
+                method = (variants[main_name] if variants else model.config.localisation).method
+                png = render_png(canonical_figure_input(
+                    lc.prepared.geometry, lc.prepared.normalised, m, m > thr, thr, slice_sc[main_name],
+                    MAP_UNITS.get(method, method), title=f"{lc.case.name} ({lc.case.dataset})",
+                    subtitle=f"{main_name}: voxel AUPRC {key:.3f}; intensity z-scored in the brain"))
                 (montage_dir / f"{lc.case.name}.png").write_bytes(png)
                 (montage_dir / f"{lc.case.name}.json").write_text(json.dumps({"voxel_auprc": key}))
             for _, n in ranked[worst:]:

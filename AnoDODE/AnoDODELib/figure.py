@@ -231,29 +231,32 @@ def _render_matplotlib(data: FigureInput, chosen: list[int], dpi: int) -> bytes:
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     rows_box, cols_box = _crop_box(data)
     lo, hi = _window(data)
     norm = Normalize(vmin=data.threshold, vmax=_colour_max(data))
     heat = ListedColormap(colormaps["inferno"](np.linspace(0.3, 1.0, 256)), name="inferno_upper")
+    grey = colormaps["gray"].with_extremes(bad="black")     # the background (outside the head) is black
+    background = _background(data.scan)
     aspect = data.pixel_mm[0] / data.pixel_mm[1]
     n_rows = max(1, math.ceil(len(chosen) / PAIRS_PER_ROW))
 
     fig = Figure(figsize=_figure_size_in(len(chosen)), dpi=dpi)
     grid = fig.add_gridspec(n_rows + 1, 2 * PAIRS_PER_ROW + 1, height_ratios=[3.0] * n_rows + [2.0],
-                            width_ratios=[1.0] * (2 * PAIRS_PER_ROW) + [0.06], left=0.05, right=0.91,
+                            width_ratios=[1.0] * (2 * PAIRS_PER_ROW) + [0.06], left=0.07, right=0.91,
                             top=1 - 1.0 / _figure_size_in(len(chosen))[1], bottom=0.07, hspace=0.35, wspace=0.08)
     title = data.title + (f"\n{data.subtitle}" if data.subtitle else "")
     fig.suptitle(title, fontsize=11)
     image = None
     for rank, k in enumerate(chosen, start=1):
         r, c = divmod(rank - 1, PAIRS_PER_ROW)
-        scan = data.scan[k][rows_box, cols_box]
+        scan = np.ma.masked_where(background[k][rows_box, cols_box], data.scan[k][rows_box, cols_box])
         amap = data.anomaly[k][rows_box, cols_box]
         label = data.label[k][rows_box, cols_box]
         plain, over = fig.add_subplot(grid[r, 2 * c]), fig.add_subplot(grid[r, 2 * c + 1])
         for ax in (plain, over):
-            ax.imshow(scan, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+            ax.imshow(scan, cmap=grey, vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             for x, text, ha in ((0.02, "R", "left"), (0.98, "L", "right")):
@@ -278,7 +281,7 @@ def _render_matplotlib(data: FigureInput, chosen: list[int], dpi: int) -> bytes:
                     ha="right", va="bottom", fontsize=8)
 
     curve = fig.add_subplot(grid[n_rows, :-1])
-    x = data.slice_position_mm if data.slice_position_mm is not None else np.arange(len(data.slice_scores))
+    x = data.slice_position_mm if data.slice_position_mm is not None else data.slice_index.astype(np.float64)
     order = np.argsort(x)
     curve.plot(x[order], data.slice_scores[order], color="0.2", linewidth=1.2, label="slice score (99th percentile)")
     curve.axhline(data.threshold, color="cyan", linestyle="--", linewidth=1, label="label threshold")
@@ -288,7 +291,11 @@ def _render_matplotlib(data: FigureInput, chosen: list[int], dpi: int) -> bytes:
             curve.plot([x[k]], [data.slice_scores[k]], "o", color="tab:orange", markersize=5)
             curve.annotate(f"#{rank}", (x[k], data.slice_scores[k]), textcoords="offset points", xytext=(3, 4),
                            fontsize=8)
-    curve.set_xlabel("axial position, superior (mm)" if data.slice_position_mm is not None else "slice")
+    if data.slice_position_mm is not None:
+        curve.set_xlabel("axial position, superior (mm)")
+    else:
+        curve.set_xlabel("slice index")
+        curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     curve.set_ylabel(f"slice score\n({data.units})", fontsize=9)
     curve.legend(loc="upper left", fontsize=8, frameon=False)
     fig.text(0.995, 0.005, "radiological view: patient's left on the image's right (R | L), anterior up",
