@@ -1,4 +1,9 @@
-"""Shared fixtures: real data location (skip when absent), a tiny model bundle, a small phantom."""
+"""Shared fixtures: real data location (skip when absent), a tiny model bundle, small phantoms.
+
+Tests that need real anatomy call ``require_data``; it skips when ../shared/data is absent, unless
+``ANODODE_REQUIRE_DATA=1`` (set by .ci/run), where a missing data file fails the test instead, so that a
+data test can never skip silently in CI. Tests that need no real anatomy use the generated phantoms below.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -16,11 +21,20 @@ def data_dir() -> Path:
     return Path(os.environ.get("ANODODE_DATA", REPO.parent / "shared" / "data"))
 
 
+def data_required() -> bool:
+    """Whether missing real data fails tests (``ANODODE_REQUIRE_DATA`` set to anything but "", "0")."""
+    return os.environ.get("ANODODE_REQUIRE_DATA", "") not in ("", "0")
+
+
 def require_data(*relative: str) -> Path:
-    """Path under the shared data folder, or skip the test with the reason."""
+    """Path under the shared data folder; when it is missing, skip the test with the reason, or fail it
+    under ``ANODODE_REQUIRE_DATA=1``."""
     path = data_dir().joinpath(*relative)
     if not path.exists():
-        pytest.skip(f"real data not found: {path} (set ANODODE_DATA or place ../shared/data beside the repo)")
+        reason = f"real data not found: {path} (set ANODODE_DATA or place ../shared/data beside the repo)"
+        if data_required():
+            pytest.fail(f"{reason}; ANODODE_REQUIRE_DATA is set, so this is a failure, not a skip")
+        pytest.skip(reason)
     return path
 
 
@@ -51,6 +65,23 @@ def phantom_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("phantom") / "phantom.nii.gz"
     sitk.WriteImage(ph.image, str(path))
     sitk.WriteImage(ph.lesion, str(path.with_name("phantom_lesion.nii.gz")))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_scan(tmp_path_factory) -> Path:
+    """A generated FLAIR-like phantom slab as .nrrd (the format Slicer hands the worker): 3 mm in-plane,
+    6 mm slices, the 12 axial slices through its lesion, LPS storage. For tests that need a scan to
+    score but no real anatomy (worker protocol, cancel, errors)."""
+    from AnoDODELib.demo import make_phantom
+
+    image = make_phantom(spacing=(3.0, 3.0, 6.0)).image
+    size = list(image.GetSize())
+    start = [0, 0, size[2] // 2 - 4]
+    image = sitk.RegionOfInterest(image, [size[0], size[1], 12], start)
+    image = sitk.Flip(image, [True, True, False], flipAboutOrigin=False)   # RAS -> LPS storage, same anatomy
+    path = tmp_path_factory.mktemp("scan") / "phantom_slab.nrrd"
+    sitk.WriteImage(image, str(path))
     return path
 
 

@@ -1,6 +1,7 @@
 """The Slicer module's worker process (``python -m AnoDODELib.worker``): line protocol, outputs on the input
-grid, cancel by killing the process group, one-line errors. Runs the real engine with a tiny model on a small
-real scan (a downsampled BraTS FLAIR built at test time from ../shared/data)."""
+grid, cancel by killing the process group, one-line errors. Runs the real engine with a tiny model: on a small
+real scan (a downsampled BraTS FLAIR built at test time from ../shared/data) where the anatomy matters, on a
+generated phantom slab (conftest ``small_scan``) where it does not, so those run without ../shared."""
 from __future__ import annotations
 
 import itertools
@@ -121,13 +122,13 @@ def test_worker_scores_a_real_scan(small_flair, tiny_model_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)   # no temporary files left
 
 
-def test_worker_threshold_and_mask(small_flair, tiny_model_dir, tmp_path):
-    image = sitk.ReadImage(str(small_flair))
+def test_worker_threshold_and_mask(small_scan, tiny_model_dir, tmp_path):
+    image = sitk.ReadImage(str(small_scan))
     mask = sitk.Cast(image > 0, sitk.sitkUInt8)
     mask_path = tmp_path / "mask.nrrd"
     sitk.WriteImage(mask, str(mask_path))
     out = tmp_path / "out"
-    proc = run_worker(["--input", small_flair, "--output-dir", out, "--model", tiny_model_dir, "--device", "cpu",
+    proc = run_worker(["--input", small_scan, "--output-dir", out, "--model", tiny_model_dir, "--device", "cpu",
                        "--preset", "fast", "--threshold", "0.123", "--mask", mask_path])
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
@@ -136,11 +137,11 @@ def test_worker_threshold_and_mask(small_flair, tiny_model_dir, tmp_path):
     assert not a[sitk.GetArrayFromImage(mask) == 0].any()   # nothing outside the given brain mask
 
 
-def test_cancel_kills_the_process_group_and_leaves_no_outputs(small_flair, tiny_model_dir, tmp_path):
+def test_cancel_kills_the_process_group_and_leaves_no_outputs(small_scan, tiny_model_dir, tmp_path):
     if os.name == "nt":
         pytest.skip("process groups are POSIX here; Windows uses taskkill /T")
     out = tmp_path / "out"
-    cmd = build_command(sys.executable, small_flair, out, model=tiny_model_dir, device="cpu", preset="exact")
+    cmd = build_command(sys.executable, small_scan, out, model=tiny_model_dir, device="cpu", preset="exact")
     worker = AnoDODEProcess.WorkerProcess(cmd, env=worker_env(), cwd=str(REPO))
     deadline = time.monotonic() + 120
     seen = []
@@ -159,9 +160,9 @@ def test_cancel_kills_the_process_group_and_leaves_no_outputs(small_flair, tiny_
     assert leftovers == []
 
 
-def test_sigterm_exits_promptly_with_one_error_line(small_flair, tiny_model_dir, tmp_path):
+def test_sigterm_exits_promptly_with_one_error_line(small_scan, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    cmd = build_command(sys.executable, small_flair, out, model=tiny_model_dir, device="cpu", preset="exact")
+    cmd = build_command(sys.executable, small_scan, out, model=tiny_model_dir, device="cpu", preset="exact")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env(),
                             cwd=REPO)
     first = proc.stdout.readline()
@@ -206,10 +207,10 @@ def test_2d_image(tmp_path, tiny_model_dir):
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_model_message_is_verbatim(small_flair, tmp_path):
+def test_bad_model_message_is_verbatim(small_scan, tmp_path):
     empty = tmp_path / "empty_model"
     empty.mkdir()
-    proc = run_worker(["--input", small_flair, "--output-dir", tmp_path / "out", "--model", empty])
+    proc = run_worker(["--input", small_scan, "--output-dir", tmp_path / "out", "--model", empty])
     line = assert_one_error(proc, "model.json")
     assert not line.startswith("ERROR: BundleError")   # user-facing messages are not prefixed by a type
 
@@ -317,14 +318,14 @@ def two_contrast_model_dir(tmp_path_factory) -> Path:
                       tmp_path_factory.mktemp("models") / "tiny2")
 
 
-def test_worker_other_contrasts(small_flair, tiny_model_dir, two_contrast_model_dir, tmp_path):
+def test_worker_other_contrasts(small_scan, tiny_model_dir, two_contrast_model_dir, tmp_path):
     cmd = build_command("py", "in.nrrd", "out", other_contrasts={"t1ce": "c.nrrd"})
     assert cmd[cmd.index("--contrast") + 1] == "t1ce=c.nrrd"
-    base = ["--input", small_flair, "--device", "cpu", "--preset", "fast"]
+    base = ["--input", small_scan, "--device", "cpu", "--preset", "fast"]
     proc = run_worker([*base, "--output-dir", tmp_path / "a", "--model", two_contrast_model_dir])
     assert_one_error(proc, "no t1ce image")
     proc = run_worker([*base, "--output-dir", tmp_path / "b", "--model", tiny_model_dir,
-                       "--contrast", f"t1ce={small_flair}"])
+                       "--contrast", f"t1ce={small_scan}"])
     assert_one_error(proc, "does not use t1ce")
     proc = run_worker([*base, "--output-dir", tmp_path / "c", "--contrast", "t1ce"])
     assert_one_error(proc, "NAME=PATH")
