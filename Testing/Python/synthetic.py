@@ -1,0 +1,78 @@
+"""Generated scans for tests that need no real anatomy: any storage orientation, known physical content.
+
+A scan is defined in physical LPS millimetres (x toward Left, y toward Posterior, z toward Superior, the
+volume centred on the origin) by a function of (x, y, z); ``scan`` samples it on the voxel grid of any
+direction matrix and spacing, so the same anatomy can be stored axially, sagittally, coronally, flipped.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import SimpleITK as sitk
+
+#: Half-axes (mm) of the ellipsoidal "brain" along x, y, z.
+BRAIN_AXES = (60.0, 72.0, 50.0)
+
+
+def orientations() -> list[tuple[str, np.ndarray]]:
+    """Direction matrices (columns = index axes in LPS): the 6 axis permutations, each with a different
+    pattern of flipped axes so that every index axis is flipped in some of them (axial LPS and RAS storage,
+    sagittal and coronal storage among them)."""
+    signs = [(1, 1, 1), (-1, -1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, -1), (1, 1, -1), (-1, 1, 1)]
+    out = []
+    for n, perm in enumerate(itertools.permutations(range(3))):
+        for s in (signs[n], signs[n + 1]):
+            d = np.zeros((3, 3))
+            for j, phys in enumerate(perm):
+                d[phys, j] = s[j]
+            names = "".join(("+" if s[j] > 0 else "-") + "xyz"[phys] for j, phys in enumerate(perm))
+            out.append((names, d))
+    return out
+
+
+def scan(fn, direction: np.ndarray, spacing: tuple[float, float, float],
+         extent_mm: tuple[float, float, float] = (140.0, 164.0, 120.0)) -> sitk.Image:
+    """``fn(x, y, z)`` (physical mm, arrays) sampled on a grid with the given direction (3x3, columns are the
+    index axes) and per-index-axis spacing (mm), covering ``extent_mm`` along x, y, z around the origin."""
+    d = np.asarray(direction, float)
+    phys_of_index = [int(np.argmax(np.abs(d[:, j]))) for j in range(3)]
+    size = [int(np.ceil(extent_mm[phys_of_index[j]] / spacing[j])) for j in range(3)]
+    origin = -d @ ((np.array(size) - 1) / 2.0 * np.array(spacing))
+    k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")   # array order (k, j, i)
+    idx = np.stack([i, j, k], axis=-1) * np.array(spacing)
+    p = origin + idx @ d.T
+    values = np.asarray(fn(p[..., 0], p[..., 1], p[..., 2]), np.float32)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple(d.flatten()))
+    image.SetOrigin(tuple(float(o) for o in origin))
+    return image
+
+
+def brain(x, y, z) -> np.ndarray:
+    """True inside the ellipsoidal brain."""
+    ax, ay, az = BRAIN_AXES
+    return (x / ax) ** 2 + (y / ay) ** 2 + (z / az) ** 2 < 1.0
+
+
+def blob(x, y, z, centre, radius_mm: float) -> np.ndarray:
+    """True inside the sphere of ``radius_mm`` around ``centre`` (x, y, z mm)."""
+    return (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 < radius_mm ** 2
+
+
+def flair_like(blobs: list[tuple[tuple[float, float, float], float, float]] = (), seed: int = 0):
+    """A FLAIR-like function: brain intensity 100 with a smooth gradient and a fixed texture, 0 outside;
+    each (centre, radius_mm, intensity) blob replaces the intensity inside its sphere."""
+    def fn(x, y, z):
+        texture = 4.0 * np.sin(x / 7.0) * np.cos(y / 9.0) * np.sin(z / 5.0 + 1.0)
+        v = 100.0 + 0.05 * x + texture
+        for centre, radius, value in blobs:
+            v = np.where(blob(x, y, z, centre, radius), value, v)
+        return np.where(brain(x, y, z), v, 0.0)
+    return fn
+
+
+def physical_point(image: sitk.Image, array_index) -> np.ndarray:
+    """LPS point (mm) of a voxel given by its numpy (k, j, i) index."""
+    return np.array(image.TransformIndexToPhysicalPoint([int(v) for v in array_index[::-1]]))
