@@ -51,6 +51,51 @@ MUTANTS = [
            (f"{T}/test_map_behaviour.py",)),
     Mutant("demo exits 0 when the lesion is missed", f"{LIB}/cli.py",
            "    if not found.ok:\n", "    if False:\n", (f"{T}/test_map_behaviour.py",)),
+    Mutant("hyperintense gate removed (dark residuals count too)", f"{LIB}/anomaly_map.py",
+           "r = torch.where(one_sided.to(residual.device), residual.clamp_min(0.0), residual)", "r = residual",
+           (f"{T}/test_map_behaviour.py",)),
+    Mutant("map smoothing sigma taken in pixels, not mm", f"{LIB}/anomaly_map.py",
+           "gaussian_blur(grid.unsqueeze(1).float(), sigma_mm / spacing_mm)",
+           "gaussian_blur(grid.unsqueeze(1).float(), sigma_mm)", (f"{T}/test_map_behaviour.py",)),
+    # ---- calibration and training data
+    Mutant("calibration: the median instead of the stated quantile", "training/train.py",
+           "threshold=float(np.quantile(v, quantile))", "threshold=float(np.quantile(v, 0.5))",
+           (f"{T}/test_calibration.py",)),
+    Mutant("calibration: tumour voxels in the calibration set", "training/train.py",
+           "values.append(amap[lc.healthy_full])", "values.append(amap[lc.prepared.brain])",
+           (f"{T}/test_calibration.py",)),
+    Mutant("calibration on every training case, not the calibration cases", "training/train.py",
+           "loaded[: tc.calibration_cases], model_cfg, tc,", "loaded, model_cfg, tc,",
+           (f"{T}/test_calibration.py",)),
+    Mutant("normal voxels (calibration) keep the tumour", "training/train.py",
+           "healthy_full = prepared.brain & ~(prepared.geometry.to_canonical(full_dil) > 0.5) & ~tumour",
+           "healthy_full = prepared.brain", (f"{T}/test_calibration.py",)),
+    Mutant("training data: tumour voxels counted as normal tissue", "training/train.py",
+           "        return grid_mask & ~dil\n", "        return grid_mask\n", (f"{T}/test_calibration.py",)),
+    Mutant("training data: the margin is one slice through-plane whatever the slice thickness", "training/train.py",
+           "rz = max(1, math.ceil(margin_mm / spacing_in[0] - 1e-6))", "rz = 1", (f"{T}/test_calibration.py",)),
+    Mutant("training data from the cache: tumour counted as normal", "training/train.py",
+           "sel = _healthy_grid(grid, tumour, dil, healthy)[grid]", "sel = grid[grid]",
+           (f"{T}/test_training_data.py",)),
+    # ---- evaluation
+    Mutant("cross-validation trains and calibrates on the held-out cases", "training/crossval.py",
+           "model = train_loaded(train_set, cfg, tc,", "model = train_loaded(loaded, cfg, tc,",
+           (f"{T}/test_crossval.py",)),
+    Mutant("cross-validation: Gaussian baseline fitted on the held-out cases", "training/crossval.py",
+           "feats, ctx = training_vectors(train_set, tc.max_locations_per_case,",
+           "feats, ctx = training_vectors(loaded, tc.max_locations_per_case,", (f"{T}/test_crossval.py",)),
+    Mutant("z-score baseline sign flipped", "training/baselines.py",
+           "np.where(brain, normalised, -np.inf)", "np.where(brain, -normalised, -np.inf)",
+           (f"{T}/test_crossval.py",)),
+    Mutant("per-case metrics over all voxels instead of the brain", "training/evaluate.py",
+           "s, t = score[brain], truth[brain]", "s, t = score.ravel(), truth.ravel()", (f"{T}/test_crossval.py",)),
+    Mutant("pooled baseline scores zeroed (cross-validation)", "training/evaluate.py",
+           "s = np.concatenate([m[name][lc.prepared.brain] for m, lc in zip(per_case_maps, cases)])",
+           "s = np.concatenate([m[name][lc.prepared.brain] * (0 if 'zscore' in name else 1) "
+           "for m, lc in zip(per_case_maps, cases)])", (f"{T}/test_crossval.py",)),
+    Mutant("pooled baseline scores zeroed (evaluate)", "training/evaluate.py",
+           "scores.setdefault(k[7:], []).append(z[k])",
+           "scores.setdefault(k[7:], []).append(z[k] * 0 if 'zscore' in k else z[k])", (f"{T}/test_crossval.py",)),
 ]
 
 
@@ -77,7 +122,7 @@ def run_mutant(m: Mutant, full: bool, python: str) -> tuple[str, float, str]:
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *([] if full else m.tests)]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, check=False, cwd=root, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         tail = (proc.stdout.strip().splitlines() or [""])[-1]
         if proc.returncode == 0:

@@ -235,15 +235,15 @@ def _unbits(bits: np.ndarray, shape) -> np.ndarray:
 
 
 def load_grid(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray,
-                                   tuple[float, float], float]:
+                                   tuple[float, float, float], float]:
     """Light load for training vectors: grid mask, features/context at its locations, canonical tumour,
-    the input's in-plane spacing and the grid spacing."""
+    the input's canonical (slice, row, column) spacing and the grid spacing (mm)."""
     with np.load(path, allow_pickle=False) as z:
         grid = torch.from_numpy(_unbits(z["grid_bits"], z["grid_shape"]))
         tumour = _unbits(z["tumour_bits"], z["full_shape"])
         sp = tuple(float(s) for s in z["geom_spacing"])
         return (grid, torch.from_numpy(z["features_loc"]), torch.from_numpy(z["context_loc"]), tumour,
-                (sp[1], sp[2]), float(z["spacing_mm"]))
+                (sp[0], sp[1], sp[2]), float(z["spacing_mm"]))
 
 
 def load_prepared(path: Path) -> tuple[PreparedVolume, np.ndarray]:

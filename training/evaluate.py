@@ -46,6 +46,16 @@ from .train import LoadedCase
 logger = logging.getLogger("training.evaluate")
 
 
+def trained_on(model: AnoDODEModel, cases: list) -> list[str]:
+    """Names of ``cases`` that the model was trained on (its model.json lists its training cases), each
+    logged as a warning: their metrics are not held-out results."""
+    trained = {c.get("name") for c in (model.metadata.get("training") or {}).get("cases", [])}
+    seen = [c.name for c in cases if c.name in trained]
+    for name in seen:
+        logger.warning("%s: the model was trained on this case; its metrics are not a held-out result", name)
+    return seen
+
+
 def localisation_variants(base: LocalisationConfig) -> dict[str, LocalisationConfig]:
     out = {}
     for method in ("likelihood", "reconstruction", "combined"):
@@ -337,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         print("error: no cases to evaluate", file=sys.stderr)
         return 2
+    if rank == 0:
+        trained_on(model, cases)
     t0 = time.perf_counter()
     mine = cases[rank::world]
     try:

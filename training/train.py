@@ -54,7 +54,7 @@ class TrainConfig:
     healthy: str = "tissue"              # "tissue" | "slices"
     tumour_margin_mm: float = 6.0
     max_locations_per_case: int = 150_000
-    calibration_cases: int = 2
+    calibration_cases: int = 3             # the shipped bundle's (model.json train_config)
     calibration_quantile: float = 0.995
     amp: bool = True                     # bf16 autocast when training on CUDA (no effect on CPU)
 
@@ -83,12 +83,17 @@ def read_case_tumour(case: Case, image: sitk.Image) -> np.ndarray:
     return seg_array(case, image)
 
 
-def _tumour_dilation(grid_mask: torch.Tensor, tumour: np.ndarray, spacing_in: tuple[float, float],
+def _tumour_dilation(grid_mask: torch.Tensor, tumour: np.ndarray, spacing_in: tuple[float, float, float],
                      spacing_mm: float, margin_mm: float) -> torch.Tensor:
+    """(S, h, w) bool: model-grid locations within ``margin_mm`` of the tumour along each axis (a box: +-r
+    grid pixels in-plane, r = ceil(margin / grid spacing), and +-ceil(margin / slice spacing) slices, at
+    least 1), a grid location counting as tumour when any of it is. ``spacing_in``: the canonical
+    (slice, row, column) spacing of ``tumour`` in mm."""
     tumour_grid = torch.from_numpy(np.ascontiguousarray(volume_io.resample_slices(
-        tumour.astype(np.float32), spacing_in, spacing_mm, order=1))) > 0.01
+        tumour.astype(np.float32), spacing_in[1:], spacing_mm, order=1))) > 0.01
     r = max(1, math.ceil(margin_mm / spacing_mm))
-    return F.max_pool3d(tumour_grid.float()[None, None], (3, 2 * r + 1, 2 * r + 1), 1, (1, r, r))[0, 0] > 0
+    rz = max(1, math.ceil(margin_mm / spacing_in[0] - 1e-6))
+    return F.max_pool3d(tumour_grid.float()[None, None], (2 * rz + 1, 2 * r + 1, 2 * r + 1), 1, (rz, r, r))[0, 0] > 0
 
 
 def _healthy_grid(grid_mask: torch.Tensor, tumour: np.ndarray, dil: torch.Tensor, healthy: str) -> torch.Tensor:
@@ -103,7 +108,7 @@ def _healthy_grid(grid_mask: torch.Tensor, tumour: np.ndarray, dil: torch.Tensor
 def select_healthy(case: Case, prepared: PreparedVolume, tumour: np.ndarray, healthy: str = "tissue",
                    margin_mm: float = 6.0) -> LoadedCase:
     """Normal locations: outside the tumour dilated by ``margin_mm`` ("tissue") or tumour-free slices."""
-    dil = _tumour_dilation(prepared.grid_mask, tumour, prepared.geometry.spacing_mm[1:], prepared.spacing_mm,
+    dil = _tumour_dilation(prepared.grid_mask, tumour, prepared.geometry.spacing_mm, prepared.spacing_mm,
                            margin_mm)
     healthy_grid = _healthy_grid(prepared.grid_mask, tumour, dil, healthy)
     full_dil = prepared.to_input(dil.float())  # dilated tumour back at full resolution, input layout

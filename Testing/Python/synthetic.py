@@ -50,9 +50,9 @@ def scan(fn, direction: np.ndarray, spacing: tuple[float, float, float],
     return image
 
 
-def brain(x, y, z) -> np.ndarray:
-    """True inside the ellipsoidal brain."""
-    ax, ay, az = BRAIN_AXES
+def brain(x, y, z, axes: tuple[float, float, float] = BRAIN_AXES) -> np.ndarray:
+    """True inside the ellipsoidal brain of half-axes ``axes`` (mm)."""
+    ax, ay, az = axes
     return (x / ax) ** 2 + (y / ay) ** 2 + (z / az) ** 2 < 1.0
 
 
@@ -61,18 +61,39 @@ def blob(x, y, z, centre, radius_mm: float) -> np.ndarray:
     return (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 < radius_mm ** 2
 
 
-def flair_like(blobs: list[tuple[tuple[float, float, float], float, float]] = (), seed: int = 0):
-    """A FLAIR-like function: brain intensity 100 with a smooth gradient and a fixed texture, 0 outside;
-    each (centre, radius_mm, intensity) blob replaces the intensity inside its sphere."""
+def flair_like(blobs: list[tuple[tuple[float, float, float], float, float]] = (),
+               axes: tuple[float, float, float] = BRAIN_AXES, phase: float = 0.0):
+    """A FLAIR-like function: brain intensity 100 with a smooth gradient and a fixed texture (shifted by
+    ``phase``), 0 outside the brain of half-axes ``axes``; each (centre, radius_mm, intensity) blob replaces
+    the intensity inside its sphere."""
     def fn(x, y, z):
-        texture = 4.0 * np.sin(x / 7.0) * np.cos(y / 9.0) * np.sin(z / 5.0 + 1.0)
+        texture = 4.0 * np.sin(x / 7.0 + phase) * np.cos(y / 9.0) * np.sin(z / 5.0 + 1.0)
         v = 100.0 + 0.05 * x + texture
         for centre, radius, value in blobs:
             v = np.where(blob(x, y, z, centre, radius), value, v)
-        return np.where(brain(x, y, z), v, 0.0)
+        return np.where(brain(x, y, z, axes), v, 0.0)
     return fn
 
 
 def physical_point(image: sitk.Image, array_index) -> np.ndarray:
     """LPS point (mm) of a voxel given by its numpy (k, j, i) index."""
     return np.array(image.TransformIndexToPhysicalPoint([int(v) for v in array_index[::-1]]))
+
+
+def loaded_case(name: str, cfg, spacing=(2.0, 2.0, 3.0), lesion=(-20.0, 10.0, 12.0), radius_mm: float = 10.0,
+                axes: tuple[float, float, float] = BRAIN_AXES, extent_mm=(140.0, 164.0, 120.0), phase: float = 0.0,
+                value: float = 180.0):
+    """A generated FLAIR-like case (axial LPS storage) with a bright spherical lesion, loaded as training
+    loads a case (``training.train.select_healthy``: tissue selection, 6 mm margin)."""
+    from pathlib import Path
+
+    from AnoDODELib.pipeline import prepare_volume
+    from training.cases import Case
+    from training.train import select_healthy
+
+    image = scan(flair_like([(lesion, radius_mm, value)], axes=axes, phase=phase), np.eye(3), spacing, extent_mm)
+    sphere = scan(lambda x, y, z: blob(x, y, z, lesion, radius_mm).astype(np.float32), np.eye(3), spacing,
+                  extent_mm)
+    prepared = prepare_volume(image, cfg)
+    tumour = np.ascontiguousarray(prepared.geometry.to_canonical(sitk.GetArrayFromImage(sphere) > 0))
+    return select_healthy(Case(name, "synthetic", Path(f"{name}.nii.gz"), None), prepared, tumour, "tissue", 6.0)

@@ -21,7 +21,14 @@ from synthetic import flair_like, orientations, physical_point, scan
 
 from AnoDODELib import cli, demo
 from AnoDODELib.bundle import load_model
-from AnoDODELib.pipeline import PRESETS, LocationScores, maps_from_scores, prepare_volume, score_image, scored_slices
+from AnoDODELib.pipeline import (
+    PRESETS,
+    LocationScores,
+    maps_from_scores,
+    prepare_volume,
+    score_image,
+    scored_slices,
+)
 
 BRIGHT, DARK = (-28.0, -20.0, 10.0), (28.0, -20.0, 10.0)   # mirror-symmetric about the mid-sagittal plane
 
