@@ -1,12 +1,15 @@
 """AnoDODE: unsupervised anomaly detection in brain MRI (3D Slicer scripted module).
 
 The model runs in a separate process (``PythonSlicer -m AnoDODELib.worker``) so Slicer stays responsive and a
-run can be cancelled; this file holds the four template parts. MRML handling and the child process are in the
-package ``AnoDODESlicerLib`` (Qt-free, tested in CI with slicer-core).
+run can be cancelled; torch is never imported in Slicer's own process (device facts come from the worker's
+``--device-info``, packages are installed in child processes). This file holds the four template parts; the
+MRML handling, child processes, dependency checks and panel texts are in the package ``AnoDODESlicerLib``
+(Qt-free, tested in CI with slicer-core).
 """
-import importlib.util
-import json
+import html
+import importlib
 import logging
+import os
 import pathlib
 import shutil
 import sys
@@ -31,14 +34,13 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from AnoDODESlicerLib import child_process, mrml
+from AnoDODESlicerLib import child_process, dependencies, mrml, panel, sample_data
 
 logger = logging.getLogger("AnoDODE")
 DEVICES = ["auto", "cpu", "cuda"]
 PRESETS = ["fast", "standard", "exact"]
-# import name -> pip requirement; torch is installed through the PyTorch extension when it is available
-DEPENDENCIES = {"torch": "torch", "torchdiffeq": "torchdiffeq>=0.2.3", "skimage": "scikit-image>=0.21",
-                "SimpleITK": "SimpleITK>=2.2", "tqdm": "tqdm"}
+MODELS_DIR = child_process.MODULE_DIR / "Resources" / "Models"
+CONTRAST_REFERENCE = "AnoDODE.contrast."   # + contrast name: node references on the parameter node
 
 
 #
@@ -51,18 +53,27 @@ class AnoDODE(ScriptedLoadableModule):
         self.parent.title = "AnoDODE"
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
-        self.parent.contributors = ["AnoDODE developers"]
+        self.parent.contributors = ["AnoDODE developers (AnoDODE project)"]
         self.parent.helpText = """
 Unsupervised anomaly detection in brain MRI. A diffusion-ODE density model of healthy-tissue features gives
 every voxel an anomaly score (heat map, shown over the input) and a label (segment "Anomaly"); each axial
-slice gets a score in bits per dimension. Select a skull-stripped scan (FLAIR works best), optionally a brain
+slice gets a score in bits per dimension (table and plot; click a row or a point to go to that slice).
+Select a skull-stripped scan (FLAIR works best; Sample Data has one under "AnoDODE"), optionally a brain
 mask, and click <b>Detect anomalies</b>. The threshold slider re-labels the heat map without re-running the
 model. Not for clinical use.
 """
         self.parent.acknowledgementText = """
 Method after Hu &amp; Jin, "Unsupervised anomaly detection with a diffusion ODE likelihood" (arXiv 2310.06420).
-Module layout after the 3D Slicer scripted-module template.
+Module layout after the 3D Slicer scripted-module template. Sample scan: BraTS 2023 (adult glioma), as hosted
+for the SlicerMONAIAuto3DSeg extension's testing data.
 """
+        slicer.app.connect("startupCompleted()", self.registerSampleData)
+
+    def registerSampleData(self) -> None:
+        import SampleData
+
+        icon = os.path.join(os.path.dirname(self.parent.path), "Resources", "Icons", "AnoDODE.png")
+        sample_data.register(SampleData.SampleDataLogic, icon)
 
 
 #
@@ -97,7 +108,15 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._run = None            # the run in progress (AnoDODERun) or None
+        self._run = None               # the run in progress (child_process.WorkerRun) or None
+        self._installer = None         # dependencies.Installer while packages are being installed
+        self._deviceQuery = None       # the worker answering --device-info
+        self._deviceInfo = None
+        self._modelInfo = None
+        self._contrastSelectors = {}   # contrast name -> (label, qMRMLNodeComboBox)
+        self._plotViews = []
+        self._lastInputID = None
+        self._settingThreshold = False
         self._pollTimer = None
         self._rethresholdTimer = None
 
@@ -111,13 +130,16 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.progressBar.setRange(0, 1000)
         self.ui.progressBar.hide()
+        self.showMessages([])
+        self.ui.contrastsWidget.hide()
         self.ui.scoreTableView.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.thresholdSliderWidget.connect("valueChanged(double)", self.onThresholdChanged)
+        self.ui.autoThresholdCheckBox.connect("toggled(bool)", self.onAutoThresholdToggled)
         self.ui.scoreTableView.connect("clicked(QModelIndex)", self.onTableClicked)
-        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.updateModelInfo)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelChanged)
 
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(200)
@@ -128,17 +150,20 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._rethresholdTimer.connect("timeout()", self.applyThreshold)
 
         self.initializeParameterNode()
-        self.updateModelInfo()
-        qt.QTimer.singleShot(0, self.updateDeviceInfo)
+        self.onModelChanged()
+        qt.QTimer.singleShot(0, self.requestDeviceInfo)
 
     def cleanup(self) -> None:
-        self.cancelRun()
+        self.abortWork()
+        for view in self._plotViews:
+            view.disconnect("dataSelected(vtkStringArray*,vtkCollection*)", self.onPlotDataSelected)
         self.removeObservers()
 
     def onReload(self) -> None:
         """Developer mode's Reload: the helper package first (Slicer re-reads only this file), then the module."""
         import AnoDODESlicerLib
 
+        self.abortWork()
         for name in AnoDODESlicerLib.reloadSubmodules():
             logger.debug("reloaded %s", name)
         if "AnoDODELib.worker" in sys.modules:   # the protocol helpers used in Slicer's process
@@ -152,10 +177,10 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.cancelRun()
+        self.abortWork()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -166,40 +191,123 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first and not first.IsA("vtkMRMLLabelMapVolumeNode") and not first.GetAttribute(
-                    mrml.ROLE_ATTRIBUTE):
+            if first and not first.IsA("vtkMRMLLabelMapVolumeNode") and not first.GetAttribute(mrml.ROLE_ATTRIBUTE):
                 self._parameterNode.inputVolume = first
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            p = self._parameterNode
+            self._lastInputID = p.inputVolume.GetID() if p.inputVolume else None
+            for name, (_, selector) in self._contrastSelectors.items():
+                selector.setCurrentNode(p.parameterNode.GetNodeReference(CONTRAST_REFERENCE + name))
             self._updateThresholdRange()
-            self.ui.scoreTableView.setMRMLTableNode(self._parameterNode.outputTable)
+            self.ui.scoreTableView.setMRMLTableNode(p.outputTable)
             self._checkCanApply()
 
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        running = self._run is not None
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        self.ui.applyButton.text = "Cancel" if running else "Detect anomalies"
-        self.ui.applyButton.enabled = running or bool(p and p.inputVolume)
+        inputID = p.inputVolume.GetID() if p and p.inputVolume else None
+        if inputID != self._lastInputID:
+            self._lastInputID = inputID
+            self.detachStaleResults()
+        self._checkCanApply()
+
+    def detachStaleResults(self) -> None:
+        """After the input changed: outputs computed from another volume are unlinked (kept in the scene,
+        untouched), so they are neither re-labelled onto the new grid nor overwritten by the next run."""
+        p = self._parameterNode
+        heat = p.outputHeatmap if p else None
+        if heat is None or heat.GetAttribute(mrml.INPUT_ATTRIBUTE) is None or mrml.resultsMatchInput(heat, p.inputVolume):
+            return
+        with slicer.util.NodeModify(p.parameterNode):
+            p.outputHeatmap = p.outputSegmentation = p.outputTable = None
+        self.ui.scoreTableView.setMRMLTableNode(None)
+        self.showMessages([])
+        self.setStatus(f"The input changed: the previous results ('{heat.GetName()}' ...) stay in the scene but are "
+                       f"detached; the next run creates new outputs.")
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        running, installing = self._run is not None, self._installer is not None
+        cancelling = running and self._run.process.cancelled
+        p = self._parameterNode
+        missing = [name for name, node in self.selectedContrastNodes().items() if node is None]
+        self.ui.applyButton.text = ("Installing Python packages..." if installing else "Cancelling..." if cancelling
+                                    else "Cancel" if running else "Detect anomalies")
+        self.ui.applyButton.enabled = (running and not cancelling) or (
+            not installing and not running and bool(p and p.inputVolume) and not missing)
+        self.ui.applyButton.toolTip = (f"Select the {', '.join(missing)} volume first." if missing and not running
+                                       else "Score the input with the model (runs in a separate process; click "
+                                            "again to cancel).")
         for w in (self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton, self.ui.deviceComboBox,
                   self.ui.presetComboBox):
-            w.enabled = not running
+            w.enabled = not running and not installing
 
-    # --- information labels
+    # --- model, contrasts, device
 
-    def updateModelInfo(self, path=None) -> None:
-        if path is None and self._parameterNode:
-            path = self._parameterNode.modelPath
-        self.ui.modelInfoLabel.text = self.logic.describeModel(path)
+    def onModelChanged(self, path=None) -> None:
+        p = self._parameterNode
+        if path is None and p:
+            path = p.modelPath
+        try:
+            self._modelInfo = panel.readModelInfo(path, MODELS_DIR)
+            self.ui.modelInfoLabel.text = self._modelInfo.summary()
+        except ValueError as exc:
+            self._modelInfo = None
+            self.ui.modelInfoLabel.text = str(exc)
+        self.updateContrastSelectors(self._modelInfo.extraContrasts if self._modelInfo else ())
+        calibrated = self.calibratedThreshold()
+        if p and p.autoThreshold and calibrated is not None and not self.hasResults():
+            self.setThresholdQuietly(calibrated)   # before the first run: the model's calibrated threshold
+        self._updateThresholdRange()
+        self._checkCanApply()
 
-    def updateDeviceInfo(self) -> None:
-        self.ui.deviceInfoLabel.text = self.logic.describeTorch()
+    def updateContrastSelectors(self, names) -> None:
+        """One volume selector per contrast the model reads besides the input (e.g. "T1CE volume:")."""
+        for name in names:
+            if name not in self._contrastSelectors:
+                selector = slicer.qMRMLNodeComboBox()
+                selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+                selector.showChildNodeTypes = False
+                selector.addEnabled = selector.removeEnabled = False
+                selector.noneEnabled = True
+                selector.toolTip = f"The {name.upper()} scan of the same patient (resampled onto the input by position)."
+                selector.setMRMLScene(slicer.mrmlScene)
+                label = qt.QLabel(f"{name.upper()} volume:")
+                self.ui.contrastsWidget.layout().addRow(label, selector)
+                selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node, n=name: self.onContrastSelected(n, node))
+                self._contrastSelectors[name] = (label, selector)
+                if self._parameterNode:
+                    selector.setCurrentNode(self._parameterNode.parameterNode.GetNodeReference(CONTRAST_REFERENCE + name))
+        for name, (label, selector) in self._contrastSelectors.items():
+            label.visible = selector.visible = name in names
+        self.ui.contrastsWidget.visible = bool(names)
+
+    def onContrastSelected(self, name: str, node) -> None:
+        if self._parameterNode:
+            self._parameterNode.parameterNode.SetNodeReferenceID(CONTRAST_REFERENCE + name, node.GetID() if node else None)
+        self._checkCanApply()
+
+    def selectedContrastNodes(self) -> dict:
+        names = self._modelInfo.extraContrasts if self._modelInfo else ()
+        return {name: self._contrastSelectors[name][1].currentNode() if name in self._contrastSelectors else None
+                for name in names}
+
+    def requestDeviceInfo(self) -> None:
+        """Ask the worker what torch sees (never imported here); the answer arrives through onPoll."""
+        if self._deviceQuery is not None:
+            return
+        if dependencies.installedVersion(dependencies.REQUIREMENTS[0]) is None:
+            self.ui.deviceInfoLabel.text = "torch not installed yet (installed on the first run)"
+            return
+        self.ui.deviceInfoLabel.text = "torch: asking the worker..."
+        self._deviceQuery = self.logic.startDeviceQuery()
+        self._pollTimer.start()
 
     # --- running
 
@@ -207,15 +315,40 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is not None:
             self.cancelRun()
             return
+        unmet = self.logic.unmetRequirements()
+        if unmet:
+            self.startInstall(unmet)
+            return
+        self.startRun()
+
+    def startInstall(self, unmet) -> None:
+        torchHow = "light-the-torch, as the PyTorch extension does" if self.logic.pyTorchUtilsAvailable() else "pip"
+        listing = "\n".join(f"  - {r.spec()} ({reason})" for r, reason in unmet)
+        if not slicer.util.confirmOkCancelDisplay(
+                f"AnoDODE needs these Python packages, which will be downloaded and installed now (torch with "
+                f"{torchHow}; this can take several minutes, Slicer stays usable):\n{listing}\n\nContinue?",
+                "AnoDODE: install Python packages"):
+            self.setStatus("Python packages not installed: nothing was run.")
+            return
+        self.ui.logTextEdit.clear()
+        self.showMessages([])
+        self._installer = self.logic.startInstall([r for r, _ in unmet])
+        self.ui.progressBar.setRange(0, 0)   # busy indicator: pip reports no overall fraction
+        self.ui.progressBar.show()
+        self.setStatus("Installing Python packages...")
+        self._pollTimer.start()
+        self._checkCanApply()
+
+    def startRun(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("AnoDODE could not start.", waitCursor=True):
-            if not self.logic.ensureDependencies():
-                self.setStatus("Dependencies are missing: nothing was run.")
-                return
             self.ui.logTextEdit.clear()
+            self.showMessages([])
             threshold = None if p.autoThreshold else p.threshold
-            self._run = self.logic.startRun(p.inputVolume, p.brainMask, p.modelPath, p.device, p.preset, threshold)
+            self._run = self.logic.startRun(p.inputVolume, p.brainMask, p.modelPath, p.device, p.preset, threshold,
+                                            self.selectedContrastNodes())
             self.appendLog("$ " + " ".join(self._run.process.command))
+            self.ui.progressBar.setRange(0, 1000)
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
             self.setStatus("Starting...")
@@ -223,10 +356,49 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     def onPoll(self) -> None:
-        run = self._run
-        if run is None:
+        if self._deviceQuery is not None:
+            self._pollDeviceQuery()
+        if self._installer is not None:
+            self._pollInstaller()
+        if self._run is not None:
+            self._pollRun()
+        if self._run is None and self._installer is None and self._deviceQuery is None:
             self._pollTimer.stop()
+
+    def _pollDeviceQuery(self) -> None:
+        query = self._deviceQuery
+        query.poll()
+        if query.returncode is None:
             return
+        self._deviceQuery = None
+        self._deviceInfo, error = self.logic.deviceInfoFromQuery(query)
+        self.ui.deviceInfoLabel.text = panel.describeDevice(self._deviceInfo, error)
+
+    def _pollInstaller(self) -> None:
+        installer = self._installer
+        for line in installer.poll():
+            self.appendLog(line)
+        if not installer.finished:
+            self.setStatus(f"Installing Python packages: {installer.description}...")
+            return
+        self._installer = None
+        self.ui.progressBar.hide()
+        importlib.invalidate_caches()
+        needed = installer.needed
+        still = self.logic.unmetRequirements()
+        if installer.failed or still:
+            message = (dependencies.failureMessage(needed, installer.lines, installer.exitCode) if installer.failed
+                       else "Still missing after installation: " + ", ".join(f"{r.spec()} ({why})" for r, why in still))
+            self.setStatus("The Python packages could not be installed: nothing was run (see the message below).")
+            self.showMessages([message], error=True)
+        else:
+            self.setStatus("Python packages installed.")
+            self.requestDeviceInfo()
+            self.startRun()
+        self._checkCanApply()
+
+    def _pollRun(self) -> None:
+        run = self._run
         from AnoDODELib.worker import parse_line
 
         for stream, line in run.process.poll():
@@ -234,14 +406,14 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 msg = parse_line(line)
                 if msg.kind == "progress":
                     self.ui.progressBar.value = int(1000 * msg.fraction)
-                    self.setStatus(f"{msg.text} ({100 * msg.fraction:.0f}%)")
+                    if not run.process.cancelled:
+                        self.setStatus(f"{msg.text} ({100 * msg.fraction:.0f}%)")
                     continue
                 if msg.kind == "done":
                     run.done = True
                     continue
             self.appendLog(line)
         if run.process.returncode is not None:
-            self._pollTimer.stop()
             self.finishRun()
 
     def finishRun(self) -> None:
@@ -258,65 +430,144 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             with slicer.util.tryWithErrorDisplay("AnoDODE could not load the results.", waitCursor=True):
                 outputs = self.logic.loadResults(run, p.outputHeatmap, p.outputSegmentation, p.outputTable)
-                p.outputHeatmap = outputs["heatmap"]
-                p.outputSegmentation = outputs["segmentation"]
-                p.outputTable = outputs["table"]
+                with slicer.util.NodeModify(p.parameterNode):
+                    p.outputHeatmap = outputs["heatmap"]
+                    p.outputSegmentation = outputs["segmentation"]
+                    p.outputTable = outputs["table"]
                 threshold = float(run.report["threshold"])
                 self._updateThresholdRange(threshold)   # before setting it, so the slider does not clamp it
-                p.threshold = threshold
+                self.setThresholdQuietly(threshold)
                 self.ui.scoreTableView.setMRMLTableNode(outputs["table"])
-                self.logic.showPlot(outputs["plot"])
-                self.setStatus(self.logic.summary(run.report))
+                self.showPlot(outputs["plot"])
+                warnings = (panel.engineWarnings(run.process.stderrLines)
+                            + panel.deviceWarnings(run.device, run.report, self._deviceInfo))
+                self.showMessages(warnings)
+                self.setStatus(panel.summary(run.report, len(warnings)))
         finally:
             run.cleanup()
             self.ui.progressBar.hide()
             self._checkCanApply()
 
     def cancelRun(self) -> None:
-        if self._run is None:
+        """Ask the worker to stop and return at once; onPoll finishes the run when the process has ended."""
+        if self._run is None or self._run.process.cancelled:
             return
         self.setStatus("Cancelling...")
-        self._run.process.cancel()
-        self._pollTimer.stop()
-        self.finishRun()
+        self._run.process.requestCancel()
+        self._checkCanApply()
 
-    # --- live threshold and slice navigation
+    def abortWork(self) -> None:
+        """Stop everything now (scene close, module cleanup, reload): a short blocking cancel."""
+        if self._installer is not None:
+            self._installer.cancel()
+            self._installer = None
+        if self._run is not None:
+            self._run.process.cancel(grace=1.0)
+            self.finishRun()
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
+
+    # --- threshold and slice navigation
+
+    def calibratedThreshold(self):
+        return self._modelInfo.threshold if self._modelInfo else None
+
+    def hasResults(self) -> bool:
+        p = self._parameterNode
+        return bool(p and mrml.resultsMatchInput(p.outputHeatmap, p.inputVolume))
+
+    def setThresholdQuietly(self, value: float) -> None:
+        """Set the threshold from code: not a user choice, so "calibrated" stays ticked."""
+        self._settingThreshold = True
+        try:
+            self._parameterNode.threshold = float(value)
+        finally:
+            self._settingThreshold = False
 
     def onThresholdChanged(self, value) -> None:
+        if self._settingThreshold:
+            return
+        p = self._parameterNode
+        calibrated = self.calibratedThreshold()
+        tolerance = 0.5 * 10.0 ** -self.ui.thresholdSliderWidget.decimals + 1e-12   # slider rounding
+        if p and p.autoThreshold and (calibrated is None or abs(value - calibrated) > tolerance):
+            p.autoThreshold = False   # the user chose a threshold: it is no longer the calibrated one
         self._rethresholdTimer.start()
+
+    def onAutoThresholdToggled(self, checked) -> None:
+        calibrated = self.calibratedThreshold()
+        if checked and calibrated is not None and self._parameterNode:
+            self._updateThresholdRange(calibrated)
+            self.setThresholdQuietly(calibrated)
+            self._rethresholdTimer.start()
 
     def applyThreshold(self) -> None:
         p = self._parameterNode
-        if not p or self._run is not None or not p.outputHeatmap or not p.inputVolume:
+        if not p or self._run is not None or not self.hasResults():
             return
         current = p.outputHeatmap.GetAttribute("AnoDODE.Threshold")
-        tolerance = 0.5 * 10.0 ** -self.ui.thresholdSliderWidget.decimals + 1e-12   # slider rounding
+        tolerance = 0.5 * 10.0 ** -self.ui.thresholdSliderWidget.decimals + 1e-12
         if current is not None and abs(float(current) - p.threshold) <= tolerance:
             return
         label = self.logic.rethreshold(p.inputVolume, p.outputHeatmap, p.outputSegmentation, p.threshold)
-        p.autoThreshold = False
+        chart = p.outputTable.GetNodeReference(mrml.PLOT_REFERENCE) if p.outputTable else None
+        self.logic.markThreshold(p.outputHeatmap, chart, p.threshold)
         self.setStatus(f"Threshold {p.threshold:.4g}: {int(label.sum())} anomalous voxels (model not re-run).")
 
     def _updateThresholdRange(self, threshold=None) -> None:
         p = self._parameterNode
         if threshold is None:
-            threshold = p.threshold if p else 1.0
-        if p and p.outputHeatmap and p.outputHeatmap.GetImageData():
-            _, hi = mrml.heatmapDisplayRange(slicer.util.arrayFromVolume(p.outputHeatmap), threshold)
-        else:
-            hi = max(1.0, 2.0 * threshold)
-        self.ui.thresholdSliderWidget.maximum = hi
-        self.ui.thresholdSliderWidget.singleStep = hi / 500.0
+            calibrated = self.calibratedThreshold()
+            threshold = max(p.threshold if p else 1.0, calibrated if calibrated is not None else 0.0)
+        mapMax = None
+        if self.hasResults():
+            mapMax = float(slicer.util.arrayFromVolume(p.outputHeatmap).max())
+        top, step = panel.thresholdSliderRange(threshold, mapMax)
+        self._settingThreshold = True   # a clamped value is not a user choice
+        try:
+            self.ui.thresholdSliderWidget.maximum = top
+            self.ui.thresholdSliderWidget.singleStep = step
+        finally:
+            self._settingThreshold = False
 
     def onTableClicked(self, index) -> None:
+        self.jumpToRow(index.row())
+
+    def onPlotDataSelected(self, seriesIDs, selections) -> None:
         p = self._parameterNode
-        if p and p.inputVolume and p.outputTable:
-            self.logic.jumpToSlice(p.inputVolume, p.outputTable, index.row())
+        chart = p.outputTable.GetNodeReference(mrml.PLOT_REFERENCE) if p and p.outputTable else None
+        if chart is None or chart.GetNumberOfPlotSeriesNodes() == 0:
+            return
+        row = mrml.rowFromPlotSelection(seriesIDs, selections, chart.GetNthPlotSeriesNode(0).GetID())
+        if row is not None:
+            self.ui.scoreTableView.selectRow(row)
+            self.jumpToRow(row)
+
+    def jumpToRow(self, row: int) -> None:
+        p = self._parameterNode
+        if p and p.inputVolume and p.outputTable and self.hasResults():
+            self.logic.jumpToSlice(p.inputVolume, p.outputTable, row)
+
+    def showPlot(self, chart) -> None:
+        """The slice-score plot in the layout (switching to one with a plot view), clickable for jumps."""
+        self.logic.showPlot(chart)
+        layoutManager = slicer.app.layoutManager()
+        for i in range(layoutManager.plotViewCount if layoutManager else 0):
+            view = layoutManager.plotWidget(i).plotView()
+            if view not in self._plotViews:
+                view.connect("dataSelected(vtkStringArray*,vtkCollection*)", self.onPlotDataSelected)
+                self._plotViews.append(view)
 
     # --- helpers
 
     def setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
+
+    def showMessages(self, messages, error: bool = False) -> None:
+        """The visible message area under the status line: engine warnings or an installation problem."""
+        self.ui.messageLabel.text = (panel.warningsHtml(messages) if not error
+                                     else "<br>".join(html.escape(m) for m in messages))
+        self.ui.messageLabel.visible = bool(messages)
 
     def appendLog(self, line: str) -> None:
         self.ui.logTextEdit.appendPlainText(line)
@@ -326,21 +577,6 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 # AnoDODELogic
 #
-
-class AnoDODERun:
-    """One worker run: its temporary folder, the process and, once read, the report."""
-
-    def __init__(self, inputNode, tempDir: pathlib.Path, process) -> None:
-        self.inputNode = inputNode
-        self.tempDir = tempDir
-        self.outputDir = tempDir / "output"
-        self.process = process
-        self.done = False
-        self.report = None
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.tempDir, ignore_errors=True)
-
 
 class AnoDODELogic(ScriptedLoadableModuleLogic):
     """Everything a script needs without the GUI: ``runBlocking`` scores a volume node and returns the output
@@ -352,105 +588,57 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return AnoDODEParameterNode(super().getParameterNode())
 
-    # --- dependencies and environment
+    # --- dependencies and environment (torch is never imported in this process)
 
     @staticmethod
-    def missingDependencies() -> list:
-        return [name for name in DEPENDENCIES if importlib.util.find_spec(name) is None]
-
-    def ensureDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install what is missing after one confirmation; torch through the PyTorch extension if present."""
-        missing = self.missingDependencies()
-        if not missing:
-            return True
-        torchUtils = None
-        if "torch" in missing:
-            try:
-                import PyTorchUtils
-                torchUtils = PyTorchUtils.PyTorchUtilsLogic()
-            except ImportError:
-                torchUtils = None
-        listing = "\n".join(f"  - {DEPENDENCIES[name]}" + (" (via the PyTorch extension)" if name == "torch"
-                                                           and torchUtils else "") for name in missing)
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                f"AnoDODE needs these Python packages, which will be downloaded and installed now "
-                f"(this can take several minutes):\n{listing}\n\nContinue?", "AnoDODE: install dependencies"):
-            return False
-        try:
-            if torchUtils is not None:
-                if torchUtils.installTorch(askConfirmation=False, torchVersionRequirement=">=2.2") is None:
-                    raise RuntimeError("the PyTorch extension could not install torch")
-                missing.remove("torch")
-            if missing:
-                slicer.util.pip_install(" ".join(DEPENDENCIES[name] for name in missing))
-        except Exception as exc:  # noqa: BLE001 - any install failure gets the same advice
-            slicer.util.errorDisplay(f"Installing AnoDODE's dependencies failed: {exc}\n\nInstall them from the "
-                                     f"Python console with slicer.util.pip_install(...) and try again.")
-            return False
-        importlib.invalidate_caches()
-        still = self.missingDependencies()
-        if still:
-            slicer.util.errorDisplay("These packages are still missing after installation: " + ", ".join(still))
-            return False
-        return True
+    def unmetRequirements() -> list:
+        return dependencies.unmetRequirements()
 
     @staticmethod
-    def describeTorch() -> str:
-        if importlib.util.find_spec("torch") is None:
-            return "torch not installed yet (installed on the first run)"
-        try:
-            import torch
-        except Exception as exc:  # noqa: BLE001 - a broken install should not break the module panel
-            return f"torch cannot be imported: {exc}"
-        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
-        if torch.cuda.is_available():
-            return f"torch {torch.__version__} ({build}); auto uses GPU: {torch.cuda.get_device_name(0)}"
-        return f"torch {torch.__version__} ({build}); no GPU found, auto uses the CPU"
+    def pyTorchUtilsAvailable() -> bool:
+        """Whether the PyTorch extension (EXTENSION_DEPENDS) is installed: torch is then installed its way."""
+        return importlib.util.find_spec("PyTorchUtils") is not None
+
+    def startInstall(self, needed) -> dependencies.Installer:
+        plan = dependencies.installPlan(child_process.pythonSlicerExecutable(), needed, self.pyTorchUtilsAvailable())
+        installer = dependencies.Installer(plan)
+        installer.needed = list(needed)
+        return installer
 
     @staticmethod
-    def describeModel(path) -> str:
-        if path and str(path) not in ("", "."):
-            meta = pathlib.Path(path) / "model.json"
-        else:
-            found = sorted((child_process.MODULE_DIR / "Resources" / "Models").glob("*/model.json"))
-            if not found:
-                return "Bundled model: not found (choose a model folder)"
-            meta = found[0]
-        try:
-            info = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            return f"No readable model.json in {meta.parent}"
-        return f"{info.get('name', meta.parent.name)}: {info.get('description', '')}".strip().rstrip(":")
+    def startDeviceQuery() -> child_process.WorkerProcess:
+        from AnoDODELib.worker import build_device_info_command
+
+        return child_process.WorkerProcess(build_device_info_command(child_process.pythonSlicerExecutable()))
+
+    @staticmethod
+    def deviceInfoFromQuery(query: child_process.WorkerProcess):
+        """(info dict or None, error text or None) from a finished ``startDeviceQuery`` process."""
+        from AnoDODELib.worker import error_from_stderr, parse_device_info
+
+        stdout = []
+        for stream, line in query.poll():
+            if stream == "stdout":
+                stdout.append(line)
+        query.stdoutLines = getattr(query, "stdoutLines", []) + stdout
+        info = parse_device_info(query.stdoutLines)
+        if info is not None and query.returncode == 0:
+            return info, None
+        return None, error_from_stderr("\n".join(query.stderrLines)) or f"the worker exited with {query.returncode}"
 
     # --- running
 
     def startRun(self, inputNode, maskNode=None, modelPath=None, device="auto", preset="standard",
-                 threshold=None, otherContrastNodes=None) -> AnoDODERun:
+                 threshold=None, otherContrastNodes=None) -> child_process.WorkerRun:
         """Write the input (and mask) to a temporary folder and start the worker; returns at once.
 
         otherContrastNodes: for a multi-contrast model, its other contrasts as {name: volume node}, e.g.
         {"t1ce": node}; each is written with its own geometry and resampled onto the input by position."""
-        import SimpleITK as sitk
-
         from AnoDODELib.worker import build_command
 
-        if inputNode is None or inputNode.GetImageData() is None:
-            raise ValueError("Select an input volume with image data.")
         tempDir = pathlib.Path(tempfile.mkdtemp(prefix="AnoDODE-", dir=slicer.app.temporaryPath))
         try:
-            inputPath = tempDir / "input.nrrd"
-            sitk.WriteImage(mrml.sitkImageFromVolume(inputNode), str(inputPath))
-            maskPath = None
-            if maskNode is not None:
-                mask = mrml.maskArrayForInput(maskNode, inputNode)
-                maskPath = tempDir / "mask.nrrd"
-                sitk.WriteImage(mrml.sitkImageFromVolume(inputNode, mask), str(maskPath))
-            others = {}
-            for name, node in (otherContrastNodes or {}).items():
-                if node is None or node.GetImageData() is None:
-                    raise ValueError(f"Select a {name} volume with image data.")
-                others[name] = tempDir / f"contrast_{name}.nrrd"
-                sitk.WriteImage(mrml.sitkImageFromVolume(node), str(others[name]))
+            inputPath, maskPath, others = mrml.writeWorkerInputs(tempDir, inputNode, maskNode, otherContrastNodes)
             model = str(modelPath) if modelPath and str(modelPath) not in ("", ".") else None
             command = build_command(child_process.pythonSlicerExecutable(), inputPath, tempDir / "output",
                                     mask=maskPath, model=model, device=device, preset=preset, threshold=threshold,
@@ -459,10 +647,10 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
         except BaseException:
             shutil.rmtree(tempDir, ignore_errors=True)
             raise
-        return AnoDODERun(inputNode, tempDir, process)
+        return child_process.WorkerRun(inputNode, tempDir, process, device)
 
     @staticmethod
-    def runError(run: AnoDODERun):
+    def runError(run: child_process.WorkerRun):
         """None when the run succeeded, else one readable message."""
         from AnoDODELib.worker import error_from_stderr
 
@@ -475,17 +663,21 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
         tail = [line for line in run.process.stderrLines if line.strip()][-3:]
         return f"the worker ended with exit code {code}" + (": " + " | ".join(tail) if tail else "")
 
-    def loadResults(self, run: AnoDODERun, heatmapNode=None, segmentationNode=None, tableNode=None) -> dict:
+    def loadResults(self, run: child_process.WorkerRun, heatmapNode=None, segmentationNode=None, tableNode=None) -> dict:
         """Read the worker's outputs into (reused or new) nodes on the input's geometry."""
+        import json
+
         import SimpleITK as sitk
 
         report = json.loads((run.outputDir / "report.json").read_text())
         anomaly = sitk.GetArrayFromImage(sitk.ReadImage(str(run.outputDir / "anomaly.nrrd")))
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(run.outputDir / "label.nrrd")))
         run.report = report
-        return mrml.applyResults(slicer.mrmlScene, run.inputNode, anomaly, label, report,
-                                        heatmapNode=heatmapNode, segmentationNode=segmentationNode,
-                                        tableNode=tableNode)
+        outputs = mrml.applyResults(slicer.mrmlScene, run.inputNode, anomaly, label, report,
+                                    heatmapNode=heatmapNode, segmentationNode=segmentationNode, tableNode=tableNode)
+        mrml.markResultsInput(run.inputNode, outputs["heatmap"], outputs["segmentation"], outputs["table"])
+        self.markThreshold(outputs["heatmap"], outputs["plot"], float(report["threshold"]))
+        return outputs
 
     def runBlocking(self, inputNode, maskNode=None, modelPath=None, device="auto", preset="standard",
                     threshold=None, heatmapNode=None, segmentationNode=None, tableNode=None,
@@ -502,16 +694,23 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
                 raise RuntimeError(f"AnoDODE failed: {error}")
             outputs = self.loadResults(run, heatmapNode, segmentationNode, tableNode)
             outputs["report"] = run.report
+            outputs["warnings"] = panel.engineWarnings(run.process.stderrLines)
             return outputs
         finally:
-            if run.process.returncode is None:
-                run.process.cancel()
             run.cleanup()
 
     # --- results
 
+    summary = staticmethod(panel.summary)   # the status line after a run, from its report
+
     def rethreshold(self, inputNode, heatmapNode, segmentationNode, threshold: float):
         return mrml.rethreshold(slicer.mrmlScene, inputNode, heatmapNode, segmentationNode, threshold)
+
+    @staticmethod
+    def markThreshold(heatmapNode, chartNode, threshold: float) -> None:
+        colors = getattr(getattr(slicer, "modules", None), "colors", None)
+        if colors is not None:
+            mrml.markThreshold(slicer.mrmlScene, colors.logic(), heatmapNode, chartNode, threshold)
 
     def jumpToSlice(self, inputNode, tableNode, row: int) -> None:
         axis = int(tableNode.GetAttribute("AnoDODE.slice_axis") or 0)
@@ -520,17 +719,10 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def showPlot(chartNode) -> None:
-        """Show the slice-score plot in the layout's plot view, if the layout has one."""
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is None or layoutManager.plotWidget(0) is None:
-            return
-        layoutManager.plotWidget(0).mrmlPlotViewNode().SetPlotChartNodeID(chartNode.GetID())
-
-    @staticmethod
-    def summary(report: dict) -> str:
-        return (f"Volume score {report['volume_score_bpd']:.4g} bpd; {report.get('anomalous_voxels', '?')} "
-                f"anomalous voxels at threshold {report['threshold']:.4g}; {report['seconds']:.1f} s on "
-                f"{report['device']} ({report.get('preset', '')}, model {report.get('model', '?')}).")
+        """Show the slice-score plot, switching to a layout with a plot view if the current one has none."""
+        plots = getattr(getattr(slicer, "modules", None), "plots", None)
+        if plots is not None:
+            mrml.showChart(slicer.mrmlScene, plots.logic(), chartNode)
 
 
 #
@@ -538,90 +730,107 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
 #
 
 class AnoDODETest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (Developer mode > Reload and Test, or ctest): the whole module on SampleData
-    MRBrainTumor1 with a small untrained model, fast preset, CPU."""
+    """Runs inside Slicer (Developer mode > Reload and Test, or ctest). The bundled model on a real
+    skull-stripped FLAIR: ``$ANODODE_SELFTEST_FLAIR`` (with ``$ANODODE_SELFTEST_LESION``, a lesion mask on any
+    grid) when set, else the module's Sample Data scan; plus cancel and error paths with a tiny model."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_AnoDODE_run_rethreshold_reuse()
+        self.test_AnoDODE_parameter_node()
+        self.setUp()
+        self.test_AnoDODE_bundled_model_finds_the_lesion()
         self.setUp()
         self.test_AnoDODE_cancel_and_error()
 
-    def _tinyModel(self, folder: pathlib.Path) -> str:
-        import torch
-
-        from AnoDODELib.bundle import AnoDODEModel, save_model
-        from AnoDODELib.config import Calibration, ModelConfig, ScoreNetConfig
-
-        torch.manual_seed(0)
-        cfg = ModelConfig(score_net=ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2),
-                          calibration=Calibration(threshold=0.05))
-        return str(save_model(AnoDODEModel(cfg, metadata={"name": "self-test"}), folder / "tiny"))
-
-    def _setUpInput(self):
+    def _logic(self):
         logic = AnoDODELogic()
-        missing = logic.missingDependencies()
-        if missing:   # a test should not install packages: run the module once to install them
-            self.skipTest("AnoDODE dependencies are not installed: " + ", ".join(missing))
+        unmet = logic.unmetRequirements()
+        if unmet:   # a test should not install packages: run the module once to install them
+            self.skipTest("AnoDODE's Python packages are not installed: " + ", ".join(r.spec() for r, _ in unmet))
+        return logic
+
+    def _flair(self):
+        """(FLAIR volume node, lesion label map node or None)."""
+        path = os.environ.get("ANODODE_SELFTEST_FLAIR")
+        if path:
+            lesion = os.environ.get("ANODODE_SELFTEST_LESION")
+            return (slicer.util.loadVolume(path),
+                    slicer.util.loadVolume(lesion, {"labelmap": True}) if lesion else None)
         import SampleData
 
-        inputVolume = SampleData.downloadSample("MRBrainTumor1")
-        self.modelDir = self._tinyModel(pathlib.Path(tempfile.mkdtemp(prefix="AnoDODETest-")))
-        return logic, inputVolume
+        sample_data.register(SampleData.SampleDataLogic, "")
+        return SampleData.downloadSample(sample_data.FLAIR_SAMPLE.name), None
 
-    def test_AnoDODE_run_rethreshold_reuse(self):
+    def test_AnoDODE_parameter_node(self):
+        self.delayDisplay("Parameter node: defaults, every node parameter set and cleared")
+        p = AnoDODELogic().getParameterNode()
+        self.assertIsNone(p.brainMask)
+        for className in ("vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode"):
+            node = slicer.mrmlScene.AddNewNodeByClass(className)
+            p.brainMask = node
+            self.assertIs(p.brainMask, node)
+            p.brainMask = None
+            self.assertIsNone(p.brainMask)
+
+    def test_AnoDODE_bundled_model_finds_the_lesion(self):
         import numpy as np
 
-        self.delayDisplay("Scoring MRBrainTumor1 with a tiny model")
-        logic, inputVolume = self._setUpInput()
-        before = slicer.util.arrayFromVolume(inputVolume).copy()
-        beforeMatrix = mrml.matrixToArray(mrml.ijkToRASMatrix(inputVolume))
-        out = logic.runBlocking(inputVolume, modelPath=self.modelDir, device="cpu", preset="fast")
-        heat, seg, table = out["heatmap"], out["segmentation"], out["table"]
-        self.assertEqual(heat.GetImageData().GetDimensions(), inputVolume.GetImageData().GetDimensions())
-        np.testing.assert_allclose(mrml.matrixToArray(mrml.ijkToRASMatrix(heat)), beforeMatrix)
-        self.assertIsNotNone(seg.GetSegmentation().GetSegment(mrml.ANOMALY_SEGMENT_ID))
-        axis = out["report"]["slice_axis"]
-        self.assertEqual(table.GetNumberOfRows(), before.shape[axis])
-
-        self.delayDisplay("Re-thresholding and jumping to a slice")
-        anomaly = slicer.util.arrayFromVolume(heat)
-        thr = float(np.percentile(anomaly[anomaly > 0], 90)) if (anomaly > 0).any() else 0.5
-        label = logic.rethreshold(inputVolume, heat, seg, thr)
-        self.assertEqual(int(label.sum()), int((anomaly > thr).sum()))
-        logic.jumpToSlice(inputVolume, table, before.shape[axis] // 2)
-
-        self.delayDisplay("Second run reuses the outputs")
-        again = logic.runBlocking(inputVolume, modelPath=self.modelDir, device="cpu", preset="fast",
-                                  heatmapNode=heat, segmentationNode=seg, tableNode=table)
-        self.assertIs(again["heatmap"], heat)
-        self.assertIs(again["segmentation"], seg)
-        self.assertIs(again["table"], table)
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(inputVolume), before)
-        self.delayDisplay("Test passed")
+        logic = self._logic()
+        self.delayDisplay("Scoring a skull-stripped FLAIR with the bundled model (fast preset)")
+        flair, lesion = self._flair()
+        before = slicer.util.arrayFromVolume(flair).copy()
+        out = logic.runBlocking(flair, preset="fast")
+        heat = slicer.util.arrayFromVolume(out["heatmap"])
+        self.assertEqual(heat.shape, before.shape)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(flair), before)
+        peak = panel.peakIndex(heat)
+        if lesion is not None:
+            region, what = mrml.maskArrayForInput(lesion, flair).astype(bool), "the lesion mask"
+        else:
+            region, what = panel.hyperintenseRegion(before), "FLAIR-hyperintense tissue (no lesion mask given)"
+        self.assertTrue(region[peak], f"the heat map peaks at {peak}, outside {what}")
+        self.delayDisplay(f"Heat map peak {peak} lies in {what}; the slice table has "
+                          f"{out['table'].GetNumberOfRows()} rows")
 
     def test_AnoDODE_cancel_and_error(self):
         import time
 
-        logic, inputVolume = self._setUpInput()
-        self.delayDisplay("Cancelling a run")
-        run = logic.startRun(inputVolume, modelPath=self.modelDir, device="cpu", preset="exact")
+        from AnoDODELib.bundle import AnoDODEModel, save_model
+        from AnoDODELib.config import Calibration, ModelConfig, ScoreNetConfig
+
+        logic = self._logic()
+        import torch   # in the test only: the tiny model is built here
+
+        torch.manual_seed(0)
+        cfg = ModelConfig(score_net=ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2),
+                          calibration=Calibration(threshold=0.05))
+        modelDir = str(save_model(AnoDODEModel(cfg, metadata={"name": "self-test"}),
+                                  pathlib.Path(tempfile.mkdtemp(prefix="AnoDODETest-")) / "tiny"))
+        flair, _ = self._flair()
+        self.delayDisplay("Cancelling a run returns at once")
+        run = logic.startRun(flair, modelPath=modelDir, device="cpu", preset="exact")
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not any(
                     s == "stdout" and line.startswith("PROGRESS") for s, line in run.process.poll()):
                 time.sleep(0.1)
-            run.process.cancel()
-            self.assertIsNotNone(run.process.proc.poll())
+            t0 = time.monotonic()
+            run.process.requestCancel()
+            self.assertLess(time.monotonic() - t0, 0.5)
+            while run.process.returncode is None and time.monotonic() - t0 < 10:
+                run.process.poll()
+                time.sleep(0.05)
+            self.assertIsNotNone(run.process.returncode)
             self.assertFalse((run.outputDir / "report.json").exists())
         finally:
             run.cleanup()
+        self.assertFalse(run.tempDir.exists())
 
         self.delayDisplay("A broken model folder gives one readable error")
         with self.assertRaises(RuntimeError) as ctx:
-            logic.runBlocking(inputVolume, modelPath=tempfile.mkdtemp(prefix="AnoDODEEmpty-"), preset="fast")
+            logic.runBlocking(flair, modelPath=tempfile.mkdtemp(prefix="AnoDODEEmpty-"), preset="fast")
         self.assertIn("model.json", str(ctx.exception))
         self.delayDisplay("Test passed")

@@ -9,6 +9,11 @@ Protocol, one line each:
     stderr  ``ERROR: <message>``                     exactly one such line, then exit code 1
 Other stderr lines are log messages (``[WARNING] ...``) meant for a log panel.
 
+    python -m AnoDODELib.worker --device-info
+prints one JSON line, what torch sees in this interpreter ({"torch": "2.3.0", "cuda_build": "12.1" | null,
+"cuda_available": true, "gpus": ["NVIDIA ..."], "auto": "cuda" | "cpu"}), and exits 0; the Slicer module
+asks this instead of importing torch (and initialising CUDA) in Slicer's own process.
+
 Outputs, all or none: DIR/anomaly.nrrd (float32), DIR/label.nrrd (uint8, both on the input's grid) and
 DIR/report.json. SIGTERM/SIGINT stop the worker promptly; outputs already written by this run are removed.
 
@@ -85,6 +90,35 @@ def error_from_stderr(stderr_text: str) -> str | None:
         if line.startswith("ERROR: "):
             return line[len("ERROR: "):].strip()
     return None
+
+
+DEVICE_INFO_FLAG = "--device-info"
+
+
+def build_device_info_command(python: str) -> list[str]:
+    """The argv that asks the worker what torch sees (``python -m AnoDODELib.worker --device-info``)."""
+    return [str(python), "-m", "AnoDODELib.worker", DEVICE_INFO_FLAG]
+
+
+def parse_device_info(stdout_lines: Sequence[str]) -> dict | None:
+    """The JSON object printed by ``--device-info``, or None if there is none."""
+    for line in reversed(stdout_lines):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+def device_info() -> dict:
+    """What torch sees here: version, CUDA build, whether a GPU is usable and which one ``--device auto`` uses."""
+    import torch
+
+    available = bool(torch.cuda.is_available())
+    return {"torch": torch.__version__, "cuda_build": torch.version.cuda, "cuda_available": available,
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if available else [],
+            "auto": "cuda" if available else "cpu"}
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -217,6 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(levelname)s] %(message)s")
     written: list[Path] = []
+    if list(sys.argv[1:] if argv is None else argv) == [DEVICE_INFO_FLAG]:
+        try:
+            sys.stdout.write(json.dumps(device_info()) + "\n")
+        except Exception as exc:  # noqa: BLE001 - e.g. a broken torch install: one ERROR line
+            _error(f"torch cannot be used: {_describe(exc)}")
+            return EXIT_ERROR
+        return 0
     try:
         args = _parser().parse_args(argv)
         _run(args, _Progress(), written)

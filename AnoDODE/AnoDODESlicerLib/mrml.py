@@ -337,3 +337,89 @@ def applyResults(scene, inputNode, anomaly: np.ndarray, label: np.ndarray, repor
     chart = updateScorePlot(scene, tableNode)
     showInSliceViews(scene, inputNode, heatmapNode)
     return {"heatmap": heatmapNode, "segmentation": segmentationNode, "table": tableNode, "plot": chart}
+
+
+# ----------------------------------------------------------------------------- results and their input
+
+INPUT_ATTRIBUTE = "AnoDODE.InputNodeID"
+
+
+def markResultsInput(inputNode, *outputNodes) -> None:
+    """Record on each output which input volume it was computed from."""
+    for node in outputNodes:
+        if node is not None:
+            node.SetAttribute(INPUT_ATTRIBUTE, inputNode.GetID())
+
+
+def resultsMatchInput(heatmapNode, inputNode) -> bool:
+    """Whether ``heatmapNode`` was computed from ``inputNode`` and is still on its voxel grid."""
+    if heatmapNode is None or inputNode is None or heatmapNode.GetImageData() is None:
+        return False
+    if heatmapNode.GetAttribute(INPUT_ATTRIBUTE) != inputNode.GetID() or inputNode.GetImageData() is None:
+        return False
+    return (heatmapNode.GetImageData().GetDimensions() == inputNode.GetImageData().GetDimensions()
+            and np.allclose(matrixToArray(ijkToRASMatrix(heatmapNode)), matrixToArray(ijkToRASMatrix(inputNode))))
+
+
+# ----------------------------------------------------------------------------- plot, legend, selection
+
+def showChart(scene, plotsLogic, chartNode) -> None:
+    """Show the chart in the view layout (Slicer's Plots logic switches to a layout with a plot view when the
+    current one has none) and let a left click select a point in every plot view (for jump-to-slice)."""
+    plotsLogic.ShowChartInLayout(chartNode)
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLPlotViewNode")):
+        viewNode = scene.GetNthNodeByClass(i, "vtkMRMLPlotViewNode")
+        viewNode.SetPlotChartNodeID(chartNode.GetID())
+        viewNode.SetInteractionMode(slicer.vtkMRMLPlotViewNode.InteractionModeSelectPoints)
+
+
+def rowFromPlotSelection(seriesIDs, selections, seriesNodeID: str) -> int | None:
+    """The table row of the first point selected in the series ``seriesNodeID``.
+
+    ``seriesIDs`` (vtkStringArray) and ``selections`` (vtkCollection of vtkIdTypeArray) are the arguments of
+    qMRMLPlotView's ``dataSelected`` signal; a series' point ids are its table's row indices."""
+    for i in range(seriesIDs.GetNumberOfValues()):
+        if seriesIDs.GetValue(i) != seriesNodeID or i >= selections.GetNumberOfItems():
+            continue
+        ids = selections.GetItemAsObject(i)
+        if ids is not None and ids.GetNumberOfTuples() > 0:
+            return int(ids.GetValue(0))
+    return None
+
+
+def markThreshold(scene, colorLogic, heatmapNode, chartNode, threshold: float) -> None:
+    """Show the label threshold where the user looks: the heat map's colour legend in the slice views is
+    titled with it, and so is the slice-score chart."""
+    legend = colorLogic.GetColorLegendDisplayNode(heatmapNode) or colorLogic.AddDefaultColorLegendDisplayNode(
+        heatmapNode)
+    if legend is not None:
+        legend.SetTitleText(f"Anomaly (label > {threshold:.3g})")
+        legend.SetLabelFormat("%.3g")
+    if chartNode is not None:
+        chartNode.SetTitle(f"AnoDODE slice scores (label threshold {threshold:.3g})")
+
+
+def writeWorkerInputs(folder, inputNode, maskNode=None, otherContrastNodes=None) -> tuple:
+    """Write the input (``input.nrrd``), the brain mask on its grid (``mask.nrrd``) and each other contrast
+    (``contrast_<name>.nrrd``, own geometry) for the worker. Returns (input path, mask path or None,
+    {name: path})."""
+    import SimpleITK as sitk
+
+    from pathlib import Path
+
+    folder = Path(folder)
+    if inputNode is None or inputNode.GetImageData() is None:
+        raise ValueError("Select an input volume with image data.")
+    inputPath = folder / "input.nrrd"
+    sitk.WriteImage(sitkImageFromVolume(inputNode), str(inputPath))
+    maskPath = None
+    if maskNode is not None:
+        maskPath = folder / "mask.nrrd"
+        sitk.WriteImage(sitkImageFromVolume(inputNode, maskArrayForInput(maskNode, inputNode)), str(maskPath))
+    others = {}
+    for name, node in (otherContrastNodes or {}).items():
+        if node is None or node.GetImageData() is None:
+            raise ValueError(f"Select a {name} volume with image data.")
+        others[name] = folder / f"contrast_{name}.nrrd"
+        sitk.WriteImage(sitkImageFromVolume(node), str(others[name]))
+    return inputPath, maskPath, others

@@ -111,3 +111,22 @@ def _forget() -> None:
 def anodode_module(monkeypatch, tmp_path):
     yield install(monkeypatch, tmp_path)
     _forget()
+
+
+def loadVolumeWithSimpleITK(path, properties=None):
+    """A stand-in for ``slicer.util.loadVolume`` (not in slicer-core): the file as a volume node of
+    ``slicer.mrmlScene`` on its world geometry (a label map with ``{"labelmap": True}``)."""
+    import numpy as np
+    import SimpleITK as sitk
+    import slicer
+
+    image = sitk.ReadImage(str(path))
+    className = "vtkMRMLLabelMapVolumeNode" if (properties or {}).get("labelmap") else "vtkMRMLScalarVolumeNode"
+    node = slicer.mrmlScene.AddNewNodeByClass(className, Path(path).name.split(".")[0])
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    lpsToRas = np.diag([-1.0, -1.0, 1.0])
+    m = np.eye(4)
+    m[:3, :3] = lpsToRas @ np.array(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    m[:3, 3] = lpsToRas @ np.array(image.GetOrigin())
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(m))
+    return node

@@ -300,3 +300,83 @@ def test_brain_mask_from_labelmap_and_segmentation(scene, volume):
     empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
     with pytest.raises(ValueError, match="no segments"):
         M.maskArrayForInput(empty, volume)
+
+
+# ----------------------------------------------------------------------------- results <-> input, plot, legend
+
+def test_results_remember_their_input(scene, volume):
+    anomaly = known_map()
+    out = M.applyResults(scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, 1.0), report_for(1.0))
+    assert not M.resultsMatchInput(out["heatmap"], volume)    # not marked yet
+    M.markResultsInput(volume, out["heatmap"], out["segmentation"], None)
+    assert M.resultsMatchInput(out["heatmap"], volume)
+    other = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "another scan")
+    slicer.util.updateVolumeFromArray(other, np.zeros(SHAPE, np.float32))
+    other.SetIJKToRASMatrix(vtk_matrix(IJK_TO_RAS))
+    assert not M.resultsMatchInput(out["heatmap"], other)      # same grid, different scan
+    assert not M.resultsMatchInput(out["heatmap"], None) and not M.resultsMatchInput(None, volume)
+    moved = IJK_TO_RAS.copy()
+    moved[0, 3] += 1.0
+    volume.SetIJKToRASMatrix(vtk_matrix(moved))                # the input's grid changed after the run
+    assert not M.resultsMatchInput(out["heatmap"], volume)
+
+
+def test_show_chart_switches_to_a_layout_with_a_plot_view(scene, volume):
+    layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)   # Slicer's default: no plot
+    view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode")
+    plots = slicer.vtkSlicerPlotsLogic()
+    plots.SetMRMLScene(scene)
+    table = M.updateScoreTable(scene, volume, report_for(1.0))
+    chart = M.updateScorePlot(scene, table)
+    M.showChart(scene, plots, chart)   # Slicer's own vtkSlicerPlotsLogic.ShowChartInLayout
+    arrangement = layout.GetViewArrangement()
+    assert arrangement != slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView
+    assert arrangement == plots.GetLayoutWithPlot(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+    assert view.GetPlotChartNodeID() == chart.GetID()
+    assert view.GetInteractionMode() == slicer.vtkMRMLPlotViewNode.InteractionModeSelectPoints
+
+
+def test_row_from_plot_selection():
+    ids = vtk.vtkStringArray()
+    selections = vtk.vtkCollection()
+    for series, rows in (("vtkMRMLPlotSeriesNode7", [2]), ("vtkMRMLPlotSeriesNode1", [5, 6])):
+        ids.InsertNextValue(series)
+        points = vtk.vtkIdTypeArray()
+        for r in rows:
+            points.InsertNextValue(r)
+        selections.AddItem(points)
+    assert M.rowFromPlotSelection(ids, selections, "vtkMRMLPlotSeriesNode1") == 5
+    assert M.rowFromPlotSelection(ids, selections, "vtkMRMLPlotSeriesNode7") == 2
+    assert M.rowFromPlotSelection(ids, selections, "vtkMRMLPlotSeriesNode3") is None
+    assert M.rowFromPlotSelection(vtk.vtkStringArray(), vtk.vtkCollection(), "x") is None
+
+
+def test_threshold_is_shown_on_the_legend_and_chart(scene, volume):
+    anomaly = known_map()
+    out = M.applyResults(scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, 1.25), report_for(1.25))
+    colors = slicer.vtkSlicerColorLogic()
+    colors.SetMRMLScene(scene)
+    M.markThreshold(scene, colors, out["heatmap"], out["plot"], 1.25)
+    legend = colors.GetColorLegendDisplayNode(out["heatmap"])
+    assert legend is not None and "1.25" in legend.GetTitleText()
+    assert "1.25" in out["plot"].GetTitle()
+    M.markThreshold(scene, colors, out["heatmap"], out["plot"], 2.5)   # re-threshold: same legend, new title
+    assert colors.GetNumberOfColorLegendDisplayNodes(out["heatmap"]) == 1
+    assert "2.5" in colors.GetColorLegendDisplayNode(out["heatmap"]).GetTitleText() and "2.5" in out["plot"].GetTitle()
+
+
+def test_worker_inputs_are_written_on_the_world_geometry(scene, volume, tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    brain = np.zeros(SHAPE, np.uint8)
+    brain[2:8, 3:10, 4:12] = 1
+    seg = M.updateSegmentationNode(scene, volume, brain)
+    inputPath, maskPath, others = M.writeWorkerInputs(tmp_path, volume, seg, {"t1ce": volume})
+    image, mask = sitk.ReadImage(str(inputPath)), sitk.ReadImage(str(maskPath))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), slicer.util.arrayFromVolume(volume))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), brain)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(mask.TransformIndexToPhysicalPoint((3, 4, 5)), lps @ world_of_ijk((3, 4, 5)), atol=1e-5)
+    assert others == {"t1ce": tmp_path / "contrast_t1ce.nrrd"} and others["t1ce"].is_file()
+    with pytest.raises(ValueError, match="t1ce"):
+        M.writeWorkerInputs(tmp_path, volume, None, {"t1ce": None})

@@ -34,7 +34,7 @@ def test_reload_rereads_the_helpers_before_the_module(anodode_module, monkeypatc
                      sys.modules["AnoDODESlicerLib.child_process"].MODULE_DIR))
 
     monkeypatch.setattr(slicer.util, "reloadScriptedModule", reloadScriptedModule, raising=False)
-    widget = types.SimpleNamespace(moduleName="AnoDODE")
+    widget = types.SimpleNamespace(moduleName="AnoDODE", abortWork=lambda: seen.append("running work stopped"))
     module.AnoDODEWidget.onReload(widget)   # Slicer's ScriptedLoadableModuleWidget.onReload at the end
-    assert seen == [("AnoDODE", "Anomaly", MODULE_DIR)]
+    assert seen == ["running work stopped", ("AnoDODE", "Anomaly", MODULE_DIR)]
     assert sys.modules["AnoDODESlicerLib.mrml"] is mrml   # reloaded in place, as Slicer's own reload does

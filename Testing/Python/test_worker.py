@@ -277,7 +277,7 @@ def test_module_logic_runs_the_worker_and_loads_results(module_with_stubbed_gui,
     node, image = volume_node_from_file(scene, small_flair)
     before = slicer.util.arrayFromVolume(node).copy()
     logic = module.AnoDODELogic()
-    assert logic.missingDependencies() == []
+    assert logic.unmetRequirements() == []
     out = logic.runBlocking(node, modelPath=tiny_model_dir, device="cpu", preset="fast")
     heat, seg, table, report = out["heatmap"], out["segmentation"], out["table"], out["report"]
     assert heat.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
