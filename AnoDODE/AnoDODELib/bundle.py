@@ -7,12 +7,12 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import atomic_write
 from .config import ModelConfig, from_dict, to_dict
 from .features import Standardiser
 from .score_model import PointwiseScoreNet
@@ -39,6 +39,7 @@ class AnoDODEModel(torch.nn.Module):
         self.score_net = PointwiseScoreNet(config.score_net)
         self.sde = VPSDE.from_config(config.sde)
         self.name = self.metadata.get("name", "unnamed")
+        self.directory: Path | None = None   # the bundle folder it was loaded from (load_model)
 
 
 def default_model_dir() -> Path:
@@ -65,21 +66,9 @@ def save_model(model: AnoDODEModel, directory: str | os.PathLike, training: dict
         "training": training if training is not None else model.metadata.get("training", {}),
         "weights": {"file": "weights.pt", "sha256": _sha256(weights), "bytes": len(weights)},
     }
-    _write_atomic(directory / "weights.pt", weights)
-    _write_atomic(directory / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write.write_bytes(directory / "weights.pt", weights)
+    atomic_write.write_bytes(directory / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
     return directory
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)   # mkstemp creates 0600; a bundle is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_model(path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> AnoDODEModel:
@@ -119,5 +108,6 @@ def load_model(path: str | os.PathLike | None = None, map_location: str | torch.
     except Exception as exc:  # noqa: BLE001 - any failure here is an incompatible bundle
         raise BundleError(f"{weights_path} does not fit the architecture in model.json ({exc})") from None
     model.eval()
+    model.directory = directory
     logger.info("loaded model %s from %s", model.name, directory)
     return model

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from . import __version__, volume_io
 from .bundle import BundleError, default_model_dir, load_model
-from .overlay import encode_png, montage
-from .pipeline import PRESETS, check_contrasts, score_image
+from .outputs import OutputSet, ScanInputs, score_to_files
+from .pipeline import PRESETS, check_contrasts
 
 logger = logging.getLogger("anodode")
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".img", ".hdr")
@@ -71,11 +71,6 @@ def output_stems(paths: list[Path]) -> list[str]:
     return out
 
 
-def output_paths(stem: str, out_dir: Path) -> dict[str, Path]:
-    return {k: out_dir / f"{stem}_{k}{ext}" for k, ext in
-            (("anomaly", ".nii.gz"), ("label", ".nii.gz"), ("report", ".json"), ("overlay", ".png"))}
-
-
 def parse_contrast_args(values: list[str] | None) -> dict[str, list[Path]]:
     """``["t1ce=a.nii.gz", "t1ce=b.nii.gz"]`` -> {"t1ce": [a.nii.gz, b.nii.gz]}; ValueError for a value
     that is not NAME=PATH or names an unknown contrast."""
@@ -93,16 +88,8 @@ def parse_contrast_args(values: list[str] | None) -> dict[str, list[Path]]:
     return out
 
 
-def _score_one(path: Path, mask_path: Path | None, model, args: argparse.Namespace, out_dir: Path,
-               protect: list[Path], stem: str, others: dict[str, Path] | None = None) -> dict:
-    outputs = output_paths(stem, out_dir)
-    protected = {p.resolve() for p in protect}
-    for out in outputs.values():
-        if out.resolve() in protected:
-            raise volume_io.InputError(f"refusing to overwrite input {out}; choose another --output-dir")
-    image = volume_io.read_image(path)
-    mask = volume_io.read_mask(mask_path, image) if mask_path else None
-    other_images = {c: volume_io.read_image(p) for c, p in (others or {}).items()}
+def _score_one(inputs: ScanInputs, model, args: argparse.Namespace, outputs: OutputSet, protect: list[Path],
+               stem: str) -> dict:
     bar = tqdm(total=100, desc=stem, unit="%", file=sys.stderr, disable=args.quiet, mininterval=0.5,
                bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
 
@@ -111,44 +98,10 @@ def _score_one(path: Path, mask_path: Path | None, model, args: argparse.Namespa
         bar.update(max(0, int(round(100 * fraction)) - bar.n))
 
     try:
-        result = score_image(image, model, mask, threshold=args.threshold, device=args.device,
-                             preset=args.preset, callback=progress, name=str(path), other_contrasts=other_images)
+        return score_to_files(inputs, outputs, model, threshold=args.threshold, device=args.device,
+                              preset=args.preset, callback=progress, protect=protect)
     finally:
         bar.close()
-    geometry = volume_io.slice_geometry(image)
-    png = encode_png(montage(geometry.to_canonical(sitk.GetArrayFromImage(image).astype(np.float32)),
-                             geometry.to_canonical(result.anomaly_map), geometry.to_canonical(result.label),
-                             result.threshold))
-    report = {
-        "input": str(path), "mask": str(mask_path) if mask_path else None,
-        "contrasts": {model.config.features.contrasts[0]: str(path), **{c: str(p) for c, p in (others or {}).items()}},
-        "volume_score_bpd": result.volume_score_bpd, "slice_axis": result.slice_axis,
-        "slice_scores": result.slice_scores, "slice_anomaly_scores": result.slice_anomaly_scores,
-        "threshold": result.threshold,
-        "model": model.name, "model_dir": str(args.model or default_model_dir()),
-        "device": result.device, "preset": args.preset, "seconds": round(result.seconds, 3), "nfe": result.nfe,
-        "nfe_reconstruction": result.nfe_reconstruction,
-        "anomalous_voxels": int(result.label.sum()), "anodode_version": __version__,
-        "outputs": {k: str(v) for k, v in outputs.items()},
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    try:   # all four outputs or none: remove what this input wrote if a later write fails
-        volume_io.write_image_atomic(result.anomaly_map.astype(np.float32), image, outputs["anomaly"],
-                                     sitk.sitkFloat32, protect=protect)
-        written.append(outputs["anomaly"])
-        volume_io.write_image_atomic(result.label.astype(np.uint8), image, outputs["label"], sitk.sitkUInt8,
-                                     protect=protect)
-        written.append(outputs["label"])
-        volume_io.write_bytes_atomic(png, outputs["overlay"], protect=protect)
-        written.append(outputs["overlay"])
-        volume_io.write_bytes_atomic((json.dumps(report, indent=2) + "\n").encode(), outputs["report"],
-                                     protect=protect)
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
-    return report
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -185,8 +138,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     for i, path in enumerate(inputs):
         try:
-            report = _score_one(path, masks[i] if masks else None, model, args, out_dir, protect, stems[i],
-                                {c: paths[i] for c, paths in others.items()})
+            inputs_i = ScanInputs(path, masks[i] if masks else None, {c: paths[i] for c, paths in others.items()})
+            report = _score_one(inputs_i, model, args, OutputSet.with_stem(out_dir, stems[i]), protect, stems[i])
             if not args.quiet:
                 print(f"{path}: volume score {report['volume_score_bpd']:.4f} bpd, "
                       f"{report['anomalous_voxels']} anomalous voxels -> {out_dir}")

@@ -19,15 +19,15 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from skimage import measure, morphology, transform
+
+from . import atomic_write
 
 logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
@@ -455,72 +455,35 @@ def spacing_warnings(image: sitk.Image) -> list[str]:
 # ------------------------------------------------------------------------------------------- writing
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _check_protect(path: Path, protect: Iterable[PathLike]) -> None:
-    for p in protect:
-        if _same_file(path, Path(p)):
-            raise InputError(f"refusing to overwrite input {path}; choose another output path")
-
-
-def _atomic(path: PathLike, write: Callable[[str], None], protect: Iterable[PathLike]) -> None:
-    """Write via ``write(tmp_path)`` into a private temporary folder beside ``path`` (same file system,
-    same file name, so writers pick the format from the extension and detached-header formats such as
-    .mhd/.nhdr reference the right data file), then move the result(s) into place with os.replace,
-    the named file last. The temporary folder is removed on success and on failure."""
-    path = Path(path)
-    protect = list(protect)
-    _check_protect(path, protect)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{path}: the output folder does not exist")
-    tmpdir = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.tmp-"))
-    try:
-        write(str(tmpdir / path.name))
-        produced = sorted(tmpdir.iterdir(), key=lambda f: f.name == path.name)   # named file last
-        if not any(f.name == path.name for f in produced):
-            raise OSError(f"{path}: the writer produced no file")
-        for f in produced:
-            _check_protect(parent / f.name, protect)
-        for f in produced:
-            os.replace(f, parent / f.name)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def write_image_atomic(array: np.ndarray, reference: sitk.Image, path: PathLike,
-                       pixel_type: int = sitk.sitkFloat32, protect: Iterable[PathLike] = ()) -> None:
-    """Write ``array`` (``reference``'s sitk array layout) as an image with exactly the reference's
-    size, spacing (mm), origin (mm) and direction, cast to ``pixel_type``; the format follows the
-    extension. Atomic (temporary file beside ``path``, then os.replace; nothing left behind on
-    failure). Raises :class:`InputError` when ``path`` is one of ``protect`` (resolved paths compared).
-    """
+def image_like(array: np.ndarray, reference: sitk.Image, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+    """``array`` (``reference``'s sitk array layout) as an image with exactly the reference's size, spacing
+    (mm), origin (mm) and direction, cast to ``pixel_type`` (bool arrays as uint8 first)."""
     expected = tuple(reversed(reference.GetSize()))
     if tuple(array.shape) != expected:
         raise ValueError(f"array shape {tuple(array.shape)} does not match the reference {expected}")
     data = np.ascontiguousarray(array.astype(np.uint8) if array.dtype == bool else array)
     image = sitk.Cast(sitk.GetImageFromArray(data), pixel_type)
     image.CopyInformation(reference)
+    return image
 
-    def write(tmp: str) -> None:
-        sitk.WriteImage(image, tmp, True)
 
-    _atomic(path, write, protect)
+def write_image(image: sitk.Image, path: PathLike) -> None:
+    """``sitk.WriteImage`` with compression; the format follows the extension (not atomic by itself: write
+    into a staging path of :mod:`atomic_write`)."""
+    sitk.WriteImage(image, str(path), True)
+
+
+def write_image_atomic(array: np.ndarray, reference: sitk.Image, path: PathLike,
+                       pixel_type: int = sitk.sitkFloat32, protect: Iterable[PathLike] = ()) -> None:
+    """Write ``array`` as :func:`image_like` on ``reference``'s grid; the format follows the extension.
+    Atomic (:func:`atomic_write.write_file`: nothing left behind on failure). Raises
+    :class:`atomic_write.OutputError` when ``path`` is one of ``protect`` (resolved paths compared).
+    """
+    image = image_like(array, reference, pixel_type)
+    atomic_write.write_file(path, lambda tmp: write_image(image, tmp), protect)
 
 
 def write_bytes_atomic(data: bytes, path: PathLike, protect: Iterable[PathLike] = ()) -> None:
     """Write ``data`` to ``path`` atomically (for JSON/PNG outputs); same guarantees as
     :func:`write_image_atomic`."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    _atomic(path, write, protect)
+    atomic_write.write_bytes(path, data, protect)

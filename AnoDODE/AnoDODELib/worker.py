@@ -14,8 +14,9 @@ prints one JSON line, what torch sees in this interpreter ({"torch": "2.3.0", "c
 "cuda_available": true, "gpus": ["NVIDIA ..."], "auto": "cuda" | "cpu"}), and exits 0; the Slicer module
 asks this instead of importing torch (and initialising CUDA) in Slicer's own process.
 
-Outputs, all or none: DIR/anomaly.nrrd (float32), DIR/label.nrrd (uint8, both on the input's grid) and
-DIR/report.json. SIGTERM/SIGINT stop the worker promptly; outputs already written by this run are removed.
+Outputs, all or none (outputs.score_to_files, the same engine as ``anodode score``): DIR/anomaly.nrrd
+(float32), DIR/label.nrrd (uint8, both on the input's grid), DIR/overlay.png and DIR/report.json (written
+last). SIGTERM/SIGINT stop the worker promptly; nothing of this run's output set is left behind.
 
 This module imports nothing heavy at import time (no torch), so a host such as Slicer can import the
 protocol helpers (``build_command``, ``parse_line``) before the dependencies are installed.
@@ -28,12 +29,11 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-OUTPUT_FILES = {"anomaly": "anomaly.nrrd", "label": "label.nrrd", "report": "report.json"}
+OUTPUT_FILES = {"anomaly": "anomaly.nrrd", "label": "label.nrrd", "overlay": "overlay.png", "report": "report.json"}
 DEVICES = ("auto", "cpu", "cuda")
 PRESET_NAMES = ("fast", "standard", "exact")   # mirrors pipeline.PRESETS; checked against it at run time
 EXIT_ERROR = 1
@@ -139,7 +139,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m AnoDODELib.worker", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="3-D scan (any SimpleITK format)")
-    p.add_argument("--output-dir", required=True, help="folder for anomaly.nrrd, label.nrrd, report.json")
+    p.add_argument("--output-dir", required=True, help="folder for anomaly.nrrd, label.nrrd, overlay.png, report.json")
     p.add_argument("--mask", help="brain mask on the input's grid (non-zero = brain)")
     p.add_argument("--model", help="model bundle folder (default: the bundled model)")
     p.add_argument("--contrast", action="append", default=None, metavar="NAME=PATH",
@@ -168,26 +168,11 @@ class _Progress:
         return lambda f, m: self(start + (end - start) * min(1.0, max(0.0, float(f))), m)
 
 
-def _write_json_atomic(data: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _run(args: argparse.Namespace, progress: _Progress, written: list[Path]) -> None:
-    import numpy as np
-    import SimpleITK as sitk
-
-    from . import volume_io
-    from .bundle import default_model_dir, load_model
+def _run(args: argparse.Namespace, progress: _Progress) -> None:
+    from .bundle import load_model
     from .cli import parse_contrast_args
-    from .pipeline import PRESETS, check_contrasts, score_image
+    from .outputs import OutputSet, ScanInputs, score_to_files
+    from .pipeline import PRESETS, check_contrasts
 
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}")
@@ -201,40 +186,10 @@ def _run(args: argparse.Namespace, progress: _Progress, written: list[Path]) -> 
     progress(0.0, "loading model")
     model = load_model(args.model)
     check_contrasts(model.config, other_paths, model.name)
-    progress(0.01, "reading input")
-    image = volume_io.read_image(Path(args.input))
-    mask = volume_io.read_mask(Path(args.mask), image) if args.mask else None
-    others = {c: volume_io.read_image(paths[0]) for c, paths in other_paths.items()}
-    result = score_image(image, model, mask, threshold=args.threshold, device=args.device, preset=args.preset,
-                         callback=progress.stage(0.05, 0.95), other_contrasts=others)
-    progress(0.96, "writing results")
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {k: out_dir / name for k, name in OUTPUT_FILES.items()}
-    protect = [Path(args.input)] + ([Path(args.mask)] if args.mask else []) + [p[0] for p in other_paths.values()]
-    report = {
-        "input": str(args.input), "mask": args.mask,
-        "contrasts": {model.config.features.contrasts[0]: str(args.input),
-                      **{c: str(p[0]) for c, p in other_paths.items()}},
-        "volume_score_bpd": float(result.volume_score_bpd), "slice_axis": int(result.slice_axis),
-        "slice_scores": [None if s is None else float(s) for s in result.slice_scores],
-        "slice_anomaly_scores": [None if s is None else float(s) for s in result.slice_anomaly_scores],
-        "threshold": float(result.threshold), "model": getattr(model, "name", "unnamed"),
-        "model_dir": str(args.model or default_model_dir()), "device": str(result.device),
-        "preset": args.preset, "seconds": round(float(result.seconds), 3), "nfe": int(result.nfe),
-        "nfe_reconstruction": int(result.nfe_reconstruction),
-        "anomalous_voxels": int(np.count_nonzero(result.label)),
-        "outputs": {k: str(v) for k, v in paths.items()},
-    }
-    volume_io.write_image_atomic(np.asarray(result.anomaly_map, dtype=np.float32), image, paths["anomaly"],
-                                 sitk.sitkFloat32, protect=protect)
-    written.append(paths["anomaly"])
-    volume_io.write_image_atomic(np.asarray(result.label, dtype=np.uint8), image, paths["label"], sitk.sitkUInt8,
-                                 protect=protect)
-    written.append(paths["label"])
-    _write_json_atomic(report, paths["report"])
-    written.append(paths["report"])
-    progress(1.0, "done")
+    inputs = ScanInputs(Path(args.input), Path(args.mask) if args.mask else None,
+                        {c: paths[0] for c, paths in other_paths.items()})
+    score_to_files(inputs, OutputSet.plain(Path(args.output_dir)), model, threshold=args.threshold,
+                   device=args.device, preset=args.preset, callback=progress.stage(0.01, 1.0))
 
 
 def _on_signal(signum, frame) -> None:
@@ -250,7 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(levelname)s] %(message)s")
-    written: list[Path] = []
     if list(sys.argv[1:] if argv is None else argv) == [DEVICE_INFO_FLAG]:
         try:
             sys.stdout.write(json.dumps(device_info()) + "\n")
@@ -260,16 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         args = _parser().parse_args(argv)
-        _run(args, _Progress(), written)
+        _run(args, _Progress())
     except Cancelled as exc:
-        _cleanup(written)
         _error(f"cancelled ({exc})")
         return EXIT_CANCELLED
     except UsageError as exc:
         _error(f"usage: {exc}")
         return EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 - the protocol reports every failure as one line
-        _cleanup(written)
         _error(_describe(exc))
         return EXIT_ERROR
     sys.stdout.write("DONE\n")
@@ -277,18 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _cleanup(written: list[Path]) -> None:
-    for path in written:
-        try:
-            path.unlink()
-        except OSError:
-            pass
-
-
 def _describe(exc: BaseException) -> str:
     """InputError/BundleError messages verbatim (they are written for users), others with their type."""
     names = {cls.__name__ for cls in type(exc).__mro__}
-    if names & {"InputError", "BundleError"}:
+    if names & {"InputError", "BundleError", "OutputError"}:
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 

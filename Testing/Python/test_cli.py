@@ -13,7 +13,7 @@ from AnoDODELib.cli import main, output_stem
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "AnoDODELib.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, encoding="utf-8", errors="replace", timeout=300)   # whatever the locale
 
 
 def test_output_stem():

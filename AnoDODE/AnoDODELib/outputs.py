@@ -1,0 +1,162 @@
+"""Score to files: one scan in, its output set out (anomaly map, label, overlay, report), written as one atomic set.
+
+:func:`score_to_files` is the one engine entry point that reads and validates a scan (and its mask and other
+contrasts), scores it, builds the report and writes the set; ``anodode score`` (cli.py) and the Slicer worker
+(worker.py) only add their own I/O protocol (argument parsing, progress display, exit codes) around it.
+
+The output set (:class:`OutputSet`), all in one folder:
+
+=========  ===========================================================================================
+anomaly    float32 voxel anomaly map on the input's exact grid (size, spacing, origin, direction)
+label      uint8 0/1: anomaly > threshold, same grid
+overlay    PNG montage of the most anomalous axial slices (see overlay.py)
+report     JSON (strict: no NaN/Infinity), see :func:`build_report`; written last, it marks the set complete
+=========  ===========================================================================================
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__, volume_io
+from .atomic_write import StagedWrite, check_protect
+from .overlay import encode_png, montage
+from .pipeline import PRESETS, ScoreResult, check_contrasts, score_image
+
+logger = logging.getLogger(__name__)
+Callback = Callable[[float, str], None]
+
+#: The kinds of file in an output set, in the order they are moved into place (the report last).
+OUTPUT_KINDS = ("anomaly", "label", "overlay", "report")
+#: The order of the report's "outputs" entry (kept as in reports written before this module existed).
+_REPORT_ORDER = ("anomaly", "label", "report", "overlay")
+
+
+@dataclass(frozen=True)
+class ScanInputs:
+    """The files scored together: the model's primary contrast, an optional brain mask on its grid, and a
+    multi-contrast model's other contrasts by name (aligned with the primary)."""
+
+    image: Path
+    mask: Path | None = None
+    contrasts: Mapping[str, Path] = field(default_factory=dict)
+
+    def files(self) -> list[Path]:
+        return [self.image, *([self.mask] if self.mask else []), *self.contrasts.values()]
+
+
+@dataclass(frozen=True)
+class OutputSet:
+    """Where a scan's outputs go: ``folder`` and one file name per kind of ``OUTPUT_KINDS``."""
+
+    folder: Path
+    names: Mapping[str, str]
+
+    @classmethod
+    def with_stem(cls, folder: Path, stem: str, image_suffix: str = ".nii.gz") -> OutputSet:
+        """``<stem>_anomaly<suffix>``, ``<stem>_label<suffix>``, ``<stem>_overlay.png``, ``<stem>_report.json``
+        (the ``anodode score`` layout, several scans per folder)."""
+        return cls(Path(folder), {"anomaly": f"{stem}_anomaly{image_suffix}", "label": f"{stem}_label{image_suffix}",
+                                  "overlay": f"{stem}_overlay.png", "report": f"{stem}_report.json"})
+
+    @classmethod
+    def plain(cls, folder: Path, image_suffix: str = ".nrrd") -> OutputSet:
+        """``anomaly<suffix>``, ``label<suffix>``, ``overlay.png``, ``report.json`` (one scan per folder, the
+        Slicer worker's layout)."""
+        return cls(Path(folder), {"anomaly": f"anomaly{image_suffix}", "label": f"label{image_suffix}",
+                                  "overlay": "overlay.png", "report": "report.json"})
+
+    def paths(self) -> dict[str, Path]:
+        """Final path of each kind, in ``OUTPUT_KINDS`` order."""
+        return {k: self.folder / self.names[k] for k in OUTPUT_KINDS}
+
+
+def build_report(inputs: ScanInputs, result: ScoreResult, model: Any, preset: str,
+                 outputs: OutputSet) -> dict[str, Any]:
+    """The report of one scored scan (JSON-ready: floats, ints, strings, lists, None).
+
+    volume_score_bpd: mean per-location negative log-likelihood in bits per dimension; slice_scores: the same
+    per axial slice, indexed along ``slice_axis`` (numpy axis of the input array), None without brain;
+    slice_anomaly_scores: the 99th percentile of the anomaly map over each slice's brain voxels; threshold: the
+    label threshold (anomaly map units); nfe / nfe_reconstruction: score-network evaluations per location;
+    seconds: scoring wall time (s).
+    """
+    paths = outputs.paths()
+    primary = model.config.features.contrasts[0]
+    directory = getattr(model, "directory", None)
+    return {
+        "input": str(inputs.image), "mask": str(inputs.mask) if inputs.mask else None,
+        "contrasts": {primary: str(inputs.image), **{c: str(p) for c, p in inputs.contrasts.items()}},
+        "volume_score_bpd": float(result.volume_score_bpd), "slice_axis": int(result.slice_axis),
+        "slice_scores": [None if s is None else float(s) for s in result.slice_scores],
+        "slice_anomaly_scores": [None if s is None else float(s) for s in result.slice_anomaly_scores],
+        "threshold": float(result.threshold),
+        "model": getattr(model, "name", "unnamed"), "model_dir": None if directory is None else str(directory),
+        "device": str(result.device), "preset": preset, "seconds": round(float(result.seconds), 3),
+        "nfe": int(result.nfe), "nfe_reconstruction": int(result.nfe_reconstruction),
+        "anomalous_voxels": int(np.count_nonzero(result.label)), "anodode_version": __version__,
+        "outputs": {k: str(paths[k]) for k in _REPORT_ORDER},
+    }
+
+
+def report_bytes(report: Mapping[str, Any]) -> bytes:
+    """The report as strict JSON (``ValueError`` for a NaN or infinite number), indented, newline-terminated."""
+    return (json.dumps(report, indent=2, allow_nan=False) + "\n").encode()
+
+
+def overlay_png(image: sitk.Image, result: ScoreResult) -> bytes:
+    """The PNG overlay montage of a scored scan (canonical axial slices, see overlay.montage)."""
+    geometry = volume_io.slice_geometry(image)
+    return encode_png(montage(geometry.to_canonical(sitk.GetArrayFromImage(image).astype(np.float32)),
+                              geometry.to_canonical(result.anomaly_map), geometry.to_canonical(result.label),
+                              result.threshold))
+
+
+def score_to_files(inputs: ScanInputs, outputs: OutputSet, model: Any, *, threshold: float | None = None,
+                   device: str = "auto", preset: str = "standard", callback: Callback | None = None,
+                   protect: Iterable[Path] = ()) -> dict[str, Any]:
+    """Read, validate and score one scan with a loaded model, and write its output set; returns the report.
+
+    Order: the outputs are checked not to replace any input (``inputs`` and the extra ``protect`` paths, e.g.
+    the other scans of a batch); the inputs are read and validated; the output folder is created and a
+    staging folder made in it (so an unwritable folder fails before scoring); the scan is scored; the set is
+    written into the staging folder and moved into place, the report last. On any error or interrupt nothing
+    of this set is left behind. Raises ``volume_io.InputError`` (a bad input), ``atomic_write.OutputError``
+    (an unusable output folder), ``ValueError`` (a bad preset, threshold or device) with one-line messages.
+
+    ``callback(fraction, message)``: progress in [0, 1], non-decreasing.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    report_progress = callback or (lambda fraction, message: None)
+    protected = [*inputs.files(), *protect]
+    for path in outputs.paths().values():
+        check_protect(path, protected)
+    check_contrasts(model.config, inputs.contrasts, str(inputs.image))
+    report_progress(0.0, "reading input")
+    image = volume_io.read_image(inputs.image)
+    mask = volume_io.read_mask(inputs.mask, image) if inputs.mask else None
+    others = {c: volume_io.read_image(p) for c, p in inputs.contrasts.items()}
+    with StagedWrite(outputs.folder, protected) as staged:
+        result = score_image(image, model, mask, threshold=threshold, device=device, preset=preset,
+                             callback=lambda f, m: report_progress(0.05 + 0.9 * min(1.0, max(0.0, f)), m),
+                             name=str(inputs.image), other_contrasts=others)
+        report_progress(0.96, "writing results")
+        report = build_report(inputs, result, model, preset, outputs)
+        names = outputs.names
+        volume_io.write_image(volume_io.image_like(result.anomaly_map.astype(np.float32), image, sitk.sitkFloat32),
+                              staged.path(names["anomaly"]))
+        volume_io.write_image(volume_io.image_like(result.label.astype(np.uint8), image, sitk.sitkUInt8),
+                              staged.path(names["label"]))
+        staged.path(names["overlay"]).write_bytes(overlay_png(image, result))
+        staged.path(names["report"]).write_bytes(report_bytes(report))
+        staged.commit()
+    report_progress(1.0, "done")
+    return report

@@ -1,0 +1,113 @@
+"""outputs.score_to_files, the one score-to-files engine behind ``anodode score`` and the Slicer worker.
+
+The reference in data/scoring_reference/ was written by ``anodode score`` at commit 7ddeb52, before the CLI and
+the worker shared this engine, with the tiny bundle stored beside it (model_v1/, untrained random weights):
+the synthetic phantom's maps and report, and digests of the maps of a real clinical FLAIR (../shared/data).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import require_data
+
+from AnoDODELib import cli, worker
+from AnoDODELib.bundle import load_model
+from AnoDODELib.demo import make_phantom
+from AnoDODELib.outputs import OUTPUT_KINDS, OutputSet, ScanInputs, score_to_files
+
+REFERENCE = Path(__file__).parent / "data" / "scoring_reference"
+VOLATILE = ("input", "mask", "contrasts", "model_dir", "seconds", "outputs")
+#: Allowed difference of the phantom's map from the reference where float arithmetic differs (another CPU).
+#: On the machine that wrote the reference the maps are bit-identical (asserted by the real-case test).
+MAP_ATOL = 1e-5
+
+
+def reference() -> dict:
+    return json.loads((REFERENCE / "reference.json").read_text())
+
+
+def array(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def stable(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in VOLATILE}
+
+
+@pytest.fixture(scope="module")
+def reference_model():
+    return load_model(REFERENCE / "model_v1")
+
+
+@pytest.fixture(scope="module")
+def phantom_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ref") / "phantom.nii.gz"
+    sitk.WriteImage(make_phantom(spacing=(3.0, 3.0, 6.0)).image, str(path))
+    return path
+
+
+def test_phantom_matches_the_reference(reference_model, phantom_path, tmp_path):
+    outputs = OutputSet.with_stem(tmp_path, "phantom")
+    report = score_to_files(ScanInputs(phantom_path), outputs, reference_model, device="cpu")
+    ref = reference()["phantom"]
+    amap, ref_map = array(outputs.paths()["anomaly"]), array(REFERENCE / "phantom_anomaly.nii.gz")
+    assert amap.dtype == ref_map.dtype and amap.shape == ref_map.shape
+    assert np.abs(amap - ref_map).max() <= MAP_ATOL
+    label, ref_label = array(outputs.paths()["label"]), array(REFERENCE / "phantom_label.nii.gz")
+    near = np.abs(ref_map - ref["report"]["threshold"]) <= MAP_ATOL
+    assert np.array_equal(label[~near], ref_label[~near])
+    got, want = stable(report), ref["report"]
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if key in ("volume_score_bpd", "slice_scores", "slice_anomaly_scores"):
+            assert np.allclose(np.array(got[key], float), np.array(value, float), rtol=1e-5, atol=MAP_ATOL,
+                               equal_nan=True), key
+        elif key != "anomalous_voxels":
+            assert got[key] == value, key
+    assert abs(got["anomalous_voxels"] - want["anomalous_voxels"]) <= int(near.sum())
+    if np.array_equal(amap, ref_map):
+        assert hashlib.sha256(outputs.paths()["overlay"].read_bytes()).hexdigest() == ref["overlay_sha256"]
+    assert json.loads(outputs.paths()["report"].read_text()) == report
+
+
+def test_real_scan_is_bit_identical_to_the_reference(reference_model, tmp_path):
+    name = "wmh_clinical/2516038876/t2flair-stripped.nii.gz"
+    source = require_data(*name.split("/"))
+    ref = reference()[name]
+    outputs = OutputSet.with_stem(tmp_path, "scan")
+    report = score_to_files(ScanInputs(source), outputs, reference_model, device="cpu")
+    assert stable(report) == ref["report"]
+    assert digest(array(outputs.paths()["anomaly"])) == ref["anomaly_sha256"]
+    assert digest(array(outputs.paths()["label"])) == ref["label_sha256"]
+    assert hashlib.sha256(outputs.paths()["overlay"].read_bytes()).hexdigest() == ref["overlay_sha256"]
+
+
+def test_cli_and_worker_write_the_same_set_and_report(phantom_path, tmp_path, capsys):
+    model_dir = str(REFERENCE / "model_v1")
+    assert cli.main(["score", str(phantom_path), "--model", model_dir, "--output-dir", str(tmp_path / "c"),
+                     "--device", "cpu", "--quiet"]) == 0
+    assert worker.main(["--input", str(phantom_path), "--model", model_dir, "--output-dir", str(tmp_path / "w"),
+                        "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "DONE"
+    plain = OutputSet.plain(tmp_path / "w")
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == sorted(plain.names.values())
+    assert worker.OUTPUT_FILES == dict(plain.names)
+    named = OutputSet.with_stem(tmp_path / "c", "phantom").paths()
+    for kind in ("anomaly", "label"):
+        assert np.array_equal(array(named[kind]), array(plain.paths()[kind]))
+    assert named["overlay"].read_bytes() == plain.paths()["overlay"].read_bytes()
+    from_cli, from_worker = (json.loads(p.read_text()) for p in (named["report"], plain.paths()["report"]))
+    assert from_cli.keys() == from_worker.keys()
+    assert stable(from_cli) == stable(from_worker)
+    assert from_cli["anodode_version"] and from_cli["model_dir"] == from_worker["model_dir"] == model_dir
+    assert set(from_worker["outputs"]) == set(OUTPUT_KINDS)
+    assert from_worker["outputs"]["overlay"] == str(plain.paths()["overlay"])
