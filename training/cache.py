@@ -22,14 +22,13 @@ import multiprocessing
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from AnoDODELib import volume_io
+from AnoDODELib import atomic_write, volume_io
 from AnoDODELib.config import ModelConfig, to_dict
 from AnoDODELib.pipeline import PreparedVolume
 
@@ -128,16 +127,13 @@ def build_entry(case: Case, cfg: ModelConfig, path: Path, key: str) -> Path:
     meta = {"key": key, "format": CACHE_FORMAT, "case": case.name, "dataset": case.dataset,
             "image": str(case.flair), "channel": case.channel, "contrast": case.contrast,
             "contrasts": list(case.contrasts)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **_arrays(prepared, tumour, meta))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    arrays = _arrays(prepared, tumour, meta)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_write.write_file(path, write, create_folder=True)
 
 
 def _worker(case: Case, cfg: ModelConfig, path: Path, key: str) -> tuple[str, str | None]:

@@ -18,7 +18,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from AnoDODELib import volume_io
+from AnoDODELib import atomic_write, volume_io
 from AnoDODELib.bundle import AnoDODEModel, save_model
 from AnoDODELib.config import Calibration, ModelConfig, ScoreNetConfig, to_dict
 from AnoDODELib.pipeline import PreparedVolume, canonical_slice_scores, maps_from_scores, score_prepared
@@ -177,15 +176,7 @@ def dist_info() -> tuple[int, int]:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write.write_file(path, lambda tmp: torch.save(obj, tmp), create_folder=True)
 
 
 def one_cycle(opt: torch.optim.Optimizer, tc: TrainConfig) -> torch.optim.lr_scheduler.OneCycleLR:
