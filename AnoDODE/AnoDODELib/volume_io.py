@@ -476,14 +476,20 @@ def write_image(image: sitk.Image, path: PathLike) -> None:
 def write_image_atomic(array: np.ndarray, reference: sitk.Image, path: PathLike,
                        pixel_type: int = sitk.sitkFloat32, protect: Iterable[PathLike] = ()) -> None:
     """Write ``array`` as :func:`image_like` on ``reference``'s grid; the format follows the extension.
-    Atomic (:func:`atomic_write.write_file`: nothing left behind on failure). Raises
-    :class:`atomic_write.OutputError` when ``path`` is one of ``protect`` (resolved paths compared).
+    Atomic (:func:`atomic_write.write_file`: nothing left behind on failure). Raises :class:`InputError`
+    when ``path`` is one of ``protect`` (resolved paths compared) or its folder is missing or not writable.
     """
     image = image_like(array, reference, pixel_type)
-    atomic_write.write_file(path, lambda tmp: write_image(image, tmp), protect)
+    try:
+        atomic_write.write_file(path, lambda tmp: write_image(image, tmp), protect)
+    except atomic_write.OutputError as exc:
+        raise InputError(str(exc)) from None
 
 
 def write_bytes_atomic(data: bytes, path: PathLike, protect: Iterable[PathLike] = ()) -> None:
     """Write ``data`` to ``path`` atomically (for JSON/PNG outputs); same guarantees as
     :func:`write_image_atomic`."""
-    atomic_write.write_bytes(path, data, protect)
+    try:
+        atomic_write.write_bytes(path, data, protect)
+    except atomic_write.OutputError as exc:
+        raise InputError(str(exc)) from None

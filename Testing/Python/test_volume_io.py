@@ -11,7 +11,6 @@ import SimpleITK as sitk
 from conftest import require_data
 
 from AnoDODELib import volume_io as vio
-from AnoDODELib.atomic_write import OutputError
 from AnoDODELib.volume_io import InputError
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -212,12 +211,12 @@ def test_protect_refuses_to_overwrite_inputs(tmp_path, monkeypatch):
     link.symlink_to(inp)
     monkeypatch.chdir(tmp_path)
     for target in (inp, tmp_path / "sub" / ".." / "input.nii.gz", Path("input.nii.gz"), link):
-        with pytest.raises(OutputError) as exc:
+        with pytest.raises(InputError) as exc:
             vio.write_image_atomic(arr, ref, target, protect=[inp])
         assert_one_line(exc, "refusing to overwrite")
-        with pytest.raises(OutputError):
+        with pytest.raises(InputError):
             vio.write_bytes_atomic(b"{}", target, protect=[str(inp)])
-    with pytest.raises(OutputError):   # protect given as the symlink, target the real file
+    with pytest.raises(InputError):   # protect given as the symlink, target the real file
         vio.write_bytes_atomic(b"{}", inp, protect=[link])
     assert inp.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.nii.gz", "link.nii.gz", "sub"]
@@ -258,7 +257,7 @@ def test_atomic_write_cleans_up_after_success_and_failure(tmp_path, monkeypatch)
 
 
 def test_write_into_missing_folder_is_input_error(tmp_path):
-    with pytest.raises(OutputError) as exc:
+    with pytest.raises(InputError) as exc:
         vio.write_bytes_atomic(b"x", tmp_path / "nope" / "out.json")
     assert_one_line(exc, "nope")
 
