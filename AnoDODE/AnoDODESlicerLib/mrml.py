@@ -152,6 +152,11 @@ def _checkShape(inputNode, array: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} has shape {tuple(array.shape)}, the input volume {expected}")
 
 
+def heatColor(t: float) -> tuple[float, float, float]:
+    """The heat colour (r, g, b) at ``t`` in [0, 1]: black -> red -> yellow -> white, each third linear."""
+    return min(1.0, 3 * t), min(1.0, max(0.0, 3 * t - 1)), min(1.0, max(0.0, 3 * t - 2))
+
+
 def heatColorNode(scene):
     """The module's heat colour table (black-red-yellow-white), created once per scene."""
     existing = scene.GetFirstNodeByName(HEAT_COLOR_NAME)
@@ -165,8 +170,7 @@ def heatColorNode(scene):
     node.SetNumberOfColors(n)
     for i in range(n):
         t = i / (n - 1)
-        r, g, b = min(1.0, 3 * t), min(1.0, max(0.0, 3 * t - 1)), min(1.0, max(0.0, 3 * t - 2))
-        node.SetColor(i, f"heat{i}", r, g, b, 1.0)
+        node.SetColor(i, f"heat{i}", *heatColor(t), 1.0)
     scene.AddNode(node)
     return node
 

@@ -193,6 +193,38 @@ def test_cmake_module_and_extension_settings():
     assert positions == sorted(positions)
 
 
+def cmake_value(text: str, variable: str) -> str:
+    match = re.search(rf'set\({variable} "([^"]*)"\)', text)
+    assert match, variable
+    return match.group(1)
+
+
+def test_extension_catalog_metadata():
+    """Extensions Index entry (JSON, schema v1.0.1) consistent with the CMake metadata; the files the catalog
+    links to exist at the paths its URLs name."""
+    import json
+
+    top = (REPO / "CMakeLists.txt").read_text()
+    entry = json.loads((REPO / "AnoDODE.json").read_text())
+    assert entry["$schema"].endswith("/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert set(entry) == {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
+                          "scm_url", "tier"}
+    assert entry["category"] == cmake_value(top, "EXTENSION_CATEGORY")
+    assert entry["build_dependencies"] == cmake_value(top, "EXTENSION_DEPENDS").split(";") == ["PyTorch"]
+    assert cmake_value(top, "EXTENSION_HOMEPAGE").startswith(entry["scm_url"])
+    assert entry["build_subdirectory"] == "." and entry["tier"] in (1, 3, 5)
+    raw = entry["scm_url"].replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    for variable in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        for url in cmake_value(top, variable).split():
+            assert url.startswith(raw), url
+            assert (REPO / url[len(raw):]).is_file(), f"{variable}: {url[len(raw):]} is not in the repository"
+    for contributor in cmake_value(top, "EXTENSION_CONTRIBUTORS").split(", "):
+        assert re.fullmatch(r"[^()]+ \([^()]+\)", contributor), f"not 'Name (Organisation)': {contributor}"
+    license_text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "END OF TERMS AND CONDITIONS" in license_text
+
+
 # ----------------------------------------------------------------------------- host/engine split
 
 def imported_modules(path: Path) -> set[str]:
