@@ -19,6 +19,7 @@ from typing import Annotated, Union
 import qt
 import slicer
 import vtk
+from AnoDODESlicerLib import child_process, dependencies, mrml, panel, sample_data
 from slicer import (
     vtkMRMLLabelMapVolumeNode,
     vtkMRMLScalarVolumeNode,
@@ -33,8 +34,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-
-from AnoDODESlicerLib import child_process, dependencies, mrml, panel, sample_data
 
 logger = logging.getLogger("AnoDODE")
 DEVICES = ["auto", "cpu", "cuda"]
@@ -439,10 +438,15 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.setThresholdQuietly(threshold)
                 self.ui.scoreTableView.setMRMLTableNode(outputs["table"])
                 self.showPlot(outputs["plot"])
+                top = mrml.mostAnomalousRow(outputs["table"])
+                if top is not None:   # like the scan figure: show the most anomalous slice first
+                    self.ui.scoreTableView.selectRow(top)
+                    self.jumpToRow(top)
                 warnings = (panel.engineWarnings(run.process.stderrLines)
                             + panel.deviceWarnings(run.device, run.report, self._deviceInfo))
                 self.showMessages(warnings)
-                self.setStatus(panel.summary(run.report, len(warnings)))
+                self.setStatus(panel.summary(run.report, len(warnings))
+                               + (f" Showing slice {top}, the most anomalous." if top is not None else ""))
         finally:
             run.cleanup()
             self.ui.progressBar.hide()
@@ -732,7 +736,8 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
 class AnoDODETest(ScriptedLoadableModuleTest):
     """Runs inside Slicer (Developer mode > Reload and Test, or ctest). The bundled model on a real
     skull-stripped FLAIR: ``$ANODODE_SELFTEST_FLAIR`` (with ``$ANODODE_SELFTEST_LESION``, a lesion mask on any
-    grid) when set, else the module's Sample Data scan; plus cancel and error paths with a tiny model."""
+    grid) when set, else the module's Sample Data scan; plus the cancel and error paths. Like the module, the
+    test never imports torch in Slicer's process."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -761,8 +766,14 @@ class AnoDODETest(ScriptedLoadableModuleTest):
                     slicer.util.loadVolume(lesion, {"labelmap": True}) if lesion else None)
         import SampleData
 
-        sample_data.register(SampleData.SampleDataLogic, "")
+        registered = getattr(slicer.modules, "sampleDataSources", {}).get(sample_data.FLAIR_SAMPLE.category, [])
+        if not any(getattr(s, "sampleName", None) == sample_data.FLAIR_SAMPLE.name for s in registered):
+            sample_data.register(SampleData.SampleDataLogic, self._iconPath())
         return SampleData.downloadSample(sample_data.FLAIR_SAMPLE.name), None
+
+    @staticmethod
+    def _iconPath() -> str:
+        return str(child_process.MODULE_DIR / "Resources" / "Icons" / "AnoDODE.png")
 
     def test_AnoDODE_parameter_node(self):
         self.delayDisplay("Parameter node: defaults, every node parameter set and cleared")
@@ -798,20 +809,10 @@ class AnoDODETest(ScriptedLoadableModuleTest):
     def test_AnoDODE_cancel_and_error(self):
         import time
 
-        from AnoDODELib.bundle import AnoDODEModel, save_model
-        from AnoDODELib.config import Calibration, ModelConfig, ScoreNetConfig
-
         logic = self._logic()
-        import torch   # in the test only: the tiny model is built here
-
-        torch.manual_seed(0)
-        cfg = ModelConfig(score_net=ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2),
-                          calibration=Calibration(threshold=0.05))
-        modelDir = str(save_model(AnoDODEModel(cfg, metadata={"name": "self-test"}),
-                                  pathlib.Path(tempfile.mkdtemp(prefix="AnoDODETest-")) / "tiny"))
         flair, _ = self._flair()
         self.delayDisplay("Cancelling a run returns at once")
-        run = logic.startRun(flair, modelPath=modelDir, device="cpu", preset="exact")
+        run = logic.startRun(flair, device="cpu", preset="exact")   # the bundled model, slowest preset
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not any(

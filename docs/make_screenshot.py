@@ -23,7 +23,7 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "AnoDODE"))
 
-from AnoDODESlicerLib import mrml  # noqa: E402
+from AnoDODESlicerLib import mrml
 
 
 def read_lps(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:

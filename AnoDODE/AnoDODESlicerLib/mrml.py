@@ -407,9 +407,9 @@ def writeWorkerInputs(folder, inputNode, maskNode=None, otherContrastNodes=None)
     """Write the input (``input.nrrd``), the brain mask on its grid (``mask.nrrd``) and each other contrast
     (``contrast_<name>.nrrd``, own geometry) for the worker. Returns (input path, mask path or None,
     {name: path})."""
-    import SimpleITK as sitk
-
     from pathlib import Path
+
+    import SimpleITK as sitk
 
     folder = Path(folder)
     if inputNode is None or inputNode.GetImageData() is None:
@@ -427,3 +427,19 @@ def writeWorkerInputs(folder, inputNode, maskNode=None, otherContrastNodes=None)
         others[name] = folder / f"contrast_{name}.nrrd"
         sitk.WriteImage(sitkImageFromVolume(node), str(others[name]))
     return inputPath, maskPath, others
+
+
+def mostAnomalousRow(tableNode) -> int | None:
+    """The table row of the most anomalous slice (largest heat-map 99th percentile, the ranking the scan
+    figure uses; the bpd score when the table has no such column), or None if every value is NaN."""
+    table = tableNode.GetTable()
+    column = table.GetColumnByName(MAP_SCORE_COLUMN) or table.GetColumnByName(SCORE_COLUMN)
+    if column is None or column.GetNumberOfTuples() == 0:
+        return None
+    values = np.array([column.GetValue(i) for i in range(column.GetNumberOfTuples())], dtype=float)
+    if np.all(np.isnan(values)):
+        column = table.GetColumnByName(SCORE_COLUMN)
+        values = np.array([column.GetValue(i) for i in range(column.GetNumberOfTuples())], dtype=float)
+        if np.all(np.isnan(values)):
+            return None
+    return int(np.nanargmax(values))

@@ -75,7 +75,7 @@ def install(monkeypatch, tmp_path: Path):
         if data_required():   # CI (ANODODE_REQUIRE_DATA=1): a test against Slicer's code must not skip silently
             pytest.fail(reason + "; ANODODE_REQUIRE_DATA is set, so this is a failure, not a skip")
         pytest.skip(reason)
-    import slicer.util  # noqa: F401 - the real one from slicer-core, before the path is extended
+    import slicer.util
 
     for name in ("qt", "ctk"):
         monkeypatch.setitem(sys.modules, name, StandInModule(name))

@@ -380,3 +380,14 @@ def test_worker_inputs_are_written_on_the_world_geometry(scene, volume, tmp_path
     assert others == {"t1ce": tmp_path / "contrast_t1ce.nrrd"} and others["t1ce"].is_file()
     with pytest.raises(ValueError, match="t1ce"):
         M.writeWorkerInputs(tmp_path, volume, None, {"t1ce": None})
+
+
+def test_most_anomalous_row(scene, volume):
+    report = report_for(1.0, [None, 1.5, 2.0] + [1.0] * (SHAPE[0] - 3))
+    report["slice_anomaly_scores"] = [None, 0.2, 0.1, 0.9] + [0.3] * (SHAPE[0] - 4)
+    table = M.updateScoreTable(scene, volume, report)
+    assert M.mostAnomalousRow(table) == 3          # by the heat map's p99, as the scan figure ranks slices
+    report["slice_anomaly_scores"] = [None] * SHAPE[0]
+    assert M.mostAnomalousRow(M.updateScoreTable(scene, volume, report, table)) == 2   # else by bpd
+    report["slice_scores"] = [None] * SHAPE[0]
+    assert M.mostAnomalousRow(M.updateScoreTable(scene, volume, report, table)) is None
