@@ -19,14 +19,16 @@ Files named in ``protect`` (the run's inputs) are never replaced: :class:`Output
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -78,6 +80,38 @@ def check_protect(path: PathLike, protect: Iterable[PathLike]) -> None:
     for p in protect:
         if _same_file(Path(path), Path(p)):
             raise OutputError(f"refusing to overwrite input {path}; choose another output path")
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for the duration: their handlers run right after, in arrival order.
+
+    Python runs signal handlers in the main thread, whichever thread the kernel delivered the signal to, so
+    swapping in a recorder for the duration defers them reliably (a thread's signal mask would not: a
+    process-directed signal goes to any thread that does not block it). Outside the main thread, where
+    handlers cannot be swapped, nothing is deferred.
+    """
+    pending: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    try:
+        previous = {s: signal.signal(s, record) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in pending:
+            handler = previous[s]
+            if callable(handler):
+                handler(s, None)
+            elif handler != signal.SIG_IGN:
+                signal.raise_signal(s)
 
 
 def remove_stale_staging(folder: PathLike, now: float | None = None) -> list[Path]:
@@ -176,11 +210,20 @@ class StagedWrite:
         order = sorted(produced - set(self.names)) + self.names
         for name in order:
             check_protect(self.folder / name, self.protect)
-        if len(self.names) > 1:   # the old set is incomplete from here on (one file: a plain replace)
-            (self.folder / self.names[-1]).unlink(missing_ok=True)
-        for name in order:
-            os.replace(self.staging / name, self.folder / name)
-        return [self.folder / n for n in order]
+        moved: list[Path] = []
+        with _signals_deferred():   # SIGINT/SIGTERM wait until the set is in place (milliseconds of renames)
+            try:
+                if len(self.names) > 1:   # the old set is incomplete from here on (one file: a plain replace)
+                    (self.folder / self.names[-1]).unlink(missing_ok=True)
+                for name in order:
+                    os.replace(self.staging / name, self.folder / name)
+                    moved.append(self.folder / name)
+            except BaseException:
+                if len(self.names) > 1:   # all or none: a failed rename leaves no part of the new set
+                    for path in moved:
+                        path.unlink(missing_ok=True)
+                raise
+        return moved
 
 
 def write_file(path: PathLike, write: Callable[[Path], None], protect: Iterable[PathLike] = (),

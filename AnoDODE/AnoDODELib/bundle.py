@@ -25,7 +25,11 @@ DEFAULT_MODEL_NAME = "anodode-flair-brats"
 
 
 class BundleError(ValueError):
-    """A missing, corrupt or incompatible model bundle; the message is one line."""
+    """A missing, corrupt or incompatible model bundle; the message is one line (at most 300 characters)."""
+
+    def __init__(self, message: str) -> None:
+        flat = " ".join(str(message).split())
+        super().__init__(flat if len(flat) <= 300 else flat[:297] + "...")
 
 
 class AnoDODEModel(torch.nn.Module):
@@ -83,26 +87,43 @@ def load_model(path: str | os.PathLike | None = None, map_location: str | torch.
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise BundleError(f"{meta_path} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path} must hold a JSON object (got {type(meta).__name__})")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"model bundle {directory} has format version {version!r}; "
                           f"this AnoDODE reads version {FORMAT_VERSION}")
+    if "config" not in meta:
+        raise BundleError(f"{meta_path} has no config")
     try:
-        config = from_dict(ModelConfig, meta["config"])
-        weights_info = meta["weights"]
-        weights_path = directory / weights_info["file"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{meta_path} is incomplete or invalid ({exc})") from None
+        config = from_dict(ModelConfig, meta["config"], "config")
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{meta_path}: {exc}") from None
+    weights_info = meta.get("weights")
+    if not isinstance(weights_info, dict) or not isinstance(weights_info.get("file"), str) \
+            or not isinstance(weights_info.get("sha256"), str):
+        raise BundleError(f"{meta_path}: weights must be an object with a file name and its sha256")
+    for key in ("name", "description"):
+        if not isinstance(meta.get(key, ""), str):
+            raise BundleError(f"{meta_path}: {key} must be a string")
+    if not isinstance(meta.get("training", {}), dict):
+        raise BundleError(f"{meta_path}: training must be an object")
+    weights_path = directory / weights_info["file"]
+    if not weights_path.resolve().is_relative_to(directory.resolve()):
+        raise BundleError(f"{meta_path}: weights.file {weights_info['file']!r} lies outside the bundle folder")
     if config.score_net.channels != config.features.channels:
         raise BundleError(f"{meta_path}: the score network takes {config.score_net.channels} channels but the "
                           f"features have {config.features.channels}")
     if not weights_path.is_file():
         raise BundleError(f"model bundle {directory} is missing {weights_info['file']}")
-    data = weights_path.read_bytes()
-    if _sha256(data) != weights_info.get("sha256"):
-        raise BundleError(f"{weights_path} does not match the checksum in model.json (corrupt or replaced)")
-    model = AnoDODEModel(config, metadata={k: meta.get(k) for k in ("name", "description", "training")})
     try:
+        data = weights_path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{weights_path} cannot be read ({exc.strerror or exc})") from None
+    if _sha256(data) != weights_info["sha256"]:
+        raise BundleError(f"{weights_path} does not match the checksum in model.json (corrupt or replaced)")
+    try:
+        model = AnoDODEModel(config, metadata={k: meta.get(k) for k in ("name", "description", "training")})
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - any failure here is an incompatible bundle

@@ -9,14 +9,18 @@ For each input ``score`` writes <stem>_anomaly.nii.gz (float32), <stem>_label.ni
 <stem>_report.json and <stem>_overlay.png (inputs with the same file name are told apart by their
 folder: <folder>_<stem>). A multi-contrast model reads INPUT as its primary contrast and takes each other
 contrast as ``--contrast NAME=PATH``, repeated once per input in input order (as ``--mask``). Exit code 0
-on success; otherwise a one-line error and 1 (a bad input) or 2 (bad usage or model).
+on success; otherwise a one-line error and 1 (a bad input: unreadable, truncated, NaN/inf voxels, too small
+to be a head), 2 (bad usage, a bad model bundle, an unusable output folder, --device cuda without a GPU),
+130 (SIGINT) or 143 (SIGTERM). Each input's four files appear together or not at all (outputs.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,9 +30,10 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, volume_io
+from .atomic_write import OutputError, StagedWrite
 from .bundle import BundleError, default_model_dir, load_model
 from .outputs import OutputSet, ScanInputs, score_to_files
-from .pipeline import PRESETS, check_contrasts
+from .pipeline import PRESETS, check_contrasts, resolve_device
 
 logger = logging.getLogger("anodode")
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".img", ".hdr")
@@ -111,6 +116,12 @@ def cmd_score(args: argparse.Namespace) -> int:
         return _fail(f"--mask was given {len(masks)} time(s) for {len(inputs)} input(s); give one per input", 2)
     if args.preset not in PRESETS:
         return _fail(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}", 2)
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        return _fail(f"--threshold must be a finite number, got {args.threshold}", 2)
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
     try:
         model = load_model(args.model)
     except BundleError as exc:
@@ -130,6 +141,11 @@ def cmd_score(args: argparse.Namespace) -> int:
             return _fail(f"--contrast {name}=... was given {len(paths)} time(s) for {len(inputs)} input(s); "
                          "give one per input, in input order", 2)
     out_dir = Path(args.output_dir)
+    try:
+        with StagedWrite(out_dir):   # the folder can be created and written, before anything is scored
+            pass
+    except OutputError as exc:
+        return _fail(str(exc), 2)
     failures = 0
     protect = inputs + masks + [p for paths in others.values() for p in paths]
     try:
@@ -153,15 +169,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
     from .demo import MIN_BEST_DICE, lesion_found
 
+    try:
+        load_model(args.model)       # a bad model fails before the phantom is written
+    except BundleError as exc:
+        return _fail(str(exc), 2)
     out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     phantom = demo.make_phantom()
     flair, lesion = out_dir / "phantom_flair.nii.gz", out_dir / "phantom_lesion.nii.gz"
-    volume_io.write_image_atomic(sitk.GetArrayFromImage(phantom.image), phantom.image, flair, sitk.sitkFloat32)
-    volume_io.write_image_atomic(sitk.GetArrayFromImage(phantom.lesion), phantom.lesion, lesion, sitk.sitkUInt8)
+    try:
+        with StagedWrite(out_dir) as staged:
+            volume_io.write_image(phantom.image, staged.path(flair.name))
+            volume_io.write_image(phantom.lesion, staged.path(lesion.name))
+            staged.commit()
+    except OutputError as exc:
+        return _fail(str(exc), 2)
     print(f"synthetic FLAIR-like phantom (not a patient) with a lesion at {phantom.lesion_centre_mm} mm: {flair}")
     args.inputs, args.mask, args.contrast = [str(flair)], None, None
-    code = cmd_score(args)
+    code = 1
+    try:
+        code = cmd_score(args)
+    finally:
+        if code:
+            for path in (flair, lesion):   # nothing of a failed or interrupted demo is left behind
+                path.unlink(missing_ok=True)
     if code:
         return code
     amap = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "phantom_flair_anomaly.nii.gz")))
@@ -232,13 +262,26 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt so the same cleanup runs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("ANODODE_LOG", "WARNING"), format="anodode: %(levelname)s: %(message)s")
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
+    except Terminated:
+        return _fail("terminated (SIGTERM); nothing of the unfinished scan was written", 128 + signal.SIGTERM)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return _fail("interrupted; nothing of the unfinished scan was written", 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

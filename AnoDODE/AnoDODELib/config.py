@@ -6,10 +6,56 @@ reproducible from its ``model.json`` alone.  Units are stated per field.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+#: ODE solver names (torchdiffeq's; likelihood.METHODS holds the same, checked by a test) and the divergence
+#: estimators and localisation maps a config may name (likelihood.DIVERGENCES, anomaly_map.LOCALISATIONS).
+SOLVER_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams",
+                  "dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+DIVERGENCES = ("exact", "hutchinson")
+LOCALISATIONS = ("likelihood", "reconstruction", "combined")
+
+
+def _real(value: Any, name: str, *, above: float | None = None, at_least: float | None = None,
+          below: float | None = None, at_most: float | None = None) -> None:
+    """ValueError naming ``name`` unless ``value`` is a finite real number (not a bool) in the given bounds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number (got {value!r})")
+    for ok, words, bound in ((above is None or value > above, ">", above),
+                             (at_least is None or value >= at_least, ">=", at_least),
+                             (below is None or value < below, "<", below),
+                             (at_most is None or value <= at_most, "<=", at_most)):
+        if not ok:
+            raise ValueError(f"{name} must be {words} {bound:g} (got {value!r})")
+
+
+def _integer(value: Any, name: str, at_least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < at_least:
+        raise ValueError(f"{name} must be an integer >= {at_least} (got {value!r})")
+
+
+def _flag(value: Any, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false (got {value!r})")
+
+
+def _choice(value: Any, name: str, valid: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(valid)} (got {value!r})")
+
+
+def _names(value: Any, name: str, valid: tuple[str, ...], allow_empty: bool = False) -> None:
+    if (not isinstance(value, tuple) or (not value and not allow_empty) or len(set(value)) != len(value)
+            or any(not isinstance(v, str) or v not in valid for v in value)):
+        raise ValueError(f"{name} must be distinct names from {', '.join(valid)}, as a list (got {_show(value)})")
+
+
+def _show(value: Any) -> str:
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
 
 
 @dataclass(frozen=True)
@@ -22,6 +68,11 @@ class PreprocessConfig:
 
     in_plane_spacing_mm: float = 2.0
     clip_z: float = 6.0
+
+
+    def __post_init__(self) -> None:
+        _real(self.in_plane_spacing_mm, "in_plane_spacing_mm", above=0.0)
+        _real(self.clip_z, "clip_z", above=0.0)
 
 
 CONTRASTS = ("flair", "t1", "t1ce", "t2")
@@ -46,10 +97,13 @@ class FeatureConfig:
     position_context: bool = True
 
     def __post_init__(self) -> None:
-        unknown = [c for c in self.contrasts if c not in CONTRASTS]
-        if not self.contrasts or unknown or len(set(self.contrasts)) != len(self.contrasts):
-            raise ValueError(f"contrasts must be distinct names from {', '.join(CONTRASTS)}; got "
-                             f"{list(self.contrasts)}")
+        _names(self.contrasts, "contrasts", CONTRASTS)
+        if not isinstance(self.scales_mm, tuple) or not self.scales_mm:
+            raise ValueError(f"scales_mm must be a non-empty list of numbers (got {_show(self.scales_mm)})")
+        for sigma in self.scales_mm:
+            _real(sigma, "scales_mm", at_least=0.0)
+        _real(self.edge_scale_mm, "edge_scale_mm", above=0.0)
+        _flag(self.position_context, "position_context")
 
     @property
     def channels(self) -> int:
@@ -72,6 +126,11 @@ class SDEConfig:
     beta_max: float = 20.0
 
 
+    def __post_init__(self) -> None:
+        _real(self.beta_min, "beta_min", above=0.0)
+        _real(self.beta_max, "beta_max", above=self.beta_min)
+
+
 @dataclass(frozen=True)
 class ScoreNetConfig:
     """Pointwise epsilon-prediction network (an MLP applied at every feature location)."""
@@ -81,6 +140,14 @@ class ScoreNetConfig:
     hidden: int = 64
     layers: int = 3
     time_embedding: int = 16
+
+
+    def __post_init__(self) -> None:
+        _integer(self.channels, "channels", 1)
+        _integer(self.cond_channels, "cond_channels", 0)
+        _integer(self.hidden, "hidden", 1)
+        _integer(self.layers, "layers", 1)
+        _integer(self.time_embedding, "time_embedding", 2)
 
 
 @dataclass(frozen=True)
@@ -100,6 +167,16 @@ class SolverConfig:
     divergence: str = "exact"
     n_probes: int = 1
     t_eps: float = 1e-3
+
+
+    def __post_init__(self) -> None:
+        _choice(self.method, "method", SOLVER_METHODS)
+        _integer(self.steps, "steps", 1)
+        _real(self.rtol, "rtol", above=0.0)
+        _real(self.atol, "atol", above=0.0)
+        _choice(self.divergence, "divergence", DIVERGENCES)
+        _integer(self.n_probes, "n_probes", 1)
+        _real(self.t_eps, "t_eps", above=0.0, below=1.0)
 
 
 @dataclass(frozen=True)
@@ -127,6 +204,16 @@ class LocalisationConfig:
     smooth_mm: float = 2.0
 
 
+    def __post_init__(self) -> None:
+        _choice(self.method, "method", LOCALISATIONS)
+        _flag(self.hyperintense_only, "hyperintense_only")
+        _names(self.hyperintense_contrasts, "hyperintense_contrasts", CONTRASTS, allow_empty=True)
+        _real(self.t_start, "t_start", above=0.0, at_most=1.0)
+        _integer(self.n_reconstructions, "n_reconstructions", 1)
+        _integer(self.reconstruction_steps, "reconstruction_steps", 1)
+        _real(self.smooth_mm, "smooth_mm", at_least=0.0)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Label threshold chosen on normal training tissue: the ``quantile`` of healthy voxel scores."""
@@ -135,6 +222,13 @@ class Calibration:
     quantile: float = 0.995
     slice_score_mean_bpd: float = 0.0
     slice_score_std_bpd: float = 1.0
+
+
+    def __post_init__(self) -> None:
+        _real(self.threshold, "threshold")
+        _real(self.quantile, "quantile", above=0.0, below=1.0)
+        _real(self.slice_score_mean_bpd, "slice_score_mean_bpd")
+        _real(self.slice_score_std_bpd, "slice_score_std_bpd", above=0.0)
 
 
 @dataclass(frozen=True)
@@ -153,27 +247,36 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild a (nested) config dataclass from ``to_dict`` output.
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Rebuild a (nested) config dataclass from ``to_dict`` output, validating every field.
 
-    Unknown keys raise ``ValueError`` so a typo in a hand-edited model.json is not ignored.
+    Raises ``ValueError`` with one line naming the field by its path (``where`` + field, e.g.
+    ``config.localisation.n_reconstructions must be an integer >= 1 (got 0)``) for a value out of range or of
+    the wrong type, a section that is not an object, or an unknown key (so a typo in a hand-edited model.json
+    is not ignored).
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
+    prefix = f"{where}." if where else ""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or cls.__name__} must be an object of {cls.__name__} fields (got {data!r:.40})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        raise ValueError(f"unknown {cls.__name__} keys{' in ' + where if where else ''}: {sorted(unknown)}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         sub = _DATACLASS_FIELDS.get((cls.__name__, name))
         if sub is not None:
-            kwargs[name] = from_dict(sub, value)
+            kwargs[name] = from_dict(sub, value, f"{prefix}{name}")
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
         else:
             kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:   # nested sections were built above: this level's fields only
+        raise ValueError(f"{prefix}{exc}") from None
 
 
 _DATACLASS_FIELDS: dict[tuple[str, str], type] = {

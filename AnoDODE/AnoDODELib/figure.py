@@ -167,7 +167,7 @@ def render_png(data: FigureInput, n_slices: int = N_SLICES, min_gap_mm: float = 
     if not chosen:    # no slice with brain: show the middle slice so the figure still shows the scan
         chosen = [data.scan.shape[0] // 2]
     try:
-        import matplotlib   # noqa: F401
+        import matplotlib  # noqa: F401
     except ImportError:
         logger.warning(MATPLOTLIB_MISSING)
         return _render_plain(data, chosen)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__, volume_io
-from .atomic_write import StagedWrite, check_protect
+from .atomic_write import OutputError, StagedWrite, check_protect
 from .overlay import encode_png, montage
 from .pipeline import PRESETS, ScoreResult, check_contrasts, score_image
 
@@ -128,21 +129,32 @@ def score_to_files(inputs: ScanInputs, outputs: OutputSet, model: Any, *, thresh
     the other scans of a batch); the inputs are read and validated; the output folder is created and a
     staging folder made in it (so an unwritable folder fails before scoring); the scan is scored; the set is
     written into the staging folder and moved into place, the report last. On any error or interrupt nothing
-    of this set is left behind. Raises ``volume_io.InputError`` (a bad input), ``atomic_write.OutputError``
-    (an unusable output folder), ``ValueError`` (a bad preset, threshold or device) with one-line messages.
+    of this set is left behind. Raises ``volume_io.InputError`` (a bad input: unreadable, corrupt, too small to
+    be a head, see ``volume_io.read_image`` and ``check_head_size``), ``atomic_write.OutputError`` (an
+    unusable output folder), ``ValueError`` (a bad preset, a non-finite threshold, an unavailable device),
+    each with a one-line message. A mask covering a lesion-sized part of the scan is scored with a warning.
 
     ``callback(fraction, message)``: progress in [0, 1], non-decreasing.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ValueError(f"the threshold must be a finite number, got {threshold}")
     report_progress = callback or (lambda fraction, message: None)
     protected = [*inputs.files(), *protect]
     for path in outputs.paths().values():
         check_protect(path, protected)
+        if path.is_dir():
+            raise OutputError(f"{path}: a folder is in the way of this output")
     check_contrasts(model.config, inputs.contrasts, str(inputs.image))
     report_progress(0.0, "reading input")
     image = volume_io.read_image(inputs.image)
+    volume_io.check_head_size(image, str(inputs.image))
     mask = volume_io.read_mask(inputs.mask, image) if inputs.mask else None
+    if mask is not None:
+        warning = volume_io.mask_coverage_warning(sitk.GetArrayViewFromImage(image), mask, str(inputs.mask))
+        if warning:
+            logger.warning(warning)
     others = {c: volume_io.read_image(p) for c, p in inputs.contrasts.items()}
     with StagedWrite(outputs.folder, protected) as staged:
         result = score_image(image, model, mask, threshold=threshold, device=device, preset=preset,

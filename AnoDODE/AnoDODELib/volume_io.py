@@ -16,10 +16,14 @@ Library code: no slicer/qt imports; errors a user can fix are :class:`InputError
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import math
 import os
-from collections.abc import Iterable
+import re
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +54,8 @@ def _one_line(text: str, limit: int = 160) -> str:
 
 def _sitk_reason(exc: BaseException) -> str:
     """The informative line of a (multi-line) SimpleITK exception, without the C++ source location."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = re.sub(r"\(0x[0-9a-fA-F]+\)", "", str(exc))     # object addresses: noise to a user
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in lines:
         if "ERROR:" in ln:
             return _one_line(ln.split("ERROR:", 1)[1])
@@ -72,21 +77,176 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
+#: NIfTI datatype code -> numpy element type (the formats' scalar types; others are left to the reader).
+_NIFTI_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
+                1280: "u8", 128: "u1", 2304: "u1", 32: "c8", 1792: "c16"}
+_NIFTI_COMPONENTS = {128: 3, 2304: 4}   # RGB24, RGBA32: bytes per voxel beyond the element size
+_GZIP_CHUNK = 1 << 20
+
+
+def _gunzip_whole(path: Path) -> bytes:
+    """The decompressed content of a gzip file, refusing a truncated stream or a CRC/length mismatch (one line).
+
+    Concatenated gzip members are read in turn (as gzip readers do); trailing zero padding is allowed."""
+    import zlib
+
+    out: list[bytes] = []
+    members = 0
+    with open(path, "rb") as f:
+        pending = b""
+        while True:
+            if not pending:
+                pending = f.read(_GZIP_CHUNK)
+            if not pending:
+                break
+            if members and not pending.strip(b"\0"):
+                pending = b""
+                continue
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                while not d.eof:
+                    if not pending:
+                        pending = f.read(_GZIP_CHUNK)
+                        if not pending:
+                            raise InputError(f"{path}: the gzip stream is incomplete (a truncated or partly "
+                                             "copied file)")
+                    out.append(d.decompress(pending))
+                    pending = b""
+            except zlib.error as exc:
+                raise InputError(f"{path}: corrupt gzip data ({exc})") from None
+            pending = d.unused_data
+            members += 1
+    if not members:
+        raise InputError(f"{path}: the file is empty")
+    return b"".join(out)
+
+
+def _nifti_header(head: bytes, path: Path) -> tuple[str, int, tuple[int, ...], int, str] | None:
+    """(endianness, datatype, dims, vox_offset, magic) of a NIfTI-1/2 (or Analyze 7.5) header; None when
+    ``head`` does not start with one (left to the reader). InputError for a header too short to hold one."""
+    import struct
+
+    for end in "<>":
+        size = struct.unpack(end + "i", head[:4])[0] if len(head) >= 4 else None
+        if size == 348:
+            if len(head) < 348:
+                raise InputError(f"{path}: truncated NIfTI header ({len(head)} of 348 bytes)")
+            dims = struct.unpack(end + "8h", head[40:56])
+            datatype = struct.unpack(end + "h", head[70:72])[0]
+            vox_offset = int(struct.unpack(end + "f", head[108:112])[0] or 0)
+            magic = head[344:348].rstrip(b"\0").decode("latin-1")
+            return end, datatype, tuple(int(v) for v in dims), vox_offset, magic
+        if size == 540:
+            if len(head) < 540:
+                raise InputError(f"{path}: truncated NIfTI-2 header ({len(head)} of 540 bytes)")
+            datatype = struct.unpack(end + "h", head[12:14])[0]
+            dims = struct.unpack(end + "8q", head[16:80])
+            vox_offset = struct.unpack(end + "q", head[168:176])[0]
+            magic = head[4:8].rstrip(b"\0").decode("latin-1")
+            return end, datatype, tuple(int(v) for v in dims), int(vox_offset), magic
+    return None
+
+
+def check_nifti(path: PathLike) -> None:
+    """Refuse a NIfTI-1/2 file (.nii, .nii.gz, or an .hdr/.img pair) whose content is not what its header says.
+
+    SimpleITK's NIfTI reader scores files it should refuse: a gzip stream cut short or with a wrong CRC, voxel
+    data shorter than the header's dimensions and datatype imply (the missing voxels read as 0), and NaN or
+    infinite float voxels (read as 0). This reads the file once, decompressing it whole, and raises
+    :class:`InputError` (one line naming the path) for each of these. A header it does not recognise is left
+    to the reader.
+    """
+    p = Path(path)
+    name = p.name.lower()
+    compressed = name.endswith(".gz")
+    raw = _gunzip_whole(p) if compressed else p.read_bytes()
+    parsed = _nifti_header(raw[:540], p)
+    if parsed is None:
+        return
+    end, datatype, dims, vox_offset, magic = parsed
+    ndim = dims[0]
+    if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1:ndim + 1]):
+        raise InputError(f"{p}: invalid NIfTI dimensions {list(dims[:max(1, min(ndim, 7)) + 1])}")
+    if datatype not in _NIFTI_TYPES:
+        return
+    count = math.prod(dims[1:ndim + 1])
+    element = np.dtype(end + _NIFTI_TYPES[datatype])
+    nbytes = count * element.itemsize * _NIFTI_COMPONENTS.get(datatype, 1)
+    if magic in ("ni1", "ni2") or name.endswith(".hdr") or name.endswith(".hdr.gz"):   # data in the .img file
+        stem = p.name[: -len(".hdr.gz")] if name.endswith(".hdr.gz") else p.with_suffix("").name
+        candidates = [p.with_name(stem + ext) for ext in (".img", ".img.gz", ".IMG")]
+        data_path = next((c for c in candidates if c.exists()), None)
+        if data_path is None:
+            raise InputError(f"{p}: the NIfTI header's data file {stem}.img is missing")
+        data = _gunzip_whole(data_path) if data_path.name.lower().endswith(".gz") else data_path.read_bytes()
+        offset, where = max(0, vox_offset), data_path
+    else:
+        data, offset, where = raw, max(vox_offset, 0), p
+    if len(data) < offset + nbytes:
+        held = max(0, len(data) - offset)
+        raise InputError(f"{where}: truncated: the NIfTI header describes {nbytes} bytes of voxel data, the file "
+                         f"holds {held}")
+    if element.kind in "fc":
+        values = np.frombuffer(data, dtype=element, count=count * _NIFTI_COMPONENTS.get(datatype, 1), offset=offset)
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise InputError(f"{p}: {bad} voxel(s) are NaN or infinite")
+
+
+@contextlib.contextmanager
+def _native_output_silenced() -> Iterator[None]:
+    """Send file descriptors 1 and 2 to /dev/null for the duration: ITK's readers print their own multi-line
+    complaints (e.g. MetaIO's "data not read completely") beside the exception this module turns into one
+    line, and a host parsing stdout (the worker protocol) must not see them."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    saved: list[tuple[int, int]] = []
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    try:
+        for fd in (1, 2):
+            try:
+                saved.append((fd, os.dup(fd)))
+                os.dup2(devnull, fd)
+            except OSError:
+                pass
+        yield
+    finally:
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(devnull)
+
+
 def read_image(path: PathLike) -> sitk.Image:
     """Read a 3-D scalar image.
 
     ``path`` is a file SimpleITK reads (NIfTI, NRRD, MHA, ...) or a folder holding a DICOM series
     (the series with the most files is read). Raises :class:`InputError` (one line naming the path)
-    for a missing path, an unreadable file, an empty image, a 2-D or single-slice image, an image of
-    more than 3 dimensions, or a multi-component (vector/RGB) image.
+    for a missing path, an unreadable file, a NIfTI file whose content is not what its header says (see
+    :func:`check_nifti`: truncated, corrupt gzip, NaN/inf voxels the NIfTI reader would hide), an empty
+    image, a 2-D or single-slice image, an image of more than 3 dimensions, a multi-component (vector/RGB)
+    image, or NaN/infinite voxels (any format).
     """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
+    header = _nifti_header_file(p)
     try:
-        image = _read_dicom_folder(p) if p.is_dir() else sitk.ReadImage(str(p))
+        if header is not None:
+            check_nifti(header)
+        with _native_output_silenced():
+            image = _read_dicom_folder(p) if p.is_dir() else sitk.ReadImage(str(p))
     except RuntimeError as exc:
         raise InputError(f"{p}: not a readable image ({_sitk_reason(exc)})") from None
+    except (OSError, MemoryError) as exc:
+        raise InputError(f"{p}: cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
     dim = image.GetDimension()
     size = image.GetSize()
     if dim == 2:
@@ -101,7 +261,26 @@ def read_image(path: PathLike) -> sitk.Image:
         raise InputError(f"{p}: the image is empty (size {size})")
     if min(size) == 1:
         raise InputError(f"{p}: has a single slice (size {size}); AnoDODE needs a 3-D volume")
+    values = sitk.GetArrayViewFromImage(image)
+    if values.dtype.kind in "fc":
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise InputError(f"{p}: {bad} voxel(s) are NaN or infinite")
     return image
+
+
+def _nifti_header_file(p: Path) -> Path | None:
+    """The NIfTI/Analyze header file of ``p`` (itself, or the .hdr beside an .img), None for other formats."""
+    name = p.name.lower()
+    if p.is_dir():
+        return None
+    if name.endswith((".nii", ".nii.gz", ".hdr", ".hdr.gz")):
+        return p
+    for ext in (".img", ".img.gz"):
+        if name.endswith(ext):
+            stem = p.name[: -len(ext)]
+            return next((h for h in (p.with_name(stem + ".hdr"), p.with_name(stem + ".HDR")) if h.exists()), None)
+    return None
 
 
 def validate_intensities(image: sitk.Image, name: str) -> np.ndarray:
@@ -123,6 +302,43 @@ def validate_intensities(image: sitk.Image, name: str) -> np.ndarray:
     if lo == hi:
         raise InputError(f"{name}: the image is constant ({lo:g} everywhere)")
     return array
+
+
+#: The smallest in-plane field of view (mm, along each in-plane axis) taken for a head scan: an adult brain
+#: is about 140 x 170 mm axially, a newborn's about 90 x 110 mm; 60 mm leaves room for a tight crop.
+MIN_IN_PLANE_FOV_MM = 60.0
+#: The fewest voxels along each in-plane axis (the model grid needs a few pixels to smooth and take features).
+MIN_IN_PLANE_VOXELS = 16
+
+
+def check_head_size(image: sitk.Image, name: str) -> None:
+    """:class:`InputError` unless ``image`` is large enough to be a head scan: each in-plane axis (of the
+    canonical axial slices) spans at least ``MIN_IN_PLANE_FOV_MM`` mm and ``MIN_IN_PLANE_VOXELS`` voxels.
+    (Through-plane, two slices are enough: thick-slab scans are valid input.)"""
+    geometry = slice_geometry(image)
+    _, rows, cols = geometry.canonical_shape
+    fov = (rows * geometry.spacing_mm[1], cols * geometry.spacing_mm[2])
+    if min(fov) < MIN_IN_PLANE_FOV_MM or min(rows, cols) < MIN_IN_PLANE_VOXELS:
+        raise InputError(f"{name}: too small to be a head scan ({rows} x {cols} voxels, "
+                         f"{fov[0]:.3g} x {fov[1]:.3g} mm in-plane; at least {MIN_IN_PLANE_VOXELS} voxels and "
+                         f"{MIN_IN_PLANE_FOV_MM:g} mm along each in-plane axis are needed)")
+
+
+#: A --mask covering less than this fraction of the image's non-background voxels is probably a lesion mask.
+LESION_SIZED_MASK_FRACTION = 0.1
+
+
+def mask_coverage_warning(array: np.ndarray, mask: np.ndarray, name: str) -> str | None:
+    """A one-line warning when ``mask`` (bool, ``array``'s layout) covers less than
+    ``LESION_SIZED_MASK_FRACTION`` of the non-background voxels of ``array`` (background: the most frequent
+    value on the array's border faces): a brain mask covers most of a skull-stripped scan, a lesion mask
+    a small part of it. None otherwise."""
+    foreground = int(np.count_nonzero(~_is_background(array, _background_value(array))))
+    covered = int(np.count_nonzero(mask))
+    if foreground and covered < LESION_SIZED_MASK_FRACTION * foreground:
+        return (f"{name}: the mask covers only {100.0 * covered / foreground:.1f}% of the scan's non-background "
+                "voxels; --mask expects a brain mask, not a lesion mask")
+    return None
 
 
 def _grid_difference(a: sitk.Image, b: sitk.Image, tol: float) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -172,10 +173,16 @@ def _run(args: argparse.Namespace, progress: _Progress) -> None:
     from .bundle import load_model
     from .cli import parse_contrast_args
     from .outputs import OutputSet, ScanInputs, score_to_files
-    from .pipeline import PRESETS, check_contrasts
+    from .pipeline import PRESETS, check_contrasts, resolve_device
 
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise UsageError(f"--threshold must be a finite number, got {args.threshold}")
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     try:
         other_paths = parse_contrast_args(args.contrast)
     except ValueError as exc:
