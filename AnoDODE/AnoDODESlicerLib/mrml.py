@@ -28,6 +28,7 @@ PLOT_REFERENCE = "AnoDODE.plotChart"
 SCORE_COLUMN = "Score (bpd)"
 MAP_SCORE_COLUMN = "Anomaly (p99)"
 SLICE_COLUMN = "Slice"
+POSITION_COLUMN = "S (mm)"   # world superior coordinate of the slice centre, as the scan figure's tile titles
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -277,8 +278,9 @@ def rethreshold(scene, inputNode, heatmapNode, segmentationNode, threshold: floa
 
 
 def updateScoreTable(scene, inputNode, report: dict, tableNode=None):
-    """Slice scores in a table: slice index, bpd, and the anomaly map's 99th percentile (NaN where a slice
-    has no brain, or the report has no such score); the run summary in table attributes."""
+    """Slice scores in a table: slice index, bpd, the anomaly map's 99th percentile (NaN where a slice has no
+    brain, or the report has no such score) and the slice centre's superior coordinate in mm (world RAS, as
+    the scan figure titles its tiles); the run summary in table attributes."""
     if tableNode is None:
         tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{inputNode.GetName()} slice scores")
     scores = report.get("slice_scores") or []
@@ -289,17 +291,22 @@ def updateScoreTable(scene, inputNode, report: dict, tableNode=None):
     scoreColumn.SetName(SCORE_COLUMN)
     mapColumn = vtk.vtkDoubleArray()
     mapColumn.SetName(MAP_SCORE_COLUMN)
+    positionColumn = vtk.vtkDoubleArray()
+    positionColumn.SetName(POSITION_COLUMN)
+    axis = int(report.get("slice_axis", 0))
     for i, s in enumerate(scores):
         sliceColumn.InsertNextValue(i)
         scoreColumn.InsertNextValue(math.nan if s is None else float(s))
         m = mapScores[i] if i < len(mapScores) else None
         mapColumn.InsertNextValue(math.nan if m is None else float(m))
+        positionColumn.InsertNextValue(round(sliceCenterRAS(inputNode, axis, i)[2], 2))
     with slicer.util.NodeModify(tableNode):
         table = tableNode.GetTable()
         table.Initialize()
         table.AddColumn(sliceColumn)
         table.AddColumn(scoreColumn)
         table.AddColumn(mapColumn)
+        table.AddColumn(positionColumn)
         tableNode.SetUseColumnTitleAsColumnHeader(True)
         tableNode.SetAttribute(ROLE_ATTRIBUTE, "scores")
         for key in ("volume_score_bpd", "slice_axis", "threshold", "model", "device", "preset", "seconds", "nfe",

@@ -233,6 +233,11 @@ def test_score_table_and_plot(scene, volume):
     assert math.isnan(p99[0])
     np.testing.assert_allclose(p99[1:], report["slice_anomaly_scores"][1:])
     assert [table.GetTable().GetValue(r, 0).ToInt() for r in range(SHAPE[0])] == list(range(SHAPE[0]))
+    assert table.GetColumnName(3) == M.POSITION_COLUMN
+    centre = [(d - 1) / 2 for d in reversed(SHAPE)]
+    for r in (0, 4, SHAPE[0] - 1):   # slice axis 0 = IJK k: the world S of the slice centre, 0.01 mm
+        expected = world_of_ijk([centre[0], centre[1], r])[2]
+        assert table.GetTable().GetValue(r, 3).ToDouble() == pytest.approx(expected, abs=0.006)
     assert float(table.GetAttribute("AnoDODE.volume_score_bpd")) == 1.25
     assert table.GetAttribute("AnoDODE.slice_axis") == "0"
     chart = out["plot"]
