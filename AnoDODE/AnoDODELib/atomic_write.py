@@ -1,6 +1,6 @@
 """Atomic writes: a set of files appears in its folder complete, or not at all; no reader sees a partial file.
 
-Every file AnoDODE writes (output maps, reports, overlays, model bundles, training checkpoints and caches) goes
+Every file AnoDODE writes (output maps, reports, figures, model bundles, training checkpoints and caches) goes
 through :class:`StagedWrite`:
 
 1. ``StagedWrite(folder)`` creates ``folder`` if needed, removes staging folders that earlier, killed runs left

@@ -44,6 +44,7 @@ class AnoDODEModel(torch.nn.Module):
         self.sde = VPSDE.from_config(config.sde)
         self.name = self.metadata.get("name", "unnamed")
         self.directory: Path | None = None   # the bundle folder it was loaded from (load_model)
+        self.weights_sha256: str | None = None   # SHA-256 of weights.pt as loaded (load_model)
 
 
 def default_model_dir() -> Path:
@@ -130,5 +131,6 @@ def load_model(path: str | os.PathLike | None = None, map_location: str | torch.
         raise BundleError(f"{weights_path} does not fit the architecture in model.json ({exc})") from None
     model.eval()
     model.directory = directory
+    model.weights_sha256 = _sha256(data)
     logger.info("loaded model %s from %s", model.name, directory)
     return model

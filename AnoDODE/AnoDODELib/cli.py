@@ -5,13 +5,16 @@
     anodode demo  [--output-dir DIR]     score a synthetic phantom with the bundled model (offline)
     anodode info  [--model DIR]          model, torch build and device
 
-For each input ``score`` writes <stem>_anomaly.nii.gz (float32), <stem>_label.nii.gz (uint8),
-<stem>_report.json and <stem>_overlay.png (inputs with the same file name are told apart by their
-folder: <folder>_<stem>). A multi-contrast model reads INPUT as its primary contrast and takes each other
-contrast as ``--contrast NAME=PATH``, repeated once per input in input order (as ``--mask``). Exit code 0
-on success; otherwise a one-line error and 1 (a bad input: unreadable, truncated, NaN/inf voxels, too small
-to be a head), 2 (bad usage, a bad model bundle, an unusable output folder, --device cuda without a GPU),
-130 (SIGINT) or 143 (SIGTERM). Each input's four files appear together or not at all (outputs.py).
+INPUT is an image file, a DICOM series folder, or a folder of NIfTI/NRRD/MetaImage files (every image in
+it). For each input ``score`` writes <stem>_anomaly.nii.gz (float32), <stem>_label.nii.gz (uint8),
+<stem>_figure.png (figure.py) and <stem>_report.json (inputs with the same file name are told apart by
+their folder: <folder>_<stem>); after each input, summary.csv and summary.json list every input of the
+batch (summary.py: status ``ok``, the one-line error, or ``pending``). A multi-contrast model reads INPUT as
+its primary contrast and takes each other contrast as ``--contrast NAME=PATH``, repeated once per input in
+input order (as ``--mask``). Exit code 0 when every input was scored; otherwise a one-line error per failure
+and 1 (a bad input: unreadable, truncated, NaN/inf voxels, too small to be a head), 2 (bad usage, a bad
+model bundle, an unusable output folder, --device cuda without a GPU), 130 (SIGINT) or 143 (SIGTERM). Each
+input's four files appear together or not at all (outputs.py).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from . import __version__, volume_io
+from . import __version__, summary, volume_io
 from .atomic_write import OutputError, StagedWrite
 from .bundle import BundleError, default_model_dir, load_model
 from .outputs import OutputSet, ScanInputs, score_to_files
@@ -110,7 +113,10 @@ def _score_one(inputs: ScanInputs, model, args: argparse.Namespace, outputs: Out
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    inputs = [Path(p) for p in args.inputs]
+    inputs, folders = expand_inputs([Path(p) for p in args.inputs])
+    if folders and (args.mask or args.contrast):
+        return _fail(f"{folders[0]} is a folder of images: --mask and --contrast need the inputs named one by "
+                     "one, in the same order", 2)
     masks = [Path(m) for m in args.mask] if args.mask else []
     if masks and len(masks) != len(inputs):
         return _fail(f"--mask was given {len(masks)} time(s) for {len(inputs)} input(s); give one per input", 2)
@@ -152,16 +158,24 @@ def cmd_score(args: argparse.Namespace) -> int:
         stems = output_stems(inputs)
     except volume_io.InputError as exc:
         return _fail(str(exc), 2)
+    rows = [summary.summary_row(p) for p in inputs]
     for i, path in enumerate(inputs):
         try:
             inputs_i = ScanInputs(path, masks[i] if masks else None, {c: paths[i] for c, paths in others.items()})
             report = _score_one(inputs_i, model, args, OutputSet.with_stem(out_dir, stems[i]), protect, stems[i])
+            rows[i] = summary.summary_row(path, report)
             if not args.quiet:
                 print(f"{path}: volume score {report['volume_score_bpd']:.4f} bpd, "
-                      f"{report['anomalous_voxels']} anomalous voxels -> {out_dir}")
+                      f"{report['anomalous_volume_ml']:.2f} mL anomalous -> {out_dir}")
         except (volume_io.InputError, ValueError, RuntimeError, OSError) as exc:
             failures += 1
-            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            rows[i] = summary.summary_row(path, error=message)
+            _fail(message, 1)
+        try:
+            summary.write_summary(rows, out_dir, protect=protect)
+        except (ValueError, OSError) as exc:
+            return _fail(f"could not write the batch summary in {out_dir}: {exc}", 1)
     return 1 if failures else 0
 
 

@@ -17,6 +17,7 @@ Rendering uses matplotlib when it is installed (``pip install "anodode[figures]"
 image is written with SimpleITK's PNG writer (the same tile pairs, one slice per row, most anomalous
 first; no text, colour bar or curve) and one warning says so.
 """
+
 from __future__ import annotations
 
 import io
@@ -45,10 +46,12 @@ MIN_GAP_MM = 5.0
 N_SLICES = 4
 DPI = 100
 PAIRS_PER_ROW = 2
-OVERLAY_ALPHA = 0.75        # opacity of the map over the scan where it exceeds the threshold
+OVERLAY_ALPHA = 0.75  # opacity of the map over the scan where it exceeds the threshold
 OUTLINE_RGB = (0, 255, 255)  # the label's outline (cyan: apart from every colour of the heat map)
-MATPLOTLIB_MISSING = ("matplotlib is not installed: the figure is a plain image (tiles only; no titles, colour "
-                      "bar or slice curve); pip install \"anodode[figures]\" for the full figure")
+MATPLOTLIB_MISSING = (
+    "matplotlib is not installed: the figure is a plain image (tiles only; no titles, colour "
+    'bar or slice curve); pip install "anodode[figures]" for the full figure'
+)
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,13 @@ class FigureInput:
     def __post_init__(self) -> None:
         shape = self.scan.shape
         if len(shape) != 3 or self.anomaly.shape != shape or self.label.shape != shape:
-            raise ValueError(f"scan {self.scan.shape}, anomaly {self.anomaly.shape} and label "
-                             f"{self.label.shape} must be the same (S, H, W) shape")
-        for name in ("slice_scores", "slice_index") + (("slice_position_mm",) if self.slice_position_mm is not
-                                                       None else ()):
+            raise ValueError(
+                f"scan {self.scan.shape}, anomaly {self.anomaly.shape} and label "
+                f"{self.label.shape} must be the same (S, H, W) shape"
+            )
+        for name in ("slice_scores", "slice_index") + (
+            ("slice_position_mm",) if self.slice_position_mm is not None else ()
+        ):
             if len(getattr(self, name)) != shape[0]:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries for {shape[0]} slices")
 
@@ -105,9 +111,16 @@ def slice_positions_mm(image: sitk.Image, geometry: volume_io.SliceGeometry) -> 
     return points[:, 2]
 
 
-def figure_input(image: sitk.Image, anomaly_map: np.ndarray, label: np.ndarray, threshold: float,
-                 slice_anomaly_scores: Sequence[float | None], units: str, title: str = "",
-                 subtitle: str = "") -> FigureInput:
+def figure_input(
+    image: sitk.Image,
+    anomaly_map: np.ndarray,
+    label: np.ndarray,
+    threshold: float,
+    slice_anomaly_scores: Sequence[float | None],
+    units: str,
+    title: str = "",
+    subtitle: str = "",
+) -> FigureInput:
     """The figure's input from a scored scan: ``anomaly_map`` and ``label`` in the input's array layout (as
     ``pipeline.ScoreResult``), ``slice_anomaly_scores`` indexed along the input's axial axis."""
     geo = volume_io.slice_geometry(image)
@@ -116,36 +129,63 @@ def figure_input(image: sitk.Image, anomaly_map: np.ndarray, label: np.ndarray, 
         raise ValueError(f"{len(slice_anomaly_scores)} slice scores for {n} axial slices")
     scores = list(slice_anomaly_scores)[::-1] if geo.flips[0] else list(slice_anomaly_scores)
     return canonical_figure_input(
-        geo, geo.to_canonical(sitk.GetArrayViewFromImage(image)), geo.to_canonical(np.asarray(anomaly_map)),
-        geo.to_canonical(np.asarray(label)), threshold, scores, units, title, subtitle,
-        slice_position_mm=slice_positions_mm(image, geo))
+        geo,
+        geo.to_canonical(sitk.GetArrayViewFromImage(image)),
+        geo.to_canonical(np.asarray(anomaly_map)),
+        geo.to_canonical(np.asarray(label)),
+        threshold,
+        scores,
+        units,
+        title,
+        subtitle,
+        slice_position_mm=slice_positions_mm(image, geo),
+    )
 
 
-def canonical_figure_input(geometry: volume_io.SliceGeometry, scan: np.ndarray, anomaly: np.ndarray,
-                           label: np.ndarray, threshold: float, slice_scores: Sequence[float | None], units: str,
-                           title: str = "", subtitle: str = "", slice_position_mm: np.ndarray | None = None
-                           ) -> FigureInput:
+def canonical_figure_input(
+    geometry: volume_io.SliceGeometry,
+    scan: np.ndarray,
+    anomaly: np.ndarray,
+    label: np.ndarray,
+    threshold: float,
+    slice_scores: Sequence[float | None],
+    units: str,
+    title: str = "",
+    subtitle: str = "",
+    slice_position_mm: np.ndarray | None = None,
+) -> FigureInput:
     """The figure's input from canonical (S, P, L) arrays of a scan with this ``geometry`` and canonical-order
     ``slice_scores`` (None/NaN without brain); ``slice_position_mm`` None when the image is not at hand."""
     n = geometry.canonical_shape[0]
     return FigureInput(
-        scan=np.asarray(scan, dtype=np.float32), anomaly=np.asarray(anomaly, dtype=np.float32),
-        label=np.asarray(label).astype(bool), threshold=float(threshold),
+        scan=np.asarray(scan, dtype=np.float32),
+        anomaly=np.asarray(anomaly, dtype=np.float32),
+        label=np.asarray(label).astype(bool),
+        threshold=float(threshold),
         slice_scores=np.array([np.nan if s is None else float(s) for s in slice_scores], dtype=np.float64),
         slice_index=np.arange(n)[::-1] if geometry.flips[0] else np.arange(n),
-        slice_position_mm=slice_position_mm, pixel_mm=(geometry.spacing_mm[1], geometry.spacing_mm[2]),
-        slice_mm=geometry.spacing_mm[0], units=units, title=title, subtitle=subtitle)
+        slice_position_mm=slice_position_mm,
+        pixel_mm=(geometry.spacing_mm[1], geometry.spacing_mm[2]),
+        slice_mm=geometry.spacing_mm[0],
+        units=units,
+        title=title,
+        subtitle=subtitle,
+    )
 
 
-def most_anomalous_slices(scores: Sequence[float | None], n: int = 3, slice_mm: float = 1.0,
-                          min_gap_mm: float = MIN_GAP_MM) -> list[int]:
+def most_anomalous_slices(
+    scores: Sequence[float | None], n: int = 3, slice_mm: float = 1.0, min_gap_mm: float = MIN_GAP_MM
+) -> list[int]:
     """Indices of up to ``n`` slices with the highest ``scores``, most anomalous first, no two closer than
     ``min_gap_mm``: greedily the highest remaining score whose distance ``|i - j| * slice_mm`` to every
     chosen slice is at least ``min_gap_mm``. Slices without a score (None/NaN) are never chosen; ties go to
     the lower index. When the gap leaves fewer than ``n``, the highest remaining slices fill up."""
     values = np.array([np.nan if s is None else float(s) for s in scores], dtype=np.float64)
-    order = [int(i) for i in np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")
-             if np.isfinite(values[i])]
+    order = [
+        int(i)
+        for i in np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")
+        if np.isfinite(values[i])
+    ]
     gap = math.ceil(min_gap_mm / slice_mm - 1e-9) if slice_mm > 0 else 0
     chosen: list[int] = []
     for i in order:
@@ -159,12 +199,13 @@ def most_anomalous_slices(scores: Sequence[float | None], n: int = 3, slice_mm: 
     return chosen
 
 
-def render_png(data: FigureInput, n_slices: int = N_SLICES, min_gap_mm: float = MIN_GAP_MM, dpi: int = DPI
-               ) -> bytes:
+def render_png(
+    data: FigureInput, n_slices: int = N_SLICES, min_gap_mm: float = MIN_GAP_MM, dpi: int = DPI
+) -> bytes:
     """The figure as PNG bytes: matplotlib when importable, otherwise the plain SimpleITK image (with one
     warning). See the module docstring for the content."""
     chosen = most_anomalous_slices(data.slice_scores, n_slices, data.slice_mm, min_gap_mm)
-    if not chosen:    # no slice with brain: show the middle slice so the figure still shows the scan
+    if not chosen:  # no slice with brain: show the middle slice so the figure still shows the scan
         chosen = [data.scan.shape[0] // 2]
     try:
         import matplotlib  # noqa: F401
@@ -191,7 +232,9 @@ def _figure_size_in(n_slices: int) -> tuple[float, float]:
 def _background(scan: np.ndarray) -> np.ndarray:
     """Voxels holding the most frequent value of the volume's border faces (a skull-stripped scan's
     background, zero or not)."""
-    faces = np.concatenate([scan[:, 0].ravel(), scan[:, -1].ravel(), scan[:, :, 0].ravel(), scan[:, :, -1].ravel()])
+    faces = np.concatenate(
+        [scan[:, 0].ravel(), scan[:, -1].ravel(), scan[:, :, 0].ravel(), scan[:, :, -1].ravel()]
+    )
     values, counts = np.unique(faces, return_counts=True)
     return scan == values[np.argmax(counts)]
 
@@ -203,8 +246,10 @@ def _crop_box(data: FigureInput, margin: int = 4) -> tuple[slice, slice]:
     if rows.size == 0:
         return slice(None), slice(None)
     h, w = data.scan.shape[1:]
-    return (slice(max(0, rows[0] - margin), min(h, rows[-1] + margin + 1)),
-            slice(max(0, cols[0] - margin), min(w, cols[-1] + margin + 1)))
+    return (
+        slice(max(0, rows[0] - margin), min(h, rows[-1] + margin + 1)),
+        slice(max(0, cols[0] - margin), min(w, cols[-1] + margin + 1)),
+    )
 
 
 def _window(data: FigureInput) -> tuple[float, float]:
@@ -237,15 +282,24 @@ def _render_matplotlib(data: FigureInput, chosen: list[int], dpi: int) -> bytes:
     lo, hi = _window(data)
     norm = Normalize(vmin=data.threshold, vmax=_colour_max(data))
     heat = ListedColormap(colormaps["inferno"](np.linspace(0.3, 1.0, 256)), name="inferno_upper")
-    grey = colormaps["gray"].with_extremes(bad="black")     # the background (outside the head) is black
+    grey = colormaps["gray"].with_extremes(bad="black")  # the background (outside the head) is black
     background = _background(data.scan)
     aspect = data.pixel_mm[0] / data.pixel_mm[1]
     n_rows = max(1, math.ceil(len(chosen) / PAIRS_PER_ROW))
 
     fig = Figure(figsize=_figure_size_in(len(chosen)), dpi=dpi)
-    grid = fig.add_gridspec(n_rows + 1, 2 * PAIRS_PER_ROW + 1, height_ratios=[3.0] * n_rows + [2.0],
-                            width_ratios=[1.0] * (2 * PAIRS_PER_ROW) + [0.06], left=0.07, right=0.91,
-                            top=1 - 1.0 / _figure_size_in(len(chosen))[1], bottom=0.07, hspace=0.35, wspace=0.08)
+    grid = fig.add_gridspec(
+        n_rows + 1,
+        2 * PAIRS_PER_ROW + 1,
+        height_ratios=[3.0] * n_rows + [2.0],
+        width_ratios=[1.0] * (2 * PAIRS_PER_ROW) + [0.06],
+        left=0.07,
+        right=0.91,
+        top=1 - 1.0 / _figure_size_in(len(chosen))[1],
+        bottom=0.07,
+        hspace=0.35,
+        wspace=0.08,
+    )
     title = data.title + (f"\n{data.subtitle}" if data.subtitle else "")
     fig.suptitle(title, fontsize=11)
     image = None
@@ -261,8 +315,14 @@ def _render_matplotlib(data: FigureInput, chosen: list[int], dpi: int) -> bytes:
             ax.set_yticks([])
             for x, text, ha in ((0.02, "R", "left"), (0.98, "L", "right")):
                 ax.text(x, 0.5, text, transform=ax.transAxes, color="white", fontsize=8, ha=ha, va="center")
-        image = over.imshow(np.ma.masked_where(amap <= data.threshold, amap), cmap=heat, norm=norm,
-                            alpha=OVERLAY_ALPHA, aspect=aspect, interpolation="nearest")
+        image = over.imshow(
+            np.ma.masked_where(amap <= data.threshold, amap),
+            cmap=heat,
+            norm=norm,
+            alpha=OVERLAY_ALPHA,
+            aspect=aspect,
+            interpolation="nearest",
+        )
         if label.any() and not label.all():
             over.contour(label.astype(np.float32), levels=[0.5], colors=["cyan"], linewidths=0.8)
         plain.set_title(_tile_title(data, rank, k), fontsize=9, loc="left")
@@ -274,23 +334,39 @@ def _render_matplotlib(data: FigureInput, chosen: list[int], dpi: int) -> bytes:
         bar.set_label(f"anomaly map ({data.units})", fontsize=9)
         bar.ax.axhline(data.threshold, color="cyan", linewidth=2)
         span = norm.vmax - norm.vmin
-        bar.set_ticks([data.threshold] + [t for t in bar.get_ticks()
-                                          if data.threshold + 0.08 * span < t <= norm.vmax])
+        bar.set_ticks(
+            [data.threshold] + [t for t in bar.get_ticks() if data.threshold + 0.08 * span < t <= norm.vmax]
+        )
         bar.ax.yaxis.set_major_formatter("{x:.3g}")
-        bar.ax.text(-0.3, data.threshold, "threshold", transform=bar.ax.get_yaxis_transform(), rotation=90,
-                    ha="right", va="bottom", fontsize=8)
+        bar.ax.text(
+            -0.3,
+            data.threshold,
+            "threshold",
+            transform=bar.ax.get_yaxis_transform(),
+            rotation=90,
+            ha="right",
+            va="bottom",
+            fontsize=8,
+        )
 
     curve = fig.add_subplot(grid[n_rows, :-1])
     x = data.slice_position_mm if data.slice_position_mm is not None else data.slice_index.astype(np.float64)
     order = np.argsort(x)
-    curve.plot(x[order], data.slice_scores[order], color="0.2", linewidth=1.2, label="slice score (99th percentile)")
+    curve.plot(
+        x[order], data.slice_scores[order], color="0.2", linewidth=1.2, label="slice score (99th percentile)"
+    )
     curve.axhline(data.threshold, color="cyan", linestyle="--", linewidth=1, label="label threshold")
     for rank, k in enumerate(chosen, start=1):
         curve.axvline(x[k], color="tab:orange", linewidth=0.8, alpha=0.7)
         if np.isfinite(data.slice_scores[k]):
             curve.plot([x[k]], [data.slice_scores[k]], "o", color="tab:orange", markersize=5)
-            curve.annotate(f"#{rank}", (x[k], data.slice_scores[k]), textcoords="offset points", xytext=(3, 4),
-                           fontsize=8)
+            curve.annotate(
+                f"#{rank}",
+                (x[k], data.slice_scores[k]),
+                textcoords="offset points",
+                xytext=(3, 4),
+                fontsize=8,
+            )
     if data.slice_position_mm is not None:
         curve.set_xlabel("axial position, superior (mm)")
     else:
@@ -298,8 +374,15 @@ def _render_matplotlib(data: FigureInput, chosen: list[int], dpi: int) -> bytes:
         curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     curve.set_ylabel(f"slice score\n({data.units})", fontsize=9)
     curve.legend(loc="upper left", fontsize=8, frameon=False)
-    fig.text(0.995, 0.005, "radiological view: patient's left on the image's right (R | L), anterior up",
-             ha="right", va="bottom", fontsize=8, color="0.3")
+    fig.text(
+        0.995,
+        0.005,
+        "radiological view: patient's left on the image's right (R | L), anterior up",
+        ha="right",
+        va="bottom",
+        fontsize=8,
+        color="0.3",
+    )
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
@@ -314,12 +397,17 @@ def _render_plain(data: FigureInput, chosen: list[int]) -> bytes:
     rows = []
     for k in chosen:
         scan = sitk.GetImageFromArray(data.scan[k][rows_box, cols_box].astype(np.float32))
-        grey = sitk.GetArrayFromImage(sitk.Cast(sitk.IntensityWindowing(scan, lo, hi, 0.0, 255.0), sitk.sitkUInt8))
+        grey = sitk.GetArrayFromImage(
+            sitk.Cast(sitk.IntensityWindowing(scan, lo, hi, 0.0, 255.0), sitk.sitkUInt8)
+        )
         grey_rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
         amap = data.anomaly[k][rows_box, cols_box].astype(np.float32)
         scaled = np.clip((amap - data.threshold) / max(top - data.threshold, 1e-12), 0, 1) * 255
-        heat = sitk.GetArrayFromImage(sitk.ScalarToRGBColormap(sitk.GetImageFromArray(scaled.astype(np.uint8)),
-                                                               sitk.ScalarToRGBColormapImageFilter.Hot))
+        heat = sitk.GetArrayFromImage(
+            sitk.ScalarToRGBColormap(
+                sitk.GetImageFromArray(scaled.astype(np.uint8)), sitk.ScalarToRGBColormapImageFilter.Hot
+            )
+        )
         alpha = np.where(amap > data.threshold, OVERLAY_ALPHA, 0.0)[..., None]
         over = (1 - alpha) * grey_rgb + alpha * heat.astype(np.float32)
         label = sitk.GetImageFromArray(data.label[k][rows_box, cols_box].astype(np.uint8))

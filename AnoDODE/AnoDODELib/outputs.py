@@ -1,4 +1,4 @@
-"""Score to files: one scan in, its output set out (anomaly map, label, overlay, report), written as one atomic set.
+"""Score to files: one scan in, its output set out (anomaly map, label, figure, report), written as one atomic set.
 
 :func:`score_to_files` is the one engine entry point that reads and validates a scan (and its mask and other
 contrasts), scores it, builds the report and writes the set; ``anodode score`` (cli.py) and the Slicer worker
@@ -9,7 +9,7 @@ The output set (:class:`OutputSet`), all in one folder:
 =========  ===========================================================================================
 anomaly    float32 voxel anomaly map on the input's exact grid (size, spacing, origin, direction)
 label      uint8 0/1: anomaly > threshold, same grid
-overlay    PNG montage of the most anomalous axial slices (see overlay.py)
+figure     PNG: the most anomalous axial slices with the map and label, colour bar, slice curve (figure.py)
 report     JSON (strict: no NaN/Infinity), see :func:`build_report`; written last, it marks the set complete
 =========  ===========================================================================================
 """
@@ -26,18 +26,17 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__, volume_io
+from . import __version__, figure, summary, volume_io
 from .atomic_write import OutputError, StagedWrite, check_protect
-from .overlay import encode_png, montage
 from .pipeline import PRESETS, ScoreResult, check_contrasts, score_image
 
 logger = logging.getLogger(__name__)
 Callback = Callable[[float, str], None]
 
 #: The kinds of file in an output set, in the order they are moved into place (the report last).
-OUTPUT_KINDS = ("anomaly", "label", "overlay", "report")
+OUTPUT_KINDS = ("anomaly", "label", "figure", "report")
 #: The order of the report's "outputs" entry (kept as in reports written before this module existed).
-_REPORT_ORDER = ("anomaly", "label", "report", "overlay")
+_REPORT_ORDER = ("anomaly", "label", "report", "figure")
 
 
 @dataclass(frozen=True)
@@ -62,49 +61,61 @@ class OutputSet:
 
     @classmethod
     def with_stem(cls, folder: Path, stem: str, image_suffix: str = ".nii.gz") -> OutputSet:
-        """``<stem>_anomaly<suffix>``, ``<stem>_label<suffix>``, ``<stem>_overlay.png``, ``<stem>_report.json``
+        """``<stem>_anomaly<suffix>``, ``<stem>_label<suffix>``, ``<stem>_figure.png``, ``<stem>_report.json``
         (the ``anodode score`` layout, several scans per folder)."""
         return cls(Path(folder), {"anomaly": f"{stem}_anomaly{image_suffix}", "label": f"{stem}_label{image_suffix}",
-                                  "overlay": f"{stem}_overlay.png", "report": f"{stem}_report.json"})
+                                  "figure": f"{stem}_figure.png", "report": f"{stem}_report.json"})
 
     @classmethod
     def plain(cls, folder: Path, image_suffix: str = ".nrrd") -> OutputSet:
-        """``anomaly<suffix>``, ``label<suffix>``, ``overlay.png``, ``report.json`` (one scan per folder, the
+        """``anomaly<suffix>``, ``label<suffix>``, ``figure.png``, ``report.json`` (one scan per folder, the
         Slicer worker's layout)."""
         return cls(Path(folder), {"anomaly": f"anomaly{image_suffix}", "label": f"label{image_suffix}",
-                                  "overlay": "overlay.png", "report": "report.json"})
+                                  "figure": "figure.png", "report": "report.json"})
 
     def paths(self) -> dict[str, Path]:
         """Final path of each kind, in ``OUTPUT_KINDS`` order."""
         return {k: self.folder / self.names[k] for k in OUTPUT_KINDS}
 
 
-def build_report(inputs: ScanInputs, result: ScoreResult, model: Any, preset: str,
+def build_report(inputs: ScanInputs, image: sitk.Image, result: ScoreResult, model: Any, preset: str,
                  outputs: OutputSet) -> dict[str, Any]:
     """The report of one scored scan (JSON-ready: floats, ints, strings, lists, None).
 
     volume_score_bpd: mean per-location negative log-likelihood in bits per dimension; slice_scores: the same
     per axial slice, indexed along ``slice_axis`` (numpy axis of the input array), None without brain;
     slice_anomaly_scores: the 99th percentile of the anomaly map over each slice's brain voxels; threshold: the
-    label threshold (anomaly map units); nfe / nfe_reconstruction: score-network evaluations per location;
-    seconds: scoring wall time (s).
+    label threshold (anomaly map units, ``map_units``); anomalous_volume_ml, map_max, map_p99,
+    most_anomalous_slices: see ``summary.map_statistics``; nfe / nfe_reconstruction: score-network
+    evaluations per location; seconds: scoring wall time (s); model_version: ``summary.model_version``.
     """
     paths = outputs.paths()
     primary = model.config.features.contrasts[0]
     directory = getattr(model, "directory", None)
+    geometry = volume_io.slice_geometry(image)
+    brain = result.brain if result.brain is not None else result.anomaly_map > 0
+    stats = summary.map_statistics(result.anomaly_map, result.label, brain, image.GetSpacing(),
+                                   result.slice_anomaly_scores, geometry.spacing_mm[0])
     return {
         "input": str(inputs.image), "mask": str(inputs.mask) if inputs.mask else None,
         "contrasts": {primary: str(inputs.image), **{c: str(p) for c, p in inputs.contrasts.items()}},
         "volume_score_bpd": float(result.volume_score_bpd), "slice_axis": int(result.slice_axis),
         "slice_scores": [None if s is None else float(s) for s in result.slice_scores],
         "slice_anomaly_scores": [None if s is None else float(s) for s in result.slice_anomaly_scores],
-        "threshold": float(result.threshold),
+        "threshold": float(result.threshold), "map_units": map_units(model),
         "model": getattr(model, "name", "unnamed"), "model_dir": None if directory is None else str(directory),
+        "model_version": summary.model_version(getattr(model, "weights_sha256", None)),
         "device": str(result.device), "preset": preset, "seconds": round(float(result.seconds), 3),
         "nfe": int(result.nfe), "nfe_reconstruction": int(result.nfe_reconstruction),
-        "anomalous_voxels": int(np.count_nonzero(result.label)), "anodode_version": __version__,
+        "anomalous_voxels": int(np.count_nonzero(result.label)), **stats, "anodode_version": __version__,
         "outputs": {k: str(paths[k]) for k in _REPORT_ORDER},
     }
+
+
+def map_units(model: Any) -> str:
+    """The units of the model's anomaly map (``figure.MAP_UNITS`` of its localisation method)."""
+    method = model.config.localisation.method
+    return figure.MAP_UNITS.get(method, method)
 
 
 def report_bytes(report: Mapping[str, Any]) -> bytes:
@@ -112,12 +123,15 @@ def report_bytes(report: Mapping[str, Any]) -> bytes:
     return (json.dumps(report, indent=2, allow_nan=False) + "\n").encode()
 
 
-def overlay_png(image: sitk.Image, result: ScoreResult) -> bytes:
-    """The PNG overlay montage of a scored scan (canonical axial slices, see overlay.montage)."""
-    geometry = volume_io.slice_geometry(image)
-    return encode_png(montage(geometry.to_canonical(sitk.GetArrayFromImage(image).astype(np.float32)),
-                              geometry.to_canonical(result.anomaly_map), geometry.to_canonical(result.label),
-                              result.threshold))
+def figure_png(image: sitk.Image, result: ScoreResult, report: Mapping[str, Any]) -> bytes:
+    """The scan's figure (figure.py) as PNG bytes, titled with the input's name and the report's numbers."""
+    title = Path(report["input"]).name
+    subtitle = (f"volume score {report['volume_score_bpd']:.3f} bpd · anomalous volume "
+                f"{report['anomalous_volume_ml']:.2f} mL at threshold {report['threshold']:.3g} · "
+                f"preset {report['preset']} · model {report['model']}")
+    data = figure.figure_input(image, result.anomaly_map, result.label, result.threshold,
+                               result.slice_anomaly_scores, report["map_units"], title, subtitle)
+    return figure.render_png(data)
 
 
 def score_to_files(inputs: ScanInputs, outputs: OutputSet, model: Any, *, threshold: float | None = None,
@@ -161,13 +175,13 @@ def score_to_files(inputs: ScanInputs, outputs: OutputSet, model: Any, *, thresh
                              callback=lambda f, m: report_progress(0.05 + 0.9 * min(1.0, max(0.0, f)), m),
                              name=str(inputs.image), other_contrasts=others)
         report_progress(0.96, "writing results")
-        report = build_report(inputs, result, model, preset, outputs)
+        report = build_report(inputs, image, result, model, preset, outputs)
         names = outputs.names
         volume_io.write_image(volume_io.image_like(result.anomaly_map.astype(np.float32), image, sitk.sitkFloat32),
                               staged.path(names["anomaly"]))
         volume_io.write_image(volume_io.image_like(result.label.astype(np.uint8), image, sitk.sitkUInt8),
                               staged.path(names["label"]))
-        staged.path(names["overlay"]).write_bytes(overlay_png(image, result))
+        staged.path(names["figure"]).write_bytes(figure_png(image, result, report))
         staged.path(names["report"]).write_bytes(report_bytes(report))
         staged.commit()
     report_progress(1.0, "done")

@@ -272,6 +272,7 @@ class ScoreResult(NamedTuple):
     nfe_reconstruction: int          # score-network evaluations per location for the reconstruction, all draws
     slice_anomaly_scores: list[float | None]  # per index along slice_axis: 99th percentile of the
     #                                                anomaly map over the slice's brain voxels; None without brain
+    brain: np.ndarray | None = None  # bool, input's array layout: the brain mask the scores are over
 
 
 def scored_slices(grid_mask: torch.Tensor, slice_mm: float, spacing_mm: float) -> torch.Tensor:
@@ -390,6 +391,6 @@ def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None 
                          slice_scores(prepared, scores.bpd, scored), thr, scores.nfe,
                          time.perf_counter() - t0, str(dev),
                          scores.nfe_reconstruction * model.config.localisation.n_reconstructions,
-                         slice_map_scores(prepared, anomaly))
+                         slice_map_scores(prepared, anomaly), prepared.geometry.from_canonical(prepared.brain))
     report(1.0, "done")
     return result

@@ -8,6 +8,7 @@ anomalous slices (index along the input's axial axis, see ``figure.most_anomalou
 scoring took, the device, the preset, and the model's name and version (the first 12 hex digits of its
 weights' SHA-256, which changes whenever the weights do).
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,22 +21,49 @@ from typing import Any
 
 import numpy as np
 
-from . import volume_io
+from . import atomic_write
 from .figure import most_anomalous_slices
 
-COLUMNS = ("input", "status", "volume_score_bpd", "anomalous_volume_ml", "map_max", "map_p99",
-           "most_anomalous_slices", "seconds", "device", "preset", "model", "model_version")
+COLUMNS = (
+    "input",
+    "status",
+    "volume_score_bpd",
+    "anomalous_volume_ml",
+    "map_max",
+    "map_p99",
+    "most_anomalous_slices",
+    "seconds",
+    "device",
+    "preset",
+    "model",
+    "model_version",
+)
 #: Report keys copied into a row unchanged (the rest: input, status, model_version).
-REPORT_KEYS = ("volume_score_bpd", "anomalous_volume_ml", "map_max", "map_p99", "most_anomalous_slices",
-               "seconds", "device", "preset", "model")
+REPORT_KEYS = (
+    "volume_score_bpd",
+    "anomalous_volume_ml",
+    "map_max",
+    "map_p99",
+    "most_anomalous_slices",
+    "seconds",
+    "device",
+    "preset",
+    "model",
+)
 SUMMARY_FILES = ("summary.csv", "summary.json")
 PENDING = "pending"
 OK = "ok"
 
 
-def map_statistics(anomaly_map: np.ndarray, label: np.ndarray, brain: np.ndarray,
-                   spacing_mm: Sequence[float], slice_anomaly_scores: Sequence[float | None],
-                   slice_mm: float, n_slices: int = 3) -> dict[str, Any]:
+def map_statistics(
+    anomaly_map: np.ndarray,
+    label: np.ndarray,
+    brain: np.ndarray,
+    spacing_mm: Sequence[float],
+    slice_anomaly_scores: Sequence[float | None],
+    slice_mm: float,
+    n_slices: int = 3,
+) -> dict[str, Any]:
     """The report's scan statistics.
 
     anomalous_volume_ml = (number of label voxels) * prod(spacing_mm) / 1000;
@@ -45,7 +73,9 @@ def map_statistics(anomaly_map: np.ndarray, label: np.ndarray, brain: np.ndarray
     ``anomaly_map``, ``label`` and ``brain`` share one array layout; ``slice_mm``: the axial spacing (mm).
     """
     if not (anomaly_map.shape == label.shape == brain.shape):
-        raise ValueError(f"map {anomaly_map.shape}, label {label.shape} and brain {brain.shape} differ in shape")
+        raise ValueError(
+            f"map {anomaly_map.shape}, label {label.shape} and brain {brain.shape} differ in shape"
+        )
     values = np.asarray(anomaly_map, dtype=np.float64)[np.asarray(brain, dtype=bool)]
     voxel_ml = float(np.prod(np.asarray(spacing_mm, dtype=np.float64))) / 1000.0
     return {
@@ -61,8 +91,9 @@ def model_version(weights_sha256: str | None) -> str | None:
     return weights_sha256[:12] if weights_sha256 else None
 
 
-def summary_row(input_path: str | os.PathLike, report: Mapping[str, Any] | None = None,
-                error: str | None = None) -> dict[str, Any]:
+def summary_row(
+    input_path: str | os.PathLike, report: Mapping[str, Any] | None = None, error: str | None = None
+) -> dict[str, Any]:
     """One row: from a scored input's ``report``, or for an input that failed with ``error`` (one line),
     or (neither) for an input not scored yet (status ``pending``)."""
     if report is not None and error is not None:
@@ -93,21 +124,26 @@ def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:
 def to_json(rows: Sequence[Mapping[str, Any]]) -> str:
     """The rows as strict JSON: ``{"inputs": n, "ok": k, "failed": f, "pending": p, "rows": [...]}``."""
     statuses = [r["status"] for r in rows]
-    data = {"inputs": len(rows), "ok": statuses.count(OK), "pending": statuses.count(PENDING),
-            "failed": sum(s not in (OK, PENDING) for s in statuses),
-            "rows": [{c: r.get(c) for c in COLUMNS} for r in rows]}
+    data = {
+        "inputs": len(rows),
+        "ok": statuses.count(OK),
+        "pending": statuses.count(PENDING),
+        "failed": sum(s not in (OK, PENDING) for s in statuses),
+        "rows": [{c: r.get(c) for c in COLUMNS} for r in rows],
+    }
     return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
 
-def write_summary(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
-                  protect: Iterable[str | os.PathLike] = ()) -> tuple[Path, Path]:
-    """Write summary.csv and summary.json into ``out_dir``, each atomically (a reader sees the previous
-    or the new file, never a part); never over one of ``protect`` (the inputs)."""
+def write_summary(
+    rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, protect: Iterable[str | os.PathLike] = ()
+) -> tuple[Path, Path]:
+    """Write summary.csv and summary.json into ``out_dir`` (created), each atomically (a reader sees the
+    previous or the new file, never a part); never over one of ``protect`` (the inputs)."""
     out = Path(out_dir)
     protect = list(protect)
     paths = (out / SUMMARY_FILES[0], out / SUMMARY_FILES[1])
-    volume_io.write_bytes_atomic(to_csv(rows).encode(), paths[0], protect=protect)
-    volume_io.write_bytes_atomic(to_json(rows).encode(), paths[1], protect=protect)
+    atomic_write.write_bytes(paths[0], to_csv(rows).encode(), protect, create_folder=True)
+    atomic_write.write_bytes(paths[1], to_json(rows).encode(), protect, create_folder=True)
     return paths
 
 

@@ -15,7 +15,7 @@ prints one JSON line, what torch sees in this interpreter ({"torch": "2.3.0", "c
 asks this instead of importing torch (and initialising CUDA) in Slicer's own process.
 
 Outputs, all or none (outputs.score_to_files, the same engine as ``anodode score``): DIR/anomaly.nrrd
-(float32), DIR/label.nrrd (uint8, both on the input's grid), DIR/overlay.png and DIR/report.json (written
+(float32), DIR/label.nrrd (uint8, both on the input's grid), DIR/figure.png (figure.py) and DIR/report.json (written
 last). SIGTERM/SIGINT stop the worker promptly; nothing of this run's output set is left behind.
 
 This module imports nothing heavy at import time (no torch), so a host such as Slicer can import the
@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-OUTPUT_FILES = {"anomaly": "anomaly.nrrd", "label": "label.nrrd", "overlay": "overlay.png", "report": "report.json"}
+OUTPUT_FILES = {"anomaly": "anomaly.nrrd", "label": "label.nrrd", "figure": "figure.png", "report": "report.json"}
 DEVICES = ("auto", "cpu", "cuda")
 PRESET_NAMES = ("fast", "standard", "exact")   # mirrors pipeline.PRESETS; checked against it at run time
 EXIT_ERROR = 1
@@ -140,7 +140,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m AnoDODELib.worker", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="3-D scan (any SimpleITK format)")
-    p.add_argument("--output-dir", required=True, help="folder for anomaly.nrrd, label.nrrd, overlay.png, report.json")
+    p.add_argument("--output-dir", required=True, help="folder for anomaly.nrrd, label.nrrd, figure.png, report.json")
     p.add_argument("--mask", help="brain mask on the input's grid (non-zero = brain)")
     p.add_argument("--model", help="model bundle folder (default: the bundled model)")
     p.add_argument("--contrast", action="append", default=None, metavar="NAME=PATH",

@@ -11,6 +11,11 @@ from AnoDODELib.bundle import load_model
 from AnoDODELib.cli import main, output_stem
 
 
+def only_summary(out) -> bool:
+    """The output folder holds nothing but (maybe) the batch summary."""
+    return not out.exists() or {p.name for p in out.iterdir()} <= {"summary.csv", "summary.json"}
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "AnoDODELib.cli", *map(str, args)], capture_output=True,
                           text=True, encoding="utf-8", errors="replace", timeout=300)   # whatever the locale
@@ -37,7 +42,8 @@ def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     stem = "phantom"
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted(f"{stem}_{k}" for k in ("anomaly.nii.gz", "label.nii.gz", "report.json", "overlay.png"))
+    assert files == sorted([f"{stem}_{k}" for k in ("anomaly.nii.gz", "label.nii.gz", "report.json", "figure.png")]
+                           + ["summary.csv", "summary.json"])
     ref = sitk.ReadImage(str(phantom_file))
     for name, pixel in (("anomaly", sitk.sitkFloat32), ("label", sitk.sitkUInt8)):
         img = sitk.ReadImage(str(out / f"{stem}_{name}.nii.gz"))
@@ -70,7 +76,7 @@ def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
     assert report["nfe_reconstruction"] == 2 * loc.reconstruction_steps * loc.n_reconstructions
     anomaly = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{stem}_anomaly.nii.gz")))
     assert np.array_equal(label, (anomaly > report["threshold"]).astype(np.uint8))
-    assert (out / f"{stem}_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / f"{stem}_figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_threshold_override(phantom_file, tiny_model_dir, tmp_path):
@@ -131,7 +137,10 @@ def test_bad_input_one_line_error_and_no_files(kind, phantom_file, tiny_model_di
     assert r.returncode == 1
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("anodode: error:")]
     assert len(lines) == 1, r.stderr
-    assert not out.exists() or not any(out.iterdir())
+    assert only_summary(out)
+    rows = json.loads((out / "summary.json").read_text())["rows"]   # the failed input's row: its error line
+    assert [(row["input"], row["status"]) for row in rows] == [(str(bad), lines[0][len("anodode: error: "):])]
+    assert rows[0]["volume_score_bpd"] is None and rows[0]["model"] is None
 
 
 def test_mask_on_another_grid_is_refused(phantom_file, tiny_model_dir, tmp_path):
@@ -144,7 +153,7 @@ def test_mask_on_another_grid_is_refused(phantom_file, tiny_model_dir, tmp_path)
     out = tmp_path / "out"
     r = run_cli("score", phantom_file, "--mask", mpath, "--model", tiny_model_dir, "--output-dir", out, "--quiet")
     assert r.returncode == 1 and "error" in r.stderr
-    assert not out.exists() or not any(out.iterdir())
+    assert only_summary(out)
 
 
 def test_incompatible_model_bundle(phantom_file, tiny_model_dir, tmp_path):
@@ -205,3 +214,101 @@ def test_a_folder_of_images_means_every_image_in_it(tmp_path):
     assert inputs == [single, study / "a.nrrd", study / "b.nii.gz", study / "c.NII", study / "d.mha", dicom]
     assert expanded == [study]
     assert expand_inputs([Path("missing_dir")]) == ([Path("missing_dir")], [])
+
+
+def _mask_file(image_path, path):
+    img = sitk.ReadImage(str(image_path))
+    mask = sitk.GetImageFromArray((sitk.GetArrayFromImage(img) > 0).astype(np.uint8))
+    mask.CopyInformation(img)
+    sitk.WriteImage(mask, str(path))
+    return path
+
+
+def test_batch_summary_rows_are_the_reports_values(phantom_file, tiny_model_dir, tmp_path):
+    import csv
+    import hashlib
+    import shutil
+
+    from AnoDODELib.figure import N_SLICES, figure_size_px, most_anomalous_slices
+    from AnoDODELib.summary import COLUMNS
+    other = tmp_path / "b" / "other.nrrd"
+    other.parent.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(phantom_file)), str(other))
+    missing = tmp_path / "missing.nii.gz"
+    mask = _mask_file(phantom_file, tmp_path / "mask.nii.gz")
+    out = tmp_path / "out"
+    shutil.copy(mask, tmp_path / "mask2.nii.gz")
+    r = run_cli("score", phantom_file, missing, other, "--mask", mask, "--mask", mask, "--mask",
+                tmp_path / "mask2.nii.gz", "--model", tiny_model_dir, "--output-dir", out, "--device", "cpu",
+                "--preset", "fast", "--quiet")
+    assert r.returncode == 1                                   # one input failed
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("anodode: error:")]
+    assert len(errors) == 1 and str(missing) in errors[0]
+    data = json.loads((out / "summary.json").read_text())
+    assert (data["inputs"], data["ok"], data["failed"], data["pending"]) == (3, 2, 1, 0)
+    rows = data["rows"]
+    assert [row["input"] for row in rows] == [str(phantom_file), str(missing), str(other)]
+    assert rows[1]["status"] == errors[0][len("anodode: error: "):]
+    assert all(rows[1][c] is None for c in COLUMNS if c not in ("input", "status"))
+    brain = sitk.GetArrayFromImage(sitk.ReadImage(str(mask))) > 0
+    version = hashlib.sha256((tiny_model_dir / "weights.pt").read_bytes()).hexdigest()[:12]
+    for row, stem in ((rows[0], "phantom"), (rows[2], "other")):
+        report = json.loads((out / f"{stem}_report.json").read_text())
+        assert row["status"] == "ok"
+        for key in ("volume_score_bpd", "anomalous_volume_ml", "map_max", "map_p99", "most_anomalous_slices",
+                    "seconds", "device", "preset", "model", "model_version"):
+            assert row[key] == report[key], key
+        # the report's values against the written files (the --mask is the brain)
+        image = sitk.ReadImage(report["outputs"]["anomaly"])
+        amap = sitk.GetArrayFromImage(image).astype(np.float64)
+        label = sitk.GetArrayFromImage(sitk.ReadImage(report["outputs"]["label"]))
+        assert report["anomalous_volume_ml"] == pytest.approx(label.sum() * np.prod(image.GetSpacing()) / 1000)
+        assert report["map_max"] == amap.max()
+        assert report["map_p99"] == pytest.approx(np.quantile(amap[brain], 0.99), rel=1e-9)
+        slices = report["most_anomalous_slices"]
+        scores = report["slice_anomaly_scores"]
+        assert len(slices) == 3 and slices[0] == int(np.nanargmax(np.array(scores, dtype=float)))
+        assert report["model_version"] == version and report["preset"] == "fast" and report["device"] == "cpu"
+        png = (out / f"{stem}_figure.png").read_bytes()
+        assert report["outputs"]["figure"] == str(out / f"{stem}_figure.png") and b"Matplotlib" in png[:200]
+        sitk_png = sitk.ReadImage(str(out / f"{stem}_figure.png"))
+        n = len(most_anomalous_slices(scores, N_SLICES, image.GetSpacing()[2]))
+        assert sitk_png.GetSize() == figure_size_px(n)
+    with open(out / "summary.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [t["status"] for t in table] == [row["status"] for row in rows]
+    assert float(table[0]["map_p99"]) == rows[0]["map_p99"]
+    assert table[2]["most_anomalous_slices"] == ";".join(map(str, rows[2]["most_anomalous_slices"]))
+
+
+def test_a_folder_input_scores_every_image_in_it(phantom_file, tiny_model_dir, tmp_path):
+    import shutil
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copy(phantom_file, study / "a.nii.gz")
+    sitk.WriteImage(sitk.ReadImage(str(phantom_file)), str(study / "b.nrrd"))
+    (study / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    r = run_cli("score", study, "--model", tiny_model_dir, "--output-dir", out, "--preset", "fast", "--quiet")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [(row["input"], row["status"]) for row in rows] == [(str(study / "a.nii.gz"), "ok"),
+                                                               (str(study / "b.nrrd"), "ok")]
+    assert (out / "a_report.json").is_file() and (out / "b_report.json").is_file()
+    assert main(["score", str(study), "--mask", str(phantom_file), "--model", str(tiny_model_dir),
+                 "--output-dir", str(tmp_path / "o2")]) == 2
+
+
+def test_figure_without_matplotlib_is_plain_with_one_notice(phantom_file, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    code = ("import sys; sys.modules['matplotlib'] = None; from AnoDODELib.cli import main; "
+            f"sys.exit(main(['score', {str(phantom_file)!r}, '--model', {str(tiny_model_dir)!r}, "
+            f"'--output-dir', {str(out)!r}, '--preset', 'fast', '--quiet']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    notices = [ln for ln in r.stderr.splitlines() if "matplotlib is not installed" in ln]
+    assert len(notices) == 1
+    png = (out / "phantom_figure.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and b"Matplotlib" not in png
+    img = sitk.ReadImage(str(out / "phantom_figure.png"))
+    assert img.GetNumberOfComponentsPerPixel() == 3 and img.GetSize()[0] > img.GetSize()[1] / 4

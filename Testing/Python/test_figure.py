@@ -1,4 +1,5 @@
 """The per-scan figure: slice choice, slice positions, radiological orientation, and both renderers."""
+
 import logging
 import sys
 
@@ -54,20 +55,21 @@ def test_slice_positions_are_the_superior_coordinate_of_each_canonical_slice():
 @pytest.mark.parametrize("storage", ["LPS", "RAS", "LAS", "PIR", "ASL"])
 def test_tiles_are_radiological_whatever_the_storage(storage):
     """A marker at the patient's left and front appears on the tile's right half and upper half."""
-    arr = np.zeros((20, 24, 28), np.float32)          # LPS storage: (z, y, x) = (S, P, L)
-    arr[4:16, 4:20, 4:24] = 1.0                        # "brain"
-    arr[12:14, 6:8, 18:22] = 5.0                       # left (x high), anterior (y low), superior (z high)
+    arr = np.zeros((20, 24, 28), np.float32)  # LPS storage: (z, y, x) = (S, P, L)
+    arr[4:16, 4:20, 4:24] = 1.0  # "brain"
+    arr[12:14, 6:8, 18:22] = 5.0  # left (x high), anterior (y low), superior (z high)
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing((1.0, 1.2, 1.5))
     stored = sitk.DICOMOrient(img, storage)
     data = sitk.GetArrayFromImage(stored)
-    d = figure_input(stored, data, data > 4, 4.0, [1.0] * data.shape[volume_io.slice_geometry(stored).axes[0]],
-                     "units")
+    d = figure_input(
+        stored, data, data > 4, 4.0, [1.0] * data.shape[volume_io.slice_geometry(stored).axes[0]], "units"
+    )
     s, r, c = np.argwhere(d.scan == 5.0).mean(axis=0)
     h, w = d.scan.shape[1:]
-    assert c > w / 2 and r < h / 2                      # patient left -> image right; anterior -> top
-    assert s > d.scan.shape[0] / 2                      # slices run inferior -> superior
-    axis = volume_io.slice_geometry(stored).axes[0]     # the titles' slice index is the stored array's
+    assert c > w / 2 and r < h / 2  # patient left -> image right; anterior -> top
+    assert s > d.scan.shape[0] / 2  # slices run inferior -> superior
+    axis = volume_io.slice_geometry(stored).axes[0]  # the titles' slice index is the stored array's
     assert d.slice_index[[12, 13]].mean() == np.argwhere(data == 5.0)[:, axis].mean()
     assert d.pixel_mm == (1.2, 1.0) and d.slice_mm == 1.5
     assert np.all(np.diff(d.slice_position_mm) > 0)
@@ -81,10 +83,20 @@ def _data(n_slices=10, with_label=True) -> FigureInput:
     anomaly[:, 10:30, 5:25] = rng.uniform(0, 1, (n_slices, 20, 20))
     anomaly[3:6, 15:20, 10:16] = 3.0 + np.arange(3)[:, None, None]
     scores = np.quantile(anomaly.reshape(n_slices, -1), 0.99, axis=1)
-    return FigureInput(scan=scan, anomaly=anomaly, label=(anomaly > 1.5) & with_label, threshold=1.5,
-                       slice_scores=scores, slice_index=np.arange(n_slices),
-                       slice_position_mm=2.0 * np.arange(n_slices), pixel_mm=(1.0, 1.0), slice_mm=2.0,
-                       units="squared residual", title="case", subtitle="volume score 1 bpd")
+    return FigureInput(
+        scan=scan,
+        anomaly=anomaly,
+        label=(anomaly > 1.5) & with_label,
+        threshold=1.5,
+        slice_scores=scores,
+        slice_index=np.arange(n_slices),
+        slice_position_mm=2.0 * np.arange(n_slices),
+        pixel_mm=(1.0, 1.0),
+        slice_mm=2.0,
+        units="squared residual",
+        title="case",
+        subtitle="volume score 1 bpd",
+    )
 
 
 @pytest.mark.parametrize("n", [1, 4, 5])
@@ -92,14 +104,14 @@ def test_matplotlib_figure_size(n, tmp_path):
     pytest.importorskip("matplotlib")
     png = render_png(_data(), n_slices=n)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert b"Matplotlib" in png[:200]                   # the writer's Software text chunk
+    assert b"Matplotlib" in png[:200]  # the writer's Software text chunk
     rows, cols = png_array(png, tmp_path).shape[:2]
     assert (cols, rows) == figure.figure_size_px(n)
     assert figure.figure_size_px(5)[1] > figure.figure_size_px(4)[1] == figure.figure_size_px(3)[1]
 
 
 def test_without_matplotlib_a_plain_image_and_one_notice(monkeypatch, caplog, tmp_path):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)    # import matplotlib now raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     data = _data()
     with caplog.at_level(logging.WARNING):
         png = render_png(data, n_slices=3)
@@ -110,16 +122,16 @@ def test_without_matplotlib_a_plain_image_and_one_notice(monkeypatch, caplog, tm
     # crop: content rows 10..29, cols 5..24 plus a 4-voxel margin -> 28 x 28 tiles; 3 rows, 2 tiles + 4 px gap
     assert rgb.shape == (3 * 28 + 2 * 4, 2 * 28 + 4, 3)
     chosen = most_anomalous_slices(data.slice_scores, 3, data.slice_mm)
-    assert chosen[0] == 5                     # the highest planted values
-    assert any(not (data.anomaly[k] > data.threshold).any() for k in chosen)   # and a slice without label
+    assert chosen[0] == 5  # the highest planted values
+    assert any(not (data.anomaly[k] > data.threshold).any() for k in chosen)  # and a slice without label
     for row, k in enumerate(chosen):
         top = row * 32
-        plain, over = rgb[top:top + 28, :28].astype(int), rgb[top:top + 28, 32:].astype(int)
-        assert np.all(plain[..., 0] == plain[..., 1])   # the scan alone is grey
+        plain, over = rgb[top : top + 28, :28].astype(int), rgb[top : top + 28, 32:].astype(int)
+        assert np.all(plain[..., 0] == plain[..., 1])  # the scan alone is grey
         above = data.anomaly[k, 6:34, 1:29] > data.threshold
         outline = np.all(over == (0, 255, 255), axis=-1)
         assert outline.any() == above.any() and np.all(above[outline])  # the outline lies on labelled voxels
-        assert np.array_equal(over[~above], plain[~above])     # transparent at or below the threshold
+        assert np.array_equal(over[~above], plain[~above])  # transparent at or below the threshold
         assert np.all(np.any(over[above & ~outline] != plain[above & ~outline], axis=-1))
 
 

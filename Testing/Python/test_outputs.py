@@ -22,6 +22,8 @@ from AnoDODELib.outputs import OUTPUT_KINDS, OutputSet, ScanInputs, score_to_fil
 
 REFERENCE = Path(__file__).parent / "data" / "scoring_reference"
 VOLATILE = ("input", "mask", "contrasts", "model_dir", "seconds", "outputs")
+#: Report keys added after the reference was written (issue 15; values tested in test_cli.py).
+ADDED = {"map_units", "model_version", "anomalous_volume_ml", "map_max", "map_p99", "most_anomalous_slices"}
 #: Allowed difference of the phantom's map from the reference where float arithmetic differs (another CPU).
 #: On the machine that wrote the reference the maps are bit-identical (asserted by the real-case test).
 MAP_ATOL = 1e-5
@@ -41,6 +43,12 @@ def digest(a: np.ndarray) -> str:
 
 def stable(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in VOLATILE}
+
+
+def as_referenced(report: dict) -> dict:
+    """The stable keys the reference has (the added ones checked to be exactly ``ADDED``)."""
+    assert report.keys() - reference()["phantom"]["report"].keys() - set(VOLATILE) == ADDED
+    return {k: v for k, v in stable(report).items() if k not in ADDED}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +73,7 @@ def test_phantom_matches_the_reference(reference_model, phantom_path, tmp_path):
     label, ref_label = array(outputs.paths()["label"]), array(REFERENCE / "phantom_label.nii.gz")
     near = np.abs(ref_map - ref["report"]["threshold"]) <= MAP_ATOL
     assert np.array_equal(label[~near], ref_label[~near])
-    got, want = stable(report), ref["report"]
+    got, want = as_referenced(report), ref["report"]
     assert got.keys() == want.keys()
     for key, value in want.items():
         if key in ("volume_score_bpd", "slice_scores", "slice_anomaly_scores"):
@@ -74,8 +82,6 @@ def test_phantom_matches_the_reference(reference_model, phantom_path, tmp_path):
         elif key != "anomalous_voxels":
             assert got[key] == value, key
     assert abs(got["anomalous_voxels"] - want["anomalous_voxels"]) <= int(near.sum())
-    if np.array_equal(amap, ref_map):
-        assert hashlib.sha256(outputs.paths()["overlay"].read_bytes()).hexdigest() == ref["overlay_sha256"]
     assert json.loads(outputs.paths()["report"].read_text()) == report
 
 
@@ -85,10 +91,9 @@ def test_real_scan_is_bit_identical_to_the_reference(reference_model, tmp_path):
     ref = reference()[name]
     outputs = OutputSet.with_stem(tmp_path, "scan")
     report = score_to_files(ScanInputs(source), outputs, reference_model, device="cpu")
-    assert stable(report) == ref["report"]
+    assert as_referenced(report) == ref["report"]
     assert digest(array(outputs.paths()["anomaly"])) == ref["anomaly_sha256"]
     assert digest(array(outputs.paths()["label"])) == ref["label_sha256"]
-    assert hashlib.sha256(outputs.paths()["overlay"].read_bytes()).hexdigest() == ref["overlay_sha256"]
 
 
 def test_cli_and_worker_write_the_same_set_and_report(phantom_path, tmp_path, capsys):
@@ -104,10 +109,10 @@ def test_cli_and_worker_write_the_same_set_and_report(phantom_path, tmp_path, ca
     named = OutputSet.with_stem(tmp_path / "c", "phantom").paths()
     for kind in ("anomaly", "label"):
         assert np.array_equal(array(named[kind]), array(plain.paths()[kind]))
-    assert named["overlay"].read_bytes() == plain.paths()["overlay"].read_bytes()
+    assert named["figure"].read_bytes() == plain.paths()["figure"].read_bytes()
     from_cli, from_worker = (json.loads(p.read_text()) for p in (named["report"], plain.paths()["report"]))
     assert from_cli.keys() == from_worker.keys()
     assert stable(from_cli) == stable(from_worker)
     assert from_cli["anodode_version"] and from_cli["model_dir"] == from_worker["model_dir"] == model_dir
     assert set(from_worker["outputs"]) == set(OUTPUT_KINDS)
-    assert from_worker["outputs"]["overlay"] == str(plain.paths()["overlay"])
+    assert from_worker["outputs"]["figure"] == str(plain.paths()["figure"])

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "AnoDODE"))
 from AnoDODESlicerLib import child_process as AnoDODEProcess
 
 FLAIR = ("brats2012", "BRATS_HG0015", "BRATS_HG0015_FLAIR.mha")
-OUTPUTS = ("anomaly.nrrd", "label.nrrd", "overlay.png", "report.json")
+OUTPUTS = ("anomaly.nrrd", "label.nrrd", "figure.png", "report.json")
 
 
 def worker_env() -> dict:
