@@ -66,7 +66,10 @@ def assert_refused(code: int, lines: list[str], expected_code: int, *fragments: 
 
 
 def listing(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    """The folder's files less the batch summary (summary.csv/.json: a complete list of every input of the
+    batch, failed ones with their error, rewritten atomically after each input; see test_cli.py)."""
+    summary = {"summary.csv", "summary.json"}
+    return sorted(p.name for p in folder.iterdir() if p.name not in summary) if folder.exists() else []
 
 
 def with_voxels(src: Path, dst: Path, **where_value: float) -> Path:
