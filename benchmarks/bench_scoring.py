@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.presets.split(","):
         preset = PRESETS[name]
-        solver = dataclasses.replace(preset.likelihood, t_eps=model.config.solver.t_eps)
+        solver = dataclasses.replace(preset.likelihood, t_eps=model.config.sde.t_eps)
         frac = scored_fraction(preset)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.no_profile:
         std = PRESETS["standard"]
-        solver = dataclasses.replace(std.likelihood, t_eps=model.config.solver.t_eps)
+        solver = dataclasses.replace(std.likelihood, t_eps=model.config.sde.t_eps)
         prof = profile(model, y_std, ctx, dev, solver, std.reconstruction)
         prof = {k: v * scale * scored_fraction(std) for k, v in prof.items()}
         prof["preprocessing + I/O"] = t_prep + t_io

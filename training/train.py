@@ -31,7 +31,7 @@ from tqdm import tqdm
 from AnoDODELib import atomic_write, volume_io
 from AnoDODELib.bundle import AnoDODEModel, save_model
 from AnoDODELib.config import Calibration, ModelConfig, ScoreNetConfig, to_dict
-from AnoDODELib.pipeline import PreparedVolume, canonical_slice_scores, maps_from_scores, score_prepared
+from AnoDODELib.pipeline import PreparedVolume, maps_from_scores, score_prepared
 
 from . import cache
 from .baselines import GaussianBaseline
@@ -279,18 +279,12 @@ def calibrate(model: AnoDODEModel, loaded: list[LoadedCase], quantile: float, de
               ) -> Calibration:
     """Threshold = the ``quantile`` of voxel anomaly scores over normal voxels of the given cases, as the
     ``standard`` preset scores them (the preset ``anodode score`` uses by default)."""
-    values, slice_bpd = [], []
+    values = []
     for lc in loaded:
         scores, scored = score_prepared(model, lc.prepared, "standard", device=device)
         amap = lc.prepared.geometry.to_canonical(maps_from_scores(lc.prepared, scores, model, scored=scored))
         values.append(amap[lc.healthy_full])
-        per_slice = canonical_slice_scores(lc.prepared, scores.bpd, scored)
-        normal_slices = lc.healthy_grid.flatten(1).sum(1) == lc.prepared.grid_mask.flatten(1).sum(1)
-        slice_bpd += [v for v, ok in zip(per_slice, normal_slices.tolist()) if ok and v is not None]
-    v = np.concatenate(values)
-    sb = np.asarray(slice_bpd) if slice_bpd else np.zeros(1)
-    return Calibration(threshold=float(np.quantile(v, quantile)), quantile=quantile,
-                       slice_score_mean_bpd=float(sb.mean()), slice_score_std_bpd=float(sb.std() + 1e-6))
+    return Calibration(threshold=float(np.quantile(np.concatenate(values), quantile)), quantile=quantile)
 
 
 def train(cases: list[Case], model_cfg: ModelConfig, tc: TrainConfig, device: str = "cpu",

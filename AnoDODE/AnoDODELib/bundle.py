@@ -20,7 +20,23 @@ from .sde import VPSDE
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+#: How a model.json of format N becomes format N + 1: a table of steps on dotted paths, applied in order.
+#:   ("move", src, dst)       the value at src moves to dst (absent src: nothing to do)
+#:   ("drop", path, reason)   the value at path is removed (a field no longer stored)
+#:   ("default", path, value) path is set to value where absent: a field added to a config dataclass whose
+#:                            default is not what older bundles computed gets its old behaviour here
+#: A field added later with a default that reproduces what older bundles did needs no step: from_dict fills
+#: in defaults. Bump FORMAT_VERSION and add a row only when old files would otherwise load wrongly.
+MIGRATIONS: dict[int, tuple[tuple[str, str, Any], ...]] = {
+    1: (
+        ("move", "config.solver.t_eps", "config.sde.t_eps"),
+        ("drop", "config.solver", "the scoring preset chooses the ODE solvers"),
+        ("drop", "config.calibration.slice_score_mean_bpd", "never read"),
+        ("drop", "config.calibration.slice_score_std_bpd", "never read"),
+    ),
+}
 DEFAULT_MODEL_NAME = "anodode-flair-brats"
 
 
@@ -76,6 +92,47 @@ def save_model(model: AnoDODEModel, directory: str | os.PathLike, training: dict
     return directory
 
 
+def _parent(meta: dict[str, Any], path: str, create: bool) -> tuple[dict[str, Any] | None, str]:
+    *sections, key = path.split(".")
+    node: Any = meta
+    for section in sections:
+        if not isinstance(node, dict):
+            return None, key
+        if section not in node and create:
+            node[section] = {}
+        node = node.get(section)
+    return (node if isinstance(node, dict) else None), key
+
+
+def migrate(meta: dict[str, Any]) -> dict[str, Any]:
+    """A model.json dict of any known format version brought to ``FORMAT_VERSION`` through ``MIGRATIONS``
+    (a new dict; ``meta`` is not changed). ``BundleError`` for an unknown version."""
+    out = json.loads(json.dumps(meta))
+    version = out.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise BundleError(f"format version {version!r}; this AnoDODE reads versions 1 to {FORMAT_VERSION}")
+    while version < FORMAT_VERSION:
+        for op, path, arg in MIGRATIONS[version]:
+            parent, key = _parent(out, path, create=op == "default")
+            if op == "move":
+                if parent is not None and key in parent:
+                    target, target_key = _parent(out, arg, create=True)
+                    if target is None:
+                        raise BundleError(f"cannot migrate {path} to {arg}: {arg.rsplit('.', 1)[0]} is not an object")
+                    target.setdefault(target_key, parent.pop(key))
+            elif op == "drop":
+                if parent is not None:
+                    parent.pop(key, None)
+            elif op == "default":
+                if parent is not None:
+                    parent.setdefault(key, arg)
+            else:
+                raise ValueError(f"unknown migration step {op!r}")
+        version += 1
+        out["format_version"] = version
+    return out
+
+
 def load_model(path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> AnoDODEModel:
     """Load a bundle folder (default: the bundled model). Raises ``BundleError`` with a one-line reason."""
     directory = Path(path) if path is not None else default_model_dir()
@@ -90,10 +147,10 @@ def load_model(path: str | os.PathLike | None = None, map_location: str | torch.
         raise BundleError(f"{meta_path} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path} must hold a JSON object (got {type(meta).__name__})")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"model bundle {directory} has format version {version!r}; "
-                          f"this AnoDODE reads version {FORMAT_VERSION}")
+    try:
+        meta = migrate(meta)
+    except BundleError as exc:
+        raise BundleError(f"model bundle {directory} has {exc}") from None
     if "config" not in meta:
         raise BundleError(f"{meta_path} has no config")
     try:
@@ -112,9 +169,6 @@ def load_model(path: str | os.PathLike | None = None, map_location: str | torch.
     weights_path = directory / weights_info["file"]
     if not weights_path.resolve().is_relative_to(directory.resolve()):
         raise BundleError(f"{meta_path}: weights.file {weights_info['file']!r} lies outside the bundle folder")
-    if config.score_net.channels != config.features.channels:
-        raise BundleError(f"{meta_path}: the score network takes {config.score_net.channels} channels but the "
-                          f"features have {config.features.channels}")
     if not weights_path.is_file():
         raise BundleError(f"model bundle {directory} is missing {weights_info['file']}")
     try:

@@ -69,7 +69,6 @@ class PreprocessConfig:
     in_plane_spacing_mm: float = 2.0
     clip_z: float = 6.0
 
-
     def __post_init__(self) -> None:
         _real(self.in_plane_spacing_mm, "in_plane_spacing_mm", above=0.0)
         _real(self.clip_z, "clip_z", above=0.0)
@@ -120,31 +119,43 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class SDEConfig:
-    """Variance-preserving SDE  dx = -1/2 beta(t) x dt + sqrt(beta(t)) dW,  beta linear in t in [0, 1]."""
+    """Variance-preserving SDE  dx = -1/2 beta(t) x dt + sqrt(beta(t)) dW,  beta linear in t in [0, 1].
+
+    t_eps: the smallest diffusion time used: every ODE (likelihood and reconstruction) is integrated
+        over [t_eps, 1] (or [t_eps, t_start]), as the score is singular at t = 0.
+    """
 
     beta_min: float = 0.1
     beta_max: float = 20.0
-
+    t_eps: float = 1e-3
 
     def __post_init__(self) -> None:
         _real(self.beta_min, "beta_min", above=0.0)
         _real(self.beta_max, "beta_max", above=self.beta_min)
+        _real(self.t_eps, "t_eps", above=0.0, below=1.0)
 
 
 @dataclass(frozen=True)
 class ScoreNetConfig:
-    """Pointwise epsilon-prediction network (an MLP applied at every feature location)."""
+    """Pointwise epsilon-prediction network (an MLP applied at every feature location).
 
-    channels: int = 3
-    cond_channels: int = 4
+    channels, cond_channels: the widths of its feature and context inputs. Inside a :class:`ModelConfig`
+        they are set from ``features`` (``FeatureConfig.channels`` / ``cond_channels``); a stand-alone network
+        needs them given.
+    hidden, layers: MLP width and number of hidden layers. time_embedding: width of the Fourier time embedding.
+    """
+
+    channels: int | None = None
+    cond_channels: int | None = None
     hidden: int = 64
     layers: int = 3
     time_embedding: int = 16
 
-
     def __post_init__(self) -> None:
-        _integer(self.channels, "channels", 1)
-        _integer(self.cond_channels, "cond_channels", 0)
+        if self.channels is not None:
+            _integer(self.channels, "channels", 1)
+        if self.cond_channels is not None:
+            _integer(self.cond_channels, "cond_channels", 0)
         _integer(self.hidden, "hidden", 1)
         _integer(self.layers, "layers", 1)
         _integer(self.time_embedding, "time_embedding", 2)
@@ -157,7 +168,8 @@ class SolverConfig:
     method: a ``torchdiffeq.odeint`` method name; fixed-step methods use ``steps`` uniform steps.
     divergence: "exact" (trace by one VJP per channel) or "hutchinson".
     n_probes: Hutchinson probes averaged (ignored for "exact").
-    t_eps: the ODE is integrated over [t_eps, 1] to avoid the singular score at t = 0.
+    t_eps: the ODE is integrated over [t_eps, 1] to avoid the singular score at t = 0 (a model's own value
+        is ``SDEConfig.t_eps``; the scoring presets of pipeline.py copy it in).
     """
 
     method: str = "rk4"
@@ -167,7 +179,6 @@ class SolverConfig:
     divergence: str = "exact"
     n_probes: int = 1
     t_eps: float = 1e-3
-
 
     def __post_init__(self) -> None:
         _choice(self.method, "method", SOLVER_METHODS)
@@ -191,7 +202,8 @@ class LocalisationConfig:
     hyperintense_contrasts: the contrasts read as hyperintense by ``hyperintense_only``.
     t_start: diffusion time the features are noised to for the reconstruction.
     n_reconstructions: noise draws averaged for the reconstruction error.
-    reconstruction_steps: fixed RK4 steps of the ODE from t_start back to t_eps.
+    reconstruction_steps: fixed steps of the ODE from t_start back to t_eps; the solver is the scoring
+        preset's (``pipeline.Preset.reconstruction``: midpoint in "fast" and "standard", RK4 in "exact").
     smooth_mm: Gaussian sigma (mm) applied to the map on the model grid.
     """
 
@@ -202,7 +214,6 @@ class LocalisationConfig:
     n_reconstructions: int = 4
     reconstruction_steps: int = 4
     smooth_mm: float = 2.0
-
 
     def __post_init__(self) -> None:
         _choice(self.method, "method", LOCALISATIONS)
@@ -216,35 +227,55 @@ class LocalisationConfig:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Label threshold chosen on normal training tissue: the ``quantile`` of healthy voxel scores."""
+    """Label threshold chosen on normal training tissue: the ``quantile`` of healthy voxel scores.
+
+    threshold: in anomaly-map units (voxels above it are labelled). quantile: in (0, 1).
+    """
 
     threshold: float = 1.0
     quantile: float = 0.995
-    slice_score_mean_bpd: float = 0.0
-    slice_score_std_bpd: float = 1.0
-
 
     def __post_init__(self) -> None:
         _real(self.threshold, "threshold")
         _real(self.quantile, "quantile", above=0.0, below=1.0)
-        _real(self.slice_score_mean_bpd, "slice_score_mean_bpd")
-        _real(self.slice_score_std_bpd, "slice_score_std_bpd", above=0.0)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Everything that defines what a model computes, saved as ``config`` in model.json.
+
+    The ODE solvers are not part of it: the scoring preset (pipeline.PRESETS) chooses them. The score network's
+    input widths are always derived from ``features`` (whatever ``score_net`` holds is replaced, so
+    ``dataclasses.replace(cfg, features=...)`` keeps them in step); model.json does not store them.
+    """
+
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     sde: SDEConfig = field(default_factory=SDEConfig)
     score_net: ScoreNetConfig = field(default_factory=ScoreNetConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
     localisation: LocalisationConfig = field(default_factory=LocalisationConfig)
     calibration: Calibration = field(default_factory=Calibration)
 
+    def __post_init__(self) -> None:
+        for name, cls in _DATACLASS_FIELDS.items():
+            if not isinstance(getattr(self, name[1]), cls):
+                raise ValueError(f"{name[1]} must be a {cls.__name__} (got {type(getattr(self, name[1])).__name__})")
+        derived = {"channels": self.features.channels, "cond_channels": self.features.cond_channels}
+        object.__setattr__(self, "score_net", dataclasses.replace(self.score_net, **derived))
+
+
+#: ScoreNetConfig fields a ModelConfig derives from its features: not written to model.json.
+DERIVED_FIELDS = (("score_net", "channels"), ("score_net", "cond_channels"))
+
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a (nested) config dataclass; tuples become lists."""
-    return dataclasses.asdict(obj)
+    """A JSON-ready dict of a (nested) config dataclass; tuples become lists. A ModelConfig's derived fields
+    (``DERIVED_FIELDS``) are left out."""
+    out = dataclasses.asdict(obj)
+    if isinstance(obj, ModelConfig):
+        for section, name in DERIVED_FIELDS:
+            out[section].pop(name, None)
+    return out
 
 
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
@@ -284,7 +315,6 @@ _DATACLASS_FIELDS: dict[tuple[str, str], type] = {
     ("ModelConfig", "features"): FeatureConfig,
     ("ModelConfig", "sde"): SDEConfig,
     ("ModelConfig", "score_net"): ScoreNetConfig,
-    ("ModelConfig", "solver"): SolverConfig,
     ("ModelConfig", "localisation"): LocalisationConfig,
     ("ModelConfig", "calibration"): Calibration,
 }

@@ -220,7 +220,8 @@ def score_locations(model: AnoDODEModel, features: torch.Tensor, context: torch.
     config's meaning is RK4; "midpoint"/"euler" are cheaper approximations of the same ODE).
     """
     device = torch.device(device)
-    solver = solver or model.config.solver
+    if solver is None:
+        solver = dataclasses.replace(PRESETS["standard"].likelihood, t_eps=model.config.sde.t_eps)
     loc_cfg = model.config.localisation
     y_all = model.standardiser(features.float()).detach()
     context = context.float()
@@ -311,7 +312,7 @@ def score_prepared(model: AnoDODEModel, prepared: PreparedVolume, preset: str | 
     p = PRESETS[preset] if isinstance(preset, str) else preset
     keep = scored_slices(prepared.grid_mask, prepared.geometry.spacing_mm[0], p.slice_spacing_mm)
     feats, ctx = prepared.locations(prepared.grid_mask & keep[:, None, None])
-    solver = dataclasses.replace(p.likelihood, t_eps=model.config.solver.t_eps)
+    solver = dataclasses.replace(p.likelihood, t_eps=model.config.sde.t_eps)
     scores = score_locations(model, feats, ctx, solver=solver, device=device, callback=callback, seed=seed,
                              reconstruction_method=p.reconstruction)
     return scores, keep

@@ -55,6 +55,9 @@ class PointwiseScoreNet(nn.Module):
 
     def __init__(self, cfg: ScoreNetConfig) -> None:
         super().__init__()
+        if cfg.channels is None or cfg.cond_channels is None:
+            raise ValueError("ScoreNetConfig.channels and cond_channels must be given for a stand-alone network "
+                             "(a ModelConfig derives them from its features)")
         self.cfg = cfg
         self.time = FourierTime(cfg.time_embedding)
         width = cfg.channels + cfg.cond_channels + self.time.width

@@ -17,7 +17,8 @@ def test_round_trip_preserves_weights_and_config(tiny_model_dir, tmp_path):
         assert torch.equal(a, b), k
     meta = json.loads((out / "model.json").read_text())
     assert meta["format_version"] == FORMAT_VERSION
-    assert set(meta["config"]) >= {"preprocess", "features", "sde", "score_net", "solver", "calibration"}
+    assert set(meta["config"]) == {"preprocess", "features", "sde", "score_net", "localisation", "calibration"}
+    assert "channels" not in meta["config"]["score_net"] and "t_eps" in meta["config"]["sde"]
 
 
 def _copy(src, dst):

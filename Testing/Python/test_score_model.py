@@ -59,7 +59,7 @@ def test_bad_shapes_raise() -> None:
 
 
 def test_zero_init_gives_zero_output_and_zero_score() -> None:
-    net = PointwiseScoreNet(ScoreNetConfig())
+    net = PointwiseScoreNet(ScoreNetConfig(channels=3, cond_channels=4))
     x, c = torch.randn(6, 3), torch.randn(6, 4)
     assert torch.count_nonzero(net(x, torch.rand(6), c)) == 0
     assert torch.count_nonzero(score_fn(net, VPSDE(), c)(x, torch.tensor(0.2))) == 0
@@ -76,7 +76,7 @@ def test_time_embedding_values() -> None:
 
 def test_rows_are_independent() -> None:
     """Perturbing row i changes row i only, so the Jacobian of the batch is block diagonal."""
-    net = perturbed(PointwiseScoreNet(ScoreNetConfig(hidden=16, layers=2)))
+    net = perturbed(PointwiseScoreNet(ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2)))
     gen = torch.Generator().manual_seed(1)
     x, c, t = torch.randn(8, 3, generator=gen), torch.randn(8, 4, generator=gen), torch.rand(8, generator=gen)
     out = net(x, t, c)
@@ -91,7 +91,7 @@ def test_rows_are_independent() -> None:
 
 def test_score_fn_is_minus_eps_over_std() -> None:
     sde = VPSDE()
-    net = perturbed(PointwiseScoreNet(ScoreNetConfig(hidden=16, layers=2)).double())
+    net = perturbed(PointwiseScoreNet(ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2)).double())
     gen = torch.Generator().manual_seed(2)
     x, c = torch.randn(4, 3, generator=gen, dtype=torch.float64), torch.randn(4, 4, generator=gen, dtype=torch.float64)
     t = 0.37
@@ -148,6 +148,6 @@ def test_bundled_weights_load_strictly() -> None:
         pytest.skip(f"no bundled weights at {BUNDLE_WEIGHTS}")
     state = torch.load(BUNDLE_WEIGHTS, weights_only=True)
     net_state = {k[len("score_net."):]: v for k, v in state.items() if k.startswith("score_net.")}
-    net = PointwiseScoreNet(ScoreNetConfig())
+    net = PointwiseScoreNet(ScoreNetConfig(channels=3, cond_channels=4))
     net.load_state_dict(net_state, strict=True)
     torch.testing.assert_close(net_state["time.freqs"], FourierTime(16).freqs)
