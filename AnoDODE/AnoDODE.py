@@ -442,8 +442,10 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if top is not None:   # like the scan figure: show the most anomalous slice first
                     self.ui.scoreTableView.selectRow(top)
                     self.jumpToRow(top)
+                axis = int(run.report.get("slice_axis", 0))
                 warnings = (panel.engineWarnings(run.process.stderrLines)
-                            + panel.deviceWarnings(run.device, run.report, self._deviceInfo))
+                            + panel.deviceWarnings(run.device, run.report, self._deviceInfo)
+                            + panel.coverageWarnings(run.report, mrml.sliceSpacingMm(run.inputNode, axis)))
                 self.showMessages(warnings)
                 self.setStatus(panel.summary(run.report, len(warnings))
                                + (f" Showing slice {top}, the most anomalous." if top is not None else ""))
@@ -698,7 +700,8 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
                 raise RuntimeError(f"AnoDODE failed: {error}")
             outputs = self.loadResults(run, heatmapNode, segmentationNode, tableNode)
             outputs["report"] = run.report
-            outputs["warnings"] = panel.engineWarnings(run.process.stderrLines)
+            outputs["warnings"] = panel.engineWarnings(run.process.stderrLines) + panel.coverageWarnings(
+                run.report, mrml.sliceSpacingMm(inputNode, int(run.report.get("slice_axis", 0))))
             return outputs
         finally:
             run.cleanup()

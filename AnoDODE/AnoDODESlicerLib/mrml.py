@@ -450,3 +450,9 @@ def mostAnomalousRow(tableNode) -> int | None:
         if np.all(np.isnan(values)):
             return None
     return int(np.nanargmax(values))
+
+
+def sliceSpacingMm(volumeNode, sliceAxis: int) -> float:
+    """Distance in mm between neighbouring slices along numpy axis ``sliceAxis`` (IJK axis 2 - sliceAxis)."""
+    m = matrixToArray(ijkToRASMatrix(volumeNode))
+    return float(np.linalg.norm(m[:3, 2 - int(sliceAxis)]))

@@ -154,3 +154,20 @@ def hyperintenseRegion(flair, zMin: float = 2.0):
         raise ValueError("the scan has no non-zero voxels")
     mean, std = flair[brain].mean(), flair[brain].std()
     return brain & (flair > mean + zMin * std)
+
+
+# A whole adult brain spans roughly 120-170 mm head to foot; a scan whose scored brain slices span less than
+# this covers only part of it (a slab), so "no anomaly" says nothing about the rest.
+PARTIAL_COVERAGE_MM = 80.0
+
+
+def coverageWarnings(report: dict, sliceSpacingMm: float) -> list[str]:
+    """A warning when the slices with brain span less than ``PARTIAL_COVERAGE_MM`` along the slice axis."""
+    scored = [i for i, s in enumerate(report.get("slice_scores") or []) if s is not None]
+    if not scored or not sliceSpacingMm > 0:
+        return []
+    extent = (scored[-1] - scored[0] + 1) * float(sliceSpacingMm)
+    if extent >= PARTIAL_COVERAGE_MM:
+        return []
+    return [f"partial brain coverage: the slices with brain span {extent:.0f} mm (a whole brain is about "
+            f"120-170 mm), so regions outside the scan were not assessed"]

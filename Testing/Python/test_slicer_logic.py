@@ -396,3 +396,8 @@ def test_most_anomalous_row(scene, volume):
     assert M.mostAnomalousRow(M.updateScoreTable(scene, volume, report, table)) == 2   # else by bpd
     report["slice_scores"] = [None] * SHAPE[0]
     assert M.mostAnomalousRow(M.updateScoreTable(scene, volume, report, table)) is None
+
+
+def test_slice_spacing(volume):
+    for axis, spacing in ((0, SPACING[2]), (1, SPACING[1]), (2, SPACING[0])):   # numpy (K, J, I)
+        assert M.sliceSpacingMm(volume, axis) == pytest.approx(spacing)

@@ -219,3 +219,13 @@ def test_module_self_test_runs_the_bundled_model_on_a_real_flair(anodode_module,
     assert messages[-1] == "Test passed"
     image = sitk.ReadImage(str(flair))
     assert image.GetSize()   # the scan really was read
+
+
+def test_partial_coverage_warning():
+    report = {"slice_scores": [None] * 10 + [1.0] * 20 + [None] * 5}
+    assert panel.coverageWarnings(report, 5.0) == []          # 20 slices x 5 mm = 100 mm: enough
+    warning = panel.coverageWarnings(report, 3.0)             # 60 mm: a slab
+    assert len(warning) == 1 and "60 mm" in warning[0] and "partial brain coverage" in warning[0]
+    assert panel.coverageWarnings({"slice_scores": [None, None]}, 1.0) == []
+    assert panel.coverageWarnings({"slice_scores": [1.0, None, 1.0]}, 0.0) == []
+    assert "3 mm" in panel.coverageWarnings({"slice_scores": [1.0, None, 1.0]}, 1.0)[0]   # first to last slice
