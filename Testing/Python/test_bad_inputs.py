@@ -547,4 +547,12 @@ def test_fuzz_truncations_and_byte_flips(model_dir, tmp_path, capsys):
             assert listing(out) == [], (i, listing(out))
             outcomes["refused"] += 1
     assert outcomes["refused"] > 30, outcomes
+    raw = gzip.decompress(data)             # uncompressed NIfTI: no checksum, but every cut leaves data short
+    for i in range(10):
+        bad = tmp_path / f"u{i}" / "small.nii"
+        bad.parent.mkdir()
+        bad.write_bytes(raw[: int(rng.integers(0, len(raw)))])
+        code, lines = score(capsys, bad, "--model", model_dir, "--output-dir", tmp_path / f"uo{i}")
+        assert code == 1 and len(lines) == 1 and lines[0].startswith("anodode: error: "), (i, lines)
+        assert listing(tmp_path / f"uo{i}") == []
     assert time.monotonic() - start < 120
