@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO / "AnoDODE"))
 
 import SimpleITK as sitk
 
-from AnoDODELib import device as fast_ode
+from AnoDODELib import fast_ode
 from AnoDODELib.bundle import load_model
 from AnoDODELib.config import SolverConfig
 from AnoDODELib.likelihood import log_likelihood

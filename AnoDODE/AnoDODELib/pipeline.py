@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import device as fast_ode
+from . import fast_ode
 from . import volume_io
 from .anomaly_map import (
     hyperintense_channels,
@@ -46,7 +46,7 @@ class Preset:
     """How a scan is scored (``--preset``); the model's weights, features and localisation are the same in each.
 
     likelihood: the probability-flow ODE solver of the per-location bpd. Fixed-step methods run on the fused
-        evaluator of device.py (exact trace by forward-mode tangents, no autograd); adaptive ones on the
+        evaluator of fast_ode.py (exact trace by forward-mode tangents, no autograd); adaptive ones on the
         torchdiffeq path of likelihood.log_likelihood.
     reconstruction: the fixed-step method ("rk4", "midpoint", "euler") of the reconstruction ODE; t_start,
         steps and noise draws are the model's localisation settings.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torchdiffeq import odeint
 
-from .likelihood import ode_schedule
+from . import probability_flow as pf
 from .score_model import ScoreFn
 from .sde import VPSDE
 
@@ -32,10 +32,10 @@ def reconstruct(score_fn: ScoreFn, sde: VPSDE, x0: torch.Tensor, *, t_start: flo
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     elif noise.shape != x0.shape:
         raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
-    ts, kwargs = ode_schedule(method, t_start, t_eps, steps=steps, rtol=rtol, atol=atol, like=x0)
+    ts, kwargs = pf.ode_schedule(method, t_start, t_eps, steps=steps, rtol=rtol, atol=atol, like=x0)
 
     def dynamics(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return sde.probability_flow_drift(x, t, score_fn(x, t))
+        return pf.drift(sde, x, t, score_fn(x, t))
 
     with torch.no_grad():
         mean, std = sde.marginal_prob(x0, t_start)

@@ -93,8 +93,3 @@ class VPSDE:
         """log N(z; 0, I) in nats, summed over all non-batch dims of z (batch, ...) -> (batch,)."""
         d = z[0].numel()
         return -0.5 * d * math.log(2.0 * math.pi) - 0.5 * z.reshape(z.shape[0], -1).pow(2).sum(1)
-
-    def probability_flow_drift(self, x: torch.Tensor, t: Time, score: torch.Tensor) -> torch.Tensor:
-        """dx/dt = f(x, t) - 1/2 g(t)^2 score(x, t): the ODE whose marginals are those of the SDE."""
-        drift, g = self.sde(x, t)
-        return drift - 0.5 * g * g * score

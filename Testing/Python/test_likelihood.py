@@ -7,13 +7,8 @@ import pytest
 import torch
 
 from AnoDODELib.config import ScoreNetConfig, SolverConfig
-from AnoDODELib.likelihood import (
-    ADAPTIVE_METHODS,
-    FIXED_STEP_METHODS,
-    LikelihoodResult,
-    log_likelihood,
-    solver_kwargs,
-)
+from AnoDODELib.likelihood import LikelihoodResult, log_likelihood, solver_kwargs
+from AnoDODELib.probability_flow import ADAPTIVE_METHODS, FIXED_STEP_METHODS
 from AnoDODELib.score_model import PointwiseScoreNet, dsm_loss, score_fn
 from AnoDODELib.sde import VPSDE
 

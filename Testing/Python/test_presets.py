@@ -8,12 +8,12 @@ import logging
 import pytest
 import torch
 
-from AnoDODELib import device as fast_ode
-from AnoDODELib import pipeline
+from AnoDODELib import fast_ode, pipeline
 from AnoDODELib.bundle import load_model
 from AnoDODELib.config import SolverConfig
-from AnoDODELib.likelihood import DIVERGENCES, METHODS, log_likelihood
+from AnoDODELib.likelihood import DIVERGENCES, log_likelihood
 from AnoDODELib.pipeline import PRESETS, score_locations
+from AnoDODELib.probability_flow import METHODS
 from AnoDODELib.reconstruction import reconstruct
 from AnoDODELib.score_model import score_fn
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from AnoDODELib.config import SDEConfig
+from AnoDODELib.probability_flow import drift as drift_of
 from AnoDODELib.sde import VPSDE, append_dims
 
 DT = torch.float64
@@ -127,8 +128,8 @@ def test_probability_flow_drift_is_sde_drift_minus_half_g2_score() -> None:
     x = torch.randn(3, 4, dtype=DT, generator=torch.Generator().manual_seed(3))
     score = torch.randn(3, 4, dtype=DT, generator=torch.Generator().manual_seed(4))
     t = torch.tensor([0.1, 0.5, 0.9], dtype=DT)
-    drift, g = sde.sde(x, t)
-    torch.testing.assert_close(sde.probability_flow_drift(x, t, score), drift - 0.5 * g ** 2 * score)
+    f, g = sde.sde(x, t)
+    torch.testing.assert_close(drift_of(sde, x, t, score), f - 0.5 * g ** 2 * score)
 
 
 def test_probability_flow_transports_gaussian_marginals() -> None:
@@ -145,4 +146,37 @@ def test_probability_flow_transports_gaussian_marginals() -> None:
         dm, dv = da * mu, 2 * a * da * (s * s - 1)
         score = -(x - m) / v
         expected = dm + (x - m) * dv / (2 * v)
-        torch.testing.assert_close(sde.probability_flow_drift(x, t, score), expected)
+        torch.testing.assert_close(drift_of(sde, x, t, score), expected)
+
+
+def test_eps_form_of_the_drift_and_divergence_is_the_score_form() -> None:
+    """The fused path's eps-prediction drift/divergence equal the score form with s = -eps/std, bit for bit."""
+    from AnoDODELib import probability_flow as pf
+
+    sde = VPSDE()
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(5))
+    eps = torch.randn(64, 3, generator=torch.Generator().manual_seed(6))
+    for t in (1e-3, 0.3, 1.0):
+        beta, std = pf.coefficients(sde, t)
+        assert beta == pytest.approx(0.1 + 19.9 * t) and std == pytest.approx(math.sqrt(1 - closed_alpha(t) ** 2))
+        assert torch.equal(pf.eps_drift(x, eps, beta, std), (-0.5 * beta) * (x - eps / std))
+        assert torch.equal(pf.eps_drift(x, eps, beta, std), (-0.5 * beta) * (x + (-(eps / std))))
+        tr = torch.randn(64, generator=torch.Generator().manual_seed(7))
+        assert torch.equal(pf.eps_divergence(3, tr, beta, std), (-0.5 * beta) * (3 - tr / std))
+
+
+def test_exact_trace_of_a_linear_map_and_the_time_grid() -> None:
+    from AnoDODELib import probability_flow as pf
+
+    a = torch.tensor([[2.0, 1.0, 0.0], [0.5, -3.0, 1.0], [0.0, 4.0, 0.25]], dtype=DT)
+    x = torch.randn(5, 3, dtype=DT, generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        out, tr = pf.exact_trace(lambda v: v @ a.T + v ** 2, x)   # Jacobian A + diag(2 x)
+    torch.testing.assert_close(out, x @ a.T + x ** 2)
+    torch.testing.assert_close(tr, torch.full((5,), float(a.trace()), dtype=DT) + 2 * x.sum(1))
+    grid = pf.time_grid(1e-3, 1.0, 4, torch.zeros(1))
+    assert grid.dtype == torch.float32 and grid.tolist() == torch.linspace(1e-3, 1.0, 5).tolist()
+    ts, kw = pf.ode_schedule("dopri5", 0.5, 1e-3, steps=4, rtol=1e-4, atol=1e-6, like=torch.zeros(1, dtype=DT))
+    assert ts.tolist() == [0.5, 1e-3] and kw == {"method": "dopri5", "rtol": 1e-4, "atol": 1e-6}
+    with pytest.raises(ValueError, match="unknown ODE method"):
+        pf.ode_schedule("leapfrog", 0, 1, steps=1, rtol=1, atol=1, like=x)

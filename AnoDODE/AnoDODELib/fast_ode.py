@@ -1,15 +1,15 @@
-"""Fast execution of the per-location ODEs: a fused evaluator of the pointwise score network, fixed-step
-integrators (torchdiffeq.odeint on a fixed grid) that batch whole chunks (and all reconstruction draws) at once, and CUDA out-of-memory handling.
+"""Fast fixed-step solving of the per-location ODEs: a fused evaluator of the pointwise score network,
+fixed-step integrators (torchdiffeq.odeint on a fixed grid) that batch whole chunks (and all reconstruction
+draws) at once, and CUDA out-of-memory detection.
 
 What is computed is exactly what ``likelihood.log_likelihood`` and ``reconstruction.reconstruct`` compute
-(same equations, same Butcher tableaux as torchdiffeq's fixed-grid "euler", "midpoint" and "rk4", the
-latter being torchdiffeq's 3/8-rule RK4); only the way it is evaluated differs:
+(the drift, divergence and time grid of ``probability_flow``, the same Butcher tableaux as torchdiffeq's
+fixed-grid "euler", "midpoint" and "rk4", the latter being torchdiffeq's 3/8-rule RK4); only the way the
+network is evaluated differs:
 
-* the network is evaluated without autograd. With eps-prediction, score = -eps/std and
-      v(x, t)     = -1/2 beta(t) (x - eps(x, t) / std(t))
-      div_x v     = -1/2 beta(t) (C - tr(d eps / d x) / std(t))
-  and tr(d eps/dx) is obtained *exactly* by forward-mode propagation of the C input tangents through the
-  MLP (one batched matmul of (N*C, hidden) per layer) instead of C reverse-mode VJPs;
+* without autograd. With eps-prediction, score = -eps/std (``probability_flow.eps_drift`` and
+  ``eps_divergence``), and tr(d eps/dx) is obtained *exactly* by forward-mode propagation of the C input
+  tangents through the MLP (one batched matmul of (N*C, hidden) per layer) instead of C reverse-mode VJPs;
 * the context's and the time embedding's contribution to the first layer are constant over a trajectory
   (context) or over the batch (time), so they are computed once per chunk / once per step;
 * the ``n_reconstructions`` draws are stacked into one batch of D*N rows.
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torchdiffeq import odeint
 
+from . import probability_flow as pf
 from .score_model import PointwiseScoreNet
 from .sde import VPSDE
 
@@ -77,7 +78,8 @@ class PointwiseEvaluator:
     def eps_and_trace(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         """eps (N, C) and the exact trace of its Jacobian w.r.t. x, (N,)."""
         if not self.fused:
-            return _autograd_eps_and_trace(self.net, x, t, self.cond)
+            tt = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+            return pf.exact_trace(lambda xt: self.net(xt, tt, self.cond), x)
         n, c = x.shape
         h = self._first(x, t)
         s = torch.sigmoid(h)
@@ -104,28 +106,6 @@ def _fusable(net: nn.Module) -> bool:
             and all(isinstance(m, nn.SiLU) for m in mods[1::2]))
 
 
-def _autograd_eps_and_trace(net: nn.Module, x: torch.Tensor, t: float,
-                            cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.inference_mode(False), torch.enable_grad():
-        xt = x.detach().clone().requires_grad_(True)
-        eps = net(xt, torch.as_tensor(t, dtype=x.dtype, device=x.device), cond)
-        tr = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for j in range(x.shape[1]):
-            (g,) = torch.autograd.grad(eps[:, j].sum(), xt, retain_graph=j < x.shape[1] - 1)
-            tr = tr + g[:, j]
-    return eps.detach(), tr.detach()
-
-
-def _coefs(sde: VPSDE, t: float) -> tuple[float, float]:
-    tt = torch.tensor(t, dtype=torch.float64)
-    return float(sde.beta(tt)), float(sde.marginal_std(tt))
-
-
-def _grid(t0: float, t1: float, steps: int) -> list[float]:
-    # the same float32 grid as torch.linspace in likelihood.ode_schedule
-    return torch.linspace(t0, t1, steps + 1, dtype=torch.float32).tolist()
-
-
 def likelihood_fixed(ev: PointwiseEvaluator, sde: VPSDE, y: torch.Tensor, *, method: str, steps: int,
                      t_eps: float) -> tuple[torch.Tensor, int]:
     """Per-row bpd (N,) and NFE of the probability-flow likelihood, exact trace, fixed uniform grid t_eps->1."""
@@ -138,13 +118,11 @@ def likelihood_fixed(ev: PointwiseEvaluator, sde: VPSDE, y: torch.Tensor, *, met
         nonlocal nfe
         nfe += 1
         t = float(t)
-        beta, std = _coefs(sde, t)
+        beta, std = pf.coefficients(sde, t)
         eps, tr = ev.eps_and_trace(state[0], t)
-        v = (-0.5 * beta) * (state[0] - eps / std)
-        div = (-0.5 * beta) * (c - tr / std)
-        return v, div
+        return pf.eps_drift(state[0], eps, beta, std), pf.eps_divergence(c, tr, beta, std)
 
-    ts = torch.tensor(_grid(t_eps, 1.0, steps), dtype=y.dtype, device=y.device)
+    ts = pf.time_grid(t_eps, 1.0, steps, y)
     state = (y, torch.zeros(n, dtype=y.dtype, device=y.device))
     with torch.no_grad():   # torchdiffeq steps on the given grid for fixed-step methods
         zs, int_divs = odeint(f, state, ts, method=method)
@@ -170,10 +148,10 @@ def reconstruct_batched(ev: PointwiseEvaluator, sde: VPSDE, y: torch.Tensor, noi
         nonlocal nfe
         nfe += 1
         t = float(t)
-        beta, std = _coefs(sde, t)
-        return ((-0.5 * beta) * (state[0] - ev.eps(state[0], t) / std),)
+        beta, std = pf.coefficients(sde, t)
+        return (pf.eps_drift(state[0], ev.eps(state[0], t), beta, std),)
 
-    ts = torch.tensor(_grid(t_start, t_eps, steps), dtype=y.dtype, device=y.device)
+    ts = pf.time_grid(t_start, t_eps, steps, y)
     with torch.no_grad():
         (xs,) = odeint(f, (x,), ts, method=method)
     return xs[-1].reshape(d, n, c).mean(0), nfe
