@@ -37,10 +37,10 @@ class Requirement:
 REQUIREMENTS = (
     Requirement("torch", "torch", "2.2"),
     Requirement("torchdiffeq", "torchdiffeq", "0.2.3"),
-    Requirement("numpy", "numpy", "1.24"),
-    Requirement("SimpleITK", "SimpleITK", "2.2"),
-    Requirement("skimage", "scikit-image", "0.21"),
-    Requirement("tqdm", "tqdm", "4.60"),
+    Requirement("numpy", "numpy", "2.0.0"),
+    Requirement("SimpleITK", "SimpleITK", "2.2.1"),
+    Requirement("skimage", "scikit-image", "0.26.0"),
+    Requirement("tqdm", "tqdm", "4.60.0"),
 )
 LIGHT_THE_TORCH = "light-the-torch>=0.5"
 OFFLINE_PATTERNS = (
