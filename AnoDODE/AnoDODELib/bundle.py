@@ -64,8 +64,12 @@ class AnoDODEModel(torch.nn.Module):
 
 
 def default_model_dir() -> Path:
-    """The bundled default model, inside the Slicer module's Resources."""
-    return Path(__file__).resolve().parent.parent / "Resources" / "Models" / DEFAULT_MODEL_NAME
+    """The bundled default model: in a source checkout and the Slicer module the folder in the module's
+    Resources/Models (its one copy in the repository); in an installed wheel the same files, shipped as
+    the package data ``AnoDODELib/models/`` (see pyproject.toml)."""
+    here = Path(__file__).resolve().parent
+    source = here.parent / "Resources" / "Models" / DEFAULT_MODEL_NAME
+    return source if source.is_dir() else here / "models" / DEFAULT_MODEL_NAME
 
 
 def _sha256(data: bytes) -> str:
