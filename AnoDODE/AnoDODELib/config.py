@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: ODE solver names (torchdiffeq's; likelihood.METHODS holds the same, checked by a test) and the divergence
+#: ODE solver names (torchdiffeq's; probability_flow.METHODS holds the same, checked by a test) and the divergence
 #: estimators and localisation maps a config may name (likelihood.DIVERGENCES, anomaly_map.LOCALISATIONS).
 SOLVER_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams",
                   "dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from AnoDODELib import anomaly_map, bundle, likelihood
+from AnoDODELib import anomaly_map, bundle, likelihood, probability_flow
 from AnoDODELib.bundle import FORMAT_VERSION, BundleError, load_model, migrate, save_model
 from AnoDODELib.config import (
     DIVERGENCES,
@@ -64,7 +64,7 @@ def test_defaults_are_valid_and_boundaries_accepted():
 
 
 def test_name_registries_match_the_modules_that_use_them():
-    assert set(SOLVER_METHODS) == set(likelihood.METHODS)
+    assert set(SOLVER_METHODS) == set(probability_flow.METHODS)
     assert set(DIVERGENCES) == set(likelihood.DIVERGENCES)
     assert set(LOCALISATIONS) == set(anomaly_map.LOCALISATIONS)
 
