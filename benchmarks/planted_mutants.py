@@ -59,7 +59,8 @@ MUTANTS = [
            "gaussian_blur(grid.unsqueeze(1).float(), sigma_mm)", (f"{T}/test_map_behaviour.py",)),
     # ---- calibration and training data
     Mutant("calibration: the median instead of the stated quantile", "training/train.py",
-           "threshold=float(np.quantile(v, quantile))", "threshold=float(np.quantile(v, 0.5))",
+           "threshold=float(np.quantile(np.concatenate(values), quantile))",
+           "threshold=float(np.quantile(np.concatenate(values), 0.5))",
            (f"{T}/test_calibration.py",)),
     Mutant("calibration: tumour voxels in the calibration set", "training/train.py",
            "values.append(amap[lc.healthy_full])", "values.append(amap[lc.prepared.brain])",
