@@ -64,10 +64,15 @@ class PreprocessConfig:
 
     in_plane_spacing_mm: physical pixel size (mm) of the grid every axial slice is resampled to.
     clip_z: normalised intensities (z-scores within the brain) are clipped to [-clip_z, clip_z].
+    intensity_reference: what a normalised intensity of 0 and 1 mean (see ``volume_io.normalise_intensity``):
+        "mean": the robust mean and standard deviation of the brain (the historical z-score);
+        "wm_peak": the mode of the brain's intensity histogram (normal-appearing white matter on FLAIR) and
+        the median absolute deviation about it, which a lesion or a large dark CSF space moves far less.
     """
 
     in_plane_spacing_mm: float = 2.0
     clip_z: float = 6.0
+    intensity_reference: str = "mean"
 
     def __post_init__(self) -> None:
         _real(self.in_plane_spacing_mm, "in_plane_spacing_mm", above=0.0)
@@ -87,13 +92,22 @@ class FeatureConfig:
     scales_mm: Gaussian sigmas (mm) of the masked smoothing at each scale; 0 means the
         intensity at the model grid itself.
     edge_scale_mm: distance (mm) over which the depth-from-brain-edge context saturates.
-    position_context: whether the score network sees brain-relative position (x, y, z).
+    position_context: whether the score network sees brain-relative position (x, y in the slice's
+        plane relative to the brain's bounding box).
+    slice_position: with ``position_context``, whether it also sees z, the slice's place between the
+        brain's first and last slice; this assumes the scan covers the whole brain.
+    regional_scale_mm: when > 0, a further context channel: the primary contrast smoothed inside the brain
+        at this Gaussian sigma (mm), i.e. how bright the region around a location is on this scan. The
+        density then reads a location's features relative to its region, so a region that is brighter
+        everywhere on one scanner is not anomalous by itself.
     """
 
     contrasts: tuple[str, ...] = ("flair",)
     scales_mm: tuple[float, ...] = (0.0, 4.0, 8.0)
     edge_scale_mm: float = 20.0
     position_context: bool = True
+    slice_position: bool = True
+    regional_scale_mm: float = 0.0
 
     def __post_init__(self) -> None:
         _names(self.contrasts, "contrasts", CONTRASTS)
@@ -114,7 +128,9 @@ class FeatureConfig:
 
     @property
     def cond_channels(self) -> int:
-        return 1 + (3 if self.position_context else 0)
+        """Context width K: depth, then x, y (and z) with ``position_context``, then the regional level."""
+        position = (3 if self.slice_position else 2) if self.position_context else 0
+        return 1 + position + (1 if self.regional_scale_mm > 0 else 0)
 
 
 @dataclass(frozen=True)
@@ -205,6 +221,8 @@ class LocalisationConfig:
     reconstruction_steps: fixed steps of the ODE from t_start back to t_eps; the solver is the scoring
         preset's (``pipeline.Preset.reconstruction``: midpoint in "fast" and "standard", RK4 in "exact").
     smooth_mm: Gaussian sigma (mm) applied to the map on the model grid.
+    slice_quantile: the slice score (``slice_scores``) is this quantile of the slice's hyperintense-gated
+        per-location bpd.
     """
 
     method: str = "reconstruction"
@@ -214,6 +232,7 @@ class LocalisationConfig:
     n_reconstructions: int = 4
     reconstruction_steps: int = 4
     smooth_mm: float = 2.0
+    slice_quantile: float = 0.99
 
     def __post_init__(self) -> None:
         _choice(self.method, "method", LOCALISATIONS)

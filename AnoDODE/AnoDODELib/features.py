@@ -11,7 +11,9 @@ normal training data and stored in the bundle.
 Context (conditioning, not modelled by the density), one vector per location:
     depth:    distance from the brain edge within the slice, in units of ``edge_scale_mm``, capped at 1;
     position: (x, y, z) relative to the brain's bounding box, each in [-1, 1]
-              (x: right->left, y: anterior->posterior, z: inferior->superior).
+              (x: right->left, y: anterior->posterior, z: inferior->superior; z only with ``slice_position``);
+    regional: (G_R * (I_0 m)) / (G_R * m), the primary contrast smoothed inside the brain at R =
+              ``regional_scale_mm`` (only when R > 0): how bright this scan is around the location.
 The context lets the density know that edge, CSF and ventricle intensities are normal where they occur.
 """
 from __future__ import annotations
@@ -101,7 +103,8 @@ def extract_features(slices: torch.Tensor, mask: torch.Tensor, slice_positions_m
     ``cfg.contrasts`` order ((S, H, W) when M = 1); mask: (S, H, W) bool brain mask of the primary
     contrast; spacing_mm: model grid pixel size.
     Returns features (S, C, H, W) with C = M * len(cfg.scales_mm), contrast-major, and context (S, K, H, W),
-    K = cfg.cond_channels (depth first, then x, y, z when ``position_context``). Zero outside the mask.
+    K = cfg.cond_channels (depth first, then x, y (z) when ``position_context``, then the regional level when
+    ``regional_scale_mm`` > 0). Zero outside the mask.
     Features are not yet standardised (see ``Standardiser``).
     """
     m = mask.float().unsqueeze(1)
@@ -116,8 +119,11 @@ def extract_features(slices: torch.Tensor, mask: torch.Tensor, slice_positions_m
     context = [depth]
     if cfg.position_context:
         x, y, z = brain_box_coordinates(mask.bool(), slice_positions_mm, spacing_mm)
-        z = z.view(-1, 1, 1, 1).expand_as(m)
-        context += [x.unsqueeze(1) * m, y.unsqueeze(1) * m, z * m]
+        context += [x.unsqueeze(1) * m, y.unsqueeze(1) * m]
+        if cfg.slice_position:
+            context.append(z.view(-1, 1, 1, 1).expand_as(m) * m)
+    if cfg.regional_scale_mm > 0:
+        context.append(masked_smooth(imgs[:, :1], m, cfg.regional_scale_mm / spacing_mm))
     return torch.cat(feats, dim=1), torch.cat(context, dim=1)
 
 

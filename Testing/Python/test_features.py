@@ -69,3 +69,27 @@ def test_standardiser_round_trip():
     assert torch.allclose(y.mean(0), torch.zeros(3), atol=1e-5)
     assert torch.allclose(y.std(0), torch.ones(3), atol=1e-4)
     assert torch.allclose(st.inverse(y), x, atol=1e-5)
+
+
+def test_context_channels_follow_the_config():
+    """K = depth (+ x, y (+ z)) (+ regional level); the regional level is the masked smoothing of the primary
+    contrast at ``regional_scale_mm``, and without ``slice_position`` no channel depends on the slice index."""
+    s = torch.randn(4, 20, 24)
+    m = torch.zeros(4, 20, 24, dtype=torch.bool)
+    m[:, 4:16, 5:20] = True
+    pos = torch.arange(4.0) * 5.0
+    full = FeatureConfig(regional_scale_mm=8.0)
+    assert full.cond_channels == 5
+    f, c = extract_features(s, m, pos, 2.0, full)
+    assert c.shape[1] == 5
+    want = masked_smooth(s.unsqueeze(1), m.float().unsqueeze(1), 8.0 / 2.0)[:, 0]
+    assert torch.allclose(c[:, 4], want)
+    no_z = FeatureConfig(slice_position=False)
+    assert no_z.cond_channels == 3
+    _, c2 = extract_features(s, m, pos, 2.0, no_z)
+    assert torch.equal(c2, c[:, :3])
+    same = s.clone()
+    same[:] = s[0]                        # identical slices: with no z the context is identical per slice
+    _, c3 = extract_features(same, m, pos, 2.0, no_z)
+    assert all(torch.equal(c3[0], c3[i]) for i in range(4))
+    assert FeatureConfig(position_context=False, regional_scale_mm=4.0).cond_channels == 2
