@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smooth_on_grid
@@ -41,6 +42,7 @@ from AnoDODELib.pipeline import (
 
 from . import metrics
 from .baselines import GaussianBaseline, flair_zscore_map, smoothed_zscore_map
+from .cases import read_case_image
 from .train import LoadedCase
 
 logger = logging.getLogger("training.evaluate")
@@ -76,6 +78,19 @@ def gaussian_map(model: AnoDODEModel, p: PreparedVolume, gaussian: GaussianBasel
     return p.geometry.to_canonical(p.to_input(grid))
 
 
+def raw_intensity(lc: LoadedCase) -> np.ndarray:
+    """The case's primary image as read from its file (no normalisation), canonical layout, float32."""
+    return lc.prepared.geometry.to_canonical(
+        sitk.GetArrayFromImage(read_case_image(lc.case)).astype(np.float32))
+
+
+def baseline_maps(lc: LoadedCase) -> dict[str, np.ndarray]:
+    """The FLAIR z-score and smoothed z-score maps (canonical, full resolution) of a case's raw image."""
+    raw, brain = raw_intensity(lc), lc.prepared.brain
+    return {"flair_zscore": flair_zscore_map(raw, brain),
+            "flair_zscore_smoothed": smoothed_zscore_map(raw, brain, lc.prepared.geometry.spacing_mm)}
+
+
 def case_maps(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, LocalisationConfig] | None = None,
               preset: str = "standard", device: str = "cpu") -> dict[str, Any]:
     """Canonical full-resolution maps for each variant, the baseline, and slice scores."""
@@ -84,10 +99,8 @@ def case_maps(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, Localisat
     variants = variants or {"anodode": model.config.localisation}
     maps = {name: p.geometry.to_canonical(maps_from_scores(p, scores, model, loc, scored))
             for name, loc in variants.items()}
-    bpd_slices = canonical_slice_scores(p, scores.bpd, scored)
-    baselines = {"flair_zscore": flair_zscore_map(p.normalised, p.brain),
-                 "flair_zscore_smoothed": smoothed_zscore_map(p.normalised, p.brain, model.config.localisation.smooth_mm,
-                                                              p.geometry.spacing_mm[1:])}
+    bpd_slices = canonical_slice_scores(p, scores, model, scored)
+    baselines = baseline_maps(lc)
     return {"maps": maps, "baseline_maps": baselines, "slice_bpd": bpd_slices, "nfe": scores.nfe}
 
 

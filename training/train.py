@@ -34,6 +34,7 @@ from AnoDODELib.config import Calibration, ModelConfig, ScoreNetConfig, to_dict
 from AnoDODELib.pipeline import PreparedVolume, maps_from_scores, score_prepared
 
 from . import cache
+from .augment import AugmentConfig, augmented_copy
 from .baselines import GaussianBaseline
 from .cache import prepare_case
 from .cases import Case, brats_family_cases, find_cases, parse_contrasts, seg_array, select  # noqa: F401
@@ -56,6 +57,7 @@ class TrainConfig:
     calibration_cases: int = 3             # the shipped bundle's (model.json train_config)
     calibration_quantile: float = 0.995
     amp: bool = True                     # bf16 autocast when training on CUDA (no effect on CPU)
+    augment: AugmentConfig = AugmentConfig()   # scanner/protocol variation (training/augment.py)
 
 
 @dataclass
@@ -134,6 +136,23 @@ def load_cases(cases: list[Case], cfg: ModelConfig, healthy: str = "tissue", mar
         return [load_case(c, cfg, healthy, margin_mm) for c in cases]
     rep = cache.build_cache(cases, cfg, cache_dir, workers, progress)
     return [load_cached(c, rep.entries[c.name], healthy, margin_mm) for c in cases if c.name in rep.entries]
+
+
+def augmented_cases(loaded: list[LoadedCase], cfg: ModelConfig, tc: TrainConfig) -> list[LoadedCase]:
+    """``tc.augment.copies`` augmented copies of each loaded case (training/augment.py), featurised by the
+    engine like any scan; the copies' normal tissue follows their own (carried-along) lesion masks."""
+    from AnoDODELib.pipeline import prepare_volume
+
+    out: list[LoadedCase] = []
+    rng = np.random.default_rng(tc.seed)
+    for lc in loaded:
+        p = lc.prepared
+        for k in range(tc.augment.copies):
+            image, brain, lesion = augmented_copy(p.normalised, p.brain, lc.tumour, p.geometry.spacing_mm,
+                                                  tc.augment, rng)
+            prepared = prepare_volume(image, cfg, brain, name=f"{lc.case.name} (augmented {k + 1})")
+            out.append(select_healthy(lc.case, prepared, lesion, tc.healthy, tc.tumour_margin_mm))
+    return out
 
 
 def training_vectors(loaded: list[LoadedCase], max_per_case: int, gen: torch.Generator
@@ -299,8 +318,10 @@ def train_loaded(loaded: list[LoadedCase], model_cfg: ModelConfig, tc: TrainConf
                  run: RunOptions | None = None) -> AnoDODEModel:
     """Train (and calibrate) on already loaded cases."""
     t0 = time.perf_counter() if t0 is None else t0
+    extra = augmented_cases(loaded, model_cfg, tc) if tc.augment.copies else []
     torch.manual_seed(tc.seed)
-    feats, ctx = training_vectors(loaded, tc.max_locations_per_case, torch.Generator().manual_seed(tc.seed))
+    feats, ctx = training_vectors(loaded + extra, tc.max_locations_per_case,
+                                  torch.Generator().manual_seed(tc.seed))
     return train_vectors(feats, ctx, [lc.case for lc in loaded], loaded[: tc.calibration_cases], model_cfg, tc,
                          device, calibrate_model, progress, t0, run)
 

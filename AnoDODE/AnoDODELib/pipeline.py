@@ -135,7 +135,8 @@ def prepare_volume(image: sitk.Image, cfg: ModelConfig, mask: np.ndarray | None 
     sp = cfg.preprocess.in_plane_spacing_mm
 
     def normalised_on_grid(canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = volume_io.normalise_intensity(canonical, brain, clip_z=cfg.preprocess.clip_z)
+        z = volume_io.normalise_intensity(canonical, brain, clip_z=cfg.preprocess.clip_z,
+                                           reference=cfg.preprocess.intensity_reference)
         return z, volume_io.resample_slices(z, geometry.spacing_mm[1:], sp, order=1)
 
     normalised, grid_img = normalised_on_grid(geometry.to_canonical(array))
@@ -337,25 +338,39 @@ def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: An
     return prepared.to_input(grid)
 
 
-def canonical_slice_scores(prepared: PreparedVolume, bpd: torch.Tensor, scored: torch.Tensor | None = None
-                           ) -> list[float | None]:
-    """Mean per-location bpd of each canonical slice with brain (None without); slices not ``scored`` get the
-    linear interpolation of the scored slices' values (the nearest one's beyond the first and last)."""
+def canonical_slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
+                           scored: torch.Tensor | None = None) -> list[float | None]:
+    """The likelihood-based slice score of each canonical slice with brain (None without): the
+    ``slice_quantile`` of its locations' bpd, counting a location only where it is brighter than its
+    reconstruction (the hyperintense gate of the likelihood map, 0 elsewhere):
+
+        s(slice) = Q_q { bpd(p) * [r_0(p) > 0] : p in slice }
+
+    The slice's mean bpd (the paper's score) averages a lesion away among the slice's edges, CSF and
+    ventricles, whose share changes from slice to slice; the bpd of its most anomalous locations does not.
+    Slices not ``scored`` get the linear interpolation of the scored slices' values."""
     keep = _all_slices(prepared, scored)
     where = prepared.grid_mask & keep[:, None, None]
-    counts = where.flatten(1).sum(1)
-    sums = scatter_to_grid(bpd, where).flatten(1).sum(1)
+    loc = model.config.localisation
+    gate = hyperintense_channels(model.config.features, loc)
+    first = int(torch.nonzero(gate)[0]) if bool(gate.any()) and loc.hyperintense_only else None
+    per_loc = scores.bpd if first is None else scores.bpd * (scores.residual[:, first] > 0)
+    grid = scatter_to_grid(per_loc.float(), where)
     brain = prepared.grid_mask.flatten(1).any(1).tolist()
-    if not bool((counts > 0).any()):
+    values = torch.zeros(grid.shape[0], dtype=torch.float64)
+    have = where.flatten(1).any(1)
+    for i in torch.nonzero(have).flatten().tolist():
+        values[i] = float(torch.quantile(grid[i][where[i]].double(), loc.slice_quantile))
+    if not bool(have.any()):
         return [None] * len(brain)
-    values = interpolate_slices((sums / counts.clamp(min=1)).double(), counts > 0)
+    values = interpolate_slices(values, have)
     return [float(v) if b else None for v, b in zip(values.tolist(), brain)]
 
 
-def slice_scores(prepared: PreparedVolume, bpd: torch.Tensor, scored: torch.Tensor | None = None
-                 ) -> list[float | None]:
+def slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
+                 scored: torch.Tensor | None = None) -> list[float | None]:
     """``canonical_slice_scores`` re-ordered to the input's index along the axial axis."""
-    canon = canonical_slice_scores(prepared, bpd, scored)
+    canon = canonical_slice_scores(prepared, scores, model, scored)
     return canon[::-1] if prepared.geometry.flips[0] else canon
 
 
@@ -389,7 +404,7 @@ def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None 
     label = (anomaly > thr).astype(np.uint8)
     volume_bpd = float(scores.bpd.mean())
     result = ScoreResult(anomaly, label, volume_bpd, prepared.geometry.axes[0],
-                         slice_scores(prepared, scores.bpd, scored), thr, scores.nfe,
+                         slice_scores(prepared, scores, model, scored), thr, scores.nfe,
                          time.perf_counter() - t0, str(dev),
                          scores.nfe_reconstruction * model.config.localisation.n_reconstructions,
                          slice_map_scores(prepared, anomaly), prepared.geometry.from_canonical(prepared.brain))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -173,22 +174,59 @@ def test_interpolate_slices_is_linear_between_scored_neighbours():
 
 
 def test_slice_scores_of_skipped_slices_are_interpolated(phantom_file):
-    """Per-location bpd equal to the slice index: the interpolated slice bpd is exact on every brain slice."""
+    """Per-location bpd equal to the slice index: the interpolated slice score is exact on every brain slice."""
     import SimpleITK as sitk
 
+    from AnoDODELib.bundle import AnoDODEModel
     from AnoDODELib.config import ModelConfig
 
-    prepared = pipeline.prepare_volume(sitk.ReadImage(str(phantom_file)), ModelConfig())
+    cfg = ModelConfig()
+    prepared = pipeline.prepare_volume(sitk.ReadImage(str(phantom_file)), cfg)
     gm = prepared.grid_mask
     keep = torch.zeros(gm.shape[0], dtype=torch.bool)
     keep[::3] = True
     keep[-1] = True
     where = gm & keep[:, None, None]
     bpd = torch.nonzero(where)[:, 0].float()           # each scored location's slice index
-    got = pipeline.canonical_slice_scores(prepared, bpd, keep)
+    scores = pipeline.LocationScores(bpd, torch.ones(bpd.shape[0], 3), 0)   # all brighter than reconstructed
+    got = pipeline.canonical_slice_scores(prepared, scores, AnoDODEModel(cfg), keep)
     brain = gm.flatten(1).any(1).tolist()
     first, last = brain.index(True), len(brain) - 1 - brain[::-1].index(True)
     for i, (v, b) in enumerate(zip(got, brain)):
         assert (v is None) == (not b)
         if b and keep[first:].any() and first <= i <= last and where[: i + 1].any() and where[i:].any():
             assert v == pytest.approx(float(i), abs=1e-5), i
+
+
+def test_slice_score_is_the_quantile_of_the_hyperintense_gated_bpd(phantom_file):
+    """Hand-computed: on each slice, locations darker than their reconstruction count as 0 bpd, and the score
+    is the 0.99 quantile (linear interpolation) of the gated values, not their mean."""
+    import dataclasses
+
+    import SimpleITK as sitk
+
+    from AnoDODELib.bundle import AnoDODEModel
+    from AnoDODELib.config import ModelConfig
+
+    cfg = ModelConfig()
+    prepared = pipeline.prepare_volume(sitk.ReadImage(str(phantom_file)), cfg)
+    gm = prepared.grid_mask
+    n = int(gm.sum())
+    gen = torch.Generator().manual_seed(0)
+    bpd = torch.rand(n, generator=gen) * 10
+    residual = torch.randn(n, 3, generator=gen)
+    scores = pipeline.LocationScores(bpd, residual, 0)
+    got = pipeline.canonical_slice_scores(prepared, scores, AnoDODEModel(cfg))
+    slice_of = torch.nonzero(gm)[:, 0]
+    gated = (bpd * (residual[:, 0] > 0)).double().numpy()
+    for i, v in enumerate(got):
+        vals = gated[(slice_of == i).numpy()]
+        if vals.size == 0:
+            assert v is None
+        else:
+            assert v == pytest.approx(float(np.quantile(vals, 0.99)), rel=1e-6)
+    # two-sided localisation: no gate
+    two = dataclasses.replace(cfg, localisation=dataclasses.replace(cfg.localisation, hyperintense_only=False))
+    got2 = pipeline.canonical_slice_scores(prepared, scores, AnoDODEModel(two))
+    i = int(slice_of[0])
+    assert got2[i] == pytest.approx(float(np.quantile(bpd[(slice_of == i)].double().numpy(), 0.99)), rel=1e-6)
