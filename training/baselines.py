@@ -1,31 +1,43 @@
 """Baselines scored in the same harness as AnoDODE.
 
-FLAIR z-score: the intensity z-scored within the brain (the engine's own normalisation) is the voxel
-anomaly score; FLAIR pathology is hyperintense, so larger is more anomalous. The smoothed variant
-averages it in-plane inside the brain (normalised convolution) with a Gaussian as wide as AnoDODE's
-map smoothing, so that the smoothing itself is not what separates the two.
+FLAIR z-score: z(v) = (x(v) - mean_B x) / std_B x, the raw intensity x z-scored over the brain mask B at the
+input's full resolution; FLAIR pathology is hyperintense, so larger is more anomalous.
+Smoothed FLAIR z-score (the bar AnoDODE must beat): the z-score averaged inside the brain by a normalised
+3-D Gaussian convolution, (G * (z 1_B)) / (G * 1_B) on B, with sigma = 2 mm along each axis in physical
+units (sigma_i = 2 mm / spacing_i voxels), so thick slices are barely mixed.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
+from scipy import ndimage
 
-from AnoDODELib.features import masked_smooth
-
-
-def flair_zscore_map(normalised: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Voxel score = z-scored FLAIR inside the brain, -inf outside (canonical or any layout)."""
-    return np.where(brain, normalised, -np.inf).astype(np.float32)
+SMOOTH_SIGMA_MM = 2.0
 
 
-def smoothed_zscore_map(normalised: np.ndarray, brain: np.ndarray, sigma_mm: float,
-                        spacing_mm: tuple[float, float]) -> np.ndarray:
-    """The z-score map smoothed in-plane (axis 0 = slices) by a Gaussian of ``sigma_mm`` inside the brain
-    (normalised convolution, sigma in pixels = sigma_mm / mean in-plane spacing); -inf outside."""
-    img = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32)).unsqueeze(1)
-    m = torch.from_numpy(np.ascontiguousarray(brain, dtype=np.float32)).unsqueeze(1)
-    sm = masked_smooth(img, m, sigma_mm / float(np.mean(spacing_mm))).squeeze(1).numpy()
-    return flair_zscore_map(sm, brain)
+def zscore(raw: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """(x - mean) / std over the brain voxels, float32 (any layout; the mean and std are the brain's)."""
+    v = raw[brain].astype(np.float64)
+    std = float(v.std())
+    if std <= 0:
+        raise ValueError("the brain's intensities are constant")
+    return ((raw.astype(np.float64) - float(v.mean())) / std).astype(np.float32)
+
+
+def flair_zscore_map(raw: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Voxel score = the brain z-score of the raw intensity, -inf outside the brain."""
+    return np.where(brain, zscore(raw, brain), -np.inf).astype(np.float32)
+
+
+def smoothed_zscore_map(raw: np.ndarray, brain: np.ndarray, spacing_mm: tuple[float, float, float],
+                        sigma_mm: float = SMOOTH_SIGMA_MM) -> np.ndarray:
+    """The z-score smoothed inside the brain by a 3-D normalised Gaussian convolution of ``sigma_mm`` along
+    each axis (``spacing_mm``: the array's voxel size per axis, in the same axis order); -inf outside."""
+    z = np.where(brain, zscore(raw, brain), 0.0).astype(np.float64)
+    m = brain.astype(np.float64)
+    sigma = [sigma_mm / float(s) for s in spacing_mm]
+    num = ndimage.gaussian_filter(z, sigma, mode="constant")
+    den = ndimage.gaussian_filter(m, sigma, mode="constant")
+    return np.where(brain, num / np.maximum(den, 1e-12), -np.inf).astype(np.float32)
 
 
 class GaussianBaseline:

@@ -287,6 +287,24 @@ def brats_family_cases(root: Path | None = None, contrasts: Sequence[str] = ("fl
     return cases
 
 
+WMH_CLINICAL = ("2516038876", "2516041494", "2516044939")
+
+
+def wmh_clinical_cases(root: Path | None = None) -> list[Case]:
+    """The clinical 2-D FLAIRs with white-matter hyperintensities (another site; manual WMH masks)."""
+    d = (root or data_dir()) / "wmh_clinical"
+    cases = [Case(n, "WMH clinical", d / n / "t2flair-stripped.nii.gz", d / n / "gt.nii.gz") for n in WMH_CLINICAL]
+    return [c for c in cases if c.flair.exists() and c.seg is not None and c.seg.exists()]
+
+
+def isles_cases(root: Path | None = None) -> list[Case]:
+    """The ISLES 2022 stroke FLAIR; its lesion mask is drawn on the DWI grid and resampled onto the FLAIR."""
+    d = (root or data_dir()) / "isles22" / "sub-strokecase0009"
+    c = Case("sub-strokecase0009", "ISLES 2022", d / "sub-strokecase0009_ses-0001_flair.nii.gz",
+             d / "sub-strokecase0009_ses-0001_msk.nii.gz", resample_seg=True)
+    return [c] if c.flair.exists() and c.seg is not None and c.seg.exists() else []
+
+
 def unlabelled_cases(root: Path | None = None) -> list[Case]:
     """BraTS-family FLAIRs without a lesion mask (qualitative use only)."""
     d = root or data_dir()

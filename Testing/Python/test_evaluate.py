@@ -147,21 +147,51 @@ def test_markdown_report_keeps_the_baseline_beside_the_method(tmp_path):
     assert main([str(tmp_path / "missing.json")]) == 1
 
 
-def test_smoothed_zscore_baseline_keeps_the_mean_inside_the_brain():
-    from training.baselines import smoothed_zscore_map
+def test_zscore_baseline_is_the_brain_z_score():
+    from training.baselines import flair_zscore_map
 
-    brain = np.zeros((1, 21, 21), bool)
-    brain[0, 5:16, 5:16] = True
-    z = np.where(brain, 2.0, -50.0)                         # constant brain, dark background
-    out = smoothed_zscore_map(z, brain, sigma_mm=2.0, spacing_mm=(1.0, 1.0))
-    assert np.allclose(out[brain], 2.0, atol=1e-5)           # the edge is not darkened by the background
+    rng = np.random.default_rng(0)
+    raw = rng.normal(300, 20, (3, 10, 10))
+    brain = np.zeros(raw.shape, bool)
+    brain[:, 2:8, 2:8] = True
+    raw[~brain] = 5000.0                                    # background must not enter the statistics
+    z = flair_zscore_map(raw, brain)
+    assert z[brain].mean() == pytest.approx(0.0, abs=1e-5) and z[brain].std() == pytest.approx(1.0, rel=1e-5)
+    assert np.isneginf(z[~brain]).all()
+    assert np.argmax(np.where(brain, z, -1e9)) == np.argmax(np.where(brain, raw, -1e9))   # brighter = higher
+
+
+def test_smoothed_zscore_baseline_is_a_3d_normalised_convolution_of_2mm_in_physical_units():
+    """Hand-computed with the truncated Gaussian (radius round(4 sigma), sigma = 2 mm / spacing per axis):
+    a spike's increment at its centre is the product of the three kernels' centre weights, thick slices get
+    almost no smoothing across slices, and a constant brain stays constant up to its edge."""
+    from training.baselines import smoothed_zscore_map, zscore
+
+    def g0(sigma: float) -> float:
+        r = int(4.0 * sigma + 0.5)
+        k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+        return float(k[r] / k.sum())
+
+    brain = np.zeros((9, 31, 31), bool)
+    brain[1:8, 3:28, 3:28] = True
+    raw = np.where(brain, 10.0, 0.0)
+    raw[4, 15, 15] = 20.0                                   # one bright voxel at the centre
+    spacing = (4.0, 1.0, 1.0)                               # 4 mm slices, 1 mm in-plane
+    out = smoothed_zscore_map(raw, brain, spacing)
+    z = zscore(raw, brain)
+    base, spike = float(z[brain & (raw == 10.0)][0]), float(z[4, 15, 15])
+    want = base + (spike - base) * g0(0.5) * g0(2.0) ** 2
+    assert out[4, 15, 15] == pytest.approx(want, rel=1e-5)
+    # 4 mm away across slices vs 4 mm away in-plane: both sigma = 2 mm, so the same physical falloff
+    assert out[5, 15, 15] - base == pytest.approx(out[4, 15, 19] - base, rel=1e-4)
     assert np.isneginf(out[~brain]).all()
-    z[0, 10, 10] = 2.0 + 100.0                               # one bright voxel spreads isotropically
-    out = smoothed_zscore_map(z, brain, sigma_mm=2.0, spacing_mm=(1.0, 1.0))
-    # normalised convolution: the centre keeps 100 g(0)^2 / (sum of g over the 11 in-brain offsets)^2
-    g = np.exp(-0.5 * (np.arange(-5, 6) / 2.0) ** 2)
-    assert out[0, 10, 10] - 2.0 == pytest.approx(100.0 / g.sum() ** 2, rel=1e-4)
-    assert out[0, 10, 12] == pytest.approx(out[0, 12, 10]) and 2.0 < out[0, 10, 12] < out[0, 10, 10]
+    const = np.where(brain, 3.0, -50.0)
+    const[4, 4, 4] = 3.0 + 1e-3                             # not constant, so the z-score exists
+    sm = smoothed_zscore_map(const, brain, spacing)
+    zc = zscore(const, brain)
+    far = brain.copy()
+    far[:, :13, :] = False                                  # beyond the kernel radius (8) of the perturbed voxel
+    assert np.allclose(sm[far], float(np.median(zc[brain])), atol=1e-5)  # the brain edge is not darkened
 
 
 def test_train_refuses_too_few_steps(tmp_path, csv_cases, capsys):
