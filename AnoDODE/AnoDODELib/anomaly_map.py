@@ -3,6 +3,7 @@
 Two localisations are computed per brain location p of the model grid (standardised features y):
     likelihood:      bpd(p) = -log p(y(p) | context(p)) / (C ln 2)      exact per-location NLL, bits/dim
     reconstruction:  e(p)   = sum_c r_c(p)^2,  r = y - y_rec             y_rec: noised to t_start, ODE back
+                     (the sum runs over the finest scale of each contrast only with residual_scales="finest")
 With ``hyperintense_only`` (FLAIR pathology is bright), the channels of hyperintense contrasts (FLAIR,
 T2) count only where they are above the reconstruction, max(r_c, 0), and the likelihood counts only where
 the intensity channel is, r_0(p) > 0.  "combined" multiplies the likelihood by the positive intensity
@@ -17,6 +18,7 @@ from .config import FeatureConfig, LocalisationConfig
 from .features import gaussian_blur
 
 LOCALISATIONS = ("likelihood", "reconstruction", "combined")
+RESIDUAL_SCALES = ("all", "finest")
 
 
 def hyperintense_channels(features: FeatureConfig, loc: LocalisationConfig) -> torch.Tensor:
@@ -25,26 +27,40 @@ def hyperintense_channels(features: FeatureConfig, loc: LocalisationConfig) -> t
 
 
 def location_scores(bpd: torch.Tensor, residual: torch.Tensor, cfg: LocalisationConfig,
-                    hyperintense: torch.Tensor | None = None) -> torch.Tensor:
+                    hyperintense: torch.Tensor | None = None, finest: torch.Tensor | None = None) -> torch.Tensor:
     """Per-location anomaly score (N,) from per-location bpd (N,) and residual y - y_rec (N, C).
 
     hyperintense: (C,) bool, the channels read one-sided when ``cfg.hyperintense_only`` (default: all;
     see ``hyperintense_channels``). The "bright" gate of the likelihood and combined maps is the first
     such channel, i.e. the finest scale of the first hyperintense contrast.
+    finest: (C,) bool, the channels the "reconstruction" map sums when ``cfg.residual_scales`` is "finest"
+    (see ``finest_channels``).
     """
     if cfg.method not in LOCALISATIONS:
         raise ValueError(f"unknown localisation {cfg.method!r}; valid: {', '.join(LOCALISATIONS)}")
+    if cfg.residual_scales not in RESIDUAL_SCALES:
+        raise ValueError(f"unknown residual_scales {cfg.residual_scales!r}; valid: {', '.join(RESIDUAL_SCALES)}")
     one_sided = torch.ones(residual.shape[1], dtype=torch.bool) if hyperintense is None else hyperintense.bool()
     if not cfg.hyperintense_only:
         one_sided = torch.zeros_like(one_sided)
     r = torch.where(one_sided.to(residual.device), residual.clamp_min(0.0), residual)
     if cfg.method == "reconstruction":
+        if cfg.residual_scales == "finest":
+            if finest is None:
+                raise ValueError("residual_scales='finest' needs the finest-scale channels")
+            r = r[:, finest.to(r.device).bool()]
         return (r ** 2).sum(dim=1)
     score = bpd.clamp_min(0.0)
     if not bool(one_sided.any()):
         return score if cfg.method == "likelihood" else score * r.norm(dim=1)
     bright = residual[:, int(torch.nonzero(one_sided)[0])].clamp_min(0.0)
     return score * (bright > 0) if cfg.method == "likelihood" else score * bright
+
+
+def finest_channels(features: FeatureConfig) -> torch.Tensor:
+    """(C,) bool: each contrast's first-scale channel (channels are contrast-major)."""
+    n = len(features.scales_mm)
+    return torch.tensor([k % n == 0 for k in range(features.channels)])
 
 
 def scatter_to_grid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

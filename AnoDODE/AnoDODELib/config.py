@@ -221,6 +221,8 @@ class LocalisationConfig:
     reconstruction_steps: fixed steps of the ODE from t_start back to t_eps; the solver is the scoring
         preset's (``pipeline.Preset.reconstruction``: midpoint in "fast" and "standard", RK4 in "exact").
     smooth_mm: Gaussian sigma (mm) applied to the map on the model grid.
+    residual_scales: which scales' residuals the "reconstruction" map sums: "all", or "finest" (each
+        contrast's first scale only; coarser scales still shape the reconstruction through the density).
     slice_quantile: the slice score (``slice_scores``) is this quantile of the slice's hyperintense-gated
         per-location bpd.
     """
@@ -232,6 +234,7 @@ class LocalisationConfig:
     n_reconstructions: int = 4
     reconstruction_steps: int = 4
     smooth_mm: float = 2.0
+    residual_scales: str = "all"
     slice_quantile: float = 0.99
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ import torch
 from . import fast_ode
 from . import volume_io
 from .anomaly_map import (
+    finest_channels,
     hyperintense_channels,
     location_scores,
     scatter_to_grid,
@@ -332,7 +333,8 @@ def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: An
     loc = localisation or model.config.localisation
     keep = _all_slices(prepared, scored)
     where = prepared.grid_mask & keep[:, None, None]
-    per_loc = location_scores(scores.bpd, scores.residual, loc, hyperintense_channels(model.config.features, loc))
+    per_loc = location_scores(scores.bpd, scores.residual, loc, hyperintense_channels(model.config.features, loc),
+                              finest_channels(model.config.features))
     grid = smooth_on_grid(scatter_to_grid(per_loc, where), where, loc.smooth_mm, prepared.spacing_mm)
     grid = interpolate_slices(grid, keep) * prepared.grid_mask
     return prepared.to_input(grid)

@@ -121,3 +121,23 @@ def test_reconstruction_error() -> None:
     rec = torch.tensor([[1.0, 0.0, 4.0], [0.5, 0.5, 0.0]], dtype=DT)
     torch.testing.assert_close(reconstruction_error(x0, rec), torch.tensor([5.0, 0.5], dtype=DT))
     assert reconstruction_error(x0.reshape(2, 3, 1), rec.reshape(2, 3, 1)).shape == (2,)
+
+
+def test_reconstruction_map_over_the_finest_scales_only():
+    """Hand-computed: residuals (N, C) of 2 contrasts x 3 scales; "finest" sums channels 0 and 3 (one-sided
+    for FLAIR, two-sided for T1ce), "all" every channel."""
+    import torch
+
+    from AnoDODELib.anomaly_map import finest_channels, hyperintense_channels, location_scores
+    from AnoDODELib.config import FeatureConfig, LocalisationConfig
+
+    feats = FeatureConfig(contrasts=("flair", "t1ce"))
+    assert finest_channels(feats).tolist() == [True, False, False, True, False, False]
+    r = torch.tensor([[2.0, 1.0, 1.0, -3.0, 5.0, 5.0], [-2.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
+    bpd = torch.zeros(2)
+    fine = LocalisationConfig(residual_scales="finest")
+    got = location_scores(bpd, r, fine, hyperintense_channels(feats, fine), finest_channels(feats))
+    assert got.tolist() == [4.0 + 9.0, 0.0 + 1.0]
+    every = LocalisationConfig()
+    got = location_scores(bpd, r, every, hyperintense_channels(feats, every), finest_channels(feats))
+    assert got.tolist() == [4.0 + 1 + 1 + 9 + 25 + 25, 0.0 + 1.0]
