@@ -1,0 +1,61 @@
+"""The three-group held-out evaluation (training/heldout.py): no scored case is trained on, metrics and tables
+against hand-computed values."""
+import json
+
+import numpy as np
+import pytest
+
+from training import heldout
+from training.cases import Case
+
+
+def _cases(prefix: str, n: int) -> list[Case]:
+    return [Case(f"{prefix}{i}", prefix, None, None) for i in range(n)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("train_wmh", [True, False])
+def test_plan_never_trains_on_a_scored_case_and_scores_every_case_once(train_wmh):
+    brats, wmh, isles = _cases("b", 8), _cases("w", 3), _cases("i", 1)
+    runs = heldout.plan(brats, wmh, isles, 4, train_wmh)
+    scored = [n for _, targets in runs for _, n in targets]
+    assert sorted(scored) == sorted(c.name for c in brats + wmh + isles)
+    for train, targets in runs:
+        assert not set(train) & {n for _, n in targets}
+        assert not any(n.startswith("i") for n in train)            # ISLES is never trained on
+        assert any(n.startswith("w") for n in train) == train_wmh
+    groups = {n: g for _, targets in runs for g, n in targets}
+    assert all(groups[c.name] == "brats" for c in brats) and all(groups[c.name] == "wmh" for c in wmh)
+    assert len(runs) == (4 + 3 + 1 if train_wmh else 4 + 1)
+    assert [n for _, n in runs[1][1]] == ["b1", "b5"]                 # fold k scores cases k, k + folds
+
+
+def _case_scores(name, truth, anodode, z, slices_truth, thr):
+    truth = np.asarray(truth, bool)
+    vox = {"anodode": np.asarray(anodode, float), "gaussian": np.asarray(z, float),
+           "flair_zscore": np.asarray(z, float), "flair_zscore_smoothed": np.asarray(z, float)}
+    sl = {k: np.array([v.max(), v.min()]) for k, v in vox.items()}
+    return heldout.CaseScores(name, "g", truth, vox, sl, np.asarray(slices_truth, bool), {"anodode": thr})
+
+
+def test_case_metrics_pool_voxels_and_slices_and_use_each_case_threshold():
+    a = _case_scores("a", [1, 1, 0, 0], [0.9, 0.8, 0.1, 0.2], [0.1, 0.9, 0.8, 0.2], [True, False], 0.5)
+    b = _case_scores("b", [0, 1], [0.3, 0.7], [0.3, 0.2], [False, True], 0.25)
+    m = heldout.case_metrics([a, b])
+    # AnoDODE ranks all three lesion voxels above every normal one: AUPRC 1, best Dice 1
+    assert m["anodode"]["voxel_auprc"] == pytest.approx(1.0) and m["anodode"]["best_dice"] == pytest.approx(1.0)
+    # calibrated labels: a > 0.5 -> [1, 1, 0, 0]; b > 0.25 -> [1, 1]; TP 3, FP 1, FN 0 -> Dice 6 / 7
+    assert m["anodode"]["dice_at_threshold"] == pytest.approx(6 / 7)
+    assert "dice_at_threshold" not in m["flair_zscore"]
+    # slices pooled over cases: a gives 0.9 (lesion), 0.1 (none); b gives 0.7 (none), 0.3 (lesion).
+    # Positive-negative pairs: 0.9 > 0.1, 0.9 > 0.7, 0.3 > 0.1, 0.3 < 0.7 -> AUROC 3 / 4
+    assert m["anodode"]["slice_auroc"] == pytest.approx(0.75)
+
+
+def test_markdown_and_json_are_strict(tmp_path):
+    a = _case_scores("a", [1, 0], [0.9, 0.1], [0.2, 0.8], [True, False], 0.5)
+    res = {"groups": {"brats": {"cases": {"a": heldout.case_metrics([a])}, "pooled": heldout.case_metrics([a])}}}
+    md = heldout.markdown(res)
+    assert "| a | 1.000 / 0.500 / 0.500 |" in md
+    assert "| brats | gaussian |" in md
+    s = json.dumps(heldout._finite({"x": float("nan"), "y": [1.0, float("inf")]}), allow_nan=False)
+    assert json.loads(s) == {"x": None, "y": [1.0, None]}

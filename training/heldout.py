@@ -1,0 +1,279 @@
+"""Held-out evaluation on three groups of sites and diseases, AnoDODE beside the FLAIR z-score baselines.
+
+    python -m training.heldout --output runs/heldout [--steps 3000] [--folds 4]
+
+Groups (all in ../shared/data; a case is never in the training set of the model that scores it):
+    brats  the 8 labelled BraTS-family FLAIRs (gliomas, BraTS preprocessing, 1 mm), by leave-cases-out CV:
+           fold k scores cases k, k + folds, ... with a model trained on every other training case;
+    wmh    the 3 clinical 2-D FLAIRs with white-matter hyperintensities (another site, 0.47 mm x 8 mm),
+           each scored by a model trained without it;
+    isles  the ISLES 2022 stroke FLAIR (5 mm slices; its lesion mask, drawn on the DWI, is resampled onto the
+           FLAIR by physical position), scored by a model trained on every training case.
+The training recipe is the shipped one (``training.train.model_config`` and ``TrainConfig``): normal tissue
+of the BraTS-family cases and, with ``--train-wmh`` (the default), of the WMH cases (their lesions and a
+6 mm margin excluded), so ``wmh`` is a leave-one-out over its 3 cases.
+
+Methods, each scored over the brain voxels at the input's full resolution:
+    anodode                AnoDODE's map (the model's localisation) and its slice score (``slice_scores``)
+    gaussian               the same pipeline with the diffusion model replaced by the per-position Gaussian
+                           fitted on the same normal vectors (one-sided, smoothed alike): the ablation
+    flair_zscore           the raw FLAIR z-scored inside the brain mask
+    flair_zscore_smoothed  the same, 3-D normalised Gaussian convolution inside the mask, sigma = 2 mm per axis
+Metrics per case and pooled per group: voxel AUPRC, best-possible Dice, slice AUROC (a slice is positive when
+it holds lesion; baselines rank slices by their map's 99th percentile), Dice at the calibrated threshold.
+Writes results.json and results.md (the tables the README quotes) in ``--output``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smooth_on_grid
+from AnoDODELib.bundle import AnoDODEModel
+from AnoDODELib.config import LocalisationConfig
+from AnoDODELib.pipeline import canonical_slice_scores, maps_from_scores, score_prepared
+
+from . import metrics
+from .baselines import GaussianBaseline
+from .cases import Case, brats_family_cases, isles_cases, wmh_clinical_cases
+from .evaluate import baseline_maps
+from .train import (
+    LoadedCase,
+    TrainConfig,
+    augmented_cases,
+    calibration_thresholds,
+    load_case,
+    model_config,
+    train_loaded,
+    training_vectors,
+)
+
+logger = logging.getLogger("training.heldout")
+
+GROUPS = ("brats", "wmh", "isles")
+METHODS = ("anodode", "gaussian", "flair_zscore", "flair_zscore_smoothed")
+# other localisations of the same density, scored from the same per-location results (``--variants``)
+VARIANTS = {"reconstruction_all_scales": {"method": "reconstruction", "residual_scales": "all"},
+            "reconstruction_finest": {"method": "reconstruction", "residual_scales": "finest"},
+            "combined": {"method": "combined"},
+            "likelihood": {"method": "likelihood"}}
+COLUMNS = (("voxel_auprc", "voxel AUPRC"), ("best_dice", "best Dice"), ("slice_auroc", "slice AUROC"),
+           ("dice_at_threshold", "Dice @ calibrated"))
+
+
+@dataclasses.dataclass
+class CaseScores:
+    """What one scored case contributes: brain-voxel scores per method, per-slice scores, the truths."""
+
+    name: str
+    group: str
+    truth: np.ndarray                       # (n,) bool lesion at the brain voxels
+    voxels: dict[str, np.ndarray]           # method -> (n,) scores at the brain voxels
+    slices: dict[str, np.ndarray]           # method -> (S,) per canonical slice with brain
+    slice_truth: np.ndarray                 # (S,) bool: the slice holds lesion
+    thresholds: dict[str, float]           # method -> its calibrated threshold (AnoDODE maps only)
+
+
+def gaussian_map(model: AnoDODEModel, lc: LoadedCase, gaussian: GaussianBaseline) -> np.ndarray:
+    """The per-position Gaussian in place of the diffusion model: the Mahalanobis distance of each location's
+    standardised features to its position cell's normal mean, counted where the finest channel is brighter
+    than that mean (as AnoDODE counts hyperintense departures), smoothed and resampled like AnoDODE's map."""
+    p = lc.prepared
+    feats, ctx = p.locations()
+    with torch.no_grad():
+        y = model.standardiser(feats.float()).numpy()
+    d = gaussian.score(y, ctx.numpy())
+    brighter = y[:, 0] > gaussian.mean[gaussian.cell_index(ctx.numpy(), gaussian.cells), 0]
+    per_loc = torch.from_numpy((d * brighter).astype(np.float32))
+    grid = smooth_on_grid(scatter_to_grid(per_loc, p.grid_mask), p.grid_mask,
+                          model.config.localisation.smooth_mm, p.spacing_mm)
+    return p.geometry.to_canonical(p.to_input(grid))
+
+
+def score_case(model: AnoDODEModel, gaussian: GaussianBaseline, lc: LoadedCase, group: str,
+               thresholds: dict[str, float], preset: str = "standard") -> CaseScores:
+    """Every method's maps and slice scores on one held-out case (canonical, full resolution)."""
+    p = lc.prepared
+    scores, scored = score_prepared(model, p, preset)
+    locs = variant_localisations(model, list(thresholds))
+    maps = {k: p.geometry.to_canonical(maps_from_scores(p, scores, model, loc, scored)) for k, loc in locs.items()}
+    maps.update({"gaussian": gaussian_map(model, lc, gaussian), **baseline_maps(lc)})
+    brain = p.brain
+    has = brain.reshape(brain.shape[0], -1).any(1)
+    truth = lc.tumour & brain
+    slices = {k: np.array([np.nan if v is None else v for v in slice_quantile_scores(m, brain)])[has]
+              for k, m in maps.items()}
+    own = canonical_slice_scores(p, scores, model, scored)
+    slices["anodode"] = np.array([np.nan if v is None else v for v in own])[has]
+    return CaseScores(lc.case.name, group, truth[brain], {k: m[brain] for k, m in maps.items()}, slices,
+                      truth.reshape(truth.shape[0], -1).any(1)[has], thresholds)
+
+
+def variant_localisations(model: AnoDODEModel, names: list[str]) -> dict[str, LocalisationConfig]:
+    """``anodode`` (the model's own localisation) and the named ``VARIANTS`` of it."""
+    own = model.config.localisation
+    return {n: own if n == "anodode" else dataclasses.replace(own, **VARIANTS[n]) for n in names}
+
+
+def case_metrics(cases: list[CaseScores]) -> dict[str, dict[str, float]]:
+    """Per method: voxel AUPRC and best Dice over all the cases' brain voxels together, slice AUROC over
+    all their slices together, and (AnoDODE) the Dice of its calibrated label."""
+    truth = np.concatenate([c.truth for c in cases])
+    s_truth = np.concatenate([c.slice_truth for c in cases])
+    out: dict[str, dict[str, float]] = {}
+    for m in cases[0].voxels:
+        s = np.concatenate([c.voxels[m] for c in cases])
+        sl = np.concatenate([c.slices[m] for c in cases])
+        ok = np.isfinite(sl)
+        r = {"voxel_auprc": metrics.auprc(s, truth), "best_dice": metrics.best_dice(s, truth)[0],
+             "slice_auroc": metrics.auroc(sl[ok], s_truth[ok]) if len(set(s_truth[ok])) == 2 else float("nan")}
+        if m in cases[0].thresholds:
+            label = np.concatenate([c.voxels[m] > c.thresholds[m] for c in cases])
+            r["dice_at_threshold"] = metrics.dice(label, truth)
+        out[m] = r
+    return out
+
+
+def train_fold(training: list[LoadedCase], cfg, tc: TrainConfig, variants: list[str]
+               ) -> tuple[AnoDODEModel, GaussianBaseline, dict[str, float]]:
+    """The shipped recipe on ``training`` only: its standardiser, calibration (of the model's localisation
+    and of each variant) and Gaussian see nothing else."""
+    model = train_loaded(training, cfg, tc, calibrate_model=False, progress=False)
+    calibration = training[: tc.calibration_cases or None]
+    thresholds = calibration_thresholds(model, calibration, tc.calibration_quantile,
+                                        variant_localisations(model, ["anodode", *variants]))
+    model.config = dataclasses.replace(model.config, calibration=dataclasses.replace(
+        model.config.calibration, threshold=thresholds["anodode"], quantile=tc.calibration_quantile))
+    extra = augmented_cases(training, cfg, tc) if tc.augment.copies else []
+    feats, ctx = training_vectors(training + extra, tc.max_locations_per_case,
+                                  torch.Generator().manual_seed(tc.seed))
+    with torch.no_grad():
+        gaussian = GaussianBaseline.fit(model.standardiser(feats).numpy(), ctx.numpy())
+    return model, gaussian, thresholds
+
+
+def plan(brats: list[Case], wmh: list[Case], isles: list[Case], folds: int, train_wmh: bool
+         ) -> list[tuple[list[str], list[tuple[str, str]]]]:
+    """The training runs: (names trained on, [(group, name scored), ...]); no scored name is trained on."""
+    everyone = [c.name for c in brats] + ([c.name for c in wmh] if train_wmh else [])
+    runs = []
+    for k in range(folds):
+        held = [c.name for c in brats[k::folds]]
+        runs.append(([n for n in everyone if n not in held], [("brats", n) for n in held]))
+    if train_wmh:
+        for c in wmh:
+            runs.append(([n for n in everyone if n != c.name], [("wmh", c.name)]))
+        runs.append((everyone, [("isles", c.name) for c in isles]))
+    else:
+        runs.append((everyone, [("wmh", c.name) for c in wmh] + [("isles", c.name) for c in isles]))
+    return runs
+
+
+def _finite(obj):
+    """``obj`` with NaN/inf floats as None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
+def markdown(results: dict) -> str:
+    """Per group: a per-case table (AnoDODE / z-score / smoothed z-score in each cell) and the pooled
+    ablation rows (every method)."""
+    lines = []
+    for g in GROUPS:
+        if g not in results["groups"]:
+            continue
+        grp = results["groups"][g]
+        lines += [f"**{g}** ({len(grp['cases'])} case(s)): AnoDODE / FLAIR z-score / smoothed z-score", "",
+                  "| case | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+        for name, r in list(grp["cases"].items()) + [("**pooled**", grp["pooled"])]:
+            cells = []
+            for key, _ in COLUMNS:
+                if key == "dice_at_threshold":
+                    cells.append(_fmt(r["anodode"].get(key)))
+                else:
+                    cells.append(" / ".join(_fmt(r[m].get(key)) for m in ("anodode", "flair_zscore",
+                                                                          "flair_zscore_smoothed")))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [("Pooled, every method (ablation: `gaussian` is the same pipeline with the per-position Gaussian "
+               "in place of the diffusion model):"), "",
+              "| group | method | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|---|---|---|---|---|"]
+    for g in GROUPS:
+        if g in results["groups"]:
+            for m in results["groups"][g]["pooled"]:
+                r = results["groups"][g]["pooled"][m]
+                lines.append(f"| {g} | {m} | " + " | ".join(_fmt(r.get(k)) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(output: Path, steps: int, folds: int, train_wmh: bool, preset: str = "standard",
+        variants: list[str] | None = None) -> dict:
+    cfg = model_config()
+    tc = dataclasses.replace(TrainConfig(), steps=steps)
+    variants = list(variants or [])
+    brats, wmh, isles = brats_family_cases(), wmh_clinical_cases(), isles_cases()
+    if len(brats) < folds or not wmh or not isles:
+        raise FileNotFoundError("the three groups need ../shared/data (8 BraTS-family, wmh_clinical, isles22)")
+    t0 = time.perf_counter()
+    cases = {c.name: c for c in brats + wmh + isles}
+    loaded = {n: load_case(c, cfg, tc.healthy, tc.tumour_margin_mm) for n, c in cases.items()}
+    scored: list[CaseScores] = []
+    runs = plan(brats, wmh, isles, folds, train_wmh)
+    for i, (train_names, targets) in enumerate(runs):
+        logger.info("run %d/%d: training on %d cases, scoring %s", i + 1, len(runs), len(train_names),
+                    [n for _, n in targets])
+        model, gaussian, thresholds = train_fold([loaded[n] for n in train_names], cfg, tc, variants)
+        scored += [score_case(model, gaussian, loaded[n], g, thresholds, preset) for g, n in targets]
+    results: dict = {"protocol": {"folds": folds, "train_wmh": train_wmh, "steps": steps, "preset": preset,
+                                  "runs": [{"train": t, "scored": [n for _, n in s]} for t, s in runs]},
+                     "config": dataclasses.asdict(cfg), "train_config": dataclasses.asdict(tc), "groups": {}}
+    for g in GROUPS:
+        mine = [c for c in scored if c.group == g]
+        results["groups"][g] = {"cases": {c.name: case_metrics([c]) for c in mine}, "pooled": case_metrics(mine)}
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(_finite(results), indent=2, allow_nan=False) + "\n")
+    (output / "results.md").write_text(markdown(results))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output", type=Path, required=True)
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--folds", type=int, default=4, help="cross-validation folds of the BraTS group")
+    ap.add_argument("--no-train-wmh", dest="train_wmh", action="store_false",
+                    help="train on the BraTS-family cases only (the WMH group is then fully held out)")
+    ap.add_argument("--preset", default="standard")
+    ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
+                    help="also score these localisations of the same density (each calibrated alike)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        results = run(args.output, args.steps, args.folds, args.train_wmh, args.preset, args.variants)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
