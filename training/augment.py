@@ -86,7 +86,7 @@ def thicken_slices(arrays: list[np.ndarray], slice_mm: float, thickness_mm: floa
                    ) -> tuple[list[np.ndarray], float]:
     """Average blocks of n = round(thickness / slice_mm) canonical slices (axis 0) of each array, dropping a
     remainder; returns the arrays (float32) and the new slice spacing n * slice_mm. n <= 1: unchanged."""
-    n = int(round(thickness_mm / slice_mm))
+    n = round(thickness_mm / slice_mm)
     if n <= 1:
         return [a.astype(np.float32) for a in arrays], slice_mm
     out = []

@@ -22,7 +22,7 @@ import torch
 from AnoDODELib.bundle import BundleError, load_model, save_model
 from AnoDODELib.config import to_dict
 
-from .train import TrainConfig, calibrate, gather_cases, load_case
+from .train import DEFAULT_SOURCES, calibrate, gather_cases, load_case, train_config_from_dict
 
 logger = logging.getLogger("training.calibrate")
 
@@ -30,15 +30,15 @@ logger = logging.getLogger("training.calibrate")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, type=Path, help="bundle folder (rewritten in place)")
-    ap.add_argument("--data", nargs="+", default=["brats-family"], help="case sources, as for training.train")
+    ap.add_argument("--data", nargs="+", default=list(DEFAULT_SOURCES), help="case sources, as for training.train")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         model = load_model(args.model)
         training = model.metadata.get("training") or {}
-        tc = TrainConfig(**training.get("train_config", {}))
-        names = [c["name"] for c in training.get("cases", [])][: tc.calibration_cases]
+        tc = train_config_from_dict(training.get("train_config", {}))
+        names = [c["name"] for c in training.get("cases", [])][: tc.calibration_cases or None]
         if not names:
             raise ValueError(f"{args.model}/model.json lists no training cases to calibrate on")
         cases = gather_cases(args.data, tuple(model.config.features.contrasts), names, [])

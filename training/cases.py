@@ -237,11 +237,16 @@ def detect_layout(path: Path) -> str:
 
 
 def find_cases(source: str | os.PathLike, contrast: str | Sequence[str] = "flair") -> list[Case]:
-    """Cases from ``kind:path`` or a path whose layout is detected; ``brats-family`` is the shared data."""
+    """Cases from ``kind:path`` or a path whose layout is detected; ``brats-family``, ``wmh-clinical`` and
+    ``isles22`` are the labelled FLAIRs in the shared data (the last two FLAIR only)."""
     s = str(source)
     kind, _, rest = s.partition(":")
     if s == "brats-family":
         return brats_family_cases(contrasts=parse_contrasts(contrast))
+    if s in ("wmh-clinical", "isles22"):
+        if parse_contrasts(contrast) != ("flair",):
+            raise ValueError(f"{s} has FLAIR only")
+        return wmh_clinical_cases() if s == "wmh-clinical" else isles_cases()
     if rest and kind in READERS:
         path = Path(rest)
     else:

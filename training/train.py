@@ -19,7 +19,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from AnoDODELib import atomic_write, volume_io
 from AnoDODELib.bundle import AnoDODEModel, save_model
-from AnoDODELib.config import Calibration, ModelConfig, ScoreNetConfig, to_dict
+from AnoDODELib.config import Calibration, LocalisationConfig, ModelConfig, ScoreNetConfig, to_dict
 from AnoDODELib.pipeline import PreparedVolume, maps_from_scores, score_prepared
 
 from . import cache
@@ -43,21 +43,32 @@ logger = logging.getLogger("training.train")
 
 
 MIN_STEPS = 10
+DEFAULT_SOURCES = ("brats-family", "wmh-clinical")   # the shipped model's training cases
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 4096
     lr: float = 2e-3
     seed: int = 0
     healthy: str = "tissue"              # "tissue" | "slices"
     tumour_margin_mm: float = 6.0
     max_locations_per_case: int = 150_000
-    calibration_cases: int = 3             # the shipped bundle's (model.json train_config)
+    calibration_cases: int = 0             # the first N training cases calibrate the threshold; 0: all
     calibration_quantile: float = 0.995
     amp: bool = True                     # bf16 autocast when training on CUDA (no effect on CPU)
-    augment: AugmentConfig = AugmentConfig()   # scanner/protocol variation (training/augment.py)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(copies=2))   # training/augment.py
+
+
+def train_config_from_dict(data: dict) -> TrainConfig:
+    """A ``TrainConfig`` from its ``dataclasses.asdict`` form (as model.json stores it; lists -> tuples)."""
+    data = dict(data)
+    aug = data.pop("augment", None)
+    kwargs = {k: v for k, v in data.items()}
+    if aug is not None:
+        kwargs["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
+    return TrainConfig(**kwargs)
 
 
 @dataclass
@@ -138,13 +149,15 @@ def load_cases(cases: list[Case], cfg: ModelConfig, healthy: str = "tissue", mar
     return [load_cached(c, rep.entries[c.name], healthy, margin_mm) for c in cases if c.name in rep.entries]
 
 
-def augmented_cases(loaded: list[LoadedCase], cfg: ModelConfig, tc: TrainConfig) -> list[LoadedCase]:
+def augmented_cases(loaded: list[LoadedCase], cfg: ModelConfig, tc: TrainConfig,
+                    rng: np.random.Generator | None = None) -> list[LoadedCase]:
     """``tc.augment.copies`` augmented copies of each loaded case (training/augment.py), featurised by the
-    engine like any scan; the copies' normal tissue follows their own (carried-along) lesion masks."""
+    engine like any scan; the copies' normal tissue follows their own (carried-along) lesion masks. ``rng``
+    (default: seeded with ``tc.seed``) is drawn from case by case, in order."""
     from AnoDODELib.pipeline import prepare_volume
 
     out: list[LoadedCase] = []
-    rng = np.random.default_rng(tc.seed)
+    rng = np.random.default_rng(tc.seed) if rng is None else rng
     for lc in loaded:
         p = lc.prepared
         for k in range(tc.augment.copies):
@@ -294,16 +307,26 @@ def fit(model: AnoDODEModel, feats: torch.Tensor, ctx: torch.Tensor, tc: TrainCo
     return curve
 
 
-def calibrate(model: AnoDODEModel, loaded: list[LoadedCase], quantile: float, device: torch.device
-              ) -> Calibration:
-    """Threshold = the ``quantile`` of voxel anomaly scores over normal voxels of the given cases, as the
-    ``standard`` preset scores them (the preset ``anodode score`` uses by default)."""
-    values = []
+def calibration_thresholds(model: AnoDODEModel, loaded: list[LoadedCase], quantile: float,
+                           localisations: dict[str, LocalisationConfig], device: torch.device | str = "cpu"
+                           ) -> dict[str, float]:
+    """Per named localisation: the ``quantile`` of its voxel anomaly scores over the normal voxels (lesion and
+    its margin excluded: ``healthy_full``) of the given cases, as the ``standard`` preset scores them (the
+    preset ``anodode score`` uses by default). Each case is scored once for all localisations."""
+    values: dict[str, list[np.ndarray]] = {k: [] for k in localisations}
     for lc in loaded:
         scores, scored = score_prepared(model, lc.prepared, "standard", device=device)
-        amap = lc.prepared.geometry.to_canonical(maps_from_scores(lc.prepared, scores, model, scored=scored))
-        values.append(amap[lc.healthy_full])
-    return Calibration(threshold=float(np.quantile(np.concatenate(values), quantile)), quantile=quantile)
+        for name, loc in localisations.items():
+            amap = maps_from_scores(lc.prepared, scores, model, loc, scored=scored)
+            values[name].append(lc.prepared.geometry.to_canonical(amap)[lc.healthy_full])
+    return {k: float(np.quantile(np.concatenate(v), quantile)) for k, v in values.items()}
+
+
+def calibrate(model: AnoDODEModel, loaded: list[LoadedCase], quantile: float, device: torch.device
+              ) -> Calibration:
+    """The model's label threshold: ``calibration_thresholds`` of its own localisation."""
+    thr = calibration_thresholds(model, loaded, quantile, {"own": model.config.localisation}, device)["own"]
+    return Calibration(threshold=thr, quantile=quantile)
 
 
 def train(cases: list[Case], model_cfg: ModelConfig, tc: TrainConfig, device: str = "cpu",
@@ -322,7 +345,7 @@ def train_loaded(loaded: list[LoadedCase], model_cfg: ModelConfig, tc: TrainConf
     torch.manual_seed(tc.seed)
     feats, ctx = training_vectors(loaded + extra, tc.max_locations_per_case,
                                   torch.Generator().manual_seed(tc.seed))
-    return train_vectors(feats, ctx, [lc.case for lc in loaded], loaded[: tc.calibration_cases], model_cfg, tc,
+    return train_vectors(feats, ctx, [lc.case for lc in loaded], loaded[: tc.calibration_cases or None], model_cfg, tc,
                          device, calibrate_model, progress, t0, run)
 
 
@@ -392,14 +415,20 @@ def model_config(contrasts: tuple[str, ...] = ("flair",), hidden: int | None = N
                  scales_mm: tuple[float, ...] | None = None, position_context: bool = True) -> ModelConfig:
     """The shipped model's config for the given contrasts (primary first); ``scales_mm`` and
     ``position_context`` change the feature extractor for ablations. The score network's input and
-    context widths follow the features."""
+    context widths follow the features.
+
+    Against the engine's historical defaults (which older bundles load with), the shipped recipe reads
+    intensities relative to the white-matter peak (``intensity_reference="wm_peak"``) and conditions on the
+    regional brightness at 16 mm (``regional_scale_mm``): both measured on scans from other sites
+    (README, Results)."""
     base = ModelConfig()
+    pre = dataclasses.replace(base.preprocess, intensity_reference="wm_peak")
     feats = dataclasses.replace(base.features, contrasts=tuple(contrasts),
                                 scales_mm=tuple(scales_mm or base.features.scales_mm),
-                                position_context=position_context)
+                                position_context=position_context, regional_scale_mm=16.0)
     net = dataclasses.replace(base.score_net, channels=feats.channels, cond_channels=feats.cond_channels,
                               hidden=hidden or base.score_net.hidden)
-    return dataclasses.replace(base, features=feats, score_net=net)
+    return dataclasses.replace(base, preprocess=pre, features=feats, score_net=net)
 
 
 def gather_cases(sources: list[str], contrast: str | tuple[str, ...], names: list[str] | None, exclude: list[str],
@@ -415,9 +444,10 @@ def gather_cases(sources: list[str], contrast: str | tuple[str, ...], names: lis
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", required=True, type=Path, help="bundle folder to write")
-    ap.add_argument("--data", nargs="+", default=["brats-family"],
+    ap.add_argument("--data", nargs="+", default=list(DEFAULT_SOURCES),
                     help="case sources: a folder (layout detected), kind:path with kind in "
-                         "brats2021, brats2023, msd, csv, or brats-family (../shared/data; the default)")
+                         "brats2021, brats2023, msd, csv, or brats-family / wmh-clinical (../shared/data; "
+                         "the default is both)")
     ap.add_argument("--contrast", default="flair",
                     help="the contrast(s) the model reads, comma-separated, primary first: flair (default), "
                          "t1, t1ce, t2, e.g. flair,t1ce (several contrasts become feature channels)")
@@ -487,9 +517,10 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as exc:   # volume_io.InputError is a ValueError
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        extra = augmented_cases(loaded, cfg, tc) if tc.augment.copies else []
         torch.manual_seed(tc.seed)
-        feats, ctx = training_vectors(loaded, tc.max_locations_per_case, gen)
-        calib = loaded[: tc.calibration_cases]
+        feats, ctx = training_vectors(loaded + extra, tc.max_locations_per_case, gen)
+        calib = loaded[: tc.calibration_cases or None]
     else:   # every rank builds its share of the cache, then all read it
         cache.build_cache(cases, cfg, args.cache, args.workers, progress=rank == 0, shard=(rank, world))
         barrier()
@@ -501,8 +532,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(tc.seed)
         feats, ctx = training_vectors_cached([entries[c.name] for c in cases], tc.healthy, tc.tumour_margin_mm,
                                              tc.max_locations_per_case, gen)
+        if tc.augment.copies:   # one case in memory at a time; the same vectors as the in-memory path
+            rng, more = np.random.default_rng(tc.seed), [(feats, ctx)]
+            for c in cases:
+                copies = augmented_cases([load_cached(c, entries[c.name], tc.healthy, tc.tumour_margin_mm)],
+                                         cfg, tc, rng)
+                more.append(training_vectors(copies, tc.max_locations_per_case, gen))
+            feats, ctx = torch.cat([f for f, _ in more]), torch.cat([c for _, c in more])
         calib = [load_cached(c, entries[c.name], tc.healthy, tc.tumour_margin_mm)
-                 for c in cases[: tc.calibration_cases]] if rank == 0 else []
+                 for c in cases[: tc.calibration_cases or None]] if rank == 0 else []
     model = train_vectors(feats, ctx, cases, calib, cfg, tc, dev, progress=True, t0=t0, run=run)
     interrupted = run.stop_after is not None and run.stop_after < tc.steps
     if rank == 0 and not interrupted:
