@@ -24,7 +24,7 @@ from AnoDODELib.config import LocalisationConfig, ModelConfig
 from .baselines import GaussianBaseline
 from .cases import brats_family_cases, parse_contrasts
 from .evaluate import evaluate_loaded, localisation_variants, pooled, print_table, write_table
-from .train import LoadedCase, TrainConfig, load_case, model_config, train_loaded, training_vectors
+from .train import LoadedCase, TrainConfig, load_case, model_config, normal_vectors, train_loaded
 
 logger = logging.getLogger("training.crossval")
 
@@ -65,8 +65,7 @@ def cross_validate(loaded: list[LoadedCase], cfg: ModelConfig, tc: TrainConfig, 
         model = train_loaded(train_set, cfg, tc, calibrate_model=True, progress=progress)
         baseline = None
         if gaussian:   # the same normal vectors the model was trained on (same seed)
-            feats, ctx = training_vectors(train_set, tc.max_locations_per_case,
-                                          torch.Generator().manual_seed(tc.seed))
+            feats, ctx = normal_vectors(train_set, cfg, tc)
             with torch.no_grad():
                 baseline = GaussianBaseline.fit(model.standardiser(feats).numpy(), ctx.numpy())
         folds.append(Fold(k, held, [lc.case.name for lc in train_set], model, baseline))

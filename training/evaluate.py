@@ -79,7 +79,10 @@ def gaussian_map(model: AnoDODEModel, p: PreparedVolume, gaussian: GaussianBasel
 
 
 def raw_intensity(lc: LoadedCase) -> np.ndarray:
-    """The case's primary image as read from its file (no normalisation), canonical layout, float32."""
+    """The case's primary image as read from its file (no normalisation), canonical layout, float32 (a
+    generated case carries it as ``lc.raw``)."""
+    if lc.raw is not None:
+        return lc.raw.astype(np.float32)
     return lc.prepared.geometry.to_canonical(
         sitk.GetArrayFromImage(read_case_image(lc.case)).astype(np.float32))
 

@@ -48,12 +48,11 @@ from .evaluate import baseline_maps
 from .train import (
     LoadedCase,
     TrainConfig,
-    augmented_cases,
     calibration_thresholds,
     load_case,
     model_config,
+    normal_vectors,
     train_loaded,
-    training_vectors,
 )
 
 logger = logging.getLogger("training.heldout")
@@ -152,9 +151,7 @@ def train_fold(training: list[LoadedCase], cfg, tc: TrainConfig, variants: list[
                                         variant_localisations(model, ["anodode", *variants]))
     model.config = dataclasses.replace(model.config, calibration=dataclasses.replace(
         model.config.calibration, threshold=thresholds["anodode"], quantile=tc.calibration_quantile))
-    extra = augmented_cases(training, cfg, tc) if tc.augment.copies else []
-    feats, ctx = training_vectors(training + extra, tc.max_locations_per_case,
-                                  torch.Generator().manual_seed(tc.seed))
+    feats, ctx = normal_vectors(training, cfg, tc)
     with torch.no_grad():
         gaussian = GaussianBaseline.fit(model.standardiser(feats).numpy(), ctx.numpy())
     return model, gaussian, thresholds

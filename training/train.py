@@ -78,6 +78,7 @@ class LoadedCase:
     tumour: np.ndarray           # (S, H, W) canonical bool, full resolution
     healthy_grid: torch.Tensor   # (S, h, w) bool normal locations on the model grid
     healthy_full: np.ndarray     # (S, H, W) canonical bool normal voxels, full resolution
+    raw: np.ndarray | None = None    # (S, H, W) canonical raw intensity (None: read from case.flair)
 
 
 @dataclass
@@ -166,6 +167,14 @@ def augmented_cases(loaded: list[LoadedCase], cfg: ModelConfig, tc: TrainConfig,
             prepared = prepare_volume(image, cfg, brain, name=f"{lc.case.name} (augmented {k + 1})")
             out.append(select_healthy(lc.case, prepared, lesion, tc.healthy, tc.tumour_margin_mm))
     return out
+
+
+def normal_vectors(loaded: list[LoadedCase], cfg: ModelConfig, tc: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normal feature and context vectors a model is trained on: those of the loaded cases and of their
+    ``tc.augment.copies`` augmented copies, at most ``tc.max_locations_per_case`` per (copy of a) case,
+    drawn with the seed ``tc.seed`` (so the Gaussian baseline can be fitted on the very same vectors)."""
+    extra = augmented_cases(loaded, cfg, tc) if tc.augment.copies else []
+    return training_vectors(loaded + extra, tc.max_locations_per_case, torch.Generator().manual_seed(tc.seed))
 
 
 def training_vectors(loaded: list[LoadedCase], max_per_case: int, gen: torch.Generator
@@ -341,10 +350,8 @@ def train_loaded(loaded: list[LoadedCase], model_cfg: ModelConfig, tc: TrainConf
                  run: RunOptions | None = None) -> AnoDODEModel:
     """Train (and calibrate) on already loaded cases."""
     t0 = time.perf_counter() if t0 is None else t0
-    extra = augmented_cases(loaded, model_cfg, tc) if tc.augment.copies else []
     torch.manual_seed(tc.seed)
-    feats, ctx = training_vectors(loaded + extra, tc.max_locations_per_case,
-                                  torch.Generator().manual_seed(tc.seed))
+    feats, ctx = normal_vectors(loaded, model_cfg, tc)
     return train_vectors(feats, ctx, [lc.case for lc in loaded], loaded[: tc.calibration_cases or None], model_cfg, tc,
                          device, calibrate_model, progress, t0, run)
 
@@ -517,9 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as exc:   # volume_io.InputError is a ValueError
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        extra = augmented_cases(loaded, cfg, tc) if tc.augment.copies else []
         torch.manual_seed(tc.seed)
-        feats, ctx = training_vectors(loaded + extra, tc.max_locations_per_case, gen)
+        feats, ctx = normal_vectors(loaded, cfg, tc)
         calib = loaded[: tc.calibration_cases or None]
     else:   # every rank builds its share of the cache, then all read it
         cache.build_cache(cases, cfg, args.cache, args.workers, progress=rank == 0, shard=(rank, world))

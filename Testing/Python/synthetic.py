@@ -96,4 +96,6 @@ def loaded_case(name: str, cfg, spacing=(2.0, 2.0, 3.0), lesion=(-20.0, 10.0, 12
                   extent_mm)
     prepared = prepare_volume(image, cfg)
     tumour = np.ascontiguousarray(prepared.geometry.to_canonical(sitk.GetArrayFromImage(sphere) > 0))
-    return select_healthy(Case(name, "synthetic", Path(f"{name}.nii.gz"), None), prepared, tumour, "tissue", 6.0)
+    lc = select_healthy(Case(name, "synthetic", Path(f"{name}.nii.gz"), None), prepared, tumour, "tissue", 6.0)
+    lc.raw = prepared.geometry.to_canonical(sitk.GetArrayFromImage(image))   # no file: the baselines read this
+    return lc

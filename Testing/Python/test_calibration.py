@@ -131,7 +131,7 @@ def test_training_calibrates_on_its_first_calibration_cases(cfg, monkeypatch):
 
     monkeypatch.setattr(train, "calibrate", fake_calibrate)
     tc = train.TrainConfig(steps=10, batch_size=64, calibration_cases=2, calibration_quantile=0.99)
-    model = train.train_loaded(cases, train.model_config(hidden=8), tc, progress=False)
+    model = train.train_loaded(cases, cfg, tc, progress=False)   # the config the cases were prepared with
     assert seen == [(["a", "b"], 0.99)]
     assert [c["name"] for c in model.metadata["training"]["cases"]] == ["a", "b", "c"]
     assert model.metadata["training"]["train_config"]["calibration_cases"] == 2

@@ -52,8 +52,7 @@ def test_no_held_out_case_reaches_its_fold_training(cv, cases):
         assert held.isdisjoint(f.trained) and set(f.trained) | held == set(names)
         assert [c["name"] for c in f.model.metadata["training"]["cases"]] == [lc.case.name for lc in train_set]
         # the standardiser is the mean/std of the normal vectors of the training cases, computed here
-        feats, ctx = train.training_vectors(train_set, tc.max_locations_per_case,
-                                            torch.Generator().manual_seed(tc.seed))
+        feats, ctx = train.normal_vectors(train_set, f.model.config, tc)
         torch.testing.assert_close(f.model.standardiser.mean, feats.mean(0))
         torch.testing.assert_close(f.model.standardiser.std, feats.std(0).clamp_min(1e-6))
         # the Gaussian baseline is fitted on the same vectors
