@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from AnoDODELib.config import FeatureConfig
+
 SMOOTH_SIGMA_MM = 2.0
 
 
@@ -40,6 +42,11 @@ def smoothed_zscore_map(raw: np.ndarray, brain: np.ndarray, spacing_mm: tuple[fl
     return np.where(brain, num / np.maximum(den, 1e-12), -np.inf).astype(np.float32)
 
 
+def position_columns(features: FeatureConfig) -> int:
+    """How many brain-relative position columns (x, y and maybe z) follow the depth in the context."""
+    return (3 if features.slice_position else 2) if features.position_context else 0
+
+
 class GaussianBaseline:
     """PaDiM-style feature-space Gaussian, conditioned on position by cells.
 
@@ -50,24 +57,32 @@ class GaussianBaseline:
     (K = 1) there is one cell.
     """
 
-    def __init__(self, mean: np.ndarray, precision: np.ndarray, cells: int) -> None:
-        self.mean, self.precision, self.cells = mean, precision, cells   # (M, C), (M, C, C); M = cells^3
+    def __init__(self, mean: np.ndarray, precision: np.ndarray, cells: int, positions: int = 3) -> None:
+        self.mean, self.precision, self.cells = mean, precision, cells   # (M, C), (M, C, C); M = cells^positions
+        self.positions = positions
 
     @staticmethod
-    def cell_index(context: np.ndarray, cells: int) -> np.ndarray:
+    def cell_index(context: np.ndarray, cells: int, positions: int = 3) -> np.ndarray:
+        """The cell of each context row: its ``positions`` position columns (after the depth column, in
+        [-1, 1]) binned into ``cells`` each, as one index; 0 for all without position columns."""
         c = np.asarray(context)
-        if c.shape[1] < 4 or cells <= 1:
+        if positions < 1 or c.shape[1] < 1 + positions or cells <= 1:
             return np.zeros(c.shape[0], np.int64)
-        b = np.clip(((c[:, 1:4] + 1) / 2 * cells).astype(np.int64), 0, cells - 1)
-        return (b[:, 0] * cells + b[:, 1]) * cells + b[:, 2]
+        b = np.clip(((c[:, 1:1 + positions] + 1) / 2 * cells).astype(np.int64), 0, cells - 1)
+        idx = np.zeros(c.shape[0], np.int64)
+        for k in range(positions):
+            idx = idx * cells + b[:, k]
+        return idx
 
     @classmethod
-    def fit(cls, y, context, cells: int = 4, ridge: float = 1e-3, min_count: int = 50) -> GaussianBaseline:
+    def fit(cls, y, context, cells: int = 4, ridge: float = 1e-3, min_count: int = 50, positions: int = 3
+            ) -> GaussianBaseline:
+        """``positions``: how many position columns follow the depth in the context (``position_columns``)."""
         y = np.asarray(y, np.float64)
         ctx = np.asarray(context)
         c = y.shape[1]
-        cells = cells if ctx.shape[1] >= 4 else 1
-        idx = cls.cell_index(ctx, cells)
+        cells = cells if positions >= 1 and ctx.shape[1] >= 1 + positions else 1
+        idx = cls.cell_index(ctx, cells, positions)
 
         def gauss(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             mu = v.mean(0)
@@ -75,25 +90,27 @@ class GaussianBaseline:
             return mu, np.linalg.inv(cov)
 
         g_mu, g_prec = gauss(y)
-        m = cells ** 3 if cells > 1 else 1
+        m = cells ** positions if cells > 1 else 1
         mean, prec = np.tile(g_mu, (m, 1)), np.tile(g_prec, (m, 1, 1))
         for k in range(m):
             sel = idx == k
             if sel.sum() >= min_count:
                 mean[k], prec[k] = gauss(y[sel])
-        return cls(mean.astype(np.float32), prec.astype(np.float32), cells)
+        return cls(mean.astype(np.float32), prec.astype(np.float32), cells, positions)
 
     def score(self, y, context) -> np.ndarray:
         """Mahalanobis distance (N,) of standardised feature vectors (N, C) with context (N, K)."""
         y = np.asarray(y, np.float32)
-        idx = self.cell_index(np.asarray(context), self.cells)
+        idx = self.cell_index(np.asarray(context), self.cells, self.positions)
         d = y - self.mean[idx]
         return np.sqrt(np.maximum(np.einsum("nc,ncd,nd->n", d, self.precision[idx], d), 0.0))
 
     def save(self, path) -> None:
-        np.savez(path, mean=self.mean, precision=self.precision, cells=np.array(self.cells))
+        np.savez(path, mean=self.mean, precision=self.precision, cells=np.array(self.cells),
+                 positions=np.array(self.positions))
 
     @classmethod
     def load(cls, path) -> GaussianBaseline:
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["mean"], z["precision"], int(z["cells"]))
+            return cls(z["mean"], z["precision"], int(z["cells"]),
+                       int(z["positions"]) if "positions" in z.files else 3)

@@ -21,7 +21,7 @@ import torch
 from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import LocalisationConfig, ModelConfig
 
-from .baselines import GaussianBaseline
+from .baselines import GaussianBaseline, position_columns
 from .cases import brats_family_cases, parse_contrasts
 from .evaluate import evaluate_loaded, localisation_variants, pooled, print_table, write_table
 from .train import LoadedCase, TrainConfig, load_case, model_config, normal_vectors, train_loaded
@@ -67,7 +67,8 @@ def cross_validate(loaded: list[LoadedCase], cfg: ModelConfig, tc: TrainConfig, 
         if gaussian:   # the same normal vectors the model was trained on (same seed)
             feats, ctx = normal_vectors(train_set, cfg, tc)
             with torch.no_grad():
-                baseline = GaussianBaseline.fit(model.standardiser(feats).numpy(), ctx.numpy())
+                baseline = GaussianBaseline.fit(model.standardiser(feats).numpy(), ctx.numpy(),
+                                                positions=position_columns(cfg.features))
         folds.append(Fold(k, held, [lc.case.name for lc in train_set], model, baseline))
         for i in held:
             res, out = evaluate_loaded(model, loaded[i], variants, preset=preset, gaussian=baseline)

@@ -42,7 +42,7 @@ from AnoDODELib.config import LocalisationConfig
 from AnoDODELib.pipeline import canonical_slice_scores, maps_from_scores, score_prepared
 
 from . import metrics
-from .baselines import GaussianBaseline
+from .baselines import GaussianBaseline, position_columns
 from .cases import Case, brats_family_cases, isles_cases, wmh_clinical_cases
 from .evaluate import baseline_maps
 from .train import (
@@ -90,7 +90,7 @@ def gaussian_map(model: AnoDODEModel, lc: LoadedCase, gaussian: GaussianBaseline
     with torch.no_grad():
         y = model.standardiser(feats.float()).numpy()
     d = gaussian.score(y, ctx.numpy())
-    brighter = y[:, 0] > gaussian.mean[gaussian.cell_index(ctx.numpy(), gaussian.cells), 0]
+    brighter = y[:, 0] > gaussian.mean[gaussian.cell_index(ctx.numpy(), gaussian.cells, gaussian.positions), 0]
     per_loc = torch.from_numpy((d * brighter).astype(np.float32))
     grid = smooth_on_grid(scatter_to_grid(per_loc, p.grid_mask), p.grid_mask,
                           model.config.localisation.smooth_mm, p.spacing_mm)
@@ -153,7 +153,8 @@ def train_fold(training: list[LoadedCase], cfg, tc: TrainConfig, variants: list[
         model.config.calibration, threshold=thresholds["anodode"], quantile=tc.calibration_quantile))
     feats, ctx = normal_vectors(training, cfg, tc)
     with torch.no_grad():
-        gaussian = GaussianBaseline.fit(model.standardiser(feats).numpy(), ctx.numpy())
+        gaussian = GaussianBaseline.fit(model.standardiser(feats).numpy(), ctx.numpy(),
+                                        positions=position_columns(cfg.features))
     return model, gaussian, thresholds
 
 
@@ -221,8 +222,12 @@ def markdown(results: dict) -> str:
 
 
 def run(output: Path, steps: int, folds: int, train_wmh: bool, preset: str = "standard",
-        variants: list[str] | None = None) -> dict:
+        variants: list[str] | None = None, slice_position: bool = True) -> dict:
     cfg = model_config()
+    if not slice_position:
+        feats = dataclasses.replace(cfg.features, slice_position=False)
+        cfg = dataclasses.replace(cfg, features=feats,
+                                  score_net=dataclasses.replace(cfg.score_net, cond_channels=feats.cond_channels))
     tc = dataclasses.replace(TrainConfig(), steps=steps)
     variants = list(variants or [])
     brats, wmh, isles = brats_family_cases(), wmh_clinical_cases(), isles_cases()
@@ -259,12 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-train-wmh", dest="train_wmh", action="store_false",
                     help="train on the BraTS-family cases only (the WMH group is then fully held out)")
     ap.add_argument("--preset", default="standard")
+    ap.add_argument("--no-slice-position", dest="slice_position", action="store_false",
+                    help="ablation: condition on in-plane position only, not on the slice's brain-box z")
     ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
                     help="also score these localisations of the same density (each calibrated alike)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        results = run(args.output, args.steps, args.folds, args.train_wmh, args.preset, args.variants)
+        results = run(args.output, args.steps, args.folds, args.train_wmh, args.preset, args.variants,
+                      args.slice_position)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ from AnoDODELib.pipeline import PreparedVolume, maps_from_scores, score_prepared
 
 from . import cache
 from .augment import AugmentConfig, augmented_copy
-from .baselines import GaussianBaseline
+from .baselines import GaussianBaseline, position_columns
 from .cache import prepare_case
 from .cases import Case, brats_family_cases, find_cases, parse_contrasts, seg_array, select  # noqa: F401
 
@@ -551,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = run.stop_after is not None and run.stop_after < tc.steps
     if rank == 0 and not interrupted:
         save_model(model, args.output)
-        GaussianBaseline.fit(model.standardiser(feats).detach().numpy(), ctx.numpy()).save(run_dir / "gaussian_baseline.npz")
+        GaussianBaseline.fit(model.standardiser(feats).detach().numpy(), ctx.numpy(),
+                             positions=position_columns(cfg.features)).save(run_dir / "gaussian_baseline.npz")
         print(json.dumps({"output": str(args.output), "run_dir": str(run_dir),
                           "calibration": to_dict(model.config.calibration),
                           "seconds": model.metadata["training"]["seconds"]}, indent=2))

@@ -9,7 +9,7 @@ from synthetic import loaded_case
 
 from AnoDODELib.bundle import load_model
 from training import crossval, evaluate, metrics, train
-from training.baselines import GaussianBaseline
+from training.baselines import GaussianBaseline, position_columns
 
 SMALL = dict(spacing=(2.0, 2.0, 4.0), axes=(30.0, 36.0, 22.0), extent_mm=(72.0, 84.0, 52.0), radius_mm=6.0)
 LESIONS = [(-12.0, 8.0, 4.0), (10.0, -12.0, -4.0), (-6.0, -10.0, 6.0), (12.0, 10.0, 0.0)]
@@ -57,7 +57,8 @@ def test_no_held_out_case_reaches_its_fold_training(cv, cases):
         torch.testing.assert_close(f.model.standardiser.std, feats.std(0).clamp_min(1e-6))
         # the Gaussian baseline is fitted on the same vectors
         with torch.no_grad():
-            ref = GaussianBaseline.fit(f.model.standardiser(feats).numpy(), ctx.numpy())
+            ref = GaussianBaseline.fit(f.model.standardiser(feats).numpy(), ctx.numpy(),
+                                      positions=position_columns(f.model.config.features))
         np.testing.assert_allclose(f.gaussian.mean, ref.mean, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(f.gaussian.precision, ref.precision, rtol=1e-4, atol=1e-4)
         # the threshold is calibrated on the first calibration case(s) of the training cases

@@ -223,3 +223,16 @@ def test_recalibrate_reproduces_the_training_threshold(tmp_path, csv_cases):
     assert again["config"]["calibration"]["threshold"] == pytest.approx(trained, rel=1e-5)
     assert again["weights"]["sha256"] == weights == hashlib.sha256((model / "weights.pt").read_bytes()).hexdigest()
     assert calibrate.main(["--model", str(model), "--data", str(tmp_path / "nowhere")]) == 2
+
+
+def test_gaussian_baseline_cells_use_only_the_position_columns():
+    """Without the slice's z (2 position columns), a further context column (the regional level) must not
+    split the cells: index = x_bin * cells + y_bin."""
+    from AnoDODELib.config import FeatureConfig
+    from training.baselines import GaussianBaseline, position_columns
+
+    ctx = np.array([[0.5, -0.9, 0.9, 3.0], [0.5, 0.9, -0.9, -3.0]])
+    assert GaussianBaseline.cell_index(ctx, 2, positions=2).tolist() == [0 * 2 + 1, 1 * 2 + 0]
+    assert GaussianBaseline.cell_index(ctx, 2, positions=0).tolist() == [0, 0]
+    assert position_columns(FeatureConfig(slice_position=False, regional_scale_mm=16.0)) == 2
+    assert position_columns(FeatureConfig()) == 3 and position_columns(FeatureConfig(position_context=False)) == 0
