@@ -9,8 +9,8 @@ units (sigma_i = 2 mm / spacing_i voxels), so thick slices are barely mixed.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
+from AnoDODELib.anomaly_map import smooth_in_mask
 from AnoDODELib.config import FeatureConfig
 
 SMOOTH_SIGMA_MM = 2.0
@@ -33,13 +33,10 @@ def flair_zscore_map(raw: np.ndarray, brain: np.ndarray) -> np.ndarray:
 def smoothed_zscore_map(raw: np.ndarray, brain: np.ndarray, spacing_mm: tuple[float, float, float],
                         sigma_mm: float = SMOOTH_SIGMA_MM) -> np.ndarray:
     """The z-score smoothed inside the brain by a 3-D normalised Gaussian convolution of ``sigma_mm`` along
-    each axis (``spacing_mm``: the array's voxel size per axis, in the same axis order); -inf outside."""
-    z = np.where(brain, zscore(raw, brain), 0.0).astype(np.float64)
-    m = brain.astype(np.float64)
-    sigma = [sigma_mm / float(s) for s in spacing_mm]
-    num = ndimage.gaussian_filter(z, sigma, mode="constant")
-    den = ndimage.gaussian_filter(m, sigma, mode="constant")
-    return np.where(brain, num / np.maximum(den, 1e-12), -np.inf).astype(np.float32)
+    each axis (``spacing_mm``: the array's voxel size per axis, in the same axis order; the engine's
+    ``anomaly_map.smooth_in_mask``); -inf outside."""
+    sm = smooth_in_mask(zscore(raw, brain), brain, spacing_mm, sigma_mm)
+    return np.where(brain, sm, -np.inf).astype(np.float32)
 
 
 def position_columns(features: FeatureConfig) -> int:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smooth_on_grid
-from AnoDODELib.bundle import AnoDODEModel
+from AnoDODELib.bundle import AnoDODEModel, save_model
 from AnoDODELib.config import LocalisationConfig
 from AnoDODELib.pipeline import canonical_slice_scores, maps_from_scores, score_prepared
 
@@ -222,10 +222,12 @@ def markdown(results: dict) -> str:
 
 
 def run(output: Path, steps: int, folds: int, train_wmh: bool, preset: str = "standard",
-        variants: list[str] | None = None, slice_position: bool = True) -> dict:
+        variants: list[str] | None = None, slice_position: bool = True, features: dict | None = None,
+        save_models: bool = False) -> dict:
     cfg = model_config()
-    if not slice_position:
-        feats = dataclasses.replace(cfg.features, slice_position=False)
+    changes = {**(features or {}), **({} if slice_position else {"slice_position": False})}
+    if changes:
+        feats = dataclasses.replace(cfg.features, **changes)
         cfg = dataclasses.replace(cfg, features=feats,
                                   score_net=dataclasses.replace(cfg.score_net, cond_channels=feats.cond_channels))
     tc = dataclasses.replace(TrainConfig(), steps=steps)
@@ -242,6 +244,9 @@ def run(output: Path, steps: int, folds: int, train_wmh: bool, preset: str = "st
         logger.info("run %d/%d: training on %d cases, scoring %s", i + 1, len(runs), len(train_names),
                     [n for _, n in targets])
         model, gaussian, thresholds = train_fold([loaded[n] for n in train_names], cfg, tc, variants)
+        if save_models:
+            save_model(model, output / "models" / f"run{i + 1}")
+            gaussian.save(output / "models" / f"run{i + 1}" / "gaussian_baseline.npz")
         scored += [score_case(model, gaussian, loaded[n], g, thresholds, preset) for g, n in targets]
     results: dict = {"protocol": {"folds": folds, "train_wmh": train_wmh, "steps": steps, "preset": preset,
                                   "runs": [{"train": t, "scored": [n for _, n in s]} for t, s in runs]},
@@ -266,13 +271,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="standard")
     ap.add_argument("--no-slice-position", dest="slice_position", action="store_false",
                     help="ablation: condition on in-plane position only, not on the slice's brain-box z")
+    ap.add_argument("--regional-mm", type=float, default=None,
+                    help="ablation: the regional-level context's scale in mm (0: no regional context)")
+    ap.add_argument("--regional-clip", type=float, default=None,
+                    help="ablation: clip intensities at this level before the regional average")
+    ap.add_argument("--save-models", action="store_true", help="keep each run's model in OUTPUT/models/runK")
     ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
                     help="also score these localisations of the same density (each calibrated alike)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         results = run(args.output, args.steps, args.folds, args.train_wmh, args.preset, args.variants,
-                      args.slice_position)
+                      args.slice_position, {k: v for k, v in (("regional_scale_mm", args.regional_mm),
+                                                              ("regional_clip", args.regional_clip)) if v is not None},
+                      args.save_models)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -100,6 +100,8 @@ class FeatureConfig:
         at this Gaussian sigma (mm), i.e. how bright the region around a location is on this scan. The
         density then reads a location's features relative to its region, so a region that is brighter
         everywhere on one scanner is not anomalous by itself.
+    regional_clip: unless None, intensities are clipped at this normalised level before the regional
+        average, so a bright lesion raises its own region's level by at most that much.
     """
 
     contrasts: tuple[str, ...] = ("flair",)
@@ -108,6 +110,7 @@ class FeatureConfig:
     position_context: bool = True
     slice_position: bool = True
     regional_scale_mm: float = 0.0
+    regional_clip: float | None = None
 
     def __post_init__(self) -> None:
         _names(self.contrasts, "contrasts", CONTRASTS)
@@ -225,6 +228,10 @@ class LocalisationConfig:
         contrast's first scale only; coarser scales still shape the reconstruction through the density).
     slice_quantile: the slice score (``slice_scores``) is this quantile of the slice's hyperintense-gated
         per-location bpd.
+    intensity_product: the map is sqrt(density map) x max(I_s, 0), where I_s is the normalised intensity
+        smoothed inside the brain at full resolution by a 3-D Gaussian of ``smooth_mm`` (physical units): the
+        density says whether a location's multi-scale appearance is unusual for normal tissue at its place,
+        the intensity how bright it is, at the input's own resolution.
     """
 
     method: str = "reconstruction"
@@ -236,6 +243,7 @@ class LocalisationConfig:
     smooth_mm: float = 2.0
     residual_scales: str = "all"
     slice_quantile: float = 0.99
+    intensity_product: bool = False
 
     def __post_init__(self) -> None:
         _choice(self.method, "method", LOCALISATIONS)

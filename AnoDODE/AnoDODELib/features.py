@@ -12,8 +12,9 @@ Context (conditioning, not modelled by the density), one vector per location:
     depth:    distance from the brain edge within the slice, in units of ``edge_scale_mm``, capped at 1;
     position: (x, y, z) relative to the brain's bounding box, each in [-1, 1]
               (x: right->left, y: anterior->posterior, z: inferior->superior; z only with ``slice_position``);
-    regional: (G_R * (I_0 m)) / (G_R * m), the primary contrast smoothed inside the brain at R =
-              ``regional_scale_mm`` (only when R > 0): how bright this scan is around the location.
+    regional: (G_R * (min(I_0, c) m)) / (G_R * m), the primary contrast clipped at c = ``regional_clip`` and
+              smoothed inside the brain at R = ``regional_scale_mm`` (only when R > 0): how bright this scan's
+              normal-appearing tissue is around the location.
 The context lets the density know that edge, CSF and ventricle intensities are normal where they occur.
 """
 from __future__ import annotations
@@ -123,7 +124,8 @@ def extract_features(slices: torch.Tensor, mask: torch.Tensor, slice_positions_m
         if cfg.slice_position:
             context.append(z.view(-1, 1, 1, 1).expand_as(m) * m)
     if cfg.regional_scale_mm > 0:
-        context.append(masked_smooth(imgs[:, :1], m, cfg.regional_scale_mm / spacing_mm))
+        level = imgs[:, :1] if cfg.regional_clip is None else imgs[:, :1].clamp(max=cfg.regional_clip)
+        context.append(masked_smooth(level, m, cfg.regional_scale_mm / spacing_mm))
     return torch.cat(feats, dim=1), torch.cat(context, dim=1)
 
 

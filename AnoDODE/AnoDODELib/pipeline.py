@@ -31,6 +31,7 @@ from .anomaly_map import (
     location_scores,
     scatter_to_grid,
     slice_quantile_scores,
+    smooth_in_mask,
     smooth_on_grid,
 )
 from .config import LocalisationConfig, ModelConfig, SolverConfig
@@ -337,7 +338,12 @@ def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: An
                               finest_channels(model.config.features))
     grid = smooth_on_grid(scatter_to_grid(per_loc, where), where, loc.smooth_mm, prepared.spacing_mm)
     grid = interpolate_slices(grid, keep) * prepared.grid_mask
-    return prepared.to_input(grid)
+    if not loc.intensity_product:
+        return prepared.to_input(grid)
+    density = prepared.geometry.to_canonical(prepared.to_input(grid))
+    bright = smooth_in_mask(prepared.normalised, prepared.brain, prepared.geometry.spacing_mm, loc.smooth_mm)
+    product = np.sqrt(np.maximum(density, 0.0)) * np.maximum(bright, 0.0)
+    return prepared.geometry.from_canonical(np.where(prepared.brain, product, 0.0).astype(np.float32))
 
 
 def canonical_slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
