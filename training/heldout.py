@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smooth_on_grid
-from AnoDODELib.bundle import AnoDODEModel, save_model
+from AnoDODELib.bundle import AnoDODEModel, load_model, save_model
 from AnoDODELib.config import LocalisationConfig
 from AnoDODELib.pipeline import canonical_slice_scores, maps_from_scores, score_prepared
 
@@ -60,10 +60,16 @@ logger = logging.getLogger("training.heldout")
 GROUPS = ("brats", "wmh", "isles")
 METHODS = ("anodode", "gaussian", "flair_zscore", "flair_zscore_smoothed")
 # other localisations of the same density, scored from the same per-location results (``--variants``)
-VARIANTS = {"reconstruction_all_scales": {"method": "reconstruction", "residual_scales": "all"},
-            "reconstruction_finest": {"method": "reconstruction", "residual_scales": "finest"},
-            "combined": {"method": "combined"},
-            "likelihood": {"method": "likelihood"}}
+VARIANTS = {"reconstruction_all_scales": {"method": "reconstruction", "residual_scales": "all",
+                                          "intensity_product": False},
+            "reconstruction_x_intensity": {"method": "reconstruction", "residual_scales": "all",
+                                           "intensity_product": True},
+            "likelihood_x_intensity": {"method": "likelihood", "intensity_product": True},
+            "combined_x_intensity": {"method": "combined", "intensity_product": True},
+            "reconstruction_finest": {"method": "reconstruction", "residual_scales": "finest",
+                                      "intensity_product": False},
+            "combined": {"method": "combined", "intensity_product": False},
+            "likelihood": {"method": "likelihood", "intensity_product": False}}
 COLUMNS = (("voxel_auprc", "voxel AUPRC"), ("best_dice", "best Dice"), ("slice_auroc", "slice AUROC"),
            ("dice_at_threshold", "Dice @ calibrated"))
 
@@ -141,20 +147,28 @@ def case_metrics(cases: list[CaseScores]) -> dict[str, dict[str, float]]:
     return out
 
 
-def train_fold(training: list[LoadedCase], cfg, tc: TrainConfig, variants: list[str]
-               ) -> tuple[AnoDODEModel, GaussianBaseline, dict[str, float]]:
+def train_fold(training: list[LoadedCase], cfg, tc: TrainConfig, variants: list[str],
+               saved: Path | None = None) -> tuple[AnoDODEModel, GaussianBaseline, dict[str, float]]:
     """The shipped recipe on ``training`` only: its standardiser, calibration (of the model's localisation
-    and of each variant) and Gaussian see nothing else."""
-    model = train_loaded(training, cfg, tc, calibrate_model=False, progress=False)
+    and of each variant) and Gaussian see nothing else. ``saved``: a folder where this very fold's model and
+    Gaussian were saved by an earlier run (``--save-models``): they are loaded instead of retrained (training
+    is deterministic), and calibrated again for ``cfg``'s localisation."""
+    if saved is not None:
+        model = load_model(saved)
+        model.config = dataclasses.replace(model.config, localisation=cfg.localisation)
+        gaussian = GaussianBaseline.load(saved / "gaussian_baseline.npz")
+    else:
+        model = train_loaded(training, cfg, tc, calibrate_model=False, progress=False)
     calibration = training[: tc.calibration_cases or None]
     thresholds = calibration_thresholds(model, calibration, tc.calibration_quantile,
                                         variant_localisations(model, ["anodode", *variants]))
     model.config = dataclasses.replace(model.config, calibration=dataclasses.replace(
         model.config.calibration, threshold=thresholds["anodode"], quantile=tc.calibration_quantile))
-    feats, ctx = normal_vectors(training, cfg, tc)
-    with torch.no_grad():
-        gaussian = GaussianBaseline.fit(model.standardiser(feats).numpy(), ctx.numpy(),
-                                        positions=position_columns(cfg.features))
+    if saved is None:
+        feats, ctx = normal_vectors(training, cfg, tc)
+        with torch.no_grad():
+            gaussian = GaussianBaseline.fit(model.standardiser(feats).numpy(), ctx.numpy(),
+                                            positions=position_columns(cfg.features))
     return model, gaussian, thresholds
 
 
@@ -223,7 +237,7 @@ def markdown(results: dict) -> str:
 
 def run(output: Path, steps: int, folds: int, train_wmh: bool, preset: str = "standard",
         variants: list[str] | None = None, slice_position: bool = True, features: dict | None = None,
-        save_models: bool = False) -> dict:
+        save_models: bool = False, from_models: Path | None = None) -> dict:
     cfg = model_config()
     changes = {**(features or {}), **({} if slice_position else {"slice_position": False})}
     if changes:
@@ -243,8 +257,9 @@ def run(output: Path, steps: int, folds: int, train_wmh: bool, preset: str = "st
     for i, (train_names, targets) in enumerate(runs):
         logger.info("run %d/%d: training on %d cases, scoring %s", i + 1, len(runs), len(train_names),
                     [n for _, n in targets])
-        model, gaussian, thresholds = train_fold([loaded[n] for n in train_names], cfg, tc, variants)
-        if save_models:
+        saved = from_models / f"run{i + 1}" if from_models is not None else None
+        model, gaussian, thresholds = train_fold([loaded[n] for n in train_names], cfg, tc, variants, saved)
+        if save_models and saved is None:
             save_model(model, output / "models" / f"run{i + 1}")
             gaussian.save(output / "models" / f"run{i + 1}" / "gaussian_baseline.npz")
         scored += [score_case(model, gaussian, loaded[n], g, thresholds, preset) for g, n in targets]
@@ -276,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--regional-clip", type=float, default=None,
                     help="ablation: clip intensities at this level before the regional average")
     ap.add_argument("--save-models", action="store_true", help="keep each run's model in OUTPUT/models/runK")
+    ap.add_argument("--from-models", type=Path, default=None,
+                    help="load each run's model from DIR/runK (saved by --save-models with the same recipe) "
+                         "instead of training it; only the localisation and calibration are redone")
     ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
                     help="also score these localisations of the same density (each calibrated alike)")
     args = ap.parse_args(argv)
@@ -284,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args.output, args.steps, args.folds, args.train_wmh, args.preset, args.variants,
                       args.slice_position, {k: v for k, v in (("regional_scale_mm", args.regional_mm),
                                                               ("regional_clip", args.regional_clip)) if v is not None},
-                      args.save_models)
+                      args.save_models, args.from_models)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

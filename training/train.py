@@ -425,14 +425,14 @@ def model_config(contrasts: tuple[str, ...] = ("flair",), hidden: int | None = N
     context widths follow the features.
 
     Against the engine's historical defaults (which older bundles load with), the shipped recipe reads
-    intensities relative to the white-matter peak (``intensity_reference="wm_peak"``) and conditions on the
-    regional brightness at 16 mm (``regional_scale_mm``): both measured on scans from other sites
-    (README, Results)."""
+    intensities relative to the white-matter peak (``intensity_reference="wm_peak"``), measured on scans from
+    other sites (docs/results.md). A regional-level context (``regional_scale_mm``) is an ablation: it lets a
+    large tumour explain itself away."""
     base = ModelConfig()
     pre = dataclasses.replace(base.preprocess, intensity_reference="wm_peak")
     feats = dataclasses.replace(base.features, contrasts=tuple(contrasts),
                                 scales_mm=tuple(scales_mm or base.features.scales_mm),
-                                position_context=position_context, regional_scale_mm=16.0)
+                                position_context=position_context)
     net = dataclasses.replace(base.score_net, channels=feats.channels, cond_channels=feats.cond_channels,
                               hidden=hidden or base.score_net.hidden)
     return dataclasses.replace(base, preprocess=pre, features=feats, score_net=net)
