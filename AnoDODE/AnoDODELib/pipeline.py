@@ -349,30 +349,18 @@ def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: An
 def canonical_slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
                            scored: torch.Tensor | None = None) -> list[float | None]:
     """The likelihood-based slice score of each canonical slice with brain (None without): the
-    ``slice_quantile`` of its locations' bpd, counting a location only where it is brighter than its
-    reconstruction (the hyperintense gate of the likelihood map, 0 elsewhere):
+    ``slice_quantile`` (0.99) over the slice's brain voxels of the likelihood map, i.e. of the per-location bpd
+    counted only where a location is brighter than its reconstruction (the hyperintense gate), smoothed and
+    brought to the input's grid like every map:
 
-        s(slice) = Q_q { bpd(p) * [r_0(p) > 0] : p in slice }
+        s(slice) = Q_q { L(v) : v a brain voxel of the slice },   L = smooth(bpd(p) * [r_0(p) > 0])
 
     The slice's mean bpd (the paper's score) averages a lesion away among the slice's edges, CSF and
     ventricles, whose share changes from slice to slice; the bpd of its most anomalous locations does not.
-    Slices not ``scored`` get the linear interpolation of the scored slices' values."""
-    keep = _all_slices(prepared, scored)
-    where = prepared.grid_mask & keep[:, None, None]
-    loc = model.config.localisation
-    gate = hyperintense_channels(model.config.features, loc)
-    first = int(torch.nonzero(gate)[0]) if bool(gate.any()) and loc.hyperintense_only else None
-    per_loc = scores.bpd if first is None else scores.bpd * (scores.residual[:, first] > 0)
-    grid = scatter_to_grid(per_loc.float(), where)
-    brain = prepared.grid_mask.flatten(1).any(1).tolist()
-    values = torch.zeros(grid.shape[0], dtype=torch.float64)
-    have = where.flatten(1).any(1)
-    for i in torch.nonzero(have).flatten().tolist():
-        values[i] = float(torch.quantile(grid[i][where[i]].double(), loc.slice_quantile))
-    if not bool(have.any()):
-        return [None] * len(brain)
-    values = interpolate_slices(values, have)
-    return [float(v) if b else None for v, b in zip(values.tolist(), brain)]
+    Slices a preset skips get the likelihood map's interpolation between the scored slices."""
+    loc = dataclasses.replace(model.config.localisation, method="likelihood", intensity_product=False)
+    likelihood = prepared.geometry.to_canonical(maps_from_scores(prepared, scores, model, loc, scored))
+    return slice_quantile_scores(likelihood, prepared.brain, model.config.localisation.slice_quantile)
 
 
 def slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821

@@ -198,9 +198,10 @@ def test_slice_scores_of_skipped_slices_are_interpolated(phantom_file):
             assert v == pytest.approx(float(i), abs=1e-5), i
 
 
-def test_slice_score_is_the_quantile_of_the_hyperintense_gated_bpd(phantom_file):
-    """Hand-computed: on each slice, locations darker than their reconstruction count as 0 bpd, and the score
-    is the 0.99 quantile (linear interpolation) of the gated values, not their mean."""
+def test_slice_score_is_the_quantile_of_the_hyperintense_gated_likelihood_map(phantom_file):
+    """The slice score is the 0.99 quantile over the slice's brain voxels of the likelihood map (bpd gated to
+    locations brighter than their reconstruction), not the slice's mean bpd: darker-than-reconstructed
+    locations count 0 whatever their bpd, and an improbable bright patch raises its own slice's score."""
     import dataclasses
 
     import SimpleITK as sitk
@@ -209,24 +210,26 @@ def test_slice_score_is_the_quantile_of_the_hyperintense_gated_bpd(phantom_file)
     from AnoDODELib.config import ModelConfig
 
     cfg = ModelConfig()
+    model = AnoDODEModel(cfg)
     prepared = pipeline.prepare_volume(sitk.ReadImage(str(phantom_file)), cfg)
     gm = prepared.grid_mask
     n = int(gm.sum())
-    gen = torch.Generator().manual_seed(0)
-    bpd = torch.rand(n, generator=gen) * 10
-    residual = torch.randn(n, 3, generator=gen)
-    scores = pipeline.LocationScores(bpd, residual, 0)
-    got = pipeline.canonical_slice_scores(prepared, scores, AnoDODEModel(cfg))
     slice_of = torch.nonzero(gm)[:, 0]
-    gated = (bpd * (residual[:, 0] > 0)).double().numpy()
-    for i, v in enumerate(got):
-        vals = gated[(slice_of == i).numpy()]
-        if vals.size == 0:
-            assert v is None
-        else:
-            assert v == pytest.approx(float(np.quantile(vals, 0.99)), rel=1e-6)
-    # two-sided localisation: no gate
-    two = dataclasses.replace(cfg, localisation=dataclasses.replace(cfg.localisation, hyperintense_only=False))
-    got2 = pipeline.canonical_slice_scores(prepared, scores, AnoDODEModel(two))
-    i = int(slice_of[0])
-    assert got2[i] == pytest.approx(float(np.quantile(bpd[(slice_of == i)].double().numpy(), 0.99)), rel=1e-6)
+    bpd = torch.full((n,), 1.0)
+    residual = -torch.ones(n, 3)                       # every location darker than its reconstruction
+    dark = pipeline.canonical_slice_scores(prepared, pipeline.LocationScores(bpd * 50, residual, 0), model)
+    assert all(v is None or v == 0.0 for v in dark)
+    target = int(slice_of[len(slice_of) // 2])
+    in_target = torch.nonzero(slice_of == target).flatten()
+    spot = in_target[: max(1, len(in_target) // 10)]   # a tenth of the slice: improbable and bright
+    bright = residual.clone()
+    bright[spot] = 1.0
+    bpd2 = bpd.clone()
+    bpd2[spot] = 100.0
+    got = pipeline.canonical_slice_scores(prepared, pipeline.LocationScores(bpd2, bright, 0), model)
+    assert got[target] == max(v for v in got if v is not None) and got[target] > 0
+    like = dataclasses.replace(cfg.localisation, method="likelihood")
+    lmap = prepared.geometry.to_canonical(
+        pipeline.maps_from_scores(prepared, pipeline.LocationScores(bpd2, bright, 0), model, like))
+    brain = prepared.brain[target]
+    assert got[target] == pytest.approx(float(np.quantile(lmap[target][brain], 0.99)), rel=1e-6)
