@@ -14,11 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import FeatureConfig, LocalisationConfig
+from .config import LOCALISATIONS, RESIDUAL_SCALES, FeatureConfig, LocalisationConfig
 from .features import gaussian_blur
-
-LOCALISATIONS = ("likelihood", "reconstruction", "combined")
-RESIDUAL_SCALES = ("all", "finest")
 
 
 def hyperintense_channels(features: FeatureConfig, loc: LocalisationConfig) -> torch.Tensor:

@@ -18,6 +18,8 @@ SOLVER_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams"
                   "dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 DIVERGENCES = ("exact", "hutchinson")
 LOCALISATIONS = ("likelihood", "reconstruction", "combined")
+RESIDUAL_SCALES = ("all", "finest")
+INTENSITY_REFERENCES = ("mean", "wm_peak")
 
 
 def _real(value: Any, name: str, *, above: float | None = None, at_least: float | None = None,
@@ -77,6 +79,7 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         _real(self.in_plane_spacing_mm, "in_plane_spacing_mm", above=0.0)
         _real(self.clip_z, "clip_z", above=0.0)
+        _choice(self.intensity_reference, "intensity_reference", INTENSITY_REFERENCES)
 
 
 CONTRASTS = ("flair", "t1", "t1ce", "t2")
@@ -120,6 +123,10 @@ class FeatureConfig:
             _real(sigma, "scales_mm", at_least=0.0)
         _real(self.edge_scale_mm, "edge_scale_mm", above=0.0)
         _flag(self.position_context, "position_context")
+        _flag(self.slice_position, "slice_position")
+        _real(self.regional_scale_mm, "regional_scale_mm", at_least=0.0)
+        if self.regional_clip is not None:
+            _real(self.regional_clip, "regional_clip")
 
     @property
     def channels(self) -> int:
@@ -253,6 +260,9 @@ class LocalisationConfig:
         _integer(self.n_reconstructions, "n_reconstructions", 1)
         _integer(self.reconstruction_steps, "reconstruction_steps", 1)
         _real(self.smooth_mm, "smooth_mm", at_least=0.0)
+        _choice(self.residual_scales, "residual_scales", RESIDUAL_SCALES)
+        _real(self.slice_quantile, "slice_quantile", above=0.0, at_most=1.0)
+        _flag(self.intensity_product, "intensity_product")
 
 
 @dataclass(frozen=True)

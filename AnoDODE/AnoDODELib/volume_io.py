@@ -594,6 +594,8 @@ def intensity_reference(values: np.ndarray, reference: str = "mean") -> tuple[fl
                on FLAIR is normal-appearing white matter; scale = 1.4826 x the median absolute deviation of
                the core about that mode (equal to the standard deviation for a Gaussian around the peak).
     """
+    from .config import INTENSITY_REFERENCES
+
     if reference not in INTENSITY_REFERENCES:
         raise ValueError(f"unknown intensity reference {reference!r}; valid: {', '.join(INTENSITY_REFERENCES)}")
     lo, hi = np.percentile(values, [1, 99])
@@ -607,7 +609,6 @@ def intensity_reference(values: np.ndarray, reference: str = "mean") -> tuple[fl
     return centre, float(1.4826 * np.median(np.abs(core - centre)))
 
 
-INTENSITY_REFERENCES = ("mean", "wm_peak")
 
 
 def normalise_intensity(array: np.ndarray, mask: np.ndarray, clip_z: float = 6.0, reference: str = "mean"

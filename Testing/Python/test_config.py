@@ -169,3 +169,22 @@ def test_a_later_field_needs_one_table_row(monkeypatch):
     done = {**v1_meta(), "format_version": 2}
     done["config"]["features"]["new_field"] = 3
     assert migrate(done)["config"]["features"]["new_field"] == 3    # present values are kept
+
+
+@pytest.mark.parametrize("section,field,bad", [
+    ("preprocess", "intensity_reference", "median"),
+    ("features", "slice_position", 1),
+    ("features", "regional_scale_mm", -1.0),
+    ("features", "regional_clip", float("nan")),
+    ("localisation", "residual_scales", "coarse"),
+    ("localisation", "slice_quantile", 1.5),
+    ("localisation", "intensity_product", "yes"),
+])
+def test_generalisation_fields_are_validated(section, field, bad):
+    import dataclasses as dc
+
+    from AnoDODELib import config as C
+
+    cls = {"preprocess": C.PreprocessConfig, "features": C.FeatureConfig, "localisation": C.LocalisationConfig}[section]
+    with pytest.raises(ValueError, match=field):
+        dc.replace(cls(), **{field: bad})
