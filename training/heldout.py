@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smooth_on_grid
+from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smooth_in_mask, smooth_on_grid
 from AnoDODELib.bundle import AnoDODEModel, load_model, save_model
 from AnoDODELib.config import LocalisationConfig
 from AnoDODELib.pipeline import canonical_slice_scores, maps_from_scores, score_prepared
@@ -90,7 +90,8 @@ class CaseScores:
 def gaussian_map(model: AnoDODEModel, lc: LoadedCase, gaussian: GaussianBaseline) -> np.ndarray:
     """The per-position Gaussian in place of the diffusion model: the Mahalanobis distance of each location's
     standardised features to its position cell's normal mean, counted where the finest channel is brighter
-    than that mean (as AnoDODE counts hyperintense departures), smoothed and resampled like AnoDODE's map."""
+    than that mean (as AnoDODE counts hyperintense departures), smoothed and resampled like AnoDODE's map, and
+    weighted by the smoothed intensity exactly as AnoDODE's map is (``intensity_product``)."""
     p = lc.prepared
     feats, ctx = p.locations()
     with torch.no_grad():
@@ -98,9 +99,13 @@ def gaussian_map(model: AnoDODEModel, lc: LoadedCase, gaussian: GaussianBaseline
     d = gaussian.score(y, ctx.numpy())
     brighter = y[:, 0] > gaussian.mean[gaussian.cell_index(ctx.numpy(), gaussian.cells, gaussian.positions), 0]
     per_loc = torch.from_numpy((d * brighter).astype(np.float32))
-    grid = smooth_on_grid(scatter_to_grid(per_loc, p.grid_mask), p.grid_mask,
-                          model.config.localisation.smooth_mm, p.spacing_mm)
-    return p.geometry.to_canonical(p.to_input(grid))
+    loc = model.config.localisation
+    grid = smooth_on_grid(scatter_to_grid(per_loc, p.grid_mask), p.grid_mask, loc.smooth_mm, p.spacing_mm)
+    density = p.geometry.to_canonical(p.to_input(grid))
+    if not loc.intensity_product:
+        return density
+    bright = smooth_in_mask(p.normalised, p.brain, p.geometry.spacing_mm, loc.smooth_mm)
+    return np.where(p.brain, np.sqrt(np.maximum(density, 0.0)) * np.maximum(bright, 0.0), 0.0)
 
 
 def score_case(model: AnoDODEModel, gaussian: GaussianBaseline, lc: LoadedCase, group: str,

@@ -426,8 +426,10 @@ def model_config(contrasts: tuple[str, ...] = ("flair",), hidden: int | None = N
 
     Against the engine's historical defaults (which older bundles load with), the shipped recipe reads
     intensities relative to the white-matter peak (``intensity_reference="wm_peak"``), measured on scans from
-    other sites (docs/results.md). A regional-level context (``regional_scale_mm``) is an ablation: it lets a
-    large tumour explain itself away."""
+    other sites, and maps with the "combined" density (per-location bpd x how much brighter than its
+    reconstruction a location is) weighted by the smoothed intensity (``intensity_product``): chosen on the
+    three-group held-out evaluation (docs/results.md). A regional-level context (``regional_scale_mm``) is an
+    ablation: it lets a large tumour explain itself away."""
     base = ModelConfig()
     pre = dataclasses.replace(base.preprocess, intensity_reference="wm_peak")
     feats = dataclasses.replace(base.features, contrasts=tuple(contrasts),
@@ -435,7 +437,8 @@ def model_config(contrasts: tuple[str, ...] = ("flair",), hidden: int | None = N
                                 position_context=position_context)
     net = dataclasses.replace(base.score_net, channels=feats.channels, cond_channels=feats.cond_channels,
                               hidden=hidden or base.score_net.hidden)
-    return dataclasses.replace(base, preprocess=pre, features=feats, score_net=net)
+    loc = dataclasses.replace(base.localisation, method="combined", intensity_product=True)
+    return dataclasses.replace(base, preprocess=pre, features=feats, score_net=net, localisation=loc)
 
 
 def gather_cases(sources: list[str], contrast: str | tuple[str, ...], names: list[str] | None, exclude: list[str],

@@ -349,18 +349,20 @@ def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: An
 def canonical_slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
                            scored: torch.Tensor | None = None) -> list[float | None]:
     """The likelihood-based slice score of each canonical slice with brain (None without): the
-    ``slice_quantile`` (0.99) over the slice's brain voxels of the likelihood map, i.e. of the per-location bpd
-    counted only where a location is brighter than its reconstruction (the hyperintense gate), smoothed and
-    brought to the input's grid like every map:
+    ``slice_quantile`` (0.99) over the slice's brain voxels of the density map, i.e. the model's localisation
+    from the per-location scores alone, without the intensity weighting (``intensity_product``). For the
+    "combined" and "likelihood" localisations that is the per-location bpd where a location is brighter than
+    its reconstruction (weighted by how much brighter, for "combined"), smoothed and brought to the input's
+    grid like every map:
 
-        s(slice) = Q_q { L(v) : v a brain voxel of the slice },   L = smooth(bpd(p) * [r_0(p) > 0])
+        s(slice) = Q_q { D(v) : v a brain voxel of the slice },   D = smooth(bpd(p) * max(r_0(p), 0))  (combined)
 
     The slice's mean bpd (the paper's score) averages a lesion away among the slice's edges, CSF and
     ventricles, whose share changes from slice to slice; the bpd of its most anomalous locations does not.
-    Slices a preset skips get the likelihood map's interpolation between the scored slices."""
-    loc = dataclasses.replace(model.config.localisation, method="likelihood", intensity_product=False)
-    likelihood = prepared.geometry.to_canonical(maps_from_scores(prepared, scores, model, loc, scored))
-    return slice_quantile_scores(likelihood, prepared.brain, model.config.localisation.slice_quantile)
+    Slices a preset skips get the density map's interpolation between the scored slices."""
+    loc = dataclasses.replace(model.config.localisation, intensity_product=False)
+    density = prepared.geometry.to_canonical(maps_from_scores(prepared, scores, model, loc, scored))
+    return slice_quantile_scores(density, prepared.brain, model.config.localisation.slice_quantile)
 
 
 def slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
