@@ -59,3 +59,12 @@ def test_markdown_and_json_are_strict(tmp_path):
     assert "| brats | gaussian |" in md
     s = json.dumps(heldout._finite({"x": float("nan"), "y": [1.0, float("inf")]}), allow_nan=False)
     assert json.loads(s) == {"x": None, "y": [1.0, None]}
+
+
+def test_paired_comparison_by_hand():
+    """Differences +0.1, -0.05, +0.2 on three cases: mean 0.0833, 2 wins of 3, interval inside [min, max]."""
+    cases = {n: {"anodode": {"voxel_auprc": a}, "flair_zscore_smoothed": {"voxel_auprc": z}}
+             for n, a, z in (("a", 0.6, 0.5), ("b", 0.45, 0.5), ("c", 0.9, 0.7))}
+    r = heldout.paired({"groups": {"wmh": {"cases": cases}}}, "wmh", "voxel_auprc")
+    assert r["mean"] == pytest.approx(0.25 / 3) and r["wins"] == 2 and r["n"] == 3
+    assert -0.05 - 1e-12 <= r["low"] <= r["mean"] <= r["high"] <= 0.2 + 1e-12
