@@ -71,7 +71,7 @@ VARIANTS = {"reconstruction_all_scales": {"method": "reconstruction", "residual_
             "combined": {"method": "combined", "intensity_product": False},
             "likelihood": {"method": "likelihood", "intensity_product": False}}
 COLUMNS = (("voxel_auprc", "voxel AUPRC"), ("best_dice", "best Dice"), ("slice_auroc", "slice AUROC"),
-           ("dice_at_threshold", "Dice @ calibrated"))
+           ("dice_at_threshold", "Dice @ calibrated"), ("slice_auroc_map", "slice AUROC, map ranking"))
 
 
 @dataclasses.dataclass
@@ -121,6 +121,7 @@ def score_case(model: AnoDODEModel, gaussian: GaussianBaseline, lc: LoadedCase, 
     truth = lc.tumour & brain
     slices = {k: np.array([np.nan if v is None else v for v in slice_quantile_scores(m, brain)])[has]
               for k, m in maps.items()}
+    slices["anodode_map"] = slices["anodode"]       # the map's own ranking (the report's slice_anomaly_scores)
     own = canonical_slice_scores(p, scores, model, scored)
     slices["anodode"] = np.array([np.nan if v is None else v for v in own])[has]
     return CaseScores(lc.case.name, group, truth[brain], {k: m[brain] for k, m in maps.items()}, slices,
@@ -148,6 +149,11 @@ def case_metrics(cases: list[CaseScores]) -> dict[str, dict[str, float]]:
         if m in cases[0].thresholds:
             label = np.concatenate([c.voxels[m] > c.thresholds[m] for c in cases])
             r["dice_at_threshold"] = metrics.dice(label, truth)
+        if m == "anodode" and "anodode_map" in cases[0].slices:
+            sm = np.concatenate([c.slices["anodode_map"] for c in cases])
+            okm = np.isfinite(sm)
+            r["slice_auroc_map"] = (metrics.auroc(sm[okm], s_truth[okm]) if len(set(s_truth[okm])) == 2
+                                    else float("nan"))
         out[m] = r
     return out
 
@@ -235,12 +241,13 @@ def markdown(results: dict) -> str:
         if g not in results["groups"]:
             continue
         grp = results["groups"][g]
-        lines += [f"**{g}** ({len(grp['cases'])} case(s)): AnoDODE / FLAIR z-score / smoothed z-score", "",
+        lines += [f"**{g}** ({len(grp['cases'])} case(s)): AnoDODE / FLAIR z-score / smoothed z-score (the last two "
+                  "columns: AnoDODE's)", "",
                   "| case | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
         for name, r in list(grp["cases"].items()) + [("**pooled**", grp["pooled"])]:
             cells = []
             for key, _ in COLUMNS:
-                if key == "dice_at_threshold":
+                if key in ("dice_at_threshold", "slice_auroc_map"):
                     cells.append(_fmt(r["anodode"].get(key)))
                 else:
                     cells.append(" / ".join(_fmt(r[m].get(key)) for m in ("anodode", "flair_zscore",
@@ -249,7 +256,7 @@ def markdown(results: dict) -> str:
         lines.append("")
     lines += [("Pooled, every method (ablation: `gaussian` is the same pipeline with the per-position Gaussian "
                "in place of the diffusion model):"), "",
-              "| group | method | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|---|---|---|---|---|"]
+              "| group | method | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for g in GROUPS:
         if g in results["groups"]:
             for m in results["groups"][g]["pooled"]:
