@@ -241,8 +241,8 @@ def markdown(results: dict) -> str:
         if g not in results["groups"]:
             continue
         grp = results["groups"][g]
-        lines += [f"**{g}** ({len(grp['cases'])} case(s)): AnoDODE / FLAIR z-score / smoothed z-score (the last two "
-                  "columns: AnoDODE's)", "",
+        lines += [(f"**{g}** ({len(grp['cases'])} case(s)): AnoDODE / FLAIR z-score / smoothed z-score (the last two "
+                   "columns: AnoDODE's)"), "",
                   "| case | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
         for name, r in list(grp["cases"].items()) + [("**pooled**", grp["pooled"])]:
             cells = []

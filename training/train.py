@@ -158,6 +158,10 @@ def augmented_cases(loaded: list[LoadedCase], cfg: ModelConfig, tc: TrainConfig,
     from AnoDODELib.pipeline import prepare_volume
 
     out: list[LoadedCase] = []
+    if len(cfg.features.contrasts) > 1 and tc.augment.copies:
+        logger.warning("augmentation is implemented for single-contrast models; training %s without it",
+                       "+".join(cfg.features.contrasts))
+        return out
     rng = np.random.default_rng(tc.seed) if rng is None else rng
     for lc in loaded:
         p = lc.prepared

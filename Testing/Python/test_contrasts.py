@@ -127,7 +127,7 @@ def test_prepare_volume_with_a_second_contrast(phantom):
     p = prepare_volume(img, FLAIR_T1CE, other_contrasts={"t1ce": bright})
     assert p.features.shape[1] == 6
     torch.testing.assert_close(p.features[:, 3:], p.features[:, :3], rtol=0, atol=1e-4)
-    single = prepare_volume(img, ModelConfig())
+    single = prepare_volume(img, model_config(("flair",)))     # the same preprocessing, one contrast
     assert torch.equal(p.features[:, :3], single.features) and torch.equal(p.context, single.context)
     # the same contrast on a finer grid of the same space: resampled onto the primary, nearly identical
     finer = sitk.Resample(bright, [2 * s for s in bright.GetSize()], sitk.Transform(), sitk.sitkLinear,

@@ -178,9 +178,9 @@ def test_slice_scores_of_skipped_slices_are_interpolated(phantom_file):
     import SimpleITK as sitk
 
     from AnoDODELib.bundle import AnoDODEModel
-    from AnoDODELib.config import ModelConfig
+    from AnoDODELib.config import LocalisationConfig, ModelConfig
 
-    cfg = ModelConfig()
+    cfg = ModelConfig(localisation=LocalisationConfig(method="likelihood"))
     prepared = pipeline.prepare_volume(sitk.ReadImage(str(phantom_file)), cfg)
     gm = prepared.grid_mask
     keep = torch.zeros(gm.shape[0], dtype=torch.bool)
@@ -207,9 +207,10 @@ def test_slice_score_is_the_quantile_of_the_hyperintense_gated_likelihood_map(ph
     import SimpleITK as sitk
 
     from AnoDODELib.bundle import AnoDODEModel
-    from AnoDODELib.config import ModelConfig
+    from AnoDODELib.config import LocalisationConfig, ModelConfig
 
-    cfg = ModelConfig()
+    # the slice score reads the model's density map without the intensity weighting: here the likelihood map
+    cfg = ModelConfig(localisation=LocalisationConfig(method="likelihood", intensity_product=True))
     model = AnoDODEModel(cfg)
     prepared = pipeline.prepare_volume(sitk.ReadImage(str(phantom_file)), cfg)
     gm = prepared.grid_mask
@@ -228,7 +229,7 @@ def test_slice_score_is_the_quantile_of_the_hyperintense_gated_likelihood_map(ph
     bpd2[spot] = 100.0
     got = pipeline.canonical_slice_scores(prepared, pipeline.LocationScores(bpd2, bright, 0), model)
     assert got[target] == max(v for v in got if v is not None) and got[target] > 0
-    like = dataclasses.replace(cfg.localisation, method="likelihood")
+    like = dataclasses.replace(cfg.localisation, intensity_product=False)
     lmap = prepared.geometry.to_canonical(
         pipeline.maps_from_scores(prepared, pipeline.LocationScores(bpd2, bright, 0), model, like))
     brain = prepared.brain[target]
