@@ -40,6 +40,7 @@ REQUIREMENTS = (
     Requirement("numpy", "numpy", "2.0.0"),
     Requirement("SimpleITK", "SimpleITK", "2.2.1"),
     Requirement("skimage", "scikit-image", "0.26.0"),
+    Requirement("scipy", "scipy", "1.13.0"),
     Requirement("tqdm", "tqdm", "4.60.0"),
 )
 LIGHT_THE_TORCH = "light-the-torch>=0.5"
