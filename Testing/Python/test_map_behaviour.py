@@ -27,6 +27,7 @@ from AnoDODELib.pipeline import (
     maps_from_scores,
     prepare_volume,
     score_image,
+    score_prepared,
     scored_slices,
 )
 
@@ -69,6 +70,27 @@ def test_bright_blob_scores_higher_than_a_dark_one(bundled):
     assert bright > 0 and bright > 5 * dark, (bright, dark)
     peak = np.unravel_index(int(np.argmax(res.anomaly_map)), res.anomaly_map.shape)
     assert np.linalg.norm(physical_point(image, peak) - BRIGHT) < 12.0, physical_point(image, peak)
+
+
+@pytest.mark.parametrize("method", ["combined", "reconstruction"])
+def test_the_density_alone_scores_the_bright_blob_higher(bundled, method):
+    """The density map without the intensity weighting (what ``slice_scores`` ranks by; "reconstruction" is
+    the paper's localisation) must itself read FLAIR pathology as hyperintense: the bright blob above the dark
+    one, so that the shipped map's bright reading does not rest on the intensity factor alone."""
+    fn = flair_like([(BRIGHT, 9.0, 190.0), (DARK, 9.0, 10.0)])
+    image = scan(fn, np.diag([-1.0, -1.0, 1.0]), (2.0, 2.0, 4.0))
+    prepared = prepare_volume(image, bundled.config)
+    scores, scored = score_prepared(bundled, prepared, "standard")
+    loc = dataclasses.replace(bundled.config.localisation, method=method, intensity_product=False)
+    density = maps_from_scores(prepared, scores, bundled, loc, scored)
+
+    def mean_in(centre) -> float:
+        sphere = scan(lambda x, y, z: ((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2
+                                       < 6.0 ** 2).astype(np.float32), np.diag([-1.0, -1.0, 1.0]), (2.0, 2.0, 4.0))
+        return float(density[sitk.GetArrayFromImage(sphere) > 0].mean())
+
+    bright, dark = mean_in(BRIGHT), mean_in(DARK)
+    assert bright > 0 and bright > 5 * dark, (bright, dark)
 
 
 # ----------------------------------------------------------------------------- smoothing, interpolation
