@@ -1,4 +1,5 @@
 """The ``anodode score`` contract: outputs, report keys, grids, exit codes, bad inputs, no partial files."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import SimpleITK as sitk
 
 from AnoDODELib.bundle import load_model
 from AnoDODELib.cli import main, output_stem
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
 def only_summary(out) -> bool:
@@ -270,10 +273,13 @@ def test_batch_summary_rows_are_the_reports_values(phantom_file, tiny_model_dir,
         assert len(slices) == 3 and slices[0] == int(np.nanargmax(np.array(scores, dtype=float)))
         assert report["model_version"] == version and report["preset"] == "fast" and report["device"] == "cpu"
         png = (out / f"{stem}_figure.png").read_bytes()
-        assert report["outputs"]["figure"] == str(out / f"{stem}_figure.png") and b"Matplotlib" in png[:200]
+        assert report["outputs"]["figure"] == str(out / f"{stem}_figure.png")
         sitk_png = sitk.ReadImage(str(out / f"{stem}_figure.png"))
-        n = len(most_anomalous_slices(scores, N_SLICES, image.GetSpacing()[2]))
-        assert sitk_png.GetSize() == figure_size_px(n)
+        # matplotlib is an optional extra (absent in CI's minimum-versions venv): then the plain fallback image
+        assert (b"Matplotlib" in png[:200]) == HAS_MATPLOTLIB
+        if HAS_MATPLOTLIB:
+            n = len(most_anomalous_slices(scores, N_SLICES, image.GetSpacing()[2]))
+            assert sitk_png.GetSize() == figure_size_px(n)
     with open(out / "summary.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert [t["status"] for t in table] == [row["status"] for row in rows]
