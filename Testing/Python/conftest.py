@@ -38,6 +38,18 @@ def require_data(*relative: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a test module: no OpenMP barrier stalls on a busy machine, and float sums in
+    one fixed order (two threads can change the last bit of a reduction)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """An untrained, tiny but complete model bundle (fast to score with)."""

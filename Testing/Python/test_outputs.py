@@ -53,15 +53,7 @@ def as_referenced(report: dict) -> dict:
     return {k: v for k, v in stable(report).items() if k not in ADDED}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The reference was written with one torch thread; float sums differ in the last bit with two."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # the reference was written with one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ from AnoDODELib.reconstruction import reconstruct
 from AnoDODELib.score_model import score_fn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small problems: one thread avoids OpenMP barrier stalls on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # small problems: no OpenMP barrier stalls
 
 
 @pytest.fixture(scope="module")
