@@ -104,11 +104,14 @@ class PreparedVolume:
                                         order=order)
         return torch.from_numpy(np.ascontiguousarray(out))
 
+    def to_full(self, grid: torch.Tensor) -> np.ndarray:
+        """An (S, h, w) model-grid map at the input's full resolution, canonical layout, zero outside the brain."""
+        full = volume_io.resample_back(grid.numpy().astype(np.float32), self.normalised.shape[1:], order=1)
+        return np.where(self.brain, full, 0.0).astype(np.float32)
+
     def to_input(self, grid: torch.Tensor) -> np.ndarray:
         """An (S, h, w) model-grid map back on the input's array layout, zero outside the brain."""
-        full = volume_io.resample_back(grid.numpy().astype(np.float32), self.normalised.shape[1:], order=1)
-        full = np.where(self.brain, full, 0.0).astype(np.float32)
-        return self.geometry.from_canonical(full)
+        return self.geometry.from_canonical(self.to_full(grid))
 
 
 def prepare_volume(image: sitk.Image, cfg: ModelConfig, mask: np.ndarray | None = None,
@@ -325,6 +328,32 @@ def _all_slices(prepared: PreparedVolume, scored: torch.Tensor | None) -> torch.
     return torch.ones(prepared.grid_mask.shape[0], dtype=torch.bool) if scored is None else scored
 
 
+def density_map(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
+                localisation: LocalisationConfig | None = None, scored: torch.Tensor | None = None
+                ) -> np.ndarray:
+    """The density map (canonical, full resolution): the localisation's per-location scores, smoothed on the
+    model grid, the slices not ``scored`` interpolated, brought to the input's in-plane grid; no intensity
+    weighting (see ``maps_from_scores``)."""
+    loc = localisation or model.config.localisation
+    keep = _all_slices(prepared, scored)
+    where = prepared.grid_mask & keep[:, None, None]
+    per_loc = location_scores(scores.bpd, scores.residual, loc, hyperintense_channels(model.config.features, loc),
+                              finest_channels(model.config.features))
+    grid = smooth_on_grid(scatter_to_grid(per_loc, where), where, loc.smooth_mm, prepared.spacing_mm)
+    return prepared.to_full(interpolate_slices(grid, keep) * prepared.grid_mask)
+
+
+def weighted_map(prepared: PreparedVolume, density: np.ndarray, localisation: LocalisationConfig) -> np.ndarray:
+    """The anomaly map (canonical) from the canonical density map D: D itself, or with ``intensity_product``
+    sqrt(D) x max(I_s, 0), I_s the normalised intensity smoothed in 3-D by ``smooth_mm`` inside the brain."""
+    if not localisation.intensity_product:
+        return density
+    g = prepared.geometry
+    bright = smooth_in_mask(prepared.normalised, prepared.brain, g.spacing_mm, localisation.smooth_mm)
+    product = np.sqrt(np.maximum(density, 0.0)) * np.maximum(bright, 0.0)
+    return np.where(prepared.brain, product, 0.0).astype(np.float32)
+
+
 def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
                      localisation: LocalisationConfig | None = None, scored: torch.Tensor | None = None
                      ) -> np.ndarray:
@@ -332,22 +361,13 @@ def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: An
     localisation settings). ``scored``: the (S,) slices the scores are from (default: all); the map of the
     others is interpolated between them."""
     loc = localisation or model.config.localisation
-    keep = _all_slices(prepared, scored)
-    where = prepared.grid_mask & keep[:, None, None]
-    per_loc = location_scores(scores.bpd, scores.residual, loc, hyperintense_channels(model.config.features, loc),
-                              finest_channels(model.config.features))
-    grid = smooth_on_grid(scatter_to_grid(per_loc, where), where, loc.smooth_mm, prepared.spacing_mm)
-    grid = interpolate_slices(grid, keep) * prepared.grid_mask
-    if not loc.intensity_product:
-        return prepared.to_input(grid)
-    density = prepared.geometry.to_canonical(prepared.to_input(grid))
-    bright = smooth_in_mask(prepared.normalised, prepared.brain, prepared.geometry.spacing_mm, loc.smooth_mm)
-    product = np.sqrt(np.maximum(density, 0.0)) * np.maximum(bright, 0.0)
-    return prepared.geometry.from_canonical(np.where(prepared.brain, product, 0.0).astype(np.float32))
+    density = density_map(prepared, scores, model, loc, scored)
+    return prepared.geometry.from_canonical(weighted_map(prepared, density, loc))
 
 
 def canonical_slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
-                           scored: torch.Tensor | None = None) -> list[float | None]:
+                           scored: torch.Tensor | None = None, density: np.ndarray | None = None
+                           ) -> list[float | None]:
     """The likelihood-based slice score of each canonical slice with brain (None without): the
     ``slice_quantile`` (0.99) over the slice's brain voxels of the density map, i.e. the model's localisation
     from the per-location scores alone, without the intensity weighting (``intensity_product``). For the
@@ -359,16 +379,17 @@ def canonical_slice_scores(prepared: PreparedVolume, scores: LocationScores, mod
 
     The slice's mean bpd (the paper's score) averages a lesion away among the slice's edges, CSF and
     ventricles, whose share changes from slice to slice; the bpd of its most anomalous locations does not.
-    Slices a preset skips get the density map's interpolation between the scored slices."""
-    loc = dataclasses.replace(model.config.localisation, intensity_product=False)
-    density = prepared.geometry.to_canonical(maps_from_scores(prepared, scores, model, loc, scored))
+    Slices a preset skips get the density map's interpolation between the scored slices. ``density``: that
+    map (``density_map`` with the model's localisation) when the caller has it already."""
+    if density is None:
+        density = density_map(prepared, scores, model, scored=scored)
     return slice_quantile_scores(density, prepared.brain, model.config.localisation.slice_quantile)
 
 
 def slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
-                 scored: torch.Tensor | None = None) -> list[float | None]:
+                 scored: torch.Tensor | None = None, density: np.ndarray | None = None) -> list[float | None]:
     """``canonical_slice_scores`` re-ordered to the input's index along the axial axis."""
-    canon = canonical_slice_scores(prepared, scores, model, scored)
+    canon = canonical_slice_scores(prepared, scores, model, scored, density)
     return canon[::-1] if prepared.geometry.flips[0] else canon
 
 
@@ -397,12 +418,13 @@ def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None 
     scores, scored = score_prepared(model, prepared, preset, device=dev,
                                     callback=lambda f, m: report(0.1 + 0.8 * f, m))
     report(0.9, "building maps")
-    anomaly = maps_from_scores(prepared, scores, model, scored=scored)
+    density = density_map(prepared, scores, model, scored=scored)      # once: the map's and the slice score's
+    anomaly = prepared.geometry.from_canonical(weighted_map(prepared, density, model.config.localisation))
     thr = float(model.config.calibration.threshold if threshold is None else threshold)
     label = (anomaly > thr).astype(np.uint8)
     volume_bpd = float(scores.bpd.mean())
     result = ScoreResult(anomaly, label, volume_bpd, prepared.geometry.axes[0],
-                         slice_scores(prepared, scores, model, scored), thr, scores.nfe,
+                         slice_scores(prepared, scores, model, scored, density), thr, scores.nfe,
                          time.perf_counter() - t0, str(dev),
                          scores.nfe_reconstruction * model.config.localisation.n_reconstructions,
                          slice_map_scores(prepared, anomaly), prepared.geometry.from_canonical(prepared.brain))
