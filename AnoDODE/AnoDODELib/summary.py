@@ -39,17 +39,7 @@ COLUMNS = (
     "model_version",
 )
 #: Report keys copied into a row unchanged (the rest: input, status, model_version).
-REPORT_KEYS = (
-    "volume_score_bpd",
-    "anomalous_volume_ml",
-    "map_max",
-    "map_p99",
-    "most_anomalous_slices",
-    "seconds",
-    "device",
-    "preset",
-    "model",
-)
+REPORT_KEYS = tuple(c for c in COLUMNS if c not in ("input", "status", "model_version"))
 SUMMARY_FILES = ("summary.csv", "summary.json")
 PENDING = "pending"
 OK = "ok"
