@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smooth_in_mask, smooth_on_grid
+from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smooth_on_grid
 from AnoDODELib.bundle import AnoDODEModel, load_model, save_model
 from AnoDODELib.config import LocalisationConfig
-from AnoDODELib.pipeline import canonical_slice_scores, maps_from_scores, score_prepared
+from AnoDODELib.pipeline import canonical_slice_scores, maps_from_scores, score_prepared, weighted_map
 
 from . import metrics
 from .baselines import GaussianBaseline, position_columns
@@ -101,11 +101,7 @@ def gaussian_map(model: AnoDODEModel, lc: LoadedCase, gaussian: GaussianBaseline
     per_loc = torch.from_numpy((d * brighter).astype(np.float32))
     loc = model.config.localisation
     grid = smooth_on_grid(scatter_to_grid(per_loc, p.grid_mask), p.grid_mask, loc.smooth_mm, p.spacing_mm)
-    density = p.geometry.to_canonical(p.to_input(grid))
-    if not loc.intensity_product:
-        return density
-    bright = smooth_in_mask(p.normalised, p.brain, p.geometry.spacing_mm, loc.smooth_mm)
-    return np.where(p.brain, np.sqrt(np.maximum(density, 0.0)) * np.maximum(bright, 0.0), 0.0)
+    return weighted_map(p, p.to_full(grid), loc)
 
 
 def score_case(model: AnoDODEModel, gaussian: GaussianBaseline, lc: LoadedCase, group: str,
