@@ -20,7 +20,9 @@ Methods, each scored over the brain voxels at the input's full resolution:
     flair_zscore           the raw FLAIR z-scored inside the brain mask
     flair_zscore_smoothed  the same, 3-D normalised Gaussian convolution inside the mask, sigma = 2 mm per axis
 Metrics per case and pooled per group: voxel AUPRC, best-possible Dice, slice AUROC (a slice is positive when
-it holds lesion; baselines rank slices by their map's 99th percentile), Dice at the calibrated threshold.
+it holds lesion; AnoDODE ranks slices by ``slice_scores``, every other map by its mean over the slice's most
+anomalous ``slice_area_mm2`` of brain, as the report's ``slice_anomaly_scores`` rank AnoDODE's map; the earlier
+protocol, each map's 99th percentile in the slice, is kept beside it), Dice at the calibrated threshold.
 Writes results.json and results.md (the tables the README quotes) in ``--output``.
 """
 from __future__ import annotations
@@ -36,10 +38,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smooth_on_grid
+from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, slice_top_area_scores, smooth_on_grid
 from AnoDODELib.bundle import AnoDODEModel, load_model, save_model
 from AnoDODELib.config import LocalisationConfig
-from AnoDODELib.pipeline import canonical_slice_scores, maps_from_scores, score_prepared, weighted_map
+from AnoDODELib.pipeline import (
+    canonical_slice_scores,
+    density_map,
+    maps_from_scores,
+    pixel_area_mm2,
+    score_prepared,
+    weighted_map,
+)
 
 from . import metrics
 from .baselines import GaussianBaseline, position_columns
@@ -71,7 +80,10 @@ VARIANTS = {"reconstruction_all_scales": {"method": "reconstruction", "residual_
             "combined": {"method": "combined", "intensity_product": False},
             "likelihood": {"method": "likelihood", "intensity_product": False}}
 COLUMNS = (("voxel_auprc", "voxel AUPRC"), ("best_dice", "best Dice"), ("slice_auroc", "slice AUROC"),
-           ("dice_at_threshold", "Dice @ calibrated"), ("slice_auroc_map", "slice AUROC, map ranking"))
+           ("dice_at_threshold", "Dice @ calibrated"), ("slice_auroc_map", "slice AUROC, map ranking"),
+           ("slice_auroc_q99", "slice AUROC, 99th percentile"))
+#: columns that exist for AnoDODE only
+ANODODE_ONLY = ("dice_at_threshold", "slice_auroc_map")
 
 
 @dataclasses.dataclass
@@ -83,6 +95,7 @@ class CaseScores:
     truth: np.ndarray                       # (n,) bool lesion at the brain voxels
     voxels: dict[str, np.ndarray]           # method -> (n,) scores at the brain voxels
     slices: dict[str, np.ndarray]           # method -> (S,) per canonical slice with brain
+    slices_q99: dict[str, np.ndarray]       # the same, ranked by the map's 99th percentile in the slice
     slice_truth: np.ndarray                 # (S,) bool: the slice holds lesion
     thresholds: dict[str, float]           # method -> its calibrated threshold (AnoDODE maps only)
 
@@ -115,12 +128,20 @@ def score_case(model: AnoDODEModel, gaussian: GaussianBaseline, lc: LoadedCase, 
     brain = p.brain
     has = brain.reshape(brain.shape[0], -1).any(1)
     truth = lc.tumour & brain
-    slices = {k: np.array([np.nan if v is None else v for v in slice_quantile_scores(m, brain)])[has]
-              for k, m in maps.items()}
+    area, px = model.config.localisation.slice_area_mm2, pixel_area_mm2(p)
+
+    def per_slice(values: list[float | None]) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in values])[has]
+
+    # every map ranks slices alike: its mean over the slice's most anomalous ``area`` mm^2 (the report's
+    # slice_anomaly_scores for AnoDODE's map), and, the earlier protocol, its 99th percentile in the slice
+    slices = {k: per_slice(slice_top_area_scores(m, brain, px, area)) for k, m in maps.items()}
+    q99 = {k: per_slice(slice_quantile_scores(m, brain)) for k, m in maps.items()}
     slices["anodode_map"] = slices["anodode"]       # the map's own ranking (the report's slice_anomaly_scores)
-    own = canonical_slice_scores(p, scores, model, scored)
-    slices["anodode"] = np.array([np.nan if v is None else v for v in own])[has]
-    return CaseScores(lc.case.name, group, truth[brain], {k: m[brain] for k, m in maps.items()}, slices,
+    density = density_map(p, scores, model, scored=scored)
+    slices["anodode"] = per_slice(canonical_slice_scores(p, scores, model, scored, density))  # slice_scores
+    q99["anodode"] = per_slice(slice_quantile_scores(density, brain))
+    return CaseScores(lc.case.name, group, truth[brain], {k: m[brain] for k, m in maps.items()}, slices, q99,
                       truth.reshape(truth.shape[0], -1).any(1)[has], thresholds)
 
 
@@ -142,6 +163,11 @@ def case_metrics(cases: list[CaseScores]) -> dict[str, dict[str, float]]:
         ok = np.isfinite(sl)
         r = {"voxel_auprc": metrics.auprc(s, truth), "best_dice": metrics.best_dice(s, truth)[0],
              "slice_auroc": metrics.auroc(sl[ok], s_truth[ok]) if len(set(s_truth[ok])) == 2 else float("nan")}
+        if m in cases[0].slices_q99:
+            sq = np.concatenate([c.slices_q99[m] for c in cases])
+            okq = np.isfinite(sq)
+            r["slice_auroc_q99"] = (metrics.auroc(sq[okq], s_truth[okq]) if len(set(s_truth[okq])) == 2
+                                    else float("nan"))
         if m in cases[0].thresholds:
             label = np.concatenate([c.voxels[m] > c.thresholds[m] for c in cases])
             r["dice_at_threshold"] = metrics.dice(label, truth)
@@ -243,7 +269,7 @@ def markdown(results: dict) -> str:
         for name, r in list(grp["cases"].items()) + [("**pooled**", grp["pooled"])]:
             cells = []
             for key, _ in COLUMNS:
-                if key in ("dice_at_threshold", "slice_auroc_map"):
+                if key in ANODODE_ONLY:
                     cells.append(_fmt(r["anodode"].get(key)))
                 else:
                     cells.append(" / ".join(_fmt(r[m].get(key)) for m in ("anodode", "flair_zscore",

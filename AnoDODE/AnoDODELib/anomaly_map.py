@@ -102,3 +102,27 @@ def smooth_in_mask(values: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float
 def slice_quantile_scores(voxel_map: np.ndarray, brain: np.ndarray, q: float = 0.99) -> list[float | None]:
     """Per-slice (axis 0) ``q``-quantile of a voxel map over brain voxels; None for slices without brain."""
     return [float(np.quantile(m[b], q)) if b.any() else None for m, b in zip(voxel_map, brain)]
+
+
+def slice_top_area_scores(voxel_map: np.ndarray, brain: np.ndarray, pixel_area_mm2: float, area_mm2: float
+                          ) -> list[float | None]:
+    """Per slice (axis 0): the mean of the map over the slice's most anomalous ``area_mm2`` of brain,
+
+        s(slice) = (1 / k) sum of the k largest { m(v) : v a brain voxel of the slice },
+        k = max(1, round(area_mm2 / pixel_area_mm2)), at most the slice's brain voxel count,
+
+    None for slices without brain. A fixed physical area, unlike a quantile of the slice's voxels, does not
+    depend on how much brain the slice holds: a 1 cm^2 lesion weighs the same in a slice through the vertex
+    as through the ventricles, and at 0.5 mm or 1 mm in-plane. ``pixel_area_mm2``: in-plane voxel area."""
+    if not (np.isfinite(area_mm2) and area_mm2 > 0 and np.isfinite(pixel_area_mm2) and pixel_area_mm2 > 0):
+        raise ValueError(f"areas must be positive and finite, got {area_mm2!r} mm^2 over {pixel_area_mm2!r} mm^2")
+    k = max(1, int(round(area_mm2 / pixel_area_mm2)))
+    out: list[float | None] = []
+    for m, b in zip(voxel_map, brain):
+        v = m[b]
+        if v.size == 0:
+            out.append(None)
+            continue
+        kk = min(k, v.size)
+        out.append(float(np.partition(v, v.size - kk)[v.size - kk:].astype(np.float64).mean()))
+    return out

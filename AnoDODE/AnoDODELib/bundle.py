@@ -20,7 +20,7 @@ from .sde import VPSDE
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 #: How a model.json of format N becomes format N + 1: a table of steps on dotted paths, applied in order.
 #:   ("move", src, dst)       the value at src moves to dst (absent src: nothing to do)
@@ -35,6 +35,11 @@ MIGRATIONS: dict[int, tuple[tuple[str, str, Any], ...]] = {
         ("drop", "config.solver", "the scoring preset chooses the ODE solvers"),
         ("drop", "config.calibration.slice_score_mean_bpd", "never read"),
         ("drop", "config.calibration.slice_score_std_bpd", "never read"),
+    ),
+    2: (
+        ("drop", "config.localisation.slice_quantile",
+         "slice scores are the mean over the slice's most anomalous slice_area_mm2 (default 100 mm^2), "
+         "which ranks slices better than a quantile of the slice's voxels on every held-out group"),
     ),
 }
 DEFAULT_MODEL_NAME = "anodode-flair-brats"

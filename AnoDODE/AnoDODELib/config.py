@@ -233,8 +233,9 @@ class LocalisationConfig:
     smooth_mm: Gaussian sigma (mm) applied to the map on the model grid.
     residual_scales: which scales' residuals the "reconstruction" map sums: "all", or "finest" (each
         contrast's first scale only; coarser scales still shape the reconstruction through the density).
-    slice_quantile: the slice score (``slice_scores``) is this quantile of the slice's hyperintense-gated
-        per-location bpd.
+    slice_area_mm2: the slice scores are the mean of a map over the slice's most anomalous this many mm^2
+        of brain (``anomaly_map.slice_top_area_scores``): of the density map for ``slice_scores``, of the
+        anomaly map for ``slice_anomaly_scores``.
     intensity_product: the map is sqrt(density map) x max(I_s, 0), where I_s is the normalised intensity
         smoothed inside the brain at full resolution by a 3-D Gaussian of ``smooth_mm`` (physical units): the
         density says whether a location's multi-scale appearance is unusual for normal tissue at its place,
@@ -249,7 +250,7 @@ class LocalisationConfig:
     reconstruction_steps: int = 4
     smooth_mm: float = 2.0
     residual_scales: str = "all"
-    slice_quantile: float = 0.99
+    slice_area_mm2: float = 100.0
     intensity_product: bool = False
 
     def __post_init__(self) -> None:
@@ -261,7 +262,7 @@ class LocalisationConfig:
         _integer(self.reconstruction_steps, "reconstruction_steps", 1)
         _real(self.smooth_mm, "smooth_mm", at_least=0.0)
         _choice(self.residual_scales, "residual_scales", RESIDUAL_SCALES)
-        _real(self.slice_quantile, "slice_quantile", above=0.0, at_most=1.0)
+        _real(self.slice_area_mm2, "slice_area_mm2", above=0.0)
         _flag(self.intensity_product, "intensity_product")
 
 

@@ -4,8 +4,8 @@ For each chosen slice two tiles stand side by side: the scan alone, and the scan
 it (a perceptual colour map, fully transparent where the map is at or below the label threshold, so the
 anatomy stays visible) and the label's outline. Each tile pair is titled with its rank, the slice's index
 along the input's axial axis (the index of the report's ``slice_scores``) and its position in mm. A colour
-bar gives the map's units with the threshold marked; below, the per-slice score curve (the 99th
-percentile of the map over each slice's brain voxels, the report's ``slice_anomaly_scores``) with the
+bar gives the map's units with the threshold marked; below, the per-slice score curve (the map's mean
+over each slice's most anomalous 100 mm^2 of brain, the report's ``slice_anomaly_scores``) with the
 chosen slices marked.
 
 Orientation: tiles are canonical axial slices (``volume_io.SliceGeometry``: rows step toward +P, columns

@@ -82,9 +82,9 @@ def build_report(inputs: ScanInputs, image: sitk.Image, result: ScoreResult, mod
                  outputs: OutputSet) -> dict[str, Any]:
     """The report of one scored scan (JSON-ready: floats, ints, strings, lists, None).
 
-    volume_score_bpd: mean per-location negative log-likelihood in bits per dimension; slice_scores: the same
-    per axial slice, indexed along ``slice_axis`` (numpy axis of the input array), None without brain;
-    slice_anomaly_scores: the 99th percentile of the anomaly map over each slice's brain voxels; threshold: the
+    volume_score_bpd: mean per-location negative log-likelihood in bits per dimension; slice_scores: the
+    density map's mean over each axial slice's most anomalous 100 mm^2 of brain (bpd units), indexed along ``slice_axis`` (numpy axis of the input array), None without brain;
+    slice_anomaly_scores: the anomaly map's mean over each slice's most anomalous 100 mm^2 of brain; threshold: the
     label threshold (anomaly map units, ``map_units``); anomalous_volume_ml, map_max, map_p99,
     most_anomalous_slices: see ``summary.map_statistics``; nfe / nfe_reconstruction: score-network
     evaluations per location; seconds: scoring wall time (s); model_version: ``summary.model_version``.

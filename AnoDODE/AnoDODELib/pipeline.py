@@ -30,7 +30,7 @@ from .anomaly_map import (
     hyperintense_channels,
     location_scores,
     scatter_to_grid,
-    slice_quantile_scores,
+    slice_top_area_scores,
     smooth_in_mask,
     smooth_on_grid,
 )
@@ -368,22 +368,30 @@ def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: An
 def canonical_slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
                            scored: torch.Tensor | None = None, density: np.ndarray | None = None
                            ) -> list[float | None]:
-    """The likelihood-based slice score of each canonical slice with brain (None without): the
-    ``slice_quantile`` (0.99) over the slice's brain voxels of the density map, i.e. the model's localisation
-    from the per-location scores alone, without the intensity weighting (``intensity_product``). For the
-    "combined" and "likelihood" localisations that is the per-location bpd where a location is brighter than
-    its reconstruction (weighted by how much brighter, for "combined"), smoothed and brought to the input's
-    grid like every map:
+    """The likelihood-based slice score of each canonical slice with brain (None without): the mean of the
+    density map over the slice's most anomalous ``slice_area_mm2`` (100 mm^2) of brain, i.e. the model's
+    localisation from the per-location scores alone, without the intensity weighting (``intensity_product``).
+    For the "combined" localisation the density map is the per-location bpd where a location is brighter
+    than its reconstruction, weighted by how much brighter, smoothed and brought to the input's grid:
 
-        s(slice) = Q_q { D(v) : v a brain voxel of the slice },   D = smooth(bpd(p) * max(r_0(p), 0))  (combined)
+        s(slice) = mean of the k largest { D(v) : v a brain voxel of the slice },  k = area / pixel area,
+        D = smooth(bpd(p) * max(r_0(p), 0))                                          (combined)
 
     The slice's mean bpd (the paper's score) averages a lesion away among the slice's edges, CSF and
-    ventricles, whose share changes from slice to slice; the bpd of its most anomalous locations does not.
+    ventricles, whose share changes from slice to slice; the bpd of its most anomalous square centimetre
+    does not, nor does it depend on how much brain the slice cuts (a quantile of the slice's voxels does).
     Slices a preset skips get the density map's interpolation between the scored slices. ``density``: that
     map (``density_map`` with the model's localisation) when the caller has it already."""
     if density is None:
         density = density_map(prepared, scores, model, scored=scored)
-    return slice_quantile_scores(density, prepared.brain, model.config.localisation.slice_quantile)
+    return slice_top_area_scores(density, prepared.brain, pixel_area_mm2(prepared),
+                                 model.config.localisation.slice_area_mm2)
+
+
+def pixel_area_mm2(prepared: PreparedVolume) -> float:
+    """In-plane voxel area of the input (mm^2)."""
+    _, dy, dx = prepared.geometry.spacing_mm
+    return float(dy * dx)
 
 
 def slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
@@ -393,11 +401,14 @@ def slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDOD
     return canon[::-1] if prepared.geometry.flips[0] else canon
 
 
-def slice_map_scores(prepared: PreparedVolume, anomaly_map: np.ndarray, q: float = 0.99) -> list[float | None]:
-    """The ``q``-quantile of the anomaly map (input array layout) over each axial slice's brain voxels, in
-    the input's index order along the axial axis; None where a slice has no brain. It ranks slices by
-    their most anomalous region, where the slice bpd averages it away (see README, Results)."""
-    out = slice_quantile_scores(prepared.geometry.to_canonical(anomaly_map), prepared.brain, q)
+def slice_map_scores(prepared: PreparedVolume, anomaly_map: np.ndarray,
+                     area_mm2: float = LocalisationConfig.slice_area_mm2) -> list[float | None]:
+    """The mean of the anomaly map (input array layout) over each axial slice's most anomalous ``area_mm2``
+    of brain (``anomaly_map.slice_top_area_scores``), in the input's index order along the axial axis; None
+    where a slice has no brain. It ranks slices by their most anomalous region, where the slice bpd
+    averages it away (see docs/method.md)."""
+    out = slice_top_area_scores(prepared.geometry.to_canonical(anomaly_map), prepared.brain,
+                                pixel_area_mm2(prepared), area_mm2)
     return out[::-1] if prepared.geometry.flips[0] else out
 
 
@@ -427,6 +438,7 @@ def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None 
                          slice_scores(prepared, scores, model, scored, density), thr, scores.nfe,
                          time.perf_counter() - t0, str(dev),
                          scores.nfe_reconstruction * model.config.localisation.n_reconstructions,
-                         slice_map_scores(prepared, anomaly), prepared.geometry.from_canonical(prepared.brain))
+                         slice_map_scores(prepared, anomaly, model.config.localisation.slice_area_mm2),
+                         prepared.geometry.from_canonical(prepared.brain))
     report(1.0, "done")
     return result

@@ -26,7 +26,7 @@ DISPLAY_FLOOR_FRACTION = 0.5   # heat map voxels below this fraction of the labe
 ROLE_ATTRIBUTE = "AnoDODE.Role"
 PLOT_REFERENCE = "AnoDODE.plotChart"
 SCORE_COLUMN = "Score (bpd)"
-MAP_SCORE_COLUMN = "Anomaly (p99)"
+MAP_SCORE_COLUMN = "Anomaly (top 1 cm2)"
 SLICE_COLUMN = "Slice"
 POSITION_COLUMN = "S (mm)"   # world superior coordinate of the slice centre, as the scan figure's tile titles
 
@@ -278,7 +278,8 @@ def rethreshold(scene, inputNode, heatmapNode, segmentationNode, threshold: floa
 
 
 def updateScoreTable(scene, inputNode, report: dict, tableNode=None):
-    """Slice scores in a table: slice index, bpd, the anomaly map's 99th percentile (NaN where a slice has no
+    """Slice scores in a table: slice index, bpd, the anomaly map's mean over the slice's most anomalous
+    100 mm^2 (``slice_anomaly_scores``; NaN where a slice has no
     brain, or the report has no such score) and the slice centre's superior coordinate in mm (world RAS, as
     the scan figure titles its tiles); the run summary in table attributes."""
     if tableNode is None:
@@ -437,7 +438,7 @@ def writeWorkerInputs(folder, inputNode, maskNode=None, otherContrastNodes=None)
 
 
 def mostAnomalousRow(tableNode) -> int | None:
-    """The table row of the most anomalous slice (largest heat-map 99th percentile, the ranking the scan
+    """The table row of the most anomalous slice (largest ``slice_anomaly_scores``, the ranking the scan
     figure uses; the bpd score when the table has no such column), or None if every value is NaN."""
     table = tableNode.GetTable()
     column = table.GetColumnByName(MAP_SCORE_COLUMN) or table.GetColumnByName(SCORE_COLUMN)

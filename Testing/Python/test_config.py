@@ -110,29 +110,42 @@ def test_the_v1_reference_is_a_v1_bundle():
     assert "slice_score_mean_bpd" in meta["config"]["calibration"] and "t_eps" not in meta["config"]["sde"]
 
 
-def test_migrate_v1_to_v2():
+def test_migrate_v1_to_current():
     meta = v1_meta()
     meta["config"]["solver"]["t_eps"] = 2e-3
     out = migrate(meta)
     assert meta["format_version"] == 1 and "solver" in meta["config"]      # the input is not changed
-    assert out["format_version"] == FORMAT_VERSION == 2
+    assert out["format_version"] == FORMAT_VERSION == 3
     assert out["config"]["sde"] == {**meta["config"]["sde"], "t_eps": 2e-3}
     assert "solver" not in out["config"]
     assert set(out["config"]["calibration"]) == {"threshold", "quantile"}
     assert out["config"]["score_net"] == meta["config"]["score_net"]      # checked against the features on load
     cfg = from_dict(ModelConfig, out["config"], "config")
     assert cfg.sde.t_eps == 2e-3 and cfg.score_net.channels == cfg.features.channels
-    assert migrate(out) == out                                           # v2 passes through
+    assert migrate(out) == out                                           # the current format passes through
 
 
-def test_a_v1_bundle_loads_and_saves_as_v2(tmp_path):
+def test_migrate_v2_to_v3_drops_the_slice_quantile():
+    """v2 stored ``localisation.slice_quantile``; v3 ranks slices by their most anomalous area instead."""
+    meta = migrate(v1_meta())
+    meta["format_version"] = 2
+    meta["config"]["localisation"]["slice_quantile"] = 0.9
+    with pytest.raises(ValueError, match="slice_quantile"):       # not a field of the current config
+        from_dict(ModelConfig, meta["config"], "config")
+    out = migrate(meta)
+    assert out["format_version"] == 3 and "slice_quantile" not in out["config"]["localisation"]
+    assert meta["config"]["localisation"]["slice_quantile"] == 0.9      # the input is not changed
+    cfg = from_dict(ModelConfig, out["config"], "config")
+    assert cfg.localisation.slice_area_mm2 == LocalisationConfig().slice_area_mm2 == 100.0
+
+def test_a_v1_bundle_loads_and_saves_as_current(tmp_path):
     model = load_model(V1_BUNDLE)
     meta = v1_meta()
     assert model.config.sde.t_eps == meta["config"]["solver"]["t_eps"]
     assert model.config.calibration.threshold == meta["config"]["calibration"]["threshold"]
     assert model.config.localisation == from_dict(LocalisationConfig, meta["config"]["localisation"])
     again = load_model(save_model(model, tmp_path / "v2"))
-    assert json.loads((tmp_path / "v2" / "model.json").read_text())["format_version"] == 2
+    assert json.loads((tmp_path / "v2" / "model.json").read_text())["format_version"] == FORMAT_VERSION
     assert again.config == model.config
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert bool((a == b).all()), k
@@ -147,7 +160,7 @@ def test_stored_network_widths_are_ignored_in_favour_of_the_features(tmp_path):
     assert load_model(tmp_path / "b").config.score_net.channels == 3
 
 
-@pytest.mark.parametrize("version", [0, 3, "1", None, True])
+@pytest.mark.parametrize("version", [0, 4, "1", None, True])
 def test_unknown_format_versions_are_refused(version, tmp_path):
     shutil.copytree(V1_BUNDLE, tmp_path / "b")
     meta = {**v1_meta(), "format_version": version}
@@ -157,16 +170,16 @@ def test_unknown_format_versions_are_refused(version, tmp_path):
 
 
 def test_a_later_field_needs_one_table_row(monkeypatch):
-    """How a v3 would add a field whose default differs from what v2 bundles computed: one "default" row."""
-    monkeypatch.setattr(bundle, "FORMAT_VERSION", 3)
-    monkeypatch.setitem(bundle.MIGRATIONS, 2, (("default", "config.features.new_field", 7),
+    """How a v4 would add a field whose default differs from what v3 bundles computed: one "default" row."""
+    monkeypatch.setattr(bundle, "FORMAT_VERSION", 4)
+    monkeypatch.setitem(bundle.MIGRATIONS, 3, (("default", "config.features.new_field", 7),
                                                ("move", "config.preprocess.clip_z", "config.features.clip_z")))
     out = migrate(v1_meta())
-    assert out["format_version"] == 3
+    assert out["format_version"] == 4
     assert out["config"]["features"]["new_field"] == 7 and "t_eps" in out["config"]["sde"]
     assert out["config"]["features"]["clip_z"] == v1_meta()["config"]["preprocess"]["clip_z"]
     assert "clip_z" not in out["config"]["preprocess"]
-    done = {**v1_meta(), "format_version": 2}
+    done = {**v1_meta(), "format_version": 3}
     done["config"]["features"]["new_field"] = 3
     assert migrate(done)["config"]["features"]["new_field"] == 3    # present values are kept
 
@@ -177,7 +190,7 @@ def test_a_later_field_needs_one_table_row(monkeypatch):
     ("features", "regional_scale_mm", -1.0),
     ("features", "regional_clip", float("nan")),
     ("localisation", "residual_scales", "coarse"),
-    ("localisation", "slice_quantile", 1.5),
+    ("localisation", "slice_area_mm2", 0.0),
     ("localisation", "intensity_product", "yes"),
 ])
 def test_generalisation_fields_are_validated(section, field, bad):

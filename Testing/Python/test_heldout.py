@@ -34,7 +34,8 @@ def _case_scores(name, truth, anodode, z, slices_truth, thr):
     vox = {"anodode": np.asarray(anodode, float), "gaussian": np.asarray(z, float),
            "flair_zscore": np.asarray(z, float), "flair_zscore_smoothed": np.asarray(z, float)}
     sl = {k: np.array([v.max(), v.min()]) for k, v in vox.items()}
-    return heldout.CaseScores(name, "g", truth, vox, sl, np.asarray(slices_truth, bool), {"anodode": thr})
+    q99 = {k: np.array([v.min(), v.max()]) for k, v in vox.items()}
+    return heldout.CaseScores(name, "g", truth, vox, sl, q99, np.asarray(slices_truth, bool), {"anodode": thr})
 
 
 def test_case_metrics_pool_voxels_and_slices_and_use_each_case_threshold():
@@ -49,6 +50,8 @@ def test_case_metrics_pool_voxels_and_slices_and_use_each_case_threshold():
     # slices pooled over cases: a gives 0.9 (lesion), 0.1 (none); b gives 0.7 (none), 0.3 (lesion).
     # Positive-negative pairs: 0.9 > 0.1, 0.9 > 0.7, 0.3 > 0.1, 0.3 < 0.7 -> AUROC 3 / 4
     assert m["anodode"]["slice_auroc"] == pytest.approx(0.75)
+    # the 99th-percentile ranking (here min, max): lesion slices 0.1 and 0.7 against 0.9 and 0.3 -> 1 / 4
+    assert m["anodode"]["slice_auroc_q99"] == pytest.approx(0.25)
 
 
 def test_markdown_and_json_are_strict(tmp_path):

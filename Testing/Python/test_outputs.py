@@ -3,7 +3,8 @@
 The reference in data/scoring_reference/ was written by ``anodode score`` at commit 7ddeb52, before the CLI and
 the worker shared this engine, with the tiny bundle stored beside it (model_v1/, untrained random weights):
 the synthetic phantom's maps and report, and digests of the maps of a real clinical FLAIR (../shared/data).
-Its ``slice_scores`` were rewritten when the slice score became the density map's 0.99 quantile (issue 11);
+Its ``slice_scores`` and ``slice_anomaly_scores`` were rewritten when the slice score became the density map's 0.99
+quantile and again when slice scores became the mean over the slice's most anomalous 100 mm^2 (issue 11);
 the maps and every other value are the 7ddeb52 ones.
 """
 from __future__ import annotations
