@@ -78,7 +78,9 @@ VARIANTS = {"reconstruction_all_scales": {"method": "reconstruction", "residual_
             "reconstruction_finest": {"method": "reconstruction", "residual_scales": "finest",
                                       "intensity_product": False},
             "combined": {"method": "combined", "intensity_product": False},
-            "likelihood": {"method": "likelihood", "intensity_product": False}}
+            "likelihood": {"method": "likelihood", "intensity_product": False},
+            "combined_x_intensity_unscaled": {"method": "combined", "intensity_product": True,
+                                              "brightness_quantile": None}}
 COLUMNS = (("voxel_auprc", "voxel AUPRC"), ("best_dice", "best Dice"), ("slice_auroc", "slice AUROC"),
            ("dice_at_threshold", "Dice @ calibrated"), ("slice_auroc_map", "slice AUROC, map ranking"),
            ("slice_auroc_q99", "slice AUROC, 99th percentile"))

@@ -432,7 +432,8 @@ def model_config(contrasts: tuple[str, ...] = ("flair",), hidden: int | None = N
     intensities relative to the white-matter peak (``intensity_reference="wm_peak"``), measured on scans from
     other sites, and maps with the "combined" density (per-location bpd x how much brighter than its
     reconstruction a location is) weighted by the smoothed intensity (``intensity_product``): chosen on the
-    three-group held-out evaluation (docs/results.md). A regional-level context (``regional_scale_mm``) is an
+    three-group held-out evaluation (docs/results.md), the intensity in units of the scan's own bright normal
+    tissue (``brightness_quantile``, the default). A regional-level context (``regional_scale_mm``) is an
     ablation: it lets a large tumour explain itself away."""
     base = ModelConfig()
     pre = dataclasses.replace(base.preprocess, intensity_reference="wm_peak")

@@ -40,6 +40,7 @@ MIGRATIONS: dict[int, tuple[tuple[str, str, Any], ...]] = {
         ("drop", "config.localisation.slice_quantile",
          "slice scores are the mean over the slice's most anomalous slice_area_mm2 (default 100 mm^2), "
          "which ranks slices better than a quantile of the slice's voxels on every held-out group"),
+        ("default", "config.localisation.brightness_quantile", None),
     ),
 }
 DEFAULT_MODEL_NAME = "anodode-flair-brats"

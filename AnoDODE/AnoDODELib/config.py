@@ -240,6 +240,10 @@ class LocalisationConfig:
         smoothed inside the brain at full resolution by a 3-D Gaussian of ``smooth_mm`` (physical units): the
         density says whether a location's multi-scale appearance is unusual for normal tissue at its place,
         the intensity how bright it is, at the input's own resolution.
+    brightness_quantile: with ``intensity_product``, max(I_s, 0) is divided by this quantile of I_s over the
+        scan's brain (at least ``BRIGHTNESS_SCALE_FLOOR``): brightness in units of the scan's own bright
+        normal tissue (mostly cortex), whose distance from the white-matter peak differs between sites and
+        scanners; None: not divided (bundles before format 3).
     """
 
     method: str = "reconstruction"
@@ -252,6 +256,7 @@ class LocalisationConfig:
     residual_scales: str = "all"
     slice_area_mm2: float = 100.0
     intensity_product: bool = False
+    brightness_quantile: float | None = 0.75
 
     def __post_init__(self) -> None:
         _choice(self.method, "method", LOCALISATIONS)
@@ -264,6 +269,8 @@ class LocalisationConfig:
         _choice(self.residual_scales, "residual_scales", RESIDUAL_SCALES)
         _real(self.slice_area_mm2, "slice_area_mm2", above=0.0)
         _flag(self.intensity_product, "intensity_product")
+        if self.brightness_quantile is not None:
+            _real(self.brightness_quantile, "brightness_quantile", above=0.0, below=1.0)
 
 
 @dataclass(frozen=True)

@@ -343,14 +343,37 @@ def density_map(prepared: PreparedVolume, scores: LocationScores, model: AnoDODE
     return prepared.to_full(interpolate_slices(grid, keep) * prepared.grid_mask)
 
 
+#: the least brightness scale (normalised-intensity units, white-matter spreads): a scan whose bright normal
+#: tissue is nearer the white-matter peak than this has no usable contrast to scale by
+BRIGHTNESS_SCALE_FLOOR = 0.1
+
+
+def brightness_scale(bright: np.ndarray, brain: np.ndarray, quantile: float | None) -> float:
+    """The scan's own brightness unit: the ``quantile`` of the smoothed normalised intensity I_s over its
+    brain voxels, at least ``BRIGHTNESS_SCALE_FLOOR``; 1 when ``quantile`` is None or there is no brain.
+
+    Intensities are normalised on the white-matter peak and spread, but how far above white matter normal
+    cortex sits differs between sites and scanners (FLAIR contrast, T2 weighting, resolution). The 0.75
+    quantile of the brain lies in normal-appearing cortex whatever lesions cover less than about a quarter of
+    the brain, so I_s / scale reads "how bright against this scan's normal bright tissue"."""
+    if quantile is None or not brain.any():
+        return 1.0
+    return max(float(np.quantile(bright[brain], quantile)), BRIGHTNESS_SCALE_FLOOR)
+
+
 def weighted_map(prepared: PreparedVolume, density: np.ndarray, localisation: LocalisationConfig) -> np.ndarray:
     """The anomaly map (canonical) from the canonical density map D: D itself, or with ``intensity_product``
-    sqrt(D) x max(I_s, 0), I_s the normalised intensity smoothed in 3-D by ``smooth_mm`` inside the brain."""
+
+        A = sqrt(D) x max(I_s, 0) / b,
+
+    I_s the normalised intensity smoothed in 3-D by ``smooth_mm`` (mm) inside the brain and b the scan's
+    brightness unit (``brightness_scale`` with ``brightness_quantile``; 1 when that is None)."""
     if not localisation.intensity_product:
         return density
     g = prepared.geometry
     bright = smooth_in_mask(prepared.normalised, prepared.brain, g.spacing_mm, localisation.smooth_mm)
-    product = np.sqrt(np.maximum(density, 0.0)) * np.maximum(bright, 0.0)
+    scale = brightness_scale(bright, prepared.brain, localisation.brightness_quantile)
+    product = np.sqrt(np.maximum(density, 0.0)) * (np.maximum(bright, 0.0) / np.float32(scale))
     return np.where(prepared.brain, product, 0.0).astype(np.float32)
 
 

@@ -137,13 +137,17 @@ def test_migrate_v2_to_v3_drops_the_slice_quantile():
     assert meta["config"]["localisation"]["slice_quantile"] == 0.9      # the input is not changed
     cfg = from_dict(ModelConfig, out["config"], "config")
     assert cfg.localisation.slice_area_mm2 == LocalisationConfig().slice_area_mm2 == 100.0
+    assert cfg.localisation.brightness_quantile is None and LocalisationConfig().brightness_quantile == 0.75
 
 def test_a_v1_bundle_loads_and_saves_as_current(tmp_path):
     model = load_model(V1_BUNDLE)
     meta = v1_meta()
     assert model.config.sde.t_eps == meta["config"]["solver"]["t_eps"]
     assert model.config.calibration.threshold == meta["config"]["calibration"]["threshold"]
-    assert model.config.localisation == from_dict(LocalisationConfig, meta["config"]["localisation"])
+    # older bundles keep their unscaled intensity product (their thresholds were calibrated on it)
+    assert model.config.localisation.brightness_quantile is None
+    assert model.config.localisation == from_dict(LocalisationConfig, {**meta["config"]["localisation"],
+                                                                       "brightness_quantile": None})
     again = load_model(save_model(model, tmp_path / "v2"))
     assert json.loads((tmp_path / "v2" / "model.json").read_text())["format_version"] == FORMAT_VERSION
     assert again.config == model.config
