@@ -38,7 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, slice_top_area_scores, smooth_on_grid
+from AnoDODELib.anomaly_map import (
+    scatter_to_grid,
+    slice_quantile_scores,
+    slice_top_area_scores,
+    smooth_on_grid,
+)
 from AnoDODELib.bundle import AnoDODEModel, load_model, save_model
 from AnoDODELib.config import LocalisationConfig
 from AnoDODELib.pipeline import (

@@ -113,6 +113,10 @@ def _score_one(inputs: ScanInputs, model, args: argparse.Namespace, outputs: Out
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    """``anodode score``: score each input and write its four files and the batch summary.
+
+    Returns the exit code: 0 when every input was scored, 1 when any input failed (the others are still
+    scored), 2 for bad usage, a bad model bundle or an unusable output folder (nothing scored)."""
     inputs, folders = expand_inputs([Path(p) for p in args.inputs])
     if folders and (args.mask or args.contrast):
         return _fail(f"{folders[0]} is a folder of images: --mask and --contrast need the inputs named one by "
@@ -180,6 +184,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``anodode demo``: write the synthetic phantom (``demo.make_phantom``), score it as ``score`` does, and
+    check that the map finds its lesion (peak inside, best-possible Dice >= ``demo.MIN_BEST_DICE``).
+
+    Returns the exit code: 0 when the lesion is found, 1 when it is missed or scoring fails, 2 for a bad
+    model or output folder. The phantom files are removed again when the demo fails."""
     from . import demo
     from .demo import MIN_BEST_DICE, lesion_found
 
@@ -223,6 +232,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """``anodode info``: print the model (name, folder, contrasts, calibrated threshold, training summary)
+    and the torch build and CUDA device as one JSON object; exit code 0, or 2 for a bad model bundle."""
     try:
         model = load_model(args.model)
     except BundleError as exc:
@@ -243,6 +254,8 @@ def _fail(message: str, code: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``anodode`` argument parser: the ``score``, ``demo`` and ``info`` subcommands (module docstring),
+    each with its handler as ``func``."""
     ap = argparse.ArgumentParser(prog="anodode", description="Unsupervised anomaly detection in brain MRI "
                                  "(diffusion-ODE likelihood over multi-scale features).")
     ap.add_argument("--version", action="version", version=f"anodode {__version__}")
@@ -285,6 +298,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``anodode`` command: run the subcommand named in ``argv`` (default: ``sys.argv``).
+
+    Returns the exit code; SIGTERM gives 143 and Ctrl-C 130, with one error line and no partial outputs.
+    Log level from ``$ANODODE_LOG`` (default WARNING)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("ANODODE_LOG", "WARNING"), format="anodode: %(levelname)s: %(message)s")
     previous = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -130,6 +130,7 @@ class FeatureConfig:
 
     @property
     def channels(self) -> int:
+        """Feature width C: one channel per (contrast, scale) pair, contrast-major."""
         return len(self.contrasts) * len(self.scales_mm)
 
     def channel_contrasts(self) -> list[str]:

@@ -15,6 +15,8 @@ import SimpleITK as sitk
 
 @dataclass(frozen=True)
 class Phantom:
+    """The phantom scan and its ground truth: the lesion mask on the same grid and the lesion's centre."""
+
     image: sitk.Image        # FLAIR-like float32 volume, RAS-stored like most NIfTI files
     lesion: sitk.Image       # uint8 mask of the whole lesion (core + oedema rim) on the same grid
     lesion_centre_mm: tuple[float, float, float]   # physical (LPS) centre of the lesion
@@ -61,12 +63,15 @@ MIN_BEST_DICE = 0.5
 
 @dataclass(frozen=True)
 class LesionFound:
+    """How well an anomaly map found the phantom's lesion (``lesion_found``)."""
+
     peak_inside: bool        # the map's maximum lies within 2 voxels of the lesion mask
     best_dice: float         # the best Dice of (map > t) with the lesion over thresholds t, brain voxels (map > 0)
     label_dice: float        # Dice of the label (map > calibrated threshold) with the lesion
 
     @property
     def ok(self) -> bool:
+        """The demo's pass criterion: the peak lies in the lesion and best_dice >= ``MIN_BEST_DICE``."""
         return self.peak_inside and self.best_dice >= MIN_BEST_DICE
 
 

@@ -68,6 +68,7 @@ class PointwiseEvaluator:
         return torch.addmm(self.pre + bias, x, self.w_x)
 
     def eps(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """eps_hat(x, t) at the stored context: x (N, C) -> (N, C); the fused MLP when the network allows it."""
         if not self.fused:
             return self.net(x, torch.as_tensor(t, dtype=x.dtype, device=x.device), self.cond)
         a = nn.functional.silu(self._first(x, t))

@@ -149,7 +149,9 @@ class Standardiser(torch.nn.Module):
         return self
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """y = (f - mean) / std per channel: (..., C) features -> (..., C) standardised."""
         return (features - self.mean) / self.std
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """f = y std + mean per channel: (..., C) standardised -> (..., C) features (undoes ``forward``)."""
         return y * self.std + self.mean

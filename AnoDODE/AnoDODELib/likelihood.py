@@ -39,6 +39,8 @@ NOISES = ("rademacher", "gaussian")
 
 
 class LikelihoodResult(NamedTuple):
+    """The negative log-likelihood of N samples under the probability-flow ODE, in nats and bits/dim."""
+
     nll_nats: torch.Tensor  # (N,) -log p(x), nats per sample
     bpd: torch.Tensor       # (N,) nll_nats / (D ln 2), bits per dimension
     prior_z: torch.Tensor   # (N, ...) x(1), the latent the N(0, I) prior is evaluated at; shape of x

@@ -49,6 +49,7 @@ class ScanInputs:
     contrasts: Mapping[str, Path] = field(default_factory=dict)
 
     def files(self) -> list[Path]:
+        """Every input file, primary first: the scan, the mask when given, then the other contrasts."""
         return [self.image, *([self.mask] if self.mask else []), *self.contrasts.values()]
 
 

@@ -17,14 +17,13 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import fast_ode
-from . import volume_io
+from . import fast_ode, volume_io
 from .anomaly_map import (
     finest_channels,
     hyperintense_channels,
@@ -38,6 +37,9 @@ from .config import LocalisationConfig, ModelConfig, SolverConfig
 from .features import extract_features
 from .likelihood import log_likelihood, solver_kwargs
 from .score_model import score_fn
+
+if TYPE_CHECKING:   # for the annotations only: the pipeline takes a loaded model and never reads bundles
+    from .bundle import AnoDODEModel
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +171,8 @@ def check_contrasts(cfg: ModelConfig, other_contrasts: Mapping[str, object] | No
 
 
 class LocationScores(NamedTuple):
+    """Per-location results of ``score_locations`` for the N brain locations, in their order."""
+
     bpd: torch.Tensor        # (N,) per-location NLL, bits per dimension
     residual: torch.Tensor   # (N, C) standardised features minus their reconstruction
     nfe: int                 # score-network evaluations per location for the likelihood
@@ -188,7 +192,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def _score_chunk(model: AnoDODEModel, y: torch.Tensor, c: torch.Tensor, noise: torch.Tensor,  # noqa: F821
+def _score_chunk(model: AnoDODEModel, y: torch.Tensor, c: torch.Tensor, noise: torch.Tensor,
                  solver: SolverConfig, device: torch.device, reconstruction_method: str,
                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """bpd (n,), residual (n, C), likelihood NFE and reconstruction NFE for one chunk, results on the CPU."""
@@ -212,7 +216,7 @@ def _score_chunk(model: AnoDODEModel, y: torch.Tensor, c: torch.Tensor, noise: t
         return bpd.float().cpu(), (y - rec).float().cpu(), nfe, rec_nfe
 
 
-def score_locations(model: AnoDODEModel, features: torch.Tensor, context: torch.Tensor, *,  # noqa: F821
+def score_locations(model: AnoDODEModel, features: torch.Tensor, context: torch.Tensor, *,
                     solver: SolverConfig | None = None, device: torch.device | str = "cpu",
                     callback: Callback | None = None, seed: int = 0, chunk: int | None = None,
                     reconstruction_method: str = "rk4") -> LocationScores:
@@ -267,6 +271,9 @@ def score_locations(model: AnoDODEModel, features: torch.Tensor, context: torch.
 
 
 class ScoreResult(NamedTuple):
+    """One scan's result on the input's grid and array layout: the voxel anomaly map and its label, the volume
+    and per-slice scores, and the run's cost (NFE per location, seconds, device)."""
+
     anomaly_map: np.ndarray          # float32, input's array layout
     label: np.ndarray                # uint8 0/1, input's array layout
     volume_score_bpd: float
@@ -310,7 +317,7 @@ def interpolate_slices(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor
     return (1 - w) * values[lo] + w * values[hi]
 
 
-def score_prepared(model: AnoDODEModel, prepared: PreparedVolume, preset: str | Preset = "standard", *,  # noqa: F821
+def score_prepared(model: AnoDODEModel, prepared: PreparedVolume, preset: str | Preset = "standard", *,
                    device: torch.device | str = "cpu", callback: Callback | None = None, seed: int = 0
                    ) -> tuple[LocationScores, torch.Tensor]:
     """Per-location scores at the brain locations of the slices the preset scores, and those slices as an
@@ -328,7 +335,7 @@ def _all_slices(prepared: PreparedVolume, scored: torch.Tensor | None) -> torch.
     return torch.ones(prepared.grid_mask.shape[0], dtype=torch.bool) if scored is None else scored
 
 
-def density_map(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
+def density_map(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,
                 localisation: LocalisationConfig | None = None, scored: torch.Tensor | None = None
                 ) -> np.ndarray:
     """The density map (canonical, full resolution): the localisation's per-location scores, smoothed on the
@@ -377,7 +384,7 @@ def weighted_map(prepared: PreparedVolume, density: np.ndarray, localisation: Lo
     return np.where(prepared.brain, product, 0.0).astype(np.float32)
 
 
-def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
+def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,
                      localisation: LocalisationConfig | None = None, scored: torch.Tensor | None = None
                      ) -> np.ndarray:
     """The voxel anomaly map (input array layout) from per-location scores (default: the model's
@@ -388,7 +395,7 @@ def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: An
     return prepared.geometry.from_canonical(weighted_map(prepared, density, loc))
 
 
-def canonical_slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
+def canonical_slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,
                            scored: torch.Tensor | None = None, density: np.ndarray | None = None
                            ) -> list[float | None]:
     """The likelihood-based slice score of each canonical slice with brain (None without): the mean of the
@@ -417,7 +424,7 @@ def pixel_area_mm2(prepared: PreparedVolume) -> float:
     return float(dy * dx)
 
 
-def slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,  # noqa: F821
+def slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,
                  scored: torch.Tensor | None = None, density: np.ndarray | None = None) -> list[float | None]:
     """``canonical_slice_scores`` re-ordered to the input's index along the axial axis."""
     canon = canonical_slice_scores(prepared, scores, model, scored, density)
@@ -435,7 +442,7 @@ def slice_map_scores(prepared: PreparedVolume, anomaly_map: np.ndarray,
     return out[::-1] if prepared.geometry.flips[0] else out
 
 
-def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None = None, *,  # noqa: F821
+def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None = None, *,
                 threshold: float | None = None, device: str = "auto", preset: str | Preset = "standard",
                 callback: Callback | None = None, name: str = "input",
                 other_contrasts: Mapping[str, sitk.Image] | None = None) -> ScoreResult:

@@ -37,6 +37,7 @@ class FourierTime(nn.Module):
 
     @property
     def width(self) -> int:
+        """Output width, 2 * (dim // 2): a sine and a cosine per frequency."""
         return 2 * self.freqs.numel()
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -71,6 +72,7 @@ class PointwiseScoreNet(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
+        """eps_hat(x, t, c): x (N, C), t 0-d or (N,), cond (N, K) -> (N, C); ValueError on a wrong shape."""
         if x.ndim != 2 or x.shape[1] != self.cfg.channels:
             raise ValueError(f"x must be (N, {self.cfg.channels}), got {tuple(x.shape)}")
         if cond.shape != (x.shape[0], self.cfg.cond_channels):

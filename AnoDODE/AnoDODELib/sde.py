@@ -49,6 +49,7 @@ class VPSDE:
 
     @classmethod
     def from_config(cls, cfg: SDEConfig) -> VPSDE:
+        """The SDE with the config's beta_min and beta_max."""
         return cls(cfg.beta_min, cfg.beta_max)
 
     def __repr__(self) -> str:

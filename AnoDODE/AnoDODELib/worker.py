@@ -129,7 +129,7 @@ class Cancelled(BaseException):
 
 
 class UsageError(Exception):
-    pass
+    """A bad command line (unknown preset, non-finite threshold, bad --contrast): one ERROR line, exit 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -209,6 +209,10 @@ def _error(message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the worker on ``argv`` (default: ``sys.argv``) with the line protocol of the module docstring.
+
+    Returns the exit code: 0 after ``DONE`` (or the ``--device-info`` line), 1 after one ``ERROR:`` line,
+    143 when cancelled by SIGTERM/SIGINT."""
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(levelname)s] %(message)s")

@@ -50,6 +50,16 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def anodode_module(monkeypatch, tmp_path):
+    """The Slicer module imported against Slicer 5.10's own Python code (``slicer_reference.install``):
+    ``(module, scene, slicer, parameterNodeWrapper)``; its imports are forgotten afterwards."""
+    import slicer_reference
+
+    yield slicer_reference.install(monkeypatch, tmp_path)
+    slicer_reference.forget()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """An untrained, tiny but complete model bundle (fast to score with)."""

@@ -75,7 +75,7 @@ def install(monkeypatch, tmp_path: Path):
         if data_required():   # CI (ANODODE_REQUIRE_DATA=1): a test against Slicer's code must not skip silently
             pytest.fail(reason + "; ANODODE_REQUIRE_DATA is set, so this is a failure, not a skip")
         pytest.skip(reason)
-    import slicer.util
+    importlib.import_module("slicer.util")   # sets slicer.util (the name ``slicer`` is bound above)
 
     for name in ("qt", "ctk"):
         monkeypatch.setitem(sys.modules, name, StandInModule(name))
@@ -92,14 +92,14 @@ def install(monkeypatch, tmp_path: Path):
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(temp)), raising=False)
     monkeypatch.syspath_prepend(str(MODULE_DIR))
-    _forget()
+    forget()
     wrapper = importlib.import_module("slicer.parameterNodeWrapper")
     assert Path(wrapper.__file__).resolve().is_relative_to(reference.resolve())
     module = importlib.import_module("AnoDODE")
     return module, scene, slicer, wrapper
 
 
-def _forget() -> None:
+def forget() -> None:
     """Drop modules imported against stand-ins, so the next import starts clean."""
     for name in list(sys.modules):
         if (name in ("AnoDODE", "slicer.ScriptedLoadableModule") or name.startswith("slicer.parameterNodeWrapper")
@@ -109,12 +109,6 @@ def _forget() -> None:
     for name in ("parameterNodeWrapper", "ScriptedLoadableModule"):   # not in slicer-core: set by the import
         if slicer is not None and name in vars(slicer):
             delattr(slicer, name)
-
-
-@pytest.fixture
-def anodode_module(monkeypatch, tmp_path):
-    yield install(monkeypatch, tmp_path)
-    _forget()
 
 
 def loadVolumeWithSimpleITK(path, properties=None):

@@ -18,7 +18,6 @@ from AnoDODELib.probability_flow import METHODS
 from AnoDODELib.reconstruction import reconstruct
 from AnoDODELib.score_model import score_fn
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # small problems: no OpenMP barrier stalls
 
 

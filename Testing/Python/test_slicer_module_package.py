@@ -6,7 +6,7 @@ import sys
 import types
 
 import pytest
-from slicer_reference import MODULE_DIR, anodode_module  # noqa: F401 - fixture
+from slicer_reference import MODULE_DIR
 
 
 def test_helper_package_imports_under_slicer_core(monkeypatch):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import REPO, require_data
-from slicer_reference import anodode_module, loadVolumeWithSimpleITK  # noqa: F401 - fixture
+from slicer_reference import loadVolumeWithSimpleITK
 
 sys.path.insert(0, str(REPO / "AnoDODE"))
 from AnoDODESlicerLib import panel, sample_data

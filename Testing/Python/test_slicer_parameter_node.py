@@ -9,7 +9,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
-from slicer_reference import MODULE_DIR, anodode_module, standInClass  # noqa: F401 - fixture
+from slicer_reference import MODULE_DIR, standInClass
 
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "AnoDODE.ui"
 
