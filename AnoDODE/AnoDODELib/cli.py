@@ -32,7 +32,7 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from . import __version__, summary, volume_io
+from . import __version__, process_tuning, summary, volume_io
 from .atomic_write import OutputError, StagedWrite
 from .bundle import BundleError, default_model_dir, load_model
 from .outputs import OutputSet, ScanInputs, score_to_files
@@ -315,5 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def run() -> None:
+    """The ``anodode`` command's entry point: :func:`main` in a process set up to score and exit
+    (process_tuning.py: allocator thresholds, imported objects frozen, no interpreter teardown)."""
+    process_tuning.tune_allocator()
+    process_tuning.freeze_imported_objects()
+    process_tuning.exit_now(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

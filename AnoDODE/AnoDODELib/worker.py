@@ -249,4 +249,7 @@ def _describe(exc: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from . import process_tuning  # allocator thresholds and no interpreter teardown (see that module)
+
+    process_tuning.tune_allocator()
+    process_tuning.exit_now(main())
