@@ -1,4 +1,5 @@
-"""Plant known bugs one at a time and check that the test suite catches each (issue 16's 20 mutants).
+"""Plant known bugs one at a time and check that the test suite catches each (issue 16's 20 mutants, and
+26 bugs of the likelihood/combined localisations, the weighted map, the slice scores and the bpd).
 
     python benchmarks/planted_mutants.py [--only NAME ...] [--full] [--list]
 
@@ -25,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LIB = "AnoDODE/AnoDODELib"
 T = "Testing/Python"
+LOC, DENSITY, SMOOTH = (f"{T}/test_location_scores.py", f"{T}/test_density_map.py",
+                        f"{T}/test_masked_smoothing.py")
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,12 @@ MUTANTS = [
     Mutant("map smoothing removed", f"{LIB}/anomaly_map.py",
            "    if sigma_mm <= 0:\n        return grid\n", "    return grid\n", (f"{T}/test_map_behaviour.py",)),
     Mutant("skipped slices left at 0", f"{LIB}/pipeline.py",
-           "grid = interpolate_slices(grid, keep) * prepared.grid_mask",
-           "grid = grid * keep[:, None, None] * prepared.grid_mask", (f"{T}/test_map_behaviour.py",)),
+           "prepared.to_full(interpolate_slices(grid, keep) * prepared.grid_mask)",
+           "prepared.to_full(grid * keep[:, None, None] * prepared.grid_mask)", (f"{T}/test_map_behaviour.py",)),
     Mutant("map mirrored left-right on its way back", f"{LIB}/pipeline.py",
-           "        return self.geometry.from_canonical(full)",
-           "        return self.geometry.from_canonical(np.ascontiguousarray(full[:, :, ::-1]))",
+           "return prepared.geometry.from_canonical(weighted_map(prepared, density, loc))",
+           "return prepared.geometry.from_canonical(np.ascontiguousarray("
+           "weighted_map(prepared, density, loc)[:, :, ::-1]))",
            (f"{T}/test_map_behaviour.py",)),
     Mutant("demo exits 0 when the lesion is missed", f"{LIB}/cli.py",
            "    if not found.ok:\n", "    if False:\n", (f"{T}/test_map_behaviour.py",)),
@@ -57,6 +61,72 @@ MUTANTS = [
     Mutant("map smoothing sigma taken in pixels, not mm", f"{LIB}/anomaly_map.py",
            "gaussian_blur(grid.unsqueeze(1).float(), sigma_mm / spacing_mm)",
            "gaussian_blur(grid.unsqueeze(1).float(), sigma_mm)", (f"{T}/test_map_behaviour.py",)),
+    # ---- the likelihood and combined localisations, the shipped (weighted) map and the slice scores
+    #      (the survivors of the cosmic-ray run in benchmarks/README.md, "Mutation testing")
+    Mutant("likelihood and combined branches swapped", f"{LIB}/anomaly_map.py",
+           "return score * (bright > 0) if cfg.method == \"likelihood\" else score * bright",
+           "return score * bright if cfg.method == \"likelihood\" else score * (bright > 0)", (LOC,)),
+    Mutant("likelihood gate counts r_0 = 0 as brighter", f"{LIB}/anomaly_map.py",
+           "score * (bright > 0) if", "score * (bright >= 0) if", (LOC,)),
+    Mutant("combined: the residual norm instead of the bright gate", f"{LIB}/anomaly_map.py",
+           "else score * bright\n", "else score * r.norm(dim=1)\n", (LOC, DENSITY)),
+    Mutant("negative bpd not clamped at 0", f"{LIB}/anomaly_map.py",
+           "score = bpd.clamp_min(0.0)", "score = bpd", (LOC, DENSITY)),
+    Mutant("bright gate on the last hyperintense channel (coarsest scale)", f"{LIB}/anomaly_map.py",
+           "int(torch.nonzero(one_sided)[0])", "int(torch.nonzero(one_sided)[-1])", (LOC,)),
+    Mutant("hyperintense_only ignored", f"{LIB}/anomaly_map.py",
+           "    if not cfg.hyperintense_only:\n        one_sided = torch.zeros_like(one_sided)\n", "", (LOC,)),
+    Mutant("finest channels: the coarsest scale of each contrast", f"{LIB}/anomaly_map.py",
+           "[k % n == 0 for k in range(features.channels)]", "[k % n == n - 1 for k in range(features.channels)]",
+           (LOC,)),
+    Mutant("weighted map: sqrt of the density dropped", f"{LIB}/pipeline.py",
+           "product = np.sqrt(np.maximum(density, 0.0)) * np.maximum(bright, 0.0)",
+           "product = np.maximum(density, 0.0) * np.maximum(bright, 0.0)", (DENSITY,)),
+    Mutant("weighted map: max(I, 0) dropped (dark tissue scores negative)", f"{LIB}/pipeline.py",
+           "product = np.sqrt(np.maximum(density, 0.0)) * np.maximum(bright, 0.0)",
+           "product = np.sqrt(np.maximum(density, 0.0)) * bright", (DENSITY,)),
+    Mutant("weighted map: intensity smoothed with sigma in voxels", f"{LIB}/pipeline.py",
+           "prepared.brain, g.spacing_mm, localisation.smooth_mm)",
+           "prepared.brain, (1.0, 1.0, 1.0), localisation.smooth_mm)", (DENSITY,)),
+    Mutant("density map: the model's localisation over the one asked for", f"{LIB}/pipeline.py",
+           "    loc = localisation or model.config.localisation\n    keep = _all_slices",
+           "    loc = model.config.localisation\n    keep = _all_slices", (DENSITY,)),
+    Mutant("smooth_in_mask: sigma in voxels, not mm", f"{LIB}/anomaly_map.py",
+           "sigma = [sigma_mm / float(s) for s in spacing_mm]", "sigma = [sigma_mm for s in spacing_mm]",
+           (SMOOTH,)),
+    Mutant("smooth_in_mask: spacing axes reversed", f"{LIB}/anomaly_map.py",
+           "sigma = [sigma_mm / float(s) for s in spacing_mm]", "sigma = [sigma_mm / float(s) for s in spacing_mm[::-1]]",
+           (SMOOTH,)),
+    Mutant("smooth_in_mask: values outside the mask leak in", f"{LIB}/anomaly_map.py",
+           "np.where(m, values[box], 0.0).astype(np.float32)", "values[box].astype(np.float32)", (SMOOTH,)),
+    Mutant("smooth_in_mask: not normalised (edges darkened)", f"{LIB}/anomaly_map.py",
+           "np.where(m, num / np.maximum(den, 1e-12), 0.0)", "np.where(m, num, 0.0)", (SMOOTH,)),
+    Mutant("smooth_in_mask: bounding box one voxel short", f"{LIB}/anomaly_map.py",
+           "int(i.max()) + 1)", "int(i.max()))", (SMOOTH,)),
+    Mutant("slice score: quantile over the whole slice, not its brain", f"{LIB}/anomaly_map.py",
+           "float(np.quantile(m[b], q))", "float(np.quantile(m, q))", (DENSITY,)),
+    Mutant("slice score: nearest-rank (higher) quantile instead of linear", f"{LIB}/anomaly_map.py",
+           "float(np.quantile(m[b], q))", "float(np.quantile(m[b], q, method=\"higher\"))", (DENSITY,)),
+    Mutant("slice score: slice_quantile ignored (0.99 always)", f"{LIB}/pipeline.py",
+           "slice_quantile_scores(density, prepared.brain, model.config.localisation.slice_quantile)",
+           "slice_quantile_scores(density, prepared.brain)", (DENSITY,)),
+    Mutant("slice score of the weighted map, not the density", f"{LIB}/pipeline.py",
+           "        density = density_map(prepared, scores, model, scored=scored)\n    return slice_quantile_scores",
+           "        density = weighted_map(prepared, density_map(prepared, scores, model, scored=scored),\n"
+           "                               model.config.localisation)\n    return slice_quantile_scores", (DENSITY,)),
+    Mutant("slice scores not reversed for a flipped axial axis", f"{LIB}/pipeline.py",
+           "return canon[::-1] if prepared.geometry.flips[0] else canon", "return canon", (DENSITY,)),
+    Mutant("map slice scores reversed by the wrong axis's flip", f"{LIB}/pipeline.py",
+           "return out[::-1] if prepared.geometry.flips[0] else out",
+           "return out[::-1] if prepared.geometry.flips[2] else out", (DENSITY,)),
+    Mutant("bpd in nats per dimension, not bits", f"{LIB}/likelihood.py",
+           "nll / (d * math.log(2.0))", "nll / d", (f"{T}/test_likelihood.py",)),
+    Mutant("bpd divided by the row count of a sample, not its dimension count", f"{LIB}/likelihood.py",
+           "n, d = x.shape[0], x[0].numel()", "n, d = x.shape[0], x.shape[1]", (f"{T}/test_likelihood.py",)),
+    Mutant("Hutchinson probes summed, not averaged", f"{LIB}/likelihood.py",
+           "(div / n_probes).detach()", "div.detach()", (f"{T}/test_likelihood.py",)),
+    Mutant("fused likelihood: bpd in nats", f"{LIB}/fast_ode.py",
+           "return nll / (c * math.log(2.0)), nfe", "return nll / c, nfe", (f"{T}/test_presets.py",)),
     # ---- calibration and training data
     Mutant("calibration: the median instead of the stated quantile", "training/train.py",
            "float(np.quantile(np.concatenate(v), quantile))",
