@@ -1,7 +1,7 @@
 """Plant known bugs one at a time and check that the test suite catches each (issue 16's 20 mutants, and
 26 bugs of the likelihood/combined localisations, the weighted map, the slice scores and the bpd).
 
-    python benchmarks/planted_mutants.py [--only NAME ...] [--full] [--list]
+    python benchmarks/planted_mutants.py [--only NAME ...] [--full | --tests FILE ...] [--list]
 
 Each mutant is one textual replacement in one file of a copy of the repository's tracked files (the
 working tree is never touched). The copy's engine is put first on PYTHONPATH, so the installed
@@ -180,7 +180,7 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / f)
 
 
-def run_mutant(m: Mutant, full: bool, python: str) -> tuple[str, float, str]:
+def run_mutant(m: Mutant, full: bool, python: str, tests: list[str] | None = None) -> tuple[str, float, str]:
     with tempfile.TemporaryDirectory(prefix="anodode-mutant-") as tmp:
         root = Path(tmp)
         copy_tree(root)
@@ -191,7 +191,7 @@ def run_mutant(m: Mutant, full: bool, python: str) -> tuple[str, float, str]:
         target.write_text(text.replace(m.old, m.new))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "AnoDODE"), str(root)]),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *([] if full else m.tests)]
+        cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *([] if full else tests or m.tests)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, check=False, cwd=root, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, help="mutants whose name contains one of these words")
     ap.add_argument("--full", action="store_true", help="run the whole suite for each mutant")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--tests", nargs="+", default=None,
+                    help="run these test files for every mutant instead of its own (e.g. an older suite's)")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.only or any(w in m.name for w in args.only)]
     if args.list:
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     bad = 0
     for k, m in enumerate(chosen, 1):
-        status, seconds, detail = run_mutant(m, args.full, sys.executable)
+        status, seconds, detail = run_mutant(m, args.full, sys.executable, args.tests)
         bad += status != "killed"
         print(f"[{k:2d}/{len(chosen)}] {status:11s} {seconds:6.1f} s  {m.name}  -- {detail}", flush=True)
     print(f"{len(chosen) - bad}/{len(chosen)} planted mutants killed")
