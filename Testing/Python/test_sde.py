@@ -180,3 +180,11 @@ def test_exact_trace_of_a_linear_map_and_the_time_grid() -> None:
     assert ts.tolist() == [0.5, 1e-3] and kw == {"method": "dopri5", "rtol": 1e-4, "atol": 1e-6}
     with pytest.raises(ValueError, match="unknown ODE method"):
         pf.ode_schedule("leapfrog", 0, 1, steps=1, rtol=1, atol=1, like=x)
+
+
+def test_a_one_step_grid_is_its_two_end_points() -> None:
+    from AnoDODELib import probability_flow as pf
+
+    assert pf.time_grid(0.25, 1.0, 1, torch.zeros(1, dtype=DT)).tolist() == [0.25, 1.0]
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        pf.time_grid(0.25, 1.0, 0, torch.zeros(1))
