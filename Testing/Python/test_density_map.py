@@ -5,7 +5,8 @@ voxel is one scored location and each value can be written down:
     D(v) = max(bpd, 0) * max(r_0, 0)                   density map, "combined", smooth_mm = 0
     D(v) = max(bpd, 0) * [r_0 > 0]                     "likelihood"
     A(v) = sqrt(max(D, 0)) * max(I_s, 0)  on the brain  weighted map (intensity_product), I_s = I for smooth_mm 0
-    s(slice) = Q_q {D(v) : v brain voxel of the slice} canonical slice score, None without brain
+    s(slice) = mean of the k largest {D(v) : v brain voxel of the slice},  k = round(area / pixel area)
+                                                       canonical slice score, None without brain
 
 No data, no trained network: the maps read only the per-location scores and the model's config.
 """
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from AnoDODELib import pipeline
-from AnoDODELib.anomaly_map import slice_quantile_scores, smooth_in_mask
+from AnoDODELib.anomaly_map import smooth_in_mask
 from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import LocalisationConfig, ModelConfig
 from AnoDODELib.volume_io import SliceGeometry
@@ -197,31 +198,35 @@ def test_maps_from_scores_is_the_weighted_density_in_the_input_layout(flips) -> 
 
 # ----------------------------------------------------------------------------- slice scores
 
-def test_slice_quantile_scores_by_hand() -> None:
-    """Brain values 1..5 in slice 0 (q 0.5: 3; q 0.99: 4 + 0.96 = 4.96, numpy's linear rule), none in
-    slice 1; what lies outside the brain does not count."""
-    vmap = np.full((2, 2, 4), 100.0)
-    brain = np.zeros((2, 2, 4), bool)
-    vmap[0, 0, :] = [5.0, 1.0, 4.0, 2.0]
-    vmap[0, 1, 0] = 3.0
-    brain[0, 0, :] = True
-    brain[0, 1, 0] = True
-    assert slice_quantile_scores(vmap, brain, 0.5) == [pytest.approx(3.0), None]
-    assert slice_quantile_scores(vmap, brain) == [pytest.approx(4.96), None]
+def top_mean(values: np.ndarray, k: int) -> float:
+    return float(np.sort(values)[-k:].mean())
 
 
-@pytest.mark.parametrize("q", [0.99, 0.75])
-def test_canonical_slice_scores_are_the_quantile_of_the_density(q) -> None:
+@pytest.mark.parametrize("area,k", [(100.0, None), (12.0, 3), (4.0, 1), (9.0, 2)])
+def test_canonical_slice_scores_are_the_top_area_mean_of_the_density(area, k) -> None:
+    """Pixels of 2 x 2 mm: 12 mm^2 of brain are the k = 3 largest voxels, 4 mm^2 the largest one, 9 mm^2
+    rounds to 2; 100 mm^2 (25 voxels) is more than each slice holds (6, 12, 4): the slice's mean."""
     brain = brain_mask()
     intensity = np.full(brain.shape, 9.0, np.float32)           # the intensity weighting must not count
     p, s = prepared_volume(brain, intensity), hand_scores(int(brain.sum()))
-    model = model_with(smooth_mm=0.0, slice_quantile=q)
+    model = model_with(smooth_mm=0.0, slice_area_mm2=area)
     d = on_brain(brain, s.bpd.clamp_min(0) * s.residual[:, 0].clamp_min(0))
-    want = [None] + [float(np.quantile(d[k][brain[k]], q)) for k in (1, 2, 3)]
+    want = [top_mean(d[j][brain[j]], k or int(brain[j].sum())) for j in (1, 2, 3)]
     got = pipeline.canonical_slice_scores(p, s, model)
-    assert got[0] is None and got[1:] == pytest.approx(want[1:], rel=1e-6)
+    assert got[0] is None and got[1:] == pytest.approx(want, rel=1e-6)
     assert pipeline.canonical_slice_scores(p, s, model, density=d) == got
     assert len(set(got[1:])) == 3
+
+
+def test_the_pixel_area_is_the_in_plane_one() -> None:
+    """Slices 3 mm apart, pixels 2 x 1 mm: 6 mm^2 are 3 voxels (not 2, with the slice spacing's 3 x 2)."""
+    brain = brain_mask()
+    p, s = prepared_volume(brain, spacing=(3.0, 2.0, 1.0)), hand_scores(int(brain.sum()))
+    d = on_brain(brain, s.bpd.clamp_min(0) * s.residual[:, 0].clamp_min(0))
+    got = pipeline.canonical_slice_scores(p, s, model_with(smooth_mm=0.0, slice_area_mm2=6.0))
+    assert got[1:] == pytest.approx([top_mean(d[j][brain[j]], 3) for j in (1, 2, 3)], rel=1e-6)
+    amap = p.geometry.from_canonical(d)
+    assert pipeline.slice_map_scores(p, amap, 6.0) == got
 
 
 def test_canonical_slice_scores_interpolate_skipped_slices() -> None:
@@ -246,20 +251,20 @@ def test_slice_scores_follow_the_input_order_of_the_axial_axis(flip) -> None:
     canon = pipeline.canonical_slice_scores(p, s, model)
     got = pipeline.slice_scores(p, s, model)
     assert got == (canon[::-1] if flip else canon)
-    # the map's slice score: a map that is k + 1 on canonical slice k, any q
+    # the map's slice score: a map that is k + 1 on canonical slice k, any area
     amap = np.where(brain, np.arange(1.0, 5.0)[:, None, None], 0.0).astype(np.float32)
     rank = [None, 2.0, 3.0, 4.0]
-    for q in (0.5, 0.99):
-        assert pipeline.slice_map_scores(p, p.geometry.from_canonical(amap), q) == (rank[::-1] if flip else rank)
+    for area in (4.0, 100.0):
+        assert pipeline.slice_map_scores(p, p.geometry.from_canonical(amap), area) == (rank[::-1] if flip else rank)
 
 
-def test_slice_map_scores_take_the_quantile_over_the_brain() -> None:
+def test_slice_map_scores_take_the_top_area_mean_over_the_brain() -> None:
     brain = brain_mask()
     rng = np.random.default_rng(4)
     amap = rng.gamma(2.0, size=brain.shape).astype(np.float32)
     p = prepared_volume(brain, axes=(0, 2, 1), flips=(True, True, False))
-    got = pipeline.slice_map_scores(p, p.geometry.from_canonical(amap), 0.9)
-    want = [None] + [float(np.quantile(amap[k][brain[k]], 0.9)) for k in (1, 2, 3)]
-    assert got[-1] is None and got[:-1] == pytest.approx(want[:0:-1], rel=1e-6)
-    assert pipeline.slice_map_scores(p, p.geometry.from_canonical(amap))[:-1] == pytest.approx(
-        [float(np.quantile(amap[k][brain[k]], 0.99)) for k in (3, 2, 1)], rel=1e-6)
+    got = pipeline.slice_map_scores(p, p.geometry.from_canonical(amap), 8.0)              # 2 voxels
+    assert got[-1] is None and got[:-1] == pytest.approx([top_mean(amap[j][brain[j]], 2) for j in (3, 2, 1)],
+                                                         rel=1e-6)
+    default = pipeline.slice_map_scores(p, p.geometry.from_canonical(amap))               # 100 mm^2: all
+    assert default[:-1] == pytest.approx([float(amap[j][brain[j]].mean()) for j in (3, 2, 1)], rel=1e-6)
