@@ -13,12 +13,15 @@ its name's ending; nested functions count as their own names). Also skipped, unl
   on the float tensors of these functions they raise at once, so any test reaching the line kills them and
   they only inflate the count. Bitwise operators of boolean masks (``&``, ``|``) keep all replacements.
 
-Prints the kept count per file and function.
+``--sample N`` keeps a reproducible random N of the focused mutants (``--seed``; the choice depends only
+on the source, so two sessions of the same code keep the same mutants). Prints the kept count per file
+and function.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import random
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -52,25 +55,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("targets", nargs="+", help="FILE:func1,func2 (FILE: the module path's ending)")
     ap.add_argument("--root", default=".", help="where the session's module paths are relative to")
     ap.add_argument("--all-operators", action="store_true", help="keep signature and trivial-operator mutants")
+    ap.add_argument("--sample", type=int, default=0, help="keep this many of the focused mutants, at random")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     wanted = {t.split(":")[0]: set(t.split(":")[1].split(",")) for t in args.targets}
     con = sqlite3.connect(args.session)
-    rows = con.execute("SELECT job_id, module_path, operator_name, start_pos_row, definition_name "
+    rows = con.execute("SELECT job_id, module_path, operator_name, occurrence, start_pos_row, definition_name "
                        "FROM mutation_specs").fetchall()
     con.close()
     spans: dict[str, dict[str, tuple[int, int]]] = {}
     kept: Counter[tuple[str, str]] = Counter()
-    skip = []
-    for job, module, operator, row, name in rows:
+    skip, focused = [], []
+    for job, module, operator, occurrence, row, name in rows:
         key = next((k for k in wanted if module.endswith(k)), None)
         if key is not None and module not in spans:
             spans[module] = body_rows(Path(args.root) / module, wanted[key])
         span = spans.get(module, {}).get(name) if key is not None else None
         keep = span is not None and (args.all_operators or (row >= span[0] and not trivial_operator(operator)))
         if keep:
-            kept[(module, name)] += 1
+            focused.append(((module, operator, occurrence), job, name))
         else:
             skip.append(job)
+    focused.sort()
+    if 0 < args.sample < len(focused):
+        chosen = set(random.Random(args.seed).sample(range(len(focused)), args.sample))
+        skip += [job for i, (_, job, _) in enumerate(focused) if i not in chosen]
+        focused = [f for i, f in enumerate(focused) if i in chosen]
+    for (module, _, _), _, name in focused:
+        kept[(module, name)] += 1
     with use_db(args.session) as db:
         done = {job for job, _ in db.results}
         for job in skip:
