@@ -1,5 +1,5 @@
 """Plant known bugs one at a time and check that the test suite catches each (issue 16's 20 mutants, and
-26 bugs of the likelihood/combined localisations, the weighted map, the slice scores and the bpd).
+28 bugs of the likelihood/combined localisations, the weighted map, the slice scores and the bpd).
 
     python benchmarks/planted_mutants.py [--only NAME ...] [--full | --tests FILE ...] [--list]
 
@@ -80,11 +80,16 @@ MUTANTS = [
            "[k % n == 0 for k in range(features.channels)]", "[k % n == n - 1 for k in range(features.channels)]",
            (LOC,)),
     Mutant("weighted map: sqrt of the density dropped", f"{LIB}/pipeline.py",
-           "product = np.sqrt(np.maximum(density, 0.0)) * np.maximum(bright, 0.0)",
-           "product = np.maximum(density, 0.0) * np.maximum(bright, 0.0)", (DENSITY,)),
+           "product = np.sqrt(np.maximum(density, 0.0)) * (np.maximum(bright, 0.0) / np.float32(scale))",
+           "product = np.maximum(density, 0.0) * (np.maximum(bright, 0.0) / np.float32(scale))", (DENSITY,)),
     Mutant("weighted map: max(I, 0) dropped (dark tissue scores negative)", f"{LIB}/pipeline.py",
-           "product = np.sqrt(np.maximum(density, 0.0)) * np.maximum(bright, 0.0)",
-           "product = np.sqrt(np.maximum(density, 0.0)) * bright", (DENSITY,)),
+           "product = np.sqrt(np.maximum(density, 0.0)) * (np.maximum(bright, 0.0) / np.float32(scale))",
+           "product = np.sqrt(np.maximum(density, 0.0)) * (bright / np.float32(scale))", (DENSITY,)),
+    Mutant("weighted map: the scan's brightness unit ignored", f"{LIB}/pipeline.py",
+           "(np.maximum(bright, 0.0) / np.float32(scale))", "np.maximum(bright, 0.0)", (DENSITY,)),
+    Mutant("weighted map: the brightness unit's quantile fixed at 0.75", f"{LIB}/pipeline.py",
+           "scale = brightness_scale(bright, prepared.brain, localisation.brightness_quantile)",
+           "scale = brightness_scale(bright, prepared.brain, 0.75)", (DENSITY,)),
     Mutant("weighted map: intensity smoothed with sigma in voxels", f"{LIB}/pipeline.py",
            "prepared.brain, g.spacing_mm, localisation.smooth_mm)",
            "prepared.brain, (1.0, 1.0, 1.0), localisation.smooth_mm)", (DENSITY,)),

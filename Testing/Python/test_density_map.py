@@ -4,7 +4,8 @@ voxel is one scored location and each value can be written down:
 
     D(v) = max(bpd, 0) * max(r_0, 0)                   density map, "combined", smooth_mm = 0
     D(v) = max(bpd, 0) * [r_0 > 0]                     "likelihood"
-    A(v) = sqrt(max(D, 0)) * max(I_s, 0)  on the brain  weighted map (intensity_product), I_s = I for smooth_mm 0
+    A(v) = sqrt(max(D, 0)) * max(I_s, 0) / b  on the brain   weighted map (intensity_product), I_s = I for
+           smooth_mm 0, b = max(Q_0.75 {I_s over the brain}, 0.1) (brightness_quantile; b = 1 for None)
     s(slice) = mean of the k largest {D(v) : v brain voxel of the slice},  k = round(area / pixel area)
                                                        canonical slice score, None without brain
 
@@ -25,7 +26,8 @@ from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import LocalisationConfig, ModelConfig
 from AnoDODELib.volume_io import SliceGeometry
 
-SHIPPED = LocalisationConfig(method="combined", smooth_mm=2.0, intensity_product=True)   # the bundled model's
+SHIPPED = LocalisationConfig(method="combined", smooth_mm=2.0, intensity_product=True,   # the bundled model's
+                             brightness_quantile=0.75)
 
 
 def model_with(**loc) -> AnoDODEModel:
@@ -96,9 +98,13 @@ def test_hand_computed_voxels() -> None:
     np.testing.assert_allclose(pipeline.density_map(p, s, combined)[0, 0], [1.0, 0.0, 0.0, 0.0], atol=1e-7)
     likelihood = model_with(method="likelihood", smooth_mm=0.0, intensity_product=False)
     np.testing.assert_allclose(pipeline.density_map(p, s, likelihood)[0, 0], [2.0, 0.0, 0.0, 0.0], atol=1e-7)
-    # the shipped map: sqrt(1) * 4 at the first voxel, 0 where the density is 0 (whatever the intensity)
+    # the shipped map: sqrt(1) * 4 / b at the first voxel, 0 where the density is 0 (whatever the intensity);
+    # b: the 0.75 quantile of the brain's intensities (-2, 1, 4, 9): 4 + 0.25 * (9 - 4) = 5.25
     shipped = model_with(smooth_mm=0.0)
-    np.testing.assert_allclose(pipeline.maps_from_scores(p, s, shipped)[0, 0], [4.0, 0.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(pipeline.maps_from_scores(p, s, shipped)[0, 0], [4.0 / 5.25, 0.0, 0.0, 0.0],
+                               atol=1e-6)
+    unscaled = model_with(smooth_mm=0.0, brightness_quantile=None)
+    np.testing.assert_allclose(pipeline.maps_from_scores(p, s, unscaled)[0, 0], [4.0, 0.0, 0.0, 0.0], atol=1e-6)
 
 
 def test_likelihood_density_is_the_positive_bpd_where_brighter() -> None:
@@ -161,11 +167,15 @@ def test_weighted_map_is_sqrt_density_times_the_positive_intensity_on_the_brain(
     intensity = rng.normal(size=brain.shape).astype(np.float32)
     density = rng.normal(0.5, 1.0, size=brain.shape).astype(np.float32)       # negatives and values < 1 too
     p = prepared_volume(brain, intensity)
-    loc = dataclasses.replace(SHIPPED, smooth_mm=0.0)
+    loc = dataclasses.replace(SHIPPED, smooth_mm=0.0, brightness_quantile=None)
     got = pipeline.weighted_map(p, density, loc)
     want = np.where(brain, np.sqrt(np.maximum(density, 0)) * np.maximum(intensity, 0), 0)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert got.dtype == np.float32
+    b = float(np.quantile(intensity[brain], 0.6))
+    assert b > 0.1
+    scaled = pipeline.weighted_map(p, density, dataclasses.replace(loc, brightness_quantile=0.6))
+    np.testing.assert_allclose(scaled, want / b, rtol=1e-5, atol=1e-7)
     assert pipeline.weighted_map(p, density, dataclasses.replace(loc, intensity_product=False)) is density
 
 
@@ -176,7 +186,8 @@ def test_weighted_map_smooths_the_intensity_in_3d_in_mm() -> None:
     intensity = rng.normal(size=brain.shape).astype(np.float32)
     density = np.where(brain, 0.25, 0.0).astype(np.float32)
     p = prepared_volume(brain, intensity, spacing=(3.0, 1.5, 1.0))
-    got = pipeline.weighted_map(p, density, SHIPPED)
+    loc = dataclasses.replace(SHIPPED, brightness_quantile=None)
+    got = pipeline.weighted_map(p, density, loc)
     bright = smooth_in_mask(intensity, brain, (3.0, 1.5, 1.0), SHIPPED.smooth_mm)
     np.testing.assert_allclose(got, np.where(brain, 0.5 * np.maximum(bright, 0), 0), rtol=1e-5, atol=1e-7)
     assert not np.allclose(got, np.where(brain, 0.5 * np.maximum(intensity, 0), 0), atol=1e-3)
@@ -192,7 +203,8 @@ def test_maps_from_scores_is_the_weighted_density_in_the_input_layout(flips) -> 
     got = pipeline.maps_from_scores(p, s, model)
     assert got.shape == p.geometry.shape
     d = on_brain(brain, s.bpd.clamp_min(0) * s.residual[:, 0].clamp_min(0))
-    want = np.where(brain, np.sqrt(d) * np.maximum(intensity, 0), 0)
+    b = max(float(np.quantile(intensity[brain], 0.75)), 0.1)
+    want = np.where(brain, np.sqrt(d) * np.maximum(intensity, 0) / b, 0)
     np.testing.assert_allclose(p.geometry.to_canonical(got), want, rtol=1e-5, atol=1e-6)
 
 
