@@ -12,6 +12,7 @@ The expected values below were worked out by hand from these tables, not by runn
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from types import SimpleNamespace
 
@@ -65,6 +66,15 @@ def test_without_hyperintense_only_every_residual_counts_both_ways() -> None:
     assert scores("combined", hyperintense_only=False) == pytest.approx(want, abs=1e-6)
     assert scores("reconstruction", hyperintense_only=False) == pytest.approx([0.38, 0.21, 0.86, 0.90, 1.14],
                                                                               abs=1e-6)
+
+
+def test_settings_read_from_a_bundle_are_compared_by_value() -> None:
+    """A model.json's strings are new objects, not the interned literals of the code: the "finest" and
+    "reconstruction" settings must be recognised by value."""
+    method, scales = json.loads('["reconstruction", "finest"]')
+    cfg = loc(method, residual_scales=scales)
+    got = location_scores(BPD, RESIDUAL, cfg, FLAIR, finest_channels(FeatureConfig())).tolist()
+    assert got == pytest.approx([0.25, 0.0, 0.49, 0.0, 0.64], abs=1e-6)
 
 
 def test_no_hyperintense_channel_means_no_gate() -> None:
