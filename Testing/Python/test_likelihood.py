@@ -137,6 +137,17 @@ def test_rademacher_hutchinson_is_exact_for_a_diagonal_jacobian(gauss: GaussianD
     assert (gau.nll_nats - exact.nll_nats).abs().max() > 1e-3
 
 
+def test_option_strings_are_compared_by_value(gauss: GaussianData, points: torch.Tensor) -> None:
+    """Options built at run time (read from a file, joined) are new string objects, not the interned
+    literals: "gaussian" probes must still be Gaussian, so their estimate differs from Rademacher's exact one."""
+    noise = "".join(["gauss", "ian"])
+    a = log_likelihood(gauss.score, gauss.sde, points, divergence="hutchinson", noise=noise,
+                       generator=torch.Generator().manual_seed(0))
+    b = log_likelihood(gauss.score, gauss.sde, points, divergence="hutchinson", noise="gaussian",
+                       generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a.nll_nats, b.nll_nats, rtol=0.0, atol=0.0)
+
+
 # ---------------------------------------------------------------- a trained network on a 2-D mixture
 
 
