@@ -187,8 +187,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``anodode demo``: write the synthetic phantom (``demo.make_phantom``), score it as ``score`` does, and
     check that the map finds its lesion (peak inside, best-possible Dice >= ``demo.MIN_BEST_DICE``).
 
-    Returns the exit code: 0 when the lesion is found, 1 when it is missed or scoring fails, 2 for a bad
-    model or output folder. The phantom files are removed again when the demo fails."""
+    Returns the exit code: 0 when the lesion is found, 1 when it is missed, 2 for a bad model or output
+    folder, otherwise ``score``'s code; the phantom files are removed again when scoring fails."""
     from . import demo
     from .demo import MIN_BEST_DICE, lesion_found
 
