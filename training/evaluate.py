@@ -35,8 +35,8 @@ from AnoDODELib.config import LocalisationConfig
 from AnoDODELib.pipeline import (
     PRESETS,
     PreparedVolume,
+    canonical_map,
     canonical_slice_scores,
-    maps_from_scores,
     score_prepared,
 )
 
@@ -75,7 +75,7 @@ def gaussian_map(model: AnoDODEModel, p: PreparedVolume, gaussian: GaussianBasel
     per_loc = torch.from_numpy(gaussian.score(y, ctx.numpy()).astype(np.float32))
     grid = smooth_on_grid(scatter_to_grid(per_loc, p.grid_mask), p.grid_mask,
                           model.config.localisation.smooth_mm, p.spacing_mm)
-    return p.geometry.to_canonical(p.to_input(grid))
+    return p.to_full(grid)
 
 
 def raw_intensity(lc: LoadedCase) -> np.ndarray:
@@ -100,8 +100,7 @@ def case_maps(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, Localisat
     p = lc.prepared
     scores, scored = score_prepared(model, p, preset, device=device)
     variants = variants or {"anodode": model.config.localisation}
-    maps = {name: p.geometry.to_canonical(maps_from_scores(p, scores, model, loc, scored))
-            for name, loc in variants.items()}
+    maps = {name: canonical_map(p, scores, model, loc, scored) for name, loc in variants.items()}
     bpd_slices = canonical_slice_scores(p, scores, model, scored)
     baselines = baseline_maps(lc)
     return {"maps": maps, "baseline_maps": baselines, "slice_bpd": bpd_slices, "nfe": scores.nfe}

@@ -47,9 +47,9 @@ from AnoDODELib.anomaly_map import (
 from AnoDODELib.bundle import AnoDODEModel, load_model, save_model
 from AnoDODELib.config import LocalisationConfig
 from AnoDODELib.pipeline import (
+    canonical_map,
     canonical_slice_scores,
     density_map,
-    maps_from_scores,
     pixel_area_mm2,
     score_prepared,
     weighted_map,
@@ -130,7 +130,7 @@ def score_case(model: AnoDODEModel, gaussian: GaussianBaseline, lc: LoadedCase, 
     p = lc.prepared
     scores, scored = score_prepared(model, p, preset)
     locs = variant_localisations(model, list(thresholds))
-    maps = {k: p.geometry.to_canonical(maps_from_scores(p, scores, model, loc, scored)) for k, loc in locs.items()}
+    maps = {k: canonical_map(p, scores, model, loc, scored) for k, loc in locs.items()}
     maps.update({"gaussian": gaussian_map(model, lc, gaussian), **baseline_maps(lc)})
     brain = p.brain
     has = brain.reshape(brain.shape[0], -1).any(1)

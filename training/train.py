@@ -31,7 +31,7 @@ from tqdm import tqdm
 from AnoDODELib import atomic_write, volume_io
 from AnoDODELib.bundle import AnoDODEModel, save_model
 from AnoDODELib.config import Calibration, LocalisationConfig, ModelConfig, ScoreNetConfig, to_dict
-from AnoDODELib.pipeline import PreparedVolume, maps_from_scores, score_prepared
+from AnoDODELib.pipeline import PreparedVolume, canonical_map, score_prepared
 
 from . import cache
 from .augment import AugmentConfig, augmented_copy
@@ -124,8 +124,8 @@ def select_healthy(case: Case, prepared: PreparedVolume, tumour: np.ndarray, hea
     dil = _tumour_dilation(prepared.grid_mask, tumour, prepared.geometry.spacing_mm, prepared.spacing_mm,
                            margin_mm)
     healthy_grid = _healthy_grid(prepared.grid_mask, tumour, dil, healthy)
-    full_dil = prepared.to_input(dil.float())  # dilated tumour back at full resolution, input layout
-    healthy_full = prepared.brain & ~(prepared.geometry.to_canonical(full_dil) > 0.5) & ~tumour
+    full_dil = prepared.to_full(dil.float())  # dilated tumour back at full resolution
+    healthy_full = prepared.brain & ~(full_dil > 0.5) & ~tumour
     return LoadedCase(case, prepared, tumour, healthy_grid, healthy_full)
 
 
@@ -330,8 +330,7 @@ def calibration_thresholds(model: AnoDODEModel, loaded: list[LoadedCase], quanti
     for lc in loaded:
         scores, scored = score_prepared(model, lc.prepared, "standard", device=device)
         for name, loc in localisations.items():
-            amap = maps_from_scores(lc.prepared, scores, model, loc, scored=scored)
-            values[name].append(lc.prepared.geometry.to_canonical(amap)[lc.healthy_full])
+            values[name].append(canonical_map(lc.prepared, scores, model, loc, scored)[lc.healthy_full])
     return {k: float(np.quantile(np.concatenate(v), quantile)) for k, v in values.items()}
 
 

@@ -93,10 +93,9 @@ def build_report(inputs: ScanInputs, image: sitk.Image, result: ScoreResult, mod
     paths = outputs.paths()
     primary = model.config.features.contrasts[0]
     directory = getattr(model, "directory", None)
-    geometry = volume_io.slice_geometry(image)
-    brain = result.brain if result.brain is not None else result.anomaly_map > 0
-    stats = summary.map_statistics(result.anomaly_map, result.label, brain, image.GetSpacing(),
-                                   result.slice_anomaly_scores, geometry.spacing_mm[0])
+    stats = summary.map_statistics(result.canonical_map, result.canonical_label, result.canonical_brain,
+                                   image.GetSpacing(), result.slice_anomaly_scores,
+                                   result.geometry.spacing_mm[0])
     return {
         "input": str(inputs.image), "mask": str(inputs.mask) if inputs.mask else None,
         "contrasts": {primary: str(inputs.image), **{c: str(p) for c, p in inputs.contrasts.items()}},
@@ -108,7 +107,8 @@ def build_report(inputs: ScanInputs, image: sitk.Image, result: ScoreResult, mod
         "model_version": summary.model_version(getattr(model, "weights_sha256", None)),
         "device": str(result.device), "preset": preset, "seconds": round(float(result.seconds), 3),
         "nfe": int(result.nfe), "nfe_reconstruction": int(result.nfe_reconstruction),
-        "anomalous_voxels": int(np.count_nonzero(result.label)), **stats, "anodode_version": __version__,
+        "anomalous_voxels": int(np.count_nonzero(result.canonical_label)), **stats,
+        "anodode_version": __version__,
         "outputs": {k: str(paths[k]) for k in _REPORT_ORDER},
     }
 
@@ -130,8 +130,11 @@ def figure_png(image: sitk.Image, result: ScoreResult, report: Mapping[str, Any]
     subtitle = (f"volume score {report['volume_score_bpd']:.3f} bpd · anomalous volume "
                 f"{report['anomalous_volume_ml']:.2f} mL at threshold {report['threshold']:.3g} · "
                 f"preset {report['preset']} · model {report['model']}")
-    data = figure.figure_input(image, result.anomaly_map, result.label, result.threshold,
-                               result.slice_anomaly_scores, report["map_units"], title, subtitle)
+    geo = result.geometry
+    data = figure.canonical_figure_input(geo, geo.to_canonical(sitk.GetArrayViewFromImage(image)),
+                                         result.canonical_map, result.canonical_label, result.threshold,
+                                         result.canonical_slice_anomaly_scores, report["map_units"], title,
+                                         subtitle, slice_position_mm=figure.slice_positions_mm(image, geo))
     return figure.render_png(data)
 
 

@@ -111,10 +111,6 @@ class PreparedVolume:
         full = volume_io.resample_back(grid.numpy().astype(np.float32), self.normalised.shape[1:], order=1)
         return np.where(self.brain, full, 0.0).astype(np.float32)
 
-    def to_input(self, grid: torch.Tensor) -> np.ndarray:
-        """An (S, h, w) model-grid map back on the input's array layout, zero outside the brain."""
-        return self.geometry.from_canonical(self.to_full(grid))
-
 
 def prepare_volume(image: sitk.Image, cfg: ModelConfig, mask: np.ndarray | None = None,
                    name: str = "input", other_contrasts: Mapping[str, sitk.Image] | None = None
@@ -270,23 +266,62 @@ def score_locations(model: AnoDODEModel, features: torch.Tensor, context: torch.
     return LocationScores(torch.cat(bpds), torch.cat(residuals), nfe, rec_nfe)
 
 
-class ScoreResult(NamedTuple):
-    """One scan's result on the input's grid and array layout: the voxel anomaly map and its label, the volume
-    and per-slice scores, and the run's cost (NFE per location, seconds, device)."""
+@dataclass(frozen=True)
+class ScoreResult:
+    """A scored scan. The engine keeps its arrays canonical (S, P, L, see ``volume_io.SliceGeometry``); the
+    input-layout views (``anomaly_map``, ``label``, ``brain``; ``slice_scores`` and ``slice_anomaly_scores``
+    indexed along the input's axial axis) are converted from them on each access: at the edge, where files
+    are written or a caller works on the input's array."""
 
-    anomaly_map: np.ndarray          # float32, input's array layout
-    label: np.ndarray                # uint8 0/1, input's array layout
+    geometry: volume_io.SliceGeometry
+    canonical_map: np.ndarray        # float32 (S, P, L) anomaly map, zero outside the brain
+    canonical_label: np.ndarray      # uint8 0/1 (S, P, L): canonical_map > threshold
+    canonical_brain: np.ndarray      # bool (S, P, L): the brain mask the scores are over
     volume_score_bpd: float
-    slice_axis: int                  # numpy axis of sitk.GetArrayFromImage(input) that is axial
-    slice_scores: list[float | None]  # per index along slice_axis; None where no brain
+    canonical_slice_scores: list[float | None]   # per canonical slice (canonical_slice_scores); None: no brain
     threshold: float
     nfe: int                         # score-network evaluations per location (likelihood ODE)
     seconds: float
     device: str
     nfe_reconstruction: int          # score-network evaluations per location for the reconstruction, all draws
-    slice_anomaly_scores: list[float | None]  # per index along slice_axis: 99th percentile of the
-    #                                                anomaly map over the slice's brain voxels; None without brain
-    brain: np.ndarray | None = None  # bool, input's array layout: the brain mask the scores are over
+    canonical_slice_anomaly_scores: list[float | None]   # per canonical slice: the anomaly map's mean over
+    #                          its most anomalous slice_area_mm2 of brain (slice_map_scores); None without brain
+
+    @property
+    def slice_axis(self) -> int:
+        """The numpy axis of ``sitk.GetArrayFromImage(input)`` that is axial."""
+        return self.geometry.axes[0]
+
+    @property
+    def anomaly_map(self) -> np.ndarray:
+        """float32, the input's array layout."""
+        return self.geometry.from_canonical(self.canonical_map)
+
+    @property
+    def label(self) -> np.ndarray:
+        """uint8 0/1, the input's array layout."""
+        return self.geometry.from_canonical(self.canonical_label)
+
+    @property
+    def brain(self) -> np.ndarray:
+        """bool, the input's array layout."""
+        return self.geometry.from_canonical(self.canonical_brain)
+
+    @property
+    def slice_scores(self) -> list[float | None]:
+        """``canonical_slice_scores`` per index along ``slice_axis``."""
+        return input_slice_order(self.geometry, self.canonical_slice_scores)
+
+    @property
+    def slice_anomaly_scores(self) -> list[float | None]:
+        """``canonical_slice_anomaly_scores`` per index along ``slice_axis``."""
+        return input_slice_order(self.geometry, self.canonical_slice_anomaly_scores)
+
+
+def input_slice_order(geometry: volume_io.SliceGeometry, canonical: list) -> list:
+    """Per-slice values in canonical order (increasing toward +S) re-ordered to the input's index along
+    its axial axis."""
+    return canonical[::-1] if geometry.flips[0] else list(canonical)
 
 
 def scored_slices(grid_mask: torch.Tensor, slice_mm: float, spacing_mm: float) -> torch.Tensor:
@@ -384,15 +419,21 @@ def weighted_map(prepared: PreparedVolume, density: np.ndarray, localisation: Lo
     return np.where(prepared.brain, product, 0.0).astype(np.float32)
 
 
+def canonical_map(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,
+                  localisation: LocalisationConfig | None = None, scored: torch.Tensor | None = None
+                  ) -> np.ndarray:
+    """The voxel anomaly map (canonical, full resolution) from per-location scores (default: the model's
+    localisation settings): ``weighted_map`` of ``density_map``. ``scored``: the (S,) slices the scores are
+    from (default: all); the map of the others is interpolated between them."""
+    loc = localisation or model.config.localisation
+    return weighted_map(prepared, density_map(prepared, scores, model, loc, scored), loc)
+
+
 def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,
                      localisation: LocalisationConfig | None = None, scored: torch.Tensor | None = None
                      ) -> np.ndarray:
-    """The voxel anomaly map (input array layout) from per-location scores (default: the model's
-    localisation settings). ``scored``: the (S,) slices the scores are from (default: all); the map of the
-    others is interpolated between them."""
-    loc = localisation or model.config.localisation
-    density = density_map(prepared, scores, model, loc, scored)
-    return prepared.geometry.from_canonical(weighted_map(prepared, density, loc))
+    """``canonical_map`` in the input's array layout."""
+    return prepared.geometry.from_canonical(canonical_map(prepared, scores, model, localisation, scored))
 
 
 def canonical_slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,
@@ -428,7 +469,7 @@ def slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDOD
                  scored: torch.Tensor | None = None, density: np.ndarray | None = None) -> list[float | None]:
     """``canonical_slice_scores`` re-ordered to the input's index along the axial axis."""
     canon = canonical_slice_scores(prepared, scores, model, scored, density)
-    return canon[::-1] if prepared.geometry.flips[0] else canon
+    return input_slice_order(prepared.geometry, canon)
 
 
 def slice_map_scores(prepared: PreparedVolume, anomaly_map: np.ndarray,
@@ -439,7 +480,7 @@ def slice_map_scores(prepared: PreparedVolume, anomaly_map: np.ndarray,
     averages it away (see docs/method.md)."""
     out = slice_top_area_scores(prepared.geometry.to_canonical(anomaly_map), prepared.brain,
                                 pixel_area_mm2(prepared), area_mm2)
-    return out[::-1] if prepared.geometry.flips[0] else out
+    return input_slice_order(prepared.geometry, out)
 
 
 def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None = None, *,
@@ -460,15 +501,14 @@ def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None 
                                     callback=lambda f, m: report(0.1 + 0.8 * f, m))
     report(0.9, "building maps")
     density = density_map(prepared, scores, model, scored=scored)      # once: the map's and the slice score's
-    anomaly = prepared.geometry.from_canonical(weighted_map(prepared, density, model.config.localisation))
+    anomaly = weighted_map(prepared, density, model.config.localisation)
     thr = float(model.config.calibration.threshold if threshold is None else threshold)
-    label = (anomaly > thr).astype(np.uint8)
-    volume_bpd = float(scores.bpd.mean())
-    result = ScoreResult(anomaly, label, volume_bpd, prepared.geometry.axes[0],
-                         slice_scores(prepared, scores, model, scored, density), thr, scores.nfe,
-                         time.perf_counter() - t0, str(dev),
+    slices = canonical_slice_scores(prepared, scores, model, scored, density)
+    result = ScoreResult(prepared.geometry, anomaly, (anomaly > thr).astype(np.uint8), prepared.brain,
+                         float(scores.bpd.mean()), slices, thr, scores.nfe, time.perf_counter() - t0,
+                         str(dev),
                          scores.nfe_reconstruction * model.config.localisation.n_reconstructions,
-                         slice_map_scores(prepared, anomaly, model.config.localisation.slice_area_mm2),
-                         prepared.geometry.from_canonical(prepared.brain))
+                         slice_top_area_scores(anomaly, prepared.brain, pixel_area_mm2(prepared),
+                                               model.config.localisation.slice_area_mm2))
     report(1.0, "done")
     return result

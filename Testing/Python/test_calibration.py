@@ -95,10 +95,10 @@ def known_maps(monkeypatch):
                                                                                      dtype=torch.bool)
 
     def fake_maps(prepared, scores, model, localisation=None, scored=None):
-        return prepared.geometry.from_canonical(maps[id(prepared)])
+        return maps[id(prepared)]
 
     monkeypatch.setattr(train, "score_prepared", fake_score_prepared)
-    monkeypatch.setattr(train, "maps_from_scores", fake_maps)
+    monkeypatch.setattr(train, "canonical_map", fake_maps)
     return maps
 
 

@@ -24,6 +24,7 @@ from AnoDODELib.bundle import load_model
 from AnoDODELib.pipeline import (
     PRESETS,
     LocationScores,
+    canonical_map,
     maps_from_scores,
     prepare_volume,
     score_image,
@@ -120,7 +121,7 @@ def test_map_is_smoothed_by_a_gaussian_of_smooth_mm(grid_aligned, tiny, smooth_m
     n, (s, r, c) = int(p.grid_mask.sum()), centre_location(grid_aligned)[1]
     hot = centre_location(grid_aligned)[0]
     loc = dataclasses.replace(tiny.config.localisation, smooth_mm=smooth_mm)
-    canon = p.geometry.to_canonical(maps_from_scores(p, unit_residual_scores(n, 3, hot), tiny, loc))
+    canon = canonical_map(p, unit_residual_scores(n, 3, hot), tiny, loc)
     sl = canon[s]
     assert np.count_nonzero(canon[np.arange(canon.shape[0]) != s]) == 0     # in-plane only: no slice mixing
     if smooth_mm == 0:
@@ -147,7 +148,7 @@ def test_skipped_slices_are_linear_interpolations_of_scored_neighbours(tiny):
     scores = LocationScores(torch.zeros(len(slice_of)), torch.zeros(len(slice_of), 3), 1, 1)
     scores.residual[:, 0] = torch.sqrt(slice_of + 1.0)
     loc = dataclasses.replace(tiny.config.localisation, smooth_mm=0.0)
-    canon = p.geometry.to_canonical(maps_from_scores(p, scores, tiny, loc, scored=keep))
+    canon = canonical_map(p, scores, tiny, loc, scored=keep)
     brain = p.brain
     checked = 0
     for s in range(int(kept[0]) + 1, int(kept[-1])):

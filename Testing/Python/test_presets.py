@@ -224,8 +224,7 @@ def test_slice_score_is_the_top_area_mean_of_the_hyperintense_gated_likelihood_m
     got = pipeline.canonical_slice_scores(prepared, pipeline.LocationScores(bpd2, bright, 0), model)
     assert got[target] == max(v for v in got if v is not None) and got[target] > 0
     like = dataclasses.replace(cfg.localisation, intensity_product=False)
-    lmap = prepared.geometry.to_canonical(
-        pipeline.maps_from_scores(prepared, pipeline.LocationScores(bpd2, bright, 0), model, like))
+    lmap = pipeline.canonical_map(prepared, pipeline.LocationScores(bpd2, bright, 0), model, like)
     brain = prepared.brain[target]
     _, dy, dx = prepared.geometry.spacing_mm
     k = round(cfg.localisation.slice_area_mm2 / (dy * dx))
