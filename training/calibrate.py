@@ -10,28 +10,27 @@ and ``model.json`` is rewritten atomically with the new calibration.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from AnoDODELib.bundle import BundleError, load_model, save_model
 from AnoDODELib.config import to_dict
+from AnoDODELib.pipeline import resolve_device
 
+from . import options
 from .train import DEFAULT_SOURCES, calibrate, gather_cases, load_case, train_config_from_dict
 
 logger = logging.getLogger("training.calibrate")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = options.parser(__doc__)
     ap.add_argument("--model", required=True, type=Path, help="bundle folder (rewritten in place)")
-    ap.add_argument("--data", nargs="+", default=list(DEFAULT_SOURCES), help="case sources, as for training.train")
-    ap.add_argument("--device", default="cpu")
+    options.add_data(ap, DEFAULT_SOURCES, selection=False)
+    options.add_device(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     before = model.config.calibration
-    cal = calibrate(model, loaded, tc.calibration_quantile, torch.device(args.device))
+    cal = calibrate(model, loaded, tc.calibration_quantile, resolve_device(args.device))
     model.config = dataclasses.replace(model.config, calibration=cal)
     save_model(model, args.model)
     print(json.dumps({"model": str(args.model), "cases": names, "before": to_dict(before), "after": to_dict(cal)},

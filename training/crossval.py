@@ -8,7 +8,6 @@ the FLAIR z-score baseline beside every AnoDODE variant.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
@@ -21,8 +20,9 @@ import torch
 from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import LocalisationConfig, ModelConfig
 
+from . import options
 from .baselines import GaussianBaseline, position_columns
-from .cases import brats_family_cases, parse_contrasts
+from .cases import brats_family_cases
 from .evaluate import evaluate_loaded, localisation_variants, pooled, print_table, write_table
 from .train import LoadedCase, TrainConfig, load_case, model_config, normal_vectors, train_loaded
 
@@ -88,28 +88,22 @@ def cross_validate(loaded: list[LoadedCase], cfg: ModelConfig, tc: TrainConfig, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = options.parser(__doc__)
     ap.add_argument("--output", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--folds", type=int, default=0, help="number of folds (0: leave one case out)")
     ap.add_argument("--healthy", choices=["tissue", "slices"], default="tissue")
-    ap.add_argument("--preset", default="standard")
+    options.add_preset(ap)
     ap.add_argument("--all-variants", action="store_true", help="score every localisation variant")
     ap.add_argument("--scales", type=float, nargs="+", metavar="MM",
                     help="feature scales in mm (default: the shipped model's 0 4 8)")
     ap.add_argument("--no-position-context", action="store_true",
                     help="condition on edge depth only, not on brain-relative position")
-    ap.add_argument("--contrast", default="flair",
-                    help="contrast(s) the models read, comma-separated, primary first (e.g. flair,t1ce); "
-                         "only the cases that have all of them take part")
+    options.add_contrast(ap)
     ap.add_argument("--no-gaussian", action="store_true", help="leave out the feature-space Gaussian baseline")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        contrasts = parse_contrasts(args.contrast)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    contrasts = args.contrast
     cases = brats_family_cases(contrasts=contrasts)
     if len(cases) < 2:
         print(f"error: cross-validation needs at least 2 cases with {'+'.join(contrasts)} in ../shared/data",

@@ -12,7 +12,6 @@ Under torchrun rank r scores cases r::world and rank 0 merges.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -33,7 +32,6 @@ from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smoot
 from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import LocalisationConfig
 from AnoDODELib.pipeline import (
-    PRESETS,
     PreparedVolume,
     canonical_map,
     canonical_slice_scores,
@@ -159,15 +157,13 @@ def pooled(per_case_maps: list[dict[str, np.ndarray]], cases: list[LoadedCase],
     s_truth = np.concatenate([pos[has] for has, pos in truths])
 
     def slice_pool(per_case: list[list[float | None]]) -> dict[str, float]:
-        s = np.concatenate([np.array([np.nan if v is None else v for v in sc], np.float64)[has]
-                            for sc, (has, _) in zip(per_case, truths)])
-        ok = np.isfinite(s)
-        return {"slice_auroc": metrics.auroc(s[ok], s_truth[ok]), "slice_auprc": metrics.auprc(s[ok], s_truth[ok])}
+        s = [np.array([np.nan if v is None else v for v in sc], np.float64)[has]
+             for sc, (has, _) in zip(per_case, truths)]
+        return metrics.pooled_metrics(s, s_truth, "slice")
 
     for name in names:
         s = np.concatenate([m[name][lc.prepared.brain] for m, lc in zip(per_case_maps, cases)])
-        res[name] = {"voxel_auroc": metrics.auroc(s, truth), "voxel_auprc": metrics.auprc(s, truth),
-                     "best_dice": metrics.best_dice(s, truth)[0],
+        res[name] = {**metrics.pooled_metrics(s, truth),
                      **slice_pool([slice_quantile_scores(m[name], lc.prepared.brain)
                                    for m, lc in zip(per_case_maps, cases)])}
     if slice_bpd is not None:
@@ -270,14 +266,13 @@ def merge(voxel_dir: Path, names: list[str]) -> tuple[dict[str, dict[str, float]
     pooled_vox, pooled_slice, curves = {}, {}, {}
     for k, v in scores.items():
         s = np.concatenate(v)
-        pooled_vox[k] = {"voxel_auroc": metrics.auroc(s, t), "voxel_auprc": metrics.auprc(s, t),
-                         "best_dice": metrics.best_dice(s, t)[0]}
+        pooled_vox[k] = metrics.pooled_metrics(s, t)
         curves[k] = {"roc": metrics.thin_curve(*metrics.roc_curve(s, t)),
                      "pr": metrics.thin_curve(*metrics.pr_curve(s, t))}
     for k, v in s_scores.items():
         s = np.concatenate(v)
         ok = np.isfinite(s)
-        pooled_slice[k] = {"slice_auroc": metrics.auroc(s[ok], st[ok]), "slice_auprc": metrics.auprc(s[ok], st[ok])}
+        pooled_slice[k] = metrics.pooled_metrics(s, st, "slice")
         curves.setdefault(k, {})["slice_roc"] = metrics.thin_curve(*metrics.roc_curve(s[ok], st[ok]))
     return pooled_vox, pooled_slice, curves
 
@@ -319,41 +314,30 @@ def plot_curves(curves: dict[str, dict[str, Any]], pooled_vox: dict, pooled_slic
 def main(argv: list[str] | None = None) -> int:
     from AnoDODELib.bundle import BundleError, load_model
 
-    from .cases import parse_contrasts
+    from . import options
     from .train import barrier, gather_cases, init_distributed, load_cases
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = options.parser(__doc__)
     ap.add_argument("--model", required=True, type=Path, help="bundle folder")
     ap.add_argument("--output", required=True, type=Path, help="folder for results and plots")
-    ap.add_argument("--data", nargs="+", default=["brats-family"],
-                    help="case sources, as for training.train (default: brats-family)")
-    ap.add_argument("--contrast", default=None,
-                    help="the contrast(s) the model reads, comma-separated (default and only valid value: "
-                         "the model's own, from its model.json)")
-    ap.add_argument("--cases", nargs="*", default=None, help="only these case names")
-    ap.add_argument("--exclude", nargs="*", default=[])
-    ap.add_argument("--resample-seg", action="store_true",
-                    help="resample a seg that is not on its image's grid onto it (nearest neighbour, by "
-                         "physical coordinates) instead of refusing the case")
+    options.add_data(ap, ["brats-family"])
+    options.add_contrast(ap, model_given=True)
     ap.add_argument("--gaussian", type=Path, default=None,
                     help="gaussian_baseline.npz from the training run folder (adds the Gaussian baseline)")
-    ap.add_argument("--preset", default="standard", choices=list(PRESETS))
+    options.add_preset(ap)
     ap.add_argument("--all-variants", action="store_true", help="score every localisation variant")
-    ap.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder")
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (under torchrun: cuda:LOCAL_RANK)")
+    options.add_cache(ap)
+    options.add_device(ap)
     ap.add_argument("--worst", type=int, default=3, help="montages of this many worst cases")
     ap.add_argument("--keep-voxels", action="store_true", help="keep the per-case voxel scores (voxels/)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rank, world, dev = init_distributed(args.device)
-    if world == 1 and args.device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model = load_model(args.model)
         contrasts = tuple(model.config.features.contrasts)
-        if args.contrast is not None and parse_contrasts(args.contrast) != contrasts:
-            raise ValueError(f"the model reads {','.join(contrasts)}, not {args.contrast}")
+        if args.contrast is not None and args.contrast != contrasts:
+            raise ValueError(f"the model reads {','.join(contrasts)}, not {','.join(args.contrast)}")
         cases = gather_cases(args.data, contrasts, args.cases, args.exclude, args.resample_seg)
         gaussian = GaussianBaseline.load(args.gaussian) if args.gaussian else None
     except (BundleError, ValueError, FileNotFoundError, OSError) as exc:

@@ -27,7 +27,6 @@ Writes results.json and results.md (the tables the README quotes) in ``--output`
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -55,7 +54,7 @@ from AnoDODELib.pipeline import (
     weighted_map,
 )
 
-from . import metrics
+from . import metrics, options
 from .baselines import GaussianBaseline, position_columns
 from .cases import Case, brats_family_cases, isles_cases, wmh_clinical_cases
 from .evaluate import baseline_maps
@@ -165,24 +164,19 @@ def case_metrics(cases: list[CaseScores]) -> dict[str, dict[str, float]]:
     s_truth = np.concatenate([c.slice_truth for c in cases])
     out: dict[str, dict[str, float]] = {}
     for m in cases[0].voxels:
-        s = np.concatenate([c.voxels[m] for c in cases])
-        sl = np.concatenate([c.slices[m] for c in cases])
-        ok = np.isfinite(sl)
-        r = {"voxel_auprc": metrics.auprc(s, truth), "best_dice": metrics.best_dice(s, truth)[0],
-             "slice_auroc": metrics.auroc(sl[ok], s_truth[ok]) if len(set(s_truth[ok])) == 2 else float("nan")}
+        vox = metrics.pooled_metrics([c.voxels[m] for c in cases], truth)
+        sl = metrics.pooled_metrics([c.slices[m] for c in cases], s_truth, "slice")
+        r = {"voxel_auprc": vox["voxel_auprc"], "best_dice": vox["best_dice"],
+             "slice_auroc": sl["slice_auroc"]}
         if m in cases[0].slices_q99:
-            sq = np.concatenate([c.slices_q99[m] for c in cases])
-            okq = np.isfinite(sq)
-            r["slice_auroc_q99"] = (metrics.auroc(sq[okq], s_truth[okq]) if len(set(s_truth[okq])) == 2
-                                    else float("nan"))
+            r["slice_auroc_q99"] = metrics.pooled_metrics([c.slices_q99[m] for c in cases], s_truth,
+                                                          "slice")["slice_auroc"]
         if m in cases[0].thresholds:
             label = np.concatenate([c.voxels[m] > c.thresholds[m] for c in cases])
             r["dice_at_threshold"] = metrics.dice(label, truth)
         if m == "anodode" and "anodode_map" in cases[0].slices:
-            sm = np.concatenate([c.slices["anodode_map"] for c in cases])
-            okm = np.isfinite(sm)
-            r["slice_auroc_map"] = (metrics.auroc(sm[okm], s_truth[okm]) if len(set(s_truth[okm])) == 2
-                                    else float("nan"))
+            r["slice_auroc_map"] = metrics.pooled_metrics([c.slices["anodode_map"] for c in cases], s_truth,
+                                                          "slice")["slice_auroc"]
         out[m] = r
     return out
 
@@ -347,13 +341,13 @@ def run(output: Path, steps: int, folds: int, train_wmh: bool, preset: str = "st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = options.parser(__doc__)
     ap.add_argument("--output", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--folds", type=int, default=4, help="cross-validation folds of the BraTS group")
     ap.add_argument("--no-train-wmh", dest="train_wmh", action="store_false",
                     help="train on the BraTS-family cases only (the WMH group is then fully held out)")
-    ap.add_argument("--preset", default="standard")
+    options.add_preset(ap)
     ap.add_argument("--no-slice-position", dest="slice_position", action="store_false",
                     help="ablation: condition on in-plane position only, not on the slice's brain-box z")
     ap.add_argument("--regional-mm", type=float, default=None,

@@ -6,6 +6,8 @@ Best-possible Dice: max over thresholds of 2 TP / (|pred| + |truth|).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -58,6 +60,22 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     denom = pred.sum() + truth.sum()
     return float(2 * (pred & truth).sum() / denom) if denom else float("nan")
+
+
+def pooled_metrics(scores: np.ndarray | Sequence[np.ndarray], labels: np.ndarray | Sequence[np.ndarray],
+                   kind: str = "voxel") -> dict[str, float]:
+    """Metrics over several cases' items together: each of ``scores`` and ``labels`` one array, or one array
+    per case (concatenated in order). ``kind`` "voxel": voxel_auroc, voxel_auprc and best_dice over all the
+    items (voxels); "slice": slice_auroc and slice_auprc over the items with a finite score (a slice
+    without one is NaN)."""
+    s = scores if isinstance(scores, np.ndarray) else np.concatenate(list(scores) or [np.zeros(0)])
+    y = labels if isinstance(labels, np.ndarray) else np.concatenate(list(labels) or [np.zeros(0, bool)])
+    if kind == "voxel":
+        return {"voxel_auroc": auroc(s, y), "voxel_auprc": auprc(s, y), "best_dice": best_dice(s, y)[0]}
+    if kind == "slice":
+        ok = np.isfinite(s)
+        return {"slice_auroc": auroc(s[ok], y[ok]), "slice_auprc": auprc(s[ok], y[ok])}
+    raise ValueError(f"unknown kind {kind!r}; valid: voxel, slice")
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

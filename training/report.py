@@ -15,7 +15,6 @@ wide: they say how much the ranking could move with other cases, not more.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -23,6 +22,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from . import options
 
 COLUMNS = [("voxel_auprc", "voxel AUPRC"), ("best_dice", "best Dice"), ("dice_at_threshold", "Dice @ calibrated"),
            ("voxel_auroc", "voxel AUROC"), ("slice_auroc", "slice AUROC"), ("slice_auprc", "slice AUPRC")]
@@ -143,7 +144,7 @@ def summary_tables(rows: list[dict], methods: list[str] | None = None, against: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = options.parser(__doc__)
     ap.add_argument("results", type=Path)
     ap.add_argument("--methods", nargs="+", help="methods to show, in order (default: all)")
     ap.add_argument("--summary", action="store_true",

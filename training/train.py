@@ -31,9 +31,9 @@ from tqdm import tqdm
 from AnoDODELib import atomic_write, volume_io
 from AnoDODELib.bundle import AnoDODEModel, save_model
 from AnoDODELib.config import Calibration, LocalisationConfig, ModelConfig, ScoreNetConfig, to_dict
-from AnoDODELib.pipeline import PreparedVolume, canonical_map, score_prepared
+from AnoDODELib.pipeline import PreparedVolume, canonical_map, resolve_device, score_prepared
 
-from . import cache
+from . import cache, options
 from .augment import AugmentConfig, augmented_copy
 from .baselines import GaussianBaseline, position_columns
 from .cache import prepare_case
@@ -394,13 +394,15 @@ def train_vectors(feats: torch.Tensor, ctx: torch.Tensor, cases: list[Case], cal
 
 
 def init_distributed(device: str) -> tuple[int, int, torch.device]:
-    """Under torchrun (``WORLD_SIZE`` > 1): join the process group (nccl on CUDA, gloo on CPU) and
-    return (rank, world, this rank's device); else (0, 1, device)."""
+    """(rank, world, this rank's device) for a ``--device`` value: under torchrun (``WORLD_SIZE`` > 1) join
+    the process group (nccl on CUDA, gloo on CPU), each rank on CUDA using cuda:LOCAL_RANK; else (0, 1,
+    ``pipeline.resolve_device(device)``, "auto" being CUDA when torch sees a GPU)."""
+    dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1, torch.device(device)
+        return 0, 1, dev
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    cuda = dev.type == "cuda"
     if cuda:
         torch.cuda.set_device(local)
     if not torch.distributed.is_initialized():
@@ -456,20 +458,10 @@ def gather_cases(sources: list[str], contrast: str | tuple[str, ...], names: lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = options.parser(__doc__)
     ap.add_argument("--output", required=True, type=Path, help="bundle folder to write")
-    ap.add_argument("--data", nargs="+", default=list(DEFAULT_SOURCES),
-                    help="case sources: a folder (layout detected), kind:path with kind in "
-                         "brats2021, brats2023, msd, csv, or brats-family / wmh-clinical (../shared/data; "
-                         "the default is both)")
-    ap.add_argument("--contrast", default="flair",
-                    help="the contrast(s) the model reads, comma-separated, primary first: flair (default), "
-                         "t1, t1ce, t2, e.g. flair,t1ce (several contrasts become feature channels)")
-    ap.add_argument("--cases", nargs="*", default=None, help="only these case names")
-    ap.add_argument("--exclude", nargs="*", default=[], help="case names to leave out")
-    ap.add_argument("--resample-seg", action="store_true",
-                    help="resample a seg that is not on its image's grid onto it (nearest neighbour, by "
-                         "physical coordinates) instead of refusing the case")
+    options.add_data(ap, DEFAULT_SOURCES)
+    options.add_contrast(ap)
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="global batch (all ranks)")
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -477,11 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--healthy", choices=["tissue", "slices"], default="tissue")
     ap.add_argument("--hidden", type=int, default=ScoreNetConfig.hidden)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (under torchrun: cuda:LOCAL_RANK)")
+    options.add_device(ap)
     ap.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA too")
-    ap.add_argument("--cache", type=Path, default=None,
-                    help="preprocessing cache folder (e.g. cache/preprocess); default: preprocess in memory")
-    ap.add_argument("--workers", type=int, default=1, help="processes building the cache")
+    options.add_cache(ap)
     ap.add_argument("--run-dir", type=Path, default=None,
                     help="run folder for run_config.json, checkpoint.pt, gaussian_baseline.npz "
                          "(default runs/train/<output name>)")
@@ -491,13 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rank, world, dev = init_distributed(args.device)
-    if world == 1 and args.device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.steps < MIN_STEPS:
         print(f"error: --steps must be at least {MIN_STEPS}", file=sys.stderr)
         return 2
+    contrasts = args.contrast
     try:
-        contrasts = parse_contrasts(args.contrast)
         cases = gather_cases(args.data, contrasts, args.cases, args.exclude, args.resample_seg)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

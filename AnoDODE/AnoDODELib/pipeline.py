@@ -176,15 +176,19 @@ class LocationScores(NamedTuple):
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' picks CUDA when available; 'cuda' without a GPU is an error."""
+    """The torch device of a ``--device`` value: "cpu", "cuda", "cuda:N" (GPU N) or "auto" (CUDA when
+    torch sees a GPU, else the CPU). ValueError for any other value and for a GPU that torch does not see."""
     if isinstance(device, torch.device):
-        device = device.type
+        device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
+    kind, colon, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (colon and (kind == "cpu" or not index.isdigit())):
         raise ValueError(f"unknown device {device!r}; valid: auto, cpu, cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA GPU")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was asked for but torch sees no CUDA GPU")
+    if colon and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device} was asked for but torch sees {torch.cuda.device_count()} GPU(s)")
     return torch.device(device)
 
 
