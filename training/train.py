@@ -220,10 +220,6 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _save_atomic(obj, path: Path) -> None:
-    atomic_write.write_file(path, lambda tmp: torch.save(obj, tmp), create_folder=True)
-
-
 def one_cycle(opt: torch.optim.Optimizer, tc: TrainConfig) -> torch.optim.lr_scheduler.OneCycleLR:
     """The learning-rate schedule: one cycle up to ``tc.lr`` and down over ``tc.steps`` steps, warming up over
     5 % of them (at least 2 steps, so that short runs keep a non-empty warm-up phase)."""
@@ -280,11 +276,12 @@ def fit(model: AnoDODEModel, feats: torch.Tensor, ctx: torch.Tensor, tc: TrainCo
     def save_checkpoint(step: int) -> None:
         if rank != 0 or ckpt_path is None:
             return
-        _save_atomic({"step": step, "net": net.state_dict(), "standardiser": model.standardiser.state_dict(),
-                      "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-                      "rng_cpu": torch.get_rng_state(),
-                      "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                      "curve": curve, "running": running, "train_config": dataclasses.asdict(tc)}, ckpt_path)
+        state = {"step": step, "net": net.state_dict(), "standardiser": model.standardiser.state_dict(),
+                 "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                 "rng_cpu": torch.get_rng_state(),
+                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                 "curve": curve, "running": running, "train_config": dataclasses.asdict(tc)}
+        atomic_write.write_file(ckpt_path, lambda tmp: torch.save(state, tmp), create_folder=True)
 
     sde, t_eps = model.sde, 1e-3
     bar = tqdm(range(start, tc.steps), desc="train", disable=not progress or rank != 0, file=sys.stderr,

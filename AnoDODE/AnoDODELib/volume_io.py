@@ -23,15 +23,13 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from skimage import measure, morphology, transform
-
-from . import atomic_write
 
 logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
@@ -715,24 +713,3 @@ def write_image(image: sitk.Image, path: PathLike) -> None:
     into a staging path of :mod:`atomic_write`)."""
     sitk.WriteImage(image, str(path), True)
 
-
-def write_image_atomic(array: np.ndarray, reference: sitk.Image, path: PathLike,
-                       pixel_type: int = sitk.sitkFloat32, protect: Iterable[PathLike] = ()) -> None:
-    """Write ``array`` as :func:`image_like` on ``reference``'s grid; the format follows the extension.
-    Atomic (:func:`atomic_write.write_file`: nothing left behind on failure). Raises :class:`InputError`
-    when ``path`` is one of ``protect`` (resolved paths compared) or its folder is missing or not writable.
-    """
-    image = image_like(array, reference, pixel_type)
-    try:
-        atomic_write.write_file(path, lambda tmp: write_image(image, tmp), protect)
-    except atomic_write.OutputError as exc:
-        raise InputError(str(exc)) from None
-
-
-def write_bytes_atomic(data: bytes, path: PathLike, protect: Iterable[PathLike] = ()) -> None:
-    """Write ``data`` to ``path`` atomically (for JSON/PNG outputs); same guarantees as
-    :func:`write_image_atomic`."""
-    try:
-        atomic_write.write_bytes(path, data, protect)
-    except atomic_write.OutputError as exc:
-        raise InputError(str(exc)) from None

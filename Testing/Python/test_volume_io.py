@@ -10,7 +10,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import require_data
 
+from AnoDODELib import atomic_write
 from AnoDODELib import volume_io as vio
+from AnoDODELib.atomic_write import OutputError
 from AnoDODELib.volume_io import InputError
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -165,13 +167,19 @@ def test_real_sagittally_acquired_ixi_geometry():
 # ----------------------------------------------------------------------------------------- writing
 
 
+def write_map(array: np.ndarray, ref: sitk.Image, path, pixel_type: int = sitk.sitkFloat32, protect=()) -> None:
+    """``array`` on ``ref``'s grid through the one atomic writer, as ``outputs.score_to_files`` writes maps."""
+    image = vio.image_like(array, ref, pixel_type)
+    atomic_write.write_file(path, lambda tmp: vio.write_image(image, tmp), protect)
+
+
 @pytest.mark.parametrize("ext,tol", [(".nii.gz", 1e-5), (".nrrd", 1e-12), (".mha", 1e-12), (".mhd", 1e-12)])
 @pytest.mark.parametrize("name", ["oblique_ras", "sagittal"])
-def test_write_image_atomic_keeps_reference_geometry_and_values(tmp_path, ext, tol, name):
+def test_written_map_keeps_reference_geometry_and_values(tmp_path, ext, tol, name):
     ref = make_image(direction=GEOMETRY_CASES[name][0], origin=(-12.3456789, 45.6789123, 7.1111111))
     values = np.random.default_rng(1).normal(size=sitk.GetArrayFromImage(ref).shape).astype(np.float32)
     out = tmp_path / f"map{ext}"
-    vio.write_image_atomic(values, ref, out)
+    write_map(values, ref, out)
     back = sitk.ReadImage(str(out))
     assert back.GetSize() == ref.GetSize()
     assert np.allclose(back.GetSpacing(), ref.GetSpacing(), rtol=0, atol=tol)
@@ -187,7 +195,7 @@ def test_write_image_atomic_keeps_reference_geometry_and_values(tmp_path, ext, t
 def test_write_label_as_uint8(tmp_path):
     ref = make_image()
     label = sitk.GetArrayFromImage(ref) > 0
-    vio.write_image_atomic(label, ref, tmp_path / "label.nii.gz", sitk.sitkUInt8)
+    write_map(label, ref, tmp_path / "label.nii.gz", sitk.sitkUInt8)
     back = sitk.ReadImage(str(tmp_path / "label.nii.gz"))
     assert back.GetPixelID() == sitk.sitkUInt8
     assert np.array_equal(sitk.GetArrayFromImage(back), label.astype(np.uint8))
@@ -196,7 +204,7 @@ def test_write_label_as_uint8(tmp_path):
 def test_write_rejects_wrong_shape(tmp_path):
     ref = make_image()
     with pytest.raises(ValueError):
-        vio.write_image_atomic(np.zeros((2, 2, 2), np.float32), ref, tmp_path / "x.nii.gz")
+        write_map(np.zeros((2, 2, 2), np.float32), ref, tmp_path / "x.nii.gz")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -211,28 +219,28 @@ def test_protect_refuses_to_overwrite_inputs(tmp_path, monkeypatch):
     link.symlink_to(inp)
     monkeypatch.chdir(tmp_path)
     for target in (inp, tmp_path / "sub" / ".." / "input.nii.gz", Path("input.nii.gz"), link):
-        with pytest.raises(InputError) as exc:
-            vio.write_image_atomic(arr, ref, target, protect=[inp])
+        with pytest.raises(OutputError) as exc:
+            write_map(arr, ref, target, protect=[inp])
         assert_one_line(exc, "refusing to overwrite")
-        with pytest.raises(InputError):
-            vio.write_bytes_atomic(b"{}", target, protect=[str(inp)])
-    with pytest.raises(InputError):   # protect given as the symlink, target the real file
-        vio.write_bytes_atomic(b"{}", inp, protect=[link])
+        with pytest.raises(OutputError):
+            atomic_write.write_bytes(target, b"{}", protect=[str(inp)])
+    with pytest.raises(OutputError):   # protect given as the symlink, target the real file
+        atomic_write.write_bytes(inp, b"{}", protect=[link])
     assert inp.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.nii.gz", "link.nii.gz", "sub"]
 
 
 def test_atomic_write_cleans_up_after_success_and_failure(tmp_path, monkeypatch):
     out = tmp_path / "report.json"
-    vio.write_bytes_atomic(b'{"a": 1}', out)
-    vio.write_bytes_atomic(b'{"a": 2}', out)          # overwriting an earlier output is fine
+    atomic_write.write_bytes(out, b'{"a": 1}')
+    atomic_write.write_bytes(out, b'{"a": 2}')          # overwriting an earlier output is fine
     assert out.read_bytes() == b'{"a": 2}'
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
     ref = make_image()
     arr = np.ones(sitk.GetArrayFromImage(ref).shape, np.float32)
     img_out = tmp_path / "map.nii.gz"
-    vio.write_image_atomic(arr, ref, img_out)
+    write_map(arr, ref, img_out)
     before = img_out.read_bytes()
 
     def failing_write(image, path, *args, **kwargs):
@@ -241,7 +249,7 @@ def test_atomic_write_cleans_up_after_success_and_failure(tmp_path, monkeypatch)
 
     monkeypatch.setattr(vio.sitk, "WriteImage", failing_write)
     with pytest.raises(RuntimeError):
-        vio.write_image_atomic(arr * 2, ref, img_out)
+        write_map(arr * 2, ref, img_out)
     monkeypatch.undo()
     assert img_out.read_bytes() == before               # the old output is untouched
 
@@ -250,15 +258,15 @@ def test_atomic_write_cleans_up_after_success_and_failure(tmp_path, monkeypatch)
 
     monkeypatch.setattr(vio.os, "replace", failing_replace)
     with pytest.raises(OSError):
-        vio.write_bytes_atomic(b"new", out)
+        atomic_write.write_bytes(out, b"new")
     monkeypatch.undo()
     assert out.read_bytes() == b'{"a": 2}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.nii.gz", "report.json"]
 
 
-def test_write_into_missing_folder_is_input_error(tmp_path):
-    with pytest.raises(InputError) as exc:
-        vio.write_bytes_atomic(b"x", tmp_path / "nope" / "out.json")
+def test_write_into_missing_folder_is_one_line_error(tmp_path):
+    with pytest.raises(OutputError) as exc:
+        atomic_write.write_bytes(tmp_path / "nope" / "out.json", b"x")
     assert_one_line(exc, "nope")
 
 
