@@ -75,6 +75,9 @@ def test_settings_read_from_a_bundle_are_compared_by_value() -> None:
     cfg = loc(method, residual_scales=scales)
     got = location_scores(BPD, RESIDUAL, cfg, FLAIR, finest_channels(FeatureConfig())).tolist()
     assert got == pytest.approx([0.25, 0.0, 0.49, 0.0, 0.64], abs=1e-6)
+    likelihood, combined = json.loads('["likelihood", "combined"]')
+    assert location_scores(BPD, RESIDUAL, loc(likelihood), FLAIR).tolist() == pytest.approx([1.0, 0, 0, 0, 0.25])
+    assert location_scores(BPD, RESIDUAL, loc(combined), FLAIR).tolist() == pytest.approx([0.5, 0, 0, 0, 0.2])
 
 
 def test_no_hyperintense_channel_means_no_gate() -> None:
