@@ -28,13 +28,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from AnoDODELib.anomaly_map import scatter_to_grid, slice_quantile_scores, smooth_on_grid
+from AnoDODELib.anomaly_map import scatter_to_grid, slice_top_area_scores, smooth_on_grid
 from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import LocalisationConfig
 from AnoDODELib.pipeline import (
     PreparedVolume,
     canonical_map,
     canonical_slice_scores,
+    pixel_area_mm2,
     score_prepared,
 )
 
@@ -104,6 +105,13 @@ def case_maps(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, Localisat
     return {"maps": maps, "baseline_maps": baselines, "slice_bpd": bpd_slices, "nfe": scores.nfe}
 
 
+def map_slice_scores(voxel_map: np.ndarray, lc: LoadedCase,
+                     area_mm2: float = LocalisationConfig.slice_area_mm2) -> list[float | None]:
+    """A canonical map's slice ranking, as the report's ``slice_anomaly_scores`` rank AnoDODE's map: its mean
+    over each slice's most anomalous ``area_mm2`` of brain (None without brain)."""
+    return slice_top_area_scores(voxel_map, lc.prepared.brain, pixel_area_mm2(lc.prepared), area_mm2)
+
+
 def voxel_metrics(score: np.ndarray, truth: np.ndarray, brain: np.ndarray, threshold: float | None = None
                   ) -> dict[str, float]:
     s, t = score[brain], truth[brain]
@@ -130,26 +138,29 @@ def evaluate_loaded(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, Loc
     brain, truth = lc.prepared.brain, lc.tumour & lc.prepared.brain
     res: dict[str, dict[str, float]] = {}
     thr = model.config.calibration.threshold
+    area = model.config.localisation.slice_area_mm2
     own = [n for n, loc in (variants or {"anodode": model.config.localisation}).items()
            if loc == model.config.localisation]     # the threshold was calibrated on this map only
     for name, m in out["maps"].items():
         r = voxel_metrics(m, truth, brain, thr if name in own else None)
-        r.update(slice_metrics(slice_quantile_scores(m, brain), truth, brain))
+        r.update(slice_metrics(map_slice_scores(m, lc, area), truth, brain))
         res[name] = r
     res["slice_bpd"] = slice_metrics(out["slice_bpd"], truth, brain)
     if gaussian is not None:
         out["baseline_maps"]["gaussian"] = gaussian_map(model, lc.prepared, gaussian)
     for name, m in out["baseline_maps"].items():
         res[name] = voxel_metrics(m, truth, brain)
-        res[name].update(slice_metrics(slice_quantile_scores(m, brain), truth, brain))
+        res[name].update(slice_metrics(map_slice_scores(m, lc, area), truth, brain))
     return res, out
 
 
 def pooled(per_case_maps: list[dict[str, np.ndarray]], cases: list[LoadedCase],
-           slice_bpd: list[list[float | None]] | None = None) -> dict[str, dict[str, float]]:
+           slice_bpd: list[list[float | None]] | None = None,
+           area_mm2: float = LocalisationConfig.slice_area_mm2) -> dict[str, dict[str, float]]:
     """Voxel metrics over the brain voxels of all cases together, and slice metrics over all their
-    brain slices together (a slice's score is its map's 99th percentile; ``slice_bpd``, one list per
-    case in canonical order, adds the ``slice_bpd`` row), per method name."""
+    brain slices together (a slice's score is its map's mean over the slice's most anomalous ``area_mm2``,
+    ``map_slice_scores``; ``slice_bpd``, one list per case in canonical order, the report's ``slice_scores``,
+    adds the ``slice_bpd`` row), per method name."""
     names = per_case_maps[0].keys()
     res = {}
     truth = np.concatenate([(lc.tumour & lc.prepared.brain)[lc.prepared.brain] for lc in cases])
@@ -164,7 +175,7 @@ def pooled(per_case_maps: list[dict[str, np.ndarray]], cases: list[LoadedCase],
     for name in names:
         s = np.concatenate([m[name][lc.prepared.brain] for m, lc in zip(per_case_maps, cases)])
         res[name] = {**metrics.pooled_metrics(s, truth),
-                     **slice_pool([slice_quantile_scores(m[name], lc.prepared.brain)
+                     **slice_pool([map_slice_scores(m[name], lc, area_mm2)
                                    for m, lc in zip(per_case_maps, cases)])}
     if slice_bpd is not None:
         res["slice_bpd"] = slice_pool(slice_bpd)
@@ -219,7 +230,8 @@ def score_cases(model: AnoDODEModel, loaded: list[LoadedCase], voxel_dir: Path, 
         has_brain, slice_pos = _slice_truth(lc)
         slice_sc = {"slice_bpd": [v if v is not None else float("nan") for v in out["slice_bpd"]]}
         for name, m in maps.items():
-            slice_sc[name] = [v if v is not None else float("nan") for v in slice_quantile_scores(m, brain)]
+            slice_sc[name] = [v if v is not None else float("nan")
+                              for v in map_slice_scores(m, lc, model.config.localisation.slice_area_mm2)]
         np.savez(voxel_dir / f"{lc.case.name}.npz", truth=np.packbits(truth[brain]), n=np.array(int(brain.sum())),
                  has_brain=has_brain, slice_pos=slice_pos,
                  **{f"voxel__{k}": v[brain].astype(np.float32) for k, v in maps.items()},

@@ -89,9 +89,11 @@ def test_evaluate_refuses_a_missing_case_file_with_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
-def _case(brain, tumour):
+def _case(brain, tumour, spacing=(1.0, 1.0, 1.0)):
     from types import SimpleNamespace
-    return SimpleNamespace(tumour=np.asarray(tumour, bool), prepared=SimpleNamespace(brain=np.asarray(brain, bool)))
+    return SimpleNamespace(tumour=np.asarray(tumour, bool),
+                           prepared=SimpleNamespace(brain=np.asarray(brain, bool),
+                                                    geometry=SimpleNamespace(spacing_mm=spacing)))
 
 
 def test_pooled_voxel_and_slice_metrics_hand_computed():
@@ -106,10 +108,24 @@ def test_pooled_voxel_and_slice_metrics_hand_computed():
     assert r["m"]["voxel_auroc"] == pytest.approx(0.8)
     assert r["m"]["voxel_auprc"] == pytest.approx(0.5)
     assert r["m"]["best_dice"] == pytest.approx(2 / 3)
-    # slice scores (99th percentile): a0 = 0.892 (+), a1 = 0.299, b0 = 0.9445: pooled over cases
+    # slice scores (the top 100 mm^2 = both 1 mm^2 voxels: the mean): a0 = 0.5 (+), a1 = 0.25, b0 = 0.675
     assert r["m"]["slice_auroc"] == pytest.approx(0.5)
     assert r["m"]["slice_auprc"] == pytest.approx(0.5)
     assert r["slice_bpd"]["slice_auroc"] == pytest.approx(1.0)
+
+
+def test_pooled_slices_rank_by_the_reports_top_area_mean():
+    """Maps rank slices by their mean over the most anomalous area, as ``slice_anomaly_scores`` do: with
+    1 mm^2 the slice maximum (the lesion slice first), with 2 mm^2 the slice mean (the lesion slice last)."""
+    from training.evaluate import pooled
+
+    a = _case(np.ones((2, 1, 2)), [[[1, 0]], [[0, 0]]])
+    b = _case(np.ones((1, 1, 2)), [[[0, 0]]])
+    maps = [{"m": np.array([[[0.9, 0.1]], [[0.6, 0.6]]])}, {"m": np.array([[[0.7, 0.7]]])}]
+    assert pooled(maps, [a, b], area_mm2=1.0)["m"]["slice_auroc"] == pytest.approx(1.0)     # 0.9 > 0.6, 0.7
+    assert pooled(maps, [a, b], area_mm2=2.0)["m"]["slice_auroc"] == pytest.approx(0.0)     # 0.5 < 0.6, 0.7
+    coarse = [_case(np.ones((2, 1, 2)), [[[1, 0]], [[0, 0]]], (1.0, 1.0, 2.0)), b]        # 2 mm^2 voxels
+    assert pooled(maps, coarse, area_mm2=2.0)["m"]["slice_auroc"] == pytest.approx(1.0)
 
 
 def test_calibrated_threshold_is_scored_on_the_models_own_variant(monkeypatch):
