@@ -114,9 +114,16 @@ def build_report(inputs: ScanInputs, image: sitk.Image, result: ScoreResult, mod
 
 
 def map_units(model: Any) -> str:
-    """The units of the model's anomaly map (``figure.MAP_UNITS`` of its localisation method)."""
-    method = model.config.localisation.method
-    return figure.MAP_UNITS.get(method, method)
+    """The units of the model's anomaly map: ``figure.MAP_UNITS`` of its localisation method, or with the
+    intensity product (``pipeline.weighted_map``) the square root of those times the brightness, in units of
+    the scan's own ``brightness_quantile`` or, without one, of the white-matter spread."""
+    loc = model.config.localisation
+    units = figure.MAP_UNITS.get(loc.method, loc.method)
+    if not loc.intensity_product:
+        return units
+    brightness = ("brightness / the scan's brain Q" + f"{loc.brightness_quantile:g}"
+                  if loc.brightness_quantile is not None else "normalised brightness")
+    return f"√({units}) × {brightness}"
 
 
 def report_bytes(report: Mapping[str, Any]) -> bytes:

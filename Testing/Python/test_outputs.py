@@ -122,3 +122,24 @@ def test_cli_and_worker_write_the_same_set_and_report(phantom_path, tmp_path, ca
     assert from_cli["anodode_version"] and from_cli["model_dir"] == from_worker["model_dir"] == model_dir
     assert set(from_worker["outputs"]) == set(OUTPUT_KINDS)
     assert from_worker["outputs"]["figure"] == str(plain.paths()["figure"])
+
+
+def test_map_units_follow_the_localisation():
+    """The bundled map is sqrt(D) x brightness in the scan's own units; the plain density map is D's units."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from AnoDODELib.config import LocalisationConfig
+    from AnoDODELib.outputs import map_units
+
+    def units(**kw):
+        return map_units(SimpleNamespace(config=SimpleNamespace(localisation=LocalisationConfig(**kw))))
+
+    assert units(method="combined") == "bits/dim × residual (z)"
+    assert units(method="combined", intensity_product=True) == (
+        "√(bits/dim × residual (z)) × brightness / the scan's brain Q0.75")
+    assert units(method="likelihood", intensity_product=True, brightness_quantile=None) == (
+        "√(bits/dim) × normalised brightness")
+    shipped = load_model()
+    assert map_units(shipped) == units(**dataclasses.asdict(shipped.config.localisation))
+    assert "√" in map_units(shipped)
