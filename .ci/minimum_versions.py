@@ -6,6 +6,7 @@
 torch is left out in CI (``--except torch``): its floor's wheels on the default index are CUDA builds; CI
 keeps the pinned CPU wheel in both venvs.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ run can be cancelled; torch is never imported in Slicer's own process (device fa
 MRML handling, child processes, dependency checks and panel texts are in the package ``AnoDODESlicerLib``
 (Qt-free, tested in CI with slicer-core).
 """
+
 import html
 import importlib
 import logging
@@ -39,12 +40,13 @@ logger = logging.getLogger("AnoDODE")
 DEVICES = ["auto", "cpu", "cuda"]
 PRESETS = ["fast", "standard", "exact"]
 MODELS_DIR = child_process.MODULE_DIR / "Resources" / "Models"
-CONTRAST_REFERENCE = "AnoDODE.contrast."   # + contrast name: node references on the parameter node
+CONTRAST_REFERENCE = "AnoDODE.contrast."  # + contrast name: node references on the parameter node
 
 
 #
 # AnoDODE
 #
+
 
 class AnoDODE(ScriptedLoadableModule):
     def __init__(self, parent):
@@ -79,6 +81,7 @@ for the SlicerMONAIAuto3DSeg extension's testing data.
 # AnoDODEParameterNode
 #
 
+
 @parameterNodeWrapper
 class AnoDODEParameterNode:
     """GUI state, saved with the scene. ``modelPath`` empty (".") means the bundled model."""
@@ -100,6 +103,7 @@ class AnoDODEParameterNode:
 # AnoDODEWidget
 #
 
+
 class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -107,12 +111,12 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._run = None               # the run in progress (child_process.WorkerRun) or None
-        self._installer = None         # dependencies.Installer while packages are being installed
-        self._deviceQuery = None       # the worker answering --device-info
+        self._run = None  # the run in progress (child_process.WorkerRun) or None
+        self._installer = None  # dependencies.Installer while packages are being installed
+        self._deviceQuery = None  # the worker answering --device-info
         self._deviceInfo = None
         self._modelInfo = None
-        self._contrastSelectors = {}   # contrast name -> (label, qMRMLNodeComboBox)
+        self._contrastSelectors = {}  # contrast name -> (label, qMRMLNodeComboBox)
         self._plotViews = []
         self._lastInputID = None
         self._settingThreshold = False
@@ -165,7 +169,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.abortWork()
         for name in AnoDODESlicerLib.reloadSubmodules():
             logger.debug("reloaded %s", name)
-        if "AnoDODELib.worker" in sys.modules:   # the protocol helpers used in Slicer's process
+        if "AnoDODELib.worker" in sys.modules:  # the protocol helpers used in Slicer's process
             importlib.reload(sys.modules["AnoDODELib.worker"])
         ScriptedLoadableModuleWidget.onReload(self)
 
@@ -176,7 +180,9 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified
+            )
 
     def onSceneStartClose(self, caller, event) -> None:
         self.abortWork()
@@ -190,13 +196,19 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first and not first.IsA("vtkMRMLLabelMapVolumeNode") and not first.GetAttribute(mrml.ROLE_ATTRIBUTE):
+            if (
+                first
+                and not first.IsA("vtkMRMLLabelMapVolumeNode")
+                and not first.GetAttribute(mrml.ROLE_ATTRIBUTE)
+            ):
                 self._parameterNode.inputVolume = first
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified
+            )
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -222,29 +234,49 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         untouched), so they are neither re-labelled onto the new grid nor overwritten by the next run."""
         p = self._parameterNode
         heat = p.outputHeatmap if p else None
-        if heat is None or heat.GetAttribute(mrml.INPUT_ATTRIBUTE) is None or mrml.resultsMatchInput(heat, p.inputVolume):
+        if (
+            heat is None
+            or heat.GetAttribute(mrml.INPUT_ATTRIBUTE) is None
+            or mrml.resultsMatchInput(heat, p.inputVolume)
+        ):
             return
         with slicer.util.NodeModify(p.parameterNode):
             p.outputHeatmap = p.outputSegmentation = p.outputTable = None
         self.ui.scoreTableView.setMRMLTableNode(None)
         self.showMessages([])
-        self.setStatus(f"The input changed: the previous results ('{heat.GetName()}' ...) stay in the scene but are "
-                       f"detached; the next run creates new outputs.")
+        self.setStatus(
+            f"The input changed: the previous results ('{heat.GetName()}' ...) stay in the scene but are "
+            f"detached; the next run creates new outputs."
+        )
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         running, installing = self._run is not None, self._installer is not None
         cancelling = running and self._run.process.cancelled
         p = self._parameterNode
         missing = [name for name, node in self.selectedContrastNodes().items() if node is None]
-        self.ui.applyButton.text = ("Installing Python packages..." if installing else "Cancelling..." if cancelling
-                                    else "Cancel" if running else "Detect anomalies")
+        self.ui.applyButton.text = (
+            "Installing Python packages..."
+            if installing
+            else "Cancelling..."
+            if cancelling
+            else "Cancel"
+            if running
+            else "Detect anomalies"
+        )
         self.ui.applyButton.enabled = (running and not cancelling) or (
-            not installing and not running and bool(p and p.inputVolume) and not missing)
-        self.ui.applyButton.toolTip = (f"Select the {', '.join(missing)} volume first." if missing and not running
-                                       else "Score the input with the model (runs in a separate process; click "
-                                            "again to cancel).")
-        for w in (self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton, self.ui.deviceComboBox,
-                  self.ui.presetComboBox):
+            not installing and not running and bool(p and p.inputVolume) and not missing
+        )
+        self.ui.applyButton.toolTip = (
+            f"Select the {', '.join(missing)} volume first."
+            if missing and not running
+            else "Score the input with the model (runs in a separate process; click again to cancel)."
+        )
+        for w in (
+            self.ui.inputsCollapsibleButton,
+            self.ui.outputsCollapsibleButton,
+            self.ui.deviceComboBox,
+            self.ui.presetComboBox,
+        ):
             w.enabled = not running and not installing
 
     # --- model, contrasts, device
@@ -262,7 +294,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateContrastSelectors(self._modelInfo.extraContrasts if self._modelInfo else ())
         calibrated = self.calibratedThreshold()
         if p and p.autoThreshold and calibrated is not None and not self.hasResults():
-            self.setThresholdQuietly(calibrated)   # before the first run: the model's calibrated threshold
+            self.setThresholdQuietly(calibrated)  # before the first run: the model's calibrated threshold
         self._updateThresholdRange()
         self._checkCanApply()
 
@@ -275,27 +307,37 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 selector.showChildNodeTypes = False
                 selector.addEnabled = selector.removeEnabled = False
                 selector.noneEnabled = True
-                selector.toolTip = f"The {name.upper()} scan of the same patient (resampled onto the input by position)."
+                selector.toolTip = (
+                    f"The {name.upper()} scan of the same patient (resampled onto the input by position)."
+                )
                 selector.setMRMLScene(slicer.mrmlScene)
                 label = qt.QLabel(f"{name.upper()} volume:")
                 self.ui.contrastsWidget.layout().addRow(label, selector)
-                selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node, n=name: self.onContrastSelected(n, node))
+                selector.connect(
+                    "currentNodeChanged(vtkMRMLNode*)", lambda node, n=name: self.onContrastSelected(n, node)
+                )
                 self._contrastSelectors[name] = (label, selector)
                 if self._parameterNode:
-                    selector.setCurrentNode(self._parameterNode.parameterNode.GetNodeReference(CONTRAST_REFERENCE + name))
+                    selector.setCurrentNode(
+                        self._parameterNode.parameterNode.GetNodeReference(CONTRAST_REFERENCE + name)
+                    )
         for name, (label, selector) in self._contrastSelectors.items():
             label.visible = selector.visible = name in names
         self.ui.contrastsWidget.visible = bool(names)
 
     def onContrastSelected(self, name: str, node) -> None:
         if self._parameterNode:
-            self._parameterNode.parameterNode.SetNodeReferenceID(CONTRAST_REFERENCE + name, node.GetID() if node else None)
+            self._parameterNode.parameterNode.SetNodeReferenceID(
+                CONTRAST_REFERENCE + name, node.GetID() if node else None
+            )
         self._checkCanApply()
 
     def selectedContrastNodes(self) -> dict:
         names = self._modelInfo.extraContrasts if self._modelInfo else ()
-        return {name: self._contrastSelectors[name][1].currentNode() if name in self._contrastSelectors else None
-                for name in names}
+        return {
+            name: self._contrastSelectors[name][1].currentNode() if name in self._contrastSelectors else None
+            for name in names
+        }
 
     def requestDeviceInfo(self) -> None:
         """Ask the worker what torch sees (never imported here); the answer arrives through onPoll."""
@@ -321,18 +363,21 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.startRun()
 
     def startInstall(self, unmet) -> None:
-        torchHow = "light-the-torch, as the PyTorch extension does" if self.logic.pyTorchUtilsAvailable() else "pip"
+        torchHow = (
+            "light-the-torch, as the PyTorch extension does" if self.logic.pyTorchUtilsAvailable() else "pip"
+        )
         listing = "\n".join(f"  - {r.spec()} ({reason})" for r, reason in unmet)
         if not slicer.util.confirmOkCancelDisplay(
-                f"AnoDODE needs these Python packages, which will be downloaded and installed now (torch with "
-                f"{torchHow}; this can take several minutes, Slicer stays usable):\n{listing}\n\nContinue?",
-                "AnoDODE: install Python packages"):
+            f"AnoDODE needs these Python packages, which will be downloaded and installed now (torch with "
+            f"{torchHow}; this can take several minutes, Slicer stays usable):\n{listing}\n\nContinue?",
+            "AnoDODE: install Python packages",
+        ):
             self.setStatus("Python packages not installed: nothing was run.")
             return
         self.ui.logTextEdit.clear()
         self.showMessages([])
         self._installer = self.logic.startInstall([r for r, _ in unmet])
-        self.ui.progressBar.setRange(0, 0)   # busy indicator: pip reports no overall fraction
+        self.ui.progressBar.setRange(0, 0)  # busy indicator: pip reports no overall fraction
         self.ui.progressBar.show()
         self.setStatus("Installing Python packages...")
         self._pollTimer.start()
@@ -344,8 +389,15 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.logTextEdit.clear()
             self.showMessages([])
             threshold = None if p.autoThreshold else p.threshold
-            self._run = self.logic.startRun(p.inputVolume, p.brainMask, p.modelPath, p.device, p.preset, threshold,
-                                            self.selectedContrastNodes())
+            self._run = self.logic.startRun(
+                p.inputVolume,
+                p.brainMask,
+                p.modelPath,
+                p.device,
+                p.preset,
+                threshold,
+                self.selectedContrastNodes(),
+            )
             self.appendLog("$ " + " ".join(self._run.process.command))
             self.ui.progressBar.setRange(0, 1000)
             self.ui.progressBar.value = 0
@@ -386,9 +438,15 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         needed = installer.needed
         still = self.logic.unmetRequirements()
         if installer.failed or still:
-            message = (dependencies.failureMessage(needed, installer.lines, installer.exitCode) if installer.failed
-                       else "Still missing after installation: " + ", ".join(f"{r.spec()} ({why})" for r, why in still))
-            self.setStatus("The Python packages could not be installed: nothing was run (see the message below).")
+            message = (
+                dependencies.failureMessage(needed, installer.lines, installer.exitCode)
+                if installer.failed
+                else "Still missing after installation: "
+                + ", ".join(f"{r.spec()} ({why})" for r, why in still)
+            )
+            self.setStatus(
+                "The Python packages could not be installed: nothing was run (see the message below)."
+            )
             self.showMessages([message], error=True)
         else:
             self.setStatus("Python packages installed.")
@@ -425,7 +483,9 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             error = self.logic.runError(run)
             if error:
                 self.setStatus("Failed: " + error)
-                slicer.util.errorDisplay(f"AnoDODE failed: {error}", detailedText="\n".join(run.process.stderrLines))
+                slicer.util.errorDisplay(
+                    f"AnoDODE failed: {error}", detailedText="\n".join(run.process.stderrLines)
+                )
                 return
             with slicer.util.tryWithErrorDisplay("AnoDODE could not load the results.", waitCursor=True):
                 outputs = self.logic.loadResults(run, p.outputHeatmap, p.outputSegmentation, p.outputTable)
@@ -434,21 +494,25 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     p.outputSegmentation = outputs["segmentation"]
                     p.outputTable = outputs["table"]
                 threshold = float(run.report["threshold"])
-                self._updateThresholdRange(threshold)   # before setting it, so the slider does not clamp it
+                self._updateThresholdRange(threshold)  # before setting it, so the slider does not clamp it
                 self.setThresholdQuietly(threshold)
                 self.ui.scoreTableView.setMRMLTableNode(outputs["table"])
                 self.showPlot(outputs["plot"])
                 top = mrml.mostAnomalousRow(outputs["table"])
-                if top is not None:   # like the scan figure: show the most anomalous slice first
+                if top is not None:  # like the scan figure: show the most anomalous slice first
                     self.ui.scoreTableView.selectRow(top)
                     self.jumpToRow(top)
                 axis = int(run.report.get("slice_axis", 0))
-                warnings = (panel.engineWarnings(run.process.stderrLines)
-                            + panel.deviceWarnings(run.device, run.report, self._deviceInfo)
-                            + panel.coverageWarnings(run.report, mrml.sliceSpacingMm(run.inputNode, axis)))
+                warnings = (
+                    panel.engineWarnings(run.process.stderrLines)
+                    + panel.deviceWarnings(run.device, run.report, self._deviceInfo)
+                    + panel.coverageWarnings(run.report, mrml.sliceSpacingMm(run.inputNode, axis))
+                )
                 self.showMessages(warnings)
-                self.setStatus(panel.summary(run.report, len(warnings))
-                               + (f" Showing slice {top}, the most anomalous." if top is not None else ""))
+                self.setStatus(
+                    panel.summary(run.report, len(warnings))
+                    + (f" Showing slice {top}, the most anomalous." if top is not None else "")
+                )
         finally:
             run.cleanup()
             self.ui.progressBar.hide()
@@ -495,9 +559,9 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         calibrated = self.calibratedThreshold()
-        tolerance = 0.5 * 10.0 ** -self.ui.thresholdSliderWidget.decimals + 1e-12   # slider rounding
+        tolerance = 0.5 * 10.0**-self.ui.thresholdSliderWidget.decimals + 1e-12  # slider rounding
         if p and p.autoThreshold and (calibrated is None or abs(value - calibrated) > tolerance):
-            p.autoThreshold = False   # the user chose a threshold: it is no longer the calibrated one
+            p.autoThreshold = False  # the user chose a threshold: it is no longer the calibrated one
         self._rethresholdTimer.start()
 
     def onAutoThresholdToggled(self, checked) -> None:
@@ -512,13 +576,15 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not p or self._run is not None or not self.hasResults():
             return
         current = p.outputHeatmap.GetAttribute("AnoDODE.Threshold")
-        tolerance = 0.5 * 10.0 ** -self.ui.thresholdSliderWidget.decimals + 1e-12
+        tolerance = 0.5 * 10.0**-self.ui.thresholdSliderWidget.decimals + 1e-12
         if current is not None and abs(float(current) - p.threshold) <= tolerance:
             return
         label = self.logic.rethreshold(p.inputVolume, p.outputHeatmap, p.outputSegmentation, p.threshold)
         chart = p.outputTable.GetNodeReference(mrml.PLOT_REFERENCE) if p.outputTable else None
         self.logic.markThreshold(p.outputHeatmap, chart, p.threshold)
-        self.setStatus(f"Threshold {p.threshold:.4g}: {int(label.sum())} anomalous voxels (model not re-run).")
+        self.setStatus(
+            f"Threshold {p.threshold:.4g}: {int(label.sum())} anomalous voxels (model not re-run)."
+        )
 
     def _updateThresholdRange(self, threshold=None) -> None:
         p = self._parameterNode
@@ -529,7 +595,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.hasResults():
             mapMax = float(slicer.util.arrayFromVolume(p.outputHeatmap).max())
         top, step = panel.thresholdSliderRange(threshold, mapMax)
-        self._settingThreshold = True   # a clamped value is not a user choice
+        self._settingThreshold = True  # a clamped value is not a user choice
         try:
             self.ui.thresholdSliderWidget.maximum = top
             self.ui.thresholdSliderWidget.singleStep = step
@@ -571,8 +637,9 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def showMessages(self, messages, error: bool = False) -> None:
         """The visible message area under the status line: engine warnings or an installation problem."""
-        self.ui.messageLabel.text = (panel.warningsHtml(messages) if not error
-                                     else "<br>".join(html.escape(m) for m in messages))
+        self.ui.messageLabel.text = (
+            panel.warningsHtml(messages) if not error else "<br>".join(html.escape(m) for m in messages)
+        )
         self.ui.messageLabel.visible = bool(messages)
 
     def appendLog(self, line: str) -> None:
@@ -583,6 +650,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 # AnoDODELogic
 #
+
 
 class AnoDODELogic(ScriptedLoadableModuleLogic):
     """Everything a script needs without the GUI: ``runBlocking`` scores a volume node and returns the output
@@ -606,7 +674,9 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
         return importlib.util.find_spec("PyTorchUtils") is not None
 
     def startInstall(self, needed) -> dependencies.Installer:
-        plan = dependencies.installPlan(child_process.pythonSlicerExecutable(), needed, self.pyTorchUtilsAvailable())
+        plan = dependencies.installPlan(
+            child_process.pythonSlicerExecutable(), needed, self.pyTorchUtilsAvailable()
+        )
         installer = dependencies.Installer(plan)
         installer.needed = list(needed)
         return installer
@@ -630,12 +700,22 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
         info = parse_device_info(query.stdoutLines)
         if info is not None and query.returncode == 0:
             return info, None
-        return None, error_from_stderr("\n".join(query.stderrLines)) or f"the worker exited with {query.returncode}"
+        return None, error_from_stderr(
+            "\n".join(query.stderrLines)
+        ) or f"the worker exited with {query.returncode}"
 
     # --- running
 
-    def startRun(self, inputNode, maskNode=None, modelPath=None, device="auto", preset="standard",
-                 threshold=None, otherContrastNodes=None) -> child_process.WorkerRun:
+    def startRun(
+        self,
+        inputNode,
+        maskNode=None,
+        modelPath=None,
+        device="auto",
+        preset="standard",
+        threshold=None,
+        otherContrastNodes=None,
+    ) -> child_process.WorkerRun:
         """Write the input (and mask) to a temporary folder and start the worker; returns at once.
 
         otherContrastNodes: for a multi-contrast model, its other contrasts as {name: volume node}, e.g.
@@ -644,11 +724,21 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
 
         tempDir = pathlib.Path(tempfile.mkdtemp(prefix="AnoDODE-", dir=slicer.app.temporaryPath))
         try:
-            inputPath, maskPath, others = mrml.writeWorkerInputs(tempDir, inputNode, maskNode, otherContrastNodes)
+            inputPath, maskPath, others = mrml.writeWorkerInputs(
+                tempDir, inputNode, maskNode, otherContrastNodes
+            )
             model = str(modelPath) if modelPath and str(modelPath) not in ("", ".") else None
-            command = build_command(child_process.pythonSlicerExecutable(), inputPath, tempDir / "output",
-                                    mask=maskPath, model=model, device=device, preset=preset, threshold=threshold,
-                                    other_contrasts=others)
+            command = build_command(
+                child_process.pythonSlicerExecutable(),
+                inputPath,
+                tempDir / "output",
+                mask=maskPath,
+                model=model,
+                device=device,
+                preset=preset,
+                threshold=threshold,
+                other_contrasts=others,
+            )
             process = child_process.WorkerProcess(command)
         except BaseException:
             shutil.rmtree(tempDir, ignore_errors=True)
@@ -669,7 +759,9 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
         tail = [line for line in run.process.stderrLines if line.strip()][-3:]
         return f"the worker ended with exit code {code}" + (": " + " | ".join(tail) if tail else "")
 
-    def loadResults(self, run: child_process.WorkerRun, heatmapNode=None, segmentationNode=None, tableNode=None) -> dict:
+    def loadResults(
+        self, run: child_process.WorkerRun, heatmapNode=None, segmentationNode=None, tableNode=None
+    ) -> dict:
         """Read the worker's outputs into (reused or new) nodes on the input's geometry."""
         import json
 
@@ -679,15 +771,34 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
         anomaly = sitk.GetArrayFromImage(sitk.ReadImage(str(run.outputDir / "anomaly.nrrd")))
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(run.outputDir / "label.nrrd")))
         run.report = report
-        outputs = mrml.applyResults(slicer.mrmlScene, run.inputNode, anomaly, label, report,
-                                    heatmapNode=heatmapNode, segmentationNode=segmentationNode, tableNode=tableNode)
+        outputs = mrml.applyResults(
+            slicer.mrmlScene,
+            run.inputNode,
+            anomaly,
+            label,
+            report,
+            heatmapNode=heatmapNode,
+            segmentationNode=segmentationNode,
+            tableNode=tableNode,
+        )
         mrml.markResultsInput(run.inputNode, outputs["heatmap"], outputs["segmentation"], outputs["table"])
         self.markThreshold(outputs["heatmap"], outputs["plot"], float(report["threshold"]))
         return outputs
 
-    def runBlocking(self, inputNode, maskNode=None, modelPath=None, device="auto", preset="standard",
-                    threshold=None, heatmapNode=None, segmentationNode=None, tableNode=None,
-                    timeout=None, otherContrastNodes=None) -> dict:
+    def runBlocking(
+        self,
+        inputNode,
+        maskNode=None,
+        modelPath=None,
+        device="auto",
+        preset="standard",
+        threshold=None,
+        heatmapNode=None,
+        segmentationNode=None,
+        tableNode=None,
+        timeout=None,
+        otherContrastNodes=None,
+    ) -> dict:
         """Score ``inputNode`` and wait; returns the output nodes plus the report. Raises RuntimeError."""
         run = self.startRun(inputNode, maskNode, modelPath, device, preset, threshold, otherContrastNodes)
         try:
@@ -701,14 +812,15 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
             outputs = self.loadResults(run, heatmapNode, segmentationNode, tableNode)
             outputs["report"] = run.report
             outputs["warnings"] = panel.engineWarnings(run.process.stderrLines) + panel.coverageWarnings(
-                run.report, mrml.sliceSpacingMm(inputNode, int(run.report.get("slice_axis", 0))))
+                run.report, mrml.sliceSpacingMm(inputNode, int(run.report.get("slice_axis", 0)))
+            )
             return outputs
         finally:
             run.cleanup()
 
     # --- results
 
-    summary = staticmethod(panel.summary)   # the status line after a run, from its report
+    summary = staticmethod(panel.summary)  # the status line after a run, from its report
 
     def rethreshold(self, inputNode, heatmapNode, segmentationNode, threshold: float):
         return mrml.rethreshold(slicer.mrmlScene, inputNode, heatmapNode, segmentationNode, threshold)
@@ -736,6 +848,7 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
 # AnoDODETest
 #
 
+
 class AnoDODETest(ScriptedLoadableModuleTest):
     """Runs inside Slicer (Developer mode > Reload and Test, or ctest). The bundled model on a real
     skull-stripped FLAIR: ``$ANODODE_SELFTEST_FLAIR`` (with ``$ANODODE_SELFTEST_LESION``, a lesion mask on any
@@ -756,8 +869,10 @@ class AnoDODETest(ScriptedLoadableModuleTest):
     def _logic(self):
         logic = AnoDODELogic()
         unmet = logic.unmetRequirements()
-        if unmet:   # a test should not install packages: run the module once to install them
-            self.skipTest("AnoDODE's Python packages are not installed: " + ", ".join(r.spec() for r, _ in unmet))
+        if unmet:  # a test should not install packages: run the module once to install them
+            self.skipTest(
+                "AnoDODE's Python packages are not installed: " + ", ".join(r.spec() for r, _ in unmet)
+            )
         return logic
 
     def _flair(self):
@@ -765,11 +880,15 @@ class AnoDODETest(ScriptedLoadableModuleTest):
         path = os.environ.get("ANODODE_SELFTEST_FLAIR")
         if path:
             lesion = os.environ.get("ANODODE_SELFTEST_LESION")
-            return (slicer.util.loadVolume(path),
-                    slicer.util.loadVolume(lesion, {"labelmap": True}) if lesion else None)
+            return (
+                slicer.util.loadVolume(path),
+                slicer.util.loadVolume(lesion, {"labelmap": True}) if lesion else None,
+            )
         import SampleData
 
-        registered = getattr(slicer.modules, "sampleDataSources", {}).get(sample_data.FLAIR_SAMPLE.category, [])
+        registered = getattr(slicer.modules, "sampleDataSources", {}).get(
+            sample_data.FLAIR_SAMPLE.category, []
+        )
         if not any(getattr(s, "sampleName", None) == sample_data.FLAIR_SAMPLE.name for s in registered):
             sample_data.register(SampleData.SampleDataLogic, self._iconPath())
         return SampleData.downloadSample(sample_data.FLAIR_SAMPLE.name), None
@@ -804,10 +923,14 @@ class AnoDODETest(ScriptedLoadableModuleTest):
         if lesion is not None:
             region, what = mrml.maskArrayForInput(lesion, flair).astype(bool), "the lesion mask"
         else:
-            region, what = panel.hyperintenseRegion(before), "FLAIR-hyperintense tissue (no lesion mask given)"
+            region, what = (
+                panel.hyperintenseRegion(before),
+                "FLAIR-hyperintense tissue (no lesion mask given)",
+            )
         self.assertTrue(region[peak], f"the heat map peaks at {peak}, outside {what}")
-        self.delayDisplay(f"Heat map peak {peak} lies in {what}; the slice table has "
-                          f"{out['table'].GetNumberOfRows()} rows")
+        self.delayDisplay(
+            f"Heat map peak {peak} lies in {what}; the slice table has {out['table'].GetNumberOfRows()} rows"
+        )
 
     def test_AnoDODE_cancel_and_error(self):
         import time
@@ -815,11 +938,12 @@ class AnoDODETest(ScriptedLoadableModuleTest):
         logic = self._logic()
         flair, _ = self._flair()
         self.delayDisplay("Cancelling a run returns at once")
-        run = logic.startRun(flair, device="cpu", preset="exact")   # the bundled model, slowest preset
+        run = logic.startRun(flair, device="cpu", preset="exact")  # the bundled model, slowest preset
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not any(
-                    s == "stdout" and line.startswith("PROGRESS") for s, line in run.process.poll()):
+                s == "stdout" and line.startswith("PROGRESS") for s, line in run.process.poll()
+            ):
                 time.sleep(0.1)
             t0 = time.monotonic()
             run.process.requestCancel()

@@ -19,6 +19,7 @@ machine each ratio compares runs made under the same load; the load average is p
 Stages a checkout does not have (e.g. a separate integrity check) read as absent. Nothing is written but
 --json; the outputs go to a temporary folder. Real data: ../shared/data (or $ANODODE_DATA).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -124,27 +125,55 @@ else:
     sys.exit(cli.main())
 """
 
-STAGES = ["interpreter start + exit", "imports", "model load", "read: NIfTI check", "read: image", "read: mask",
-          "preprocessing", "scoring", "maps", "report", "write anomaly + label", "figure", "summary", "other"]
+STAGES = [
+    "interpreter start + exit",
+    "imports",
+    "model load",
+    "read: NIfTI check",
+    "read: image",
+    "read: mask",
+    "preprocessing",
+    "scoring",
+    "maps",
+    "report",
+    "write anomaly + label",
+    "figure",
+    "summary",
+    "other",
+]
 
 
-def run_once(python: str, checkout: Path | None, volume: Path, mask: Path | None, preset: str,
-             threads: int) -> dict:
+def run_once(
+    python: str, checkout: Path | None, volume: Path, mask: Path | None, preset: str, threads: int
+) -> dict:
     """One timed ``anodode score`` process; {stage: seconds, "total": wall seconds, "load": 1-min load}."""
     env = dict(os.environ)
     if checkout is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(checkout / "AnoDODE"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join([str(checkout / "AnoDODE"), env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory(prefix="anodode-e2e-") as tmp:
         out = Path(tmp) / "stages.json"
-        argv = ["score", str(volume), *(["--mask", str(mask)] if mask else []), "--preset", preset,
-                "--output-dir", str(Path(tmp) / "out"), "--quiet", "--device", "cpu"]
+        argv = [
+            "score",
+            str(volume),
+            *(["--mask", str(mask)] if mask else []),
+            "--preset",
+            preset,
+            "--output-dir",
+            str(Path(tmp) / "out"),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
         load = os.getloadavg()[0]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
-        res = subprocess.run([python, "-c", CHILD, str(out), *argv], env=env, capture_output=True, text=True,
-                             check=False)
+        res = subprocess.run(
+            [python, "-c", CHILD, str(out), *argv], env=env, capture_output=True, text=True, check=False
+        )
         wall = time.perf_counter() - t
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if res.returncode or not out.exists():
@@ -155,9 +184,15 @@ def run_once(python: str, checkout: Path | None, volume: Path, mask: Path | None
     stages = {k: float(v) for k, v in child.items()}
     stages["interpreter start + exit"] = wall - inside
     stages["other"] = inside - sum(v for k, v in stages.items() if k != "interpreter start + exit")
-    return {"stages": stages, "total": wall, "load": load, "module": module,
-            "user_cpu": after.ru_utime - before.ru_utime, "system_cpu": after.ru_stime - before.ru_stime,
-            "page_faults": after.ru_minflt - before.ru_minflt}
+    return {
+        "stages": stages,
+        "total": wall,
+        "load": load,
+        "module": module,
+        "user_cpu": after.ru_utime - before.ru_utime,
+        "system_cpu": after.ru_stime - before.ru_stime,
+        "page_faults": after.ru_minflt - before.ru_minflt,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,9 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mask", type=Path, default=None)
     ap.add_argument("--presets", default="fast,standard")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--checkout", type=Path, action="append", default=[],
-                    help="another copy of the repository to time against this one (repeatable)")
-    ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the runs (0: torch's default)")
+    ap.add_argument(
+        "--checkout",
+        type=Path,
+        action="append",
+        default=[],
+        help="another copy of the repository to time against this one (repeatable)",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=0, help="OMP_NUM_THREADS for the runs (0: torch's default)"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     volume = args.volume or DATA / DEFAULT_CASE / "Flair_subtrMeanDivStd.nii.gz"
@@ -176,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     if not volume.exists():
         print(f"real data not found: {volume} (../shared/data, $ANODODE_DATA or --volume)", file=sys.stderr)
         return 2
-    checkouts: list[tuple[str, Path | None]] = [("this", None)] + [(str(c), c.resolve()) for c in args.checkout]
+    checkouts: list[tuple[str, Path | None]] = [("this", None)] + [
+        (str(c), c.resolve()) for c in args.checkout
+    ]
     presets = args.presets.split(",")
     runs: dict[tuple[str, str], list[dict]] = {(c, p): [] for c, _ in checkouts for p in presets}
     threads = args.threads or os.environ.get("OMP_NUM_THREADS", "torch's default")
@@ -186,9 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             for name, checkout in checkouts:
                 r = run_once(sys.executable, checkout, volume, mask, preset, args.threads)
                 runs[(name, preset)].append(r)
-                print(f"  run {rep + 1} {name:>6s} {preset:9s} {r['total']:6.2f} s wall, CPU {r['user_cpu']:.2f} s user "
-                      f"+ {r['system_cpu']:.2f} s system, {r['page_faults'] / 1e3:.0f}k page faults (load average "
-                      f"{r['load']:.2f}; {Path(r['module']).parent.parent.parent})", flush=True)
+                print(
+                    f"  run {rep + 1} {name:>6s} {preset:9s} {r['total']:6.2f} s wall, CPU {r['user_cpu']:.2f} s user "
+                    f"+ {r['system_cpu']:.2f} s system, {r['page_faults'] / 1e3:.0f}k page faults (load average "
+                    f"{r['load']:.2f}; {Path(r['module']).parent.parent.parent})",
+                    flush=True,
+                )
     for preset in presets:
         print(f"\n{preset}: median seconds per stage over {args.repeats} run(s)")
         print(f"  {'stage':24s}" + "".join(f"{name[-14:]:>15s}" for name, _ in checkouts))
@@ -200,13 +247,28 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(f"{statistics.median(vals):15.2f}" if vals else f"{'-':>15s}")
             print(f"  {stage:24s}" + "".join(cells))
         for name, _ in checkouts[1:]:
-            for what, key in (("wall", lambda r: r["total"]), ("CPU", lambda r: r["user_cpu"] + r["system_cpu"])):
+            for what, key in (
+                ("wall", lambda r: r["total"]),
+                ("CPU", lambda r: r["user_cpu"] + r["system_cpu"]),
+            ):
                 ratios = [key(a) / key(b) for a, b in zip(runs[("this", preset)], runs[(name, preset)])]
-                print(f"  this / {name}, {what} seconds: " + ", ".join(f"{x:.3f}" for x in ratios)
-                      + f" (median {statistics.median(ratios):.3f})")
+                print(
+                    f"  this / {name}, {what} seconds: "
+                    + ", ".join(f"{x:.3f}" for x in ratios)
+                    + f" (median {statistics.median(ratios):.3f})"
+                )
     if args.json:
-        args.json.write_text(json.dumps({"volume": str(volume), "threads": args.threads, "runs": [
-            {"checkout": c, "preset": p, **r} for (c, p), rs in runs.items() for r in rs]}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "volume": str(volume),
+                    "threads": args.threads,
+                    "runs": [{"checkout": c, "preset": p, **r} for (c, p), rs in runs.items() for r in rs],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"wrote {args.json}")
     return 0
 

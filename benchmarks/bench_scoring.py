@@ -22,6 +22,7 @@ slices it skips is what ``--end-to-end`` measures: whole volumes through ``score
 scored with RK4 (slice-score Spearman, map Pearson, label Dice). Real data are read from ../shared/data
 (or $ANODODE_DATA); nothing is written but --json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,6 +58,7 @@ DEFAULT_CASE = "deepmedic_brats2015/brats_2013_pat0001_1"
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties)."""
+
     def ranks(x: np.ndarray) -> np.ndarray:
         order = np.argsort(x, kind="mergesort")
         r = np.empty(len(x))
@@ -64,6 +66,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
         _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
         sums = np.bincount(inv, weights=r)
         return sums[inv] / counts[inv]
+
     ra, rb = ranks(np.asarray(a, float)), ranks(np.asarray(b, float))
     return float(np.corrcoef(ra, rb)[0, 1])
 
@@ -92,14 +95,21 @@ def reference(model, y_std: torch.Tensor, ctx: torch.Tensor, dev: torch.device, 
     noise = torch.randn((loc.n_reconstructions, *y_std.shape), generator=gen)
     bpds, nfe = [], 0
     for s in range(0, y_std.shape[0], 65536):
-        y, c = y_std[s:s + 65536].to(dev), ctx[s:s + 65536].to(dev)
+        y, c = y_std[s : s + 65536].to(dev), ctx[s : s + 65536].to(dev)
         fn = score_fn(net, model.sde, c)
         res = log_likelihood(fn, model.sde, y, method="dopri5", rtol=1e-5, atol=1e-5, divergence="exact")
         nfe = max(nfe, res.nfe)
         with torch.no_grad():
             for k in range(loc.n_reconstructions):
-                reconstruct(fn, model.sde, y, t_start=loc.t_start, noise=noise[k, s:s + 65536].to(dev),
-                            method="rk4", steps=loc.reconstruction_steps)
+                reconstruct(
+                    fn,
+                    model.sde,
+                    y,
+                    t_start=loc.t_start,
+                    noise=noise[k, s : s + 65536].to(dev),
+                    method="rk4",
+                    steps=loc.reconstruction_steps,
+                )
         bpds.append(res.bpd.detach().cpu())
     model.score_net.to("cpu")
     return torch.cat(bpds), nfe, 4 * loc.reconstruction_steps
@@ -114,12 +124,13 @@ def profile(model, y_std, ctx, dev, solver, reconstruction: str = "rk4") -> dict
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         for s in range(0, y_std.shape[0], chunk):
-            y, c = y_std[s:s + chunk].to(dev), ctx[s:s + chunk].to(dev)
+            y, c = y_std[s : s + chunk].to(dev), ctx[s : s + chunk].to(dev)
             ev = fast_ode.PointwiseEvaluator(net, c)
             sync(dev)
             t0 = time.perf_counter()
-            _, nfe = fast_ode.likelihood_fixed(ev, model.sde, y, method=solver.method, steps=solver.steps,
-                                               t_eps=solver.t_eps)
+            _, nfe = fast_ode.likelihood_fixed(
+                ev, model.sde, y, method=solver.method, steps=solver.steps, t_eps=solver.t_eps
+            )
             sync(dev)
             t1 = time.perf_counter()
             for _ in range(nfe):
@@ -131,9 +142,16 @@ def profile(model, y_std, ctx, dev, solver, reconstruction: str = "rk4") -> dict
             sync(dev)
             t3 = time.perf_counter()
             noise = torch.randn((loc.n_reconstructions, *y.shape), generator=gen).to(dev)
-            fast_ode.reconstruct_batched(fast_ode.PointwiseEvaluator(net, c, repeat=loc.n_reconstructions),
-                                         model.sde, y, noise, t_start=loc.t_start,
-                                         steps=loc.reconstruction_steps, t_eps=solver.t_eps, method=reconstruction)
+            fast_ode.reconstruct_batched(
+                fast_ode.PointwiseEvaluator(net, c, repeat=loc.n_reconstructions),
+                model.sde,
+                y,
+                noise,
+                t_start=loc.t_start,
+                steps=loc.reconstruction_steps,
+                t_eps=solver.t_eps,
+                method=reconstruction,
+            )
             sync(dev)
             t4 = time.perf_counter()
             t["network forward"] += t2 - t1
@@ -157,10 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) dopri5 reference")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--large", action="store_true", help="peak RAM of a synthetic 512x512x300 volume")
-    ap.add_argument("--end-to-end", action="store_true",
-                    help="score_image on whole volumes (--volume, or the BraTS-family FLAIRs) with each preset and "
-                         "with every slice scored by RK4 x4 (the dense reference): seconds, and slice-score, "
-                         "map and label agreement with the dense reference")
+    ap.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="score_image on whole volumes (--volume, or the BraTS-family FLAIRs) with each preset and "
+        "with every slice scored by RK4 x4 (the dense reference): seconds, and slice-score, "
+        "map and label agreement with the dense reference",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -171,15 +192,23 @@ def main(argv: list[str] | None = None) -> int:
     volume = args.volume or DATA / DEFAULT_CASE / "Flair_subtrMeanDivStd.nii.gz"
     mask_path = args.mask or (volume.parent / "brainmask.nii.gz" if args.volume is None else None)
     if not volume.exists():
-        print(f"real data not found: {volume}\n(place the shared data at ../shared/data beside the repository, "
-              "set ANODODE_DATA, or pass --volume/--mask)", file=sys.stderr)
+        print(
+            f"real data not found: {volume}\n(place the shared data at ../shared/data beside the repository, "
+            "set ANODODE_DATA, or pass --volume/--mask)",
+            file=sys.stderr,
+        )
         return 2
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda: torch sees no CUDA GPU", file=sys.stderr)
         return 2
-    out: dict = {"machine": machine(dev), "volume": str(volume), "threads": torch.get_num_threads(),
-                 "load_average_at_start": os.getloadavg()[0], "presets": {}}
+    out: dict = {
+        "machine": machine(dev),
+        "volume": str(volume),
+        "threads": torch.get_num_threads(),
+        "load_average_at_start": os.getloadavg()[0],
+        "presets": {},
+    }
     model = load_model(args.model)
     t0 = time.perf_counter()
     image = sitk.ReadImage(str(volume))
@@ -196,13 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     sel = torch.isin(slice_of_all, chosen)
     feats, ctx, slice_of = feats[sel], ctx[sel].float(), slice_of_all[sel]
     n_all, n = int(sel.numel()), int(sel.sum())
-    scale = n_all / n                 # extrapolation factor to the whole volume
-    out.update(locations_volume=n_all, locations_scored=n, slices_with_brain=int(brain_slices.numel()),
-               slices_scored=int(chosen.numel()), slices_total=int(gm.shape[0]), io_seconds=t_io,
-               preprocessing_seconds=t_prep, extrapolated=args.slice_stride > 1)
-    print(f"{volume.name}: {gm.shape[0]} slices ({brain_slices.numel()} with brain), {n_all} brain locations; "
-          f"scoring {n} locations on {chosen.numel()} slices; device {out['machine']}; "
-          f"{torch.get_num_threads()} threads; load average {out['load_average_at_start']:.1f}")
+    scale = n_all / n  # extrapolation factor to the whole volume
+    out.update(
+        locations_volume=n_all,
+        locations_scored=n,
+        slices_with_brain=int(brain_slices.numel()),
+        slices_scored=int(chosen.numel()),
+        slices_total=int(gm.shape[0]),
+        io_seconds=t_io,
+        preprocessing_seconds=t_prep,
+        extrapolated=args.slice_stride > 1,
+    )
+    print(
+        f"{volume.name}: {gm.shape[0]} slices ({brain_slices.numel()} with brain), {n_all} brain locations; "
+        f"scoring {n} locations on {chosen.numel()} slices; device {out['machine']}; "
+        f"{torch.get_num_threads()} threads; load average {out['load_average_at_start']:.1f}"
+    )
     print(f"read {t_io:.2f} s, preprocessing {t_prep:.2f} s (not included in the seconds below)")
     y_std = model.standardiser(feats.float()).detach()
     per_slice = chosen.numel()
@@ -214,8 +252,14 @@ def main(argv: list[str] | None = None) -> int:
         ref_bpd, ref_nfe, ref_rec = reference(model, y_std, ctx, dev)
         sync(dev)
         t_ref = time.perf_counter() - t0
-        ref = {"seconds_scored": t_ref, "seconds_per_volume": t_ref * scale, "seconds_per_slice": t_ref / per_slice,
-               "nfe_likelihood": ref_nfe, "nfe_reconstruction": ref_rec, "peak_rss_mib": peak_rss_mib()}
+        ref = {
+            "seconds_scored": t_ref,
+            "seconds_per_volume": t_ref * scale,
+            "seconds_per_slice": t_ref / per_slice,
+            "nfe_likelihood": ref_nfe,
+            "nfe_reconstruction": ref_rec,
+            "peak_rss_mib": peak_rss_mib(),
+        }
         out["reference"] = ref
         print(f"reference dopri5 1e-5 exact trace: {t_ref * scale:.1f} s/volume, NFE {ref_nfe} + {ref_rec}")
 
@@ -233,24 +277,35 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.reset_peak_memory_stats()
         sync(dev)
         t0, c0 = time.perf_counter(), time.process_time()
-        sc = score_locations(model, feats, ctx, solver=solver, device=dev, reconstruction_method=preset.reconstruction)
+        sc = score_locations(
+            model, feats, ctx, solver=solver, device=dev, reconstruction_method=preset.reconstruction
+        )
         sync(dev)
         sec, cpu = time.perf_counter() - t0, time.process_time() - c0
         slices = slice_means(sc.bpd, slice_of, gm.shape[0])
-        row = {"preset": name, "solver": dataclasses.asdict(solver), "reconstruction": preset.reconstruction,
-               "slice_spacing_mm": preset.slice_spacing_mm, "fraction_of_locations_scored": frac,
-               "seconds_per_volume": sec * scale * frac,
-               "cpu_seconds_per_volume": cpu * scale * frac, "seconds_per_slice": sec * frac / per_slice,
-               "nfe_likelihood": sc.nfe, "nfe_reconstruction": sc.nfe_reconstruction,
-               "nfe_total": sc.nfe + model.config.localisation.n_reconstructions * sc.nfe_reconstruction,
-               "peak_rss_mib": peak_rss_mib(),
-               "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None}
+        row = {
+            "preset": name,
+            "solver": dataclasses.asdict(solver),
+            "reconstruction": preset.reconstruction,
+            "slice_spacing_mm": preset.slice_spacing_mm,
+            "fraction_of_locations_scored": frac,
+            "seconds_per_volume": sec * scale * frac,
+            "cpu_seconds_per_volume": cpu * scale * frac,
+            "seconds_per_slice": sec * frac / per_slice,
+            "nfe_likelihood": sc.nfe,
+            "nfe_reconstruction": sc.nfe_reconstruction,
+            "nfe_total": sc.nfe + model.config.localisation.n_reconstructions * sc.nfe_reconstruction,
+            "peak_rss_mib": peak_rss_mib(),
+            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
+        }
         if ref is not None:
             ref_slices = slice_means(ref_bpd, slice_of, gm.shape[0])
-            row.update(spearman_slices=spearman(slices, ref_slices),
-                       mean_abs_dbpd=float((sc.bpd - ref_bpd).abs().mean()),
-                       mean_abs_dbpd_slice=float(np.abs(slices - ref_slices).mean()),
-                       speedup_vs_reference=ref["seconds_scored"] / (sec * frac))
+            row.update(
+                spearman_slices=spearman(slices, ref_slices),
+                mean_abs_dbpd=float((sc.bpd - ref_bpd).abs().mean()),
+                mean_abs_dbpd_slice=float(np.abs(slices - ref_slices).mean()),
+                speedup_vs_reference=ref["seconds_scored"] / (sec * frac),
+            )
         rows.append(row)
         out["presets"][name] = row
     print_table(rows, ref is not None)
@@ -278,11 +333,15 @@ def print_table(rows: list[dict], with_ref: bool) -> None:
         head += f" {'Spearman':>9s} {'mean|dbpd|':>10s} {'x ref':>7s}"
     print(head)
     for r in rows:
-        line = (f"{r['preset']:9s} {r['seconds_per_volume']:9.2f} {r['cpu_seconds_per_volume']:9.2f} "
-                f"{r['seconds_per_slice']:8.3f} {r['nfe_likelihood']:5d}+{4 * r['nfe_reconstruction']:<6d} "
-                f"{r['peak_rss_mib']:11.0f}")
+        line = (
+            f"{r['preset']:9s} {r['seconds_per_volume']:9.2f} {r['cpu_seconds_per_volume']:9.2f} "
+            f"{r['seconds_per_slice']:8.3f} {r['nfe_likelihood']:5d}+{4 * r['nfe_reconstruction']:<6d} "
+            f"{r['peak_rss_mib']:11.0f}"
+        )
         if with_ref:
-            line += f" {r['spearman_slices']:9.4f} {r['mean_abs_dbpd']:10.4f} {r['speedup_vs_reference']:7.1f}"
+            line += (
+                f" {r['spearman_slices']:9.4f} {r['mean_abs_dbpd']:10.4f} {r['speedup_vs_reference']:7.1f}"
+            )
         if r["peak_gpu_mib"] is not None:
             line += f"  peak GPU {r['peak_gpu_mib']:.0f} MiB"
         print(line)
@@ -321,7 +380,11 @@ def end_to_end(args) -> int:
         return 2
     model = load_model(args.model)
     names = args.presets.split(",")
-    out: dict = {"machine": machine(torch.device(args.device)), "threads": torch.get_num_threads(), "volumes": []}
+    out: dict = {
+        "machine": machine(torch.device(args.device)),
+        "threads": torch.get_num_threads(),
+        "volumes": [],
+    }
     for path, mask_path in vols:
         image = sitk.ReadImage(str(path))
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))) > 0 if mask_path else None
@@ -335,21 +398,34 @@ def end_to_end(args) -> int:
         row = {"volume": str(path), "dense_seconds": ref_sec}
         for name in names:
             r, sec = res[name]
-            have = [i for i, v in enumerate(ref.slice_scores) if v is not None and r.slice_scores[i] is not None]
+            have = [
+                i for i, v in enumerate(ref.slice_scores) if v is not None and r.slice_scores[i] is not None
+            ]
             inter = float(((r.label > 0) & (ref.label > 0)).sum())
             dice = 2 * inter / max(float((r.label > 0).sum() + (ref.label > 0).sum()), 1.0)
             row[name] = {
-                "seconds": sec, "speedup_vs_dense": ref_sec / sec,
-                "slice_bpd_spearman": spearman([r.slice_scores[i] for i in have], [ref.slice_scores[i] for i in have]),
-                "slice_anomaly_spearman": spearman([r.slice_anomaly_scores[i] for i in have],
-                                                   [ref.slice_anomaly_scores[i] for i in have]),
+                "seconds": sec,
+                "speedup_vs_dense": ref_sec / sec,
+                "slice_bpd_spearman": spearman(
+                    [r.slice_scores[i] for i in have], [ref.slice_scores[i] for i in have]
+                ),
+                "slice_anomaly_spearman": spearman(
+                    [r.slice_anomaly_scores[i] for i in have], [ref.slice_anomaly_scores[i] for i in have]
+                ),
                 "map_pearson": float(np.corrcoef(r.anomaly_map[brain], ref.anomaly_map[brain])[0, 1]),
-                "label_dice_vs_dense": dice}
+                "label_dice_vs_dense": dice,
+            }
         out["volumes"].append(row)
-        print(f"{Path(path).name}: dense {ref_sec:.1f} s; " + "; ".join(
-            f"{n} {row[n]['seconds']:.1f} s ({row[n]['speedup_vs_dense']:.1f}x), slice bpd rho "
-            f"{row[n]['slice_bpd_spearman']:.4f}, slice p99 rho {row[n]['slice_anomaly_spearman']:.4f}, map r "
-            f"{row[n]['map_pearson']:.4f}, label Dice {row[n]['label_dice_vs_dense']:.3f}" for n in names), flush=True)
+        print(
+            f"{Path(path).name}: dense {ref_sec:.1f} s; "
+            + "; ".join(
+                f"{n} {row[n]['seconds']:.1f} s ({row[n]['speedup_vs_dense']:.1f}x), slice bpd rho "
+                f"{row[n]['slice_bpd_spearman']:.4f}, slice p99 rho {row[n]['slice_anomaly_spearman']:.4f}, map r "
+                f"{row[n]['map_pearson']:.4f}, label Dice {row[n]['label_dice_vs_dense']:.3f}"
+                for n in names
+            ),
+            flush=True,
+        )
     for n in ["dense", *names]:
         key = "dense_seconds" if n == "dense" else None
         secs = [v[key] if key else v[n]["seconds"] for v in out["volumes"]]
@@ -366,32 +442,45 @@ def large_volume(args) -> int:
         print(f"real data not found: {src}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        for name, interp in (("Flair_subtrMeanDivStd", sitk.sitkLinear), ("brainmask", sitk.sitkNearestNeighbor)):
+        for name, interp in (
+            ("Flair_subtrMeanDivStd", sitk.sitkLinear),
+            ("brainmask", sitk.sitkNearestNeighbor),
+        ):
             img = sitk.ReadImage(str(src / f"{name}.nii.gz"))
             size = (512, 512, 300)
             spacing = [sz * sp / n for sz, sp, n in zip(img.GetSize(), img.GetSpacing(), size)]
-            out = sitk.Resample(img, size, sitk.Transform(), interp, img.GetOrigin(), spacing, img.GetDirection())
+            out = sitk.Resample(
+                img, size, sitk.Transform(), interp, img.GetOrigin(), spacing, img.GetDirection()
+            )
             sitk.WriteImage(out, f"{tmp}/{name}.nii.gz")
             del img, out
-        code = ("import resource,sys,time,torch,SimpleITK as sitk;"
-                f"sys.path.insert(0,{str(REPO / 'AnoDODE')!r});"
-                "from AnoDODELib.bundle import load_model;from AnoDODELib.pipeline import PRESETS,Preset,score_image;"
-                "import dataclasses;every=dataclasses.replace(PRESETS['fast'],slice_spacing_mm=0.0);"
-                f"img=sitk.ReadImage('{tmp}/Flair_subtrMeanDivStd.nii.gz');"
-                f"m=sitk.GetArrayFromImage(sitk.ReadImage('{tmp}/brainmask.nii.gz'))>0;"
-                f"mdl=load_model({str(args.model) if args.model else None!r});t=time.perf_counter();"
-                "r=score_image(img,mdl,m,device='cpu',preset=every);"
-                "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)")
+        code = (
+            "import resource,sys,time,torch,SimpleITK as sitk;"
+            f"sys.path.insert(0,{str(REPO / 'AnoDODE')!r});"
+            "from AnoDODELib.bundle import load_model;from AnoDODELib.pipeline import PRESETS,Preset,score_image;"
+            "import dataclasses;every=dataclasses.replace(PRESETS['fast'],slice_spacing_mm=0.0);"
+            f"img=sitk.ReadImage('{tmp}/Flair_subtrMeanDivStd.nii.gz');"
+            f"m=sitk.GetArrayFromImage(sitk.ReadImage('{tmp}/brainmask.nii.gz'))>0;"
+            f"mdl=load_model({str(args.model) if args.model else None!r});t=time.perf_counter();"
+            "r=score_image(img,mdl,m,device='cpu',preset=every);"
+            "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"
+        )
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         if res.returncode:
             print(res.stderr, file=sys.stderr)
             return 1
         sec, rss = map(float, res.stdout.split()[-2:])
-    print(f"512x512x300 synthetic volume (fast solvers, every slice scored, CPU): {sec:.1f} s, peak RSS {rss:.0f} MiB "
-          f"({rss / 1024:.2f} GiB; limit 4 GiB)")
+    print(
+        f"512x512x300 synthetic volume (fast solvers, every slice scored, CPU): {sec:.1f} s, peak RSS {rss:.0f} MiB "
+        f"({rss / 1024:.2f} GiB; limit 4 GiB)"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"large_volume": {"shape": [512, 512, 300], "seconds": sec,
-                                                          "peak_rss_mib": rss}}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {"large_volume": {"shape": [512, 512, 300], "seconds": sec, "peak_rss_mib": rss}}, indent=2
+            )
+            + "\n"
+        )
     return 0 if rss < 4096 else 1
 
 

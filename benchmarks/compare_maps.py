@@ -10,6 +10,7 @@ data). For each case and preset: the anomaly map, the slice scores and the volum
 prints, per array, whether it is identical and its largest absolute difference, and exits 1 when any
 difference exceeds ``--tolerance`` (in the arrays' units: map units, bits per dimension).
 """
+
 from __future__ import annotations
 
 import argparse

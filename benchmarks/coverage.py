@@ -10,6 +10,7 @@ model's threshold: 1.0 / 1.0 means the map does not depend on how much of the br
 whose context holds the slice's place in the brain's bounding box (``FeatureConfig.slice_position``) reads
 a half-covered brain as a whole one squeezed; one without it does not. Nothing is written but --json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,14 +27,16 @@ from AnoDODELib.bundle import load_model
 from AnoDODELib.pipeline import score_image
 
 DATA = Path(os.environ.get("ANODODE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-DEFAULT_SCANS = [DATA / "isles22" / "sub-strokecase0009" / "sub-strokecase0009_ses-0001_flair.nii.gz",
-                 DATA / "brats2023_noGT" / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t2f.nii.gz"]
+DEFAULT_SCANS = [
+    DATA / "isles22" / "sub-strokecase0009" / "sub-strokecase0009_ses-0001_flair.nii.gz",
+    DATA / "brats2023_noGT" / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t2f.nii.gz",
+]
 
 
 def crop_axial(image: sitk.Image, keep: slice) -> sitk.Image:
     """The image restricted to the axial index range ``keep`` (axis of the sitk array), geometry kept."""
-    axis = volume_io.axial_axis(image)            # numpy axis of GetArrayFromImage
-    index_axis = 2 - axis                         # sitk index axis
+    axis = volume_io.axial_axis(image)  # numpy axis of GetArrayFromImage
+    index_axis = 2 - axis  # sitk index axis
     size = list(image.GetSize())
     start = [0, 0, 0]
     start[index_axis] = keep.start
@@ -49,7 +52,10 @@ def compare(image: sitk.Image, model) -> list[dict]:
     has = np.nonzero(np.moveaxis(mask, axis, 0).reshape(arr.shape[axis], -1).any(1))[0]
     mid = int(has[len(has) // 2])
     rows = []
-    for name, keep in (("superior half", slice(mid, int(has[-1]) + 1)), ("inferior half", slice(int(has[0]), mid))):
+    for name, keep in (
+        ("superior half", slice(mid, int(has[-1]) + 1)),
+        ("inferior half", slice(int(has[0]), mid)),
+    ):
         part = score_image(crop_axial(image, keep), model, device="cpu")
         ref_map = np.take(whole.anomaly_map, range(keep.start, keep.stop), axis=axis)
         ref_lab = np.take(whole.label, range(keep.start, keep.stop), axis=axis).astype(bool)
@@ -57,9 +63,14 @@ def compare(image: sitk.Image, model) -> list[dict]:
         a, b = ref_map[brain], part.anomaly_map[brain]
         lab = part.label.astype(bool)[brain]
         inter, total = float((lab & ref_lab[brain]).sum()), float(lab.sum() + ref_lab[brain].sum())
-        rows.append({"crop": name, "slices": keep.stop - keep.start,
-                     "map_pearson": float(np.corrcoef(a, b)[0, 1]),
-                     "label_dice": 2 * inter / total if total else 1.0})
+        rows.append(
+            {
+                "crop": name,
+                "slices": keep.stop - keep.start,
+                "map_pearson": float(np.corrcoef(a, b)[0, 1]),
+                "label_dice": 2 * inter / total if total else 1.0,
+            }
+        )
     return rows
 
 
@@ -78,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = compare(volume_io.read_image(scan), model)
         out[scan.name] = rows
         for r in rows:
-            print(f"{scan.name:45s} {r['crop']:14s} slices {r['slices']:3d}  map r {r['map_pearson']:.3f}  "
-                  f"label Dice {r['label_dice']:.3f}")
+            print(
+                f"{scan.name:45s} {r['crop']:14s} slices {r['slices']:3d}  map r {r['map_pearson']:.3f}  "
+                f"label Dice {r['label_dice']:.3f}"
+            )
     if args.json:
         args.json.write_text(json.dumps({"model": str(args.model or "bundled"), "scans": out}, indent=2))
     return 0

@@ -9,6 +9,7 @@ for those BEFORE did not kill a result in AFTER, are counted; skipped ones (``cr
 Prints mutants / killed before / killed after per file and function; ``--survivors`` lists the mutants
 no test kills, each as its file, line and operator.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,11 @@ Key = tuple[str, str, int]
 def outcomes(path: str) -> dict[Key, tuple[str, int, str]]:
     """{(file, operator, occurrence): (test outcome, line, function)} of the mutants that ran."""
     con = sqlite3.connect(path)
-    rows = con.execute("SELECT s.module_path, s.operator_name, s.occurrence, s.start_pos_row, s.definition_name, "
-                       "r.worker_outcome, r.test_outcome FROM mutation_specs s JOIN work_results r "
-                       "ON s.job_id = r.job_id").fetchall()
+    rows = con.execute(
+        "SELECT s.module_path, s.operator_name, s.occurrence, s.start_pos_row, s.definition_name, "
+        "r.worker_outcome, r.test_outcome FROM mutation_specs s JOIN work_results r "
+        "ON s.job_id = r.job_id"
+    ).fetchall()
     con.close()
     out = {}
     for module, op, occ, row, name, worker, test in rows:
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     left = []
     for key, (state, row, name) in sorted(before.items(), key=lambda kv: (kv[0][0], kv[1][1])):
         if state != "killed" and key not in after:
-            continue                       # not run with the new tests yet
+            continue  # not run with the new tests yet
         killed_after = state == "killed" or after[key][0] == "killed"
         counts = table[(key[0].rsplit("/", 1)[-1], name)]
         counts[0] += 1
@@ -60,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(3):
             totals[module][i] += c[i]
     for module, c in sorted(totals.items()):
-        print(f"{module + ' (all)':48s} {c[0]:7d} {c[1]:7d} {c[2]:7d}   "
-              f"{100 * c[1] / c[0]:.0f}% -> {100 * c[2] / c[0]:.0f}%")
+        print(
+            f"{module + ' (all)':48s} {c[0]:7d} {c[1]:7d} {c[2]:7d}   "
+            f"{100 * c[1] / c[0]:.0f}% -> {100 * c[2] / c[0]:.0f}%"
+        )
     if args.survivors:
         for module, row, op, name in left:
             print(f"survives: {module}:{row} {name} {op}")

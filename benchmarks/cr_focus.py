@@ -17,6 +17,7 @@ its name's ending; nested functions count as their own names). Also skipped, unl
 on the source, so two sessions of the same code keep the same mutants). Prints the kept count per file
 and function.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,14 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("session")
     ap.add_argument("targets", nargs="+", help="FILE:func1,func2 (FILE: the module path's ending)")
     ap.add_argument("--root", default=".", help="where the session's module paths are relative to")
-    ap.add_argument("--all-operators", action="store_true", help="keep signature and trivial-operator mutants")
+    ap.add_argument(
+        "--all-operators", action="store_true", help="keep signature and trivial-operator mutants"
+    )
     ap.add_argument("--sample", type=int, default=0, help="keep this many of the focused mutants, at random")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     wanted = {t.split(":")[0]: set(t.split(":")[1].split(",")) for t in args.targets}
     con = sqlite3.connect(args.session)
-    rows = con.execute("SELECT job_id, module_path, operator_name, occurrence, start_pos_row, definition_name "
-                       "FROM mutation_specs").fetchall()
+    rows = con.execute(
+        "SELECT job_id, module_path, operator_name, occurrence, start_pos_row, definition_name "
+        "FROM mutation_specs"
+    ).fetchall()
     con.close()
     spans: dict[str, dict[str, tuple[int, int]]] = {}
     kept: Counter[tuple[str, str]] = Counter()
@@ -71,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         if key is not None and module not in spans:
             spans[module] = body_rows(Path(args.root) / module, wanted[key])
         span = spans.get(module, {}).get(name) if key is not None else None
-        keep = span is not None and (args.all_operators or (row >= span[0] and not trivial_operator(operator)))
+        keep = span is not None and (
+            args.all_operators or (row >= span[0] and not trivial_operator(operator))
+        )
         if keep:
             focused.append(((module, operator, occurrence), job, name))
         else:
@@ -87,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         done = {job for job, _ in db.results}
         for job in skip:
             if job not in done:
-                db.set_result(job, WorkResult(output="outside the focus (benchmarks/cr_focus.py)",
-                                              worker_outcome=WorkerOutcome.SKIPPED))
+                db.set_result(
+                    job,
+                    WorkResult(
+                        output="outside the focus (benchmarks/cr_focus.py)",
+                        worker_outcome=WorkerOutcome.SKIPPED,
+                    ),
+                )
     for (module, name), n in sorted(kept.items()):
         print(f"{module}:{name} {n}")
     print(f"kept {sum(kept.values())} of {len(rows)} mutants")

@@ -11,6 +11,7 @@ fail. By default only the test files named with each mutant run (about 2-4 min f
 applies (its text is gone: update the list). Complements the mutmut run (benchmarks/README.md), whose
 generated mutants are not known bugs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,160 +27,380 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LIB = "AnoDODE/AnoDODELib"
 T = "Testing/Python"
-LOC, DENSITY, SMOOTH = (f"{T}/test_location_scores.py", f"{T}/test_density_map.py",
-                        f"{T}/test_masked_smoothing.py")
+LOC, DENSITY, SMOOTH = (
+    f"{T}/test_location_scores.py",
+    f"{T}/test_density_map.py",
+    f"{T}/test_masked_smoothing.py",
+)
 
 
 @dataclass(frozen=True)
 class Mutant:
     name: str
-    path: str          # file, relative to the repository root
-    old: str           # text that must occur exactly once
+    path: str  # file, relative to the repository root
+    old: str  # text that must occur exactly once
     new: str
-    tests: tuple[str, ...]   # test files (or node ids) that must catch it
+    tests: tuple[str, ...]  # test files (or node ids) that must catch it
 
 
 MUTANTS = [
     # ---- the anomaly map
-    Mutant("residual sign flipped (the map flags dark tissue)", f"{LIB}/pipeline.py",
-           "(y - rec).float().cpu()", "(rec - y).float().cpu()", (f"{T}/test_map_behaviour.py",)),
-    Mutant("map smoothing removed", f"{LIB}/anomaly_map.py",
-           "    if sigma_mm <= 0:\n        return grid\n", "    return grid\n", (f"{T}/test_map_behaviour.py",)),
-    Mutant("skipped slices left at 0", f"{LIB}/pipeline.py",
-           "prepared.to_full(interpolate_slices(grid, keep) * prepared.grid_mask)",
-           "prepared.to_full(grid * keep[:, None, None] * prepared.grid_mask)", (f"{T}/test_map_behaviour.py",)),
-    Mutant("map mirrored left-right on its way back", f"{LIB}/pipeline.py",
-           "        return self.geometry.from_canonical(self.canonical_map)",
-           "        return self.geometry.from_canonical("
-           "np.ascontiguousarray(self.canonical_map[:, :, ::-1]))",
-           (f"{T}/test_map_behaviour.py",)),
-    Mutant("demo exits 0 when the lesion is missed", f"{LIB}/cli.py",
-           "    if not found.ok:\n", "    if False:\n", (f"{T}/test_map_behaviour.py",)),
-    Mutant("hyperintense gate removed (dark residuals count too)", f"{LIB}/anomaly_map.py",
-           "r = torch.where(one_sided.to(residual.device), residual.clamp_min(0.0), residual)", "r = residual",
-           (f"{T}/test_map_behaviour.py",)),
-    Mutant("map smoothing sigma taken in pixels, not mm", f"{LIB}/anomaly_map.py",
-           "gaussian_blur(grid.unsqueeze(1).float(), sigma_mm / spacing_mm)",
-           "gaussian_blur(grid.unsqueeze(1).float(), sigma_mm)", (f"{T}/test_map_behaviour.py",)),
+    Mutant(
+        "residual sign flipped (the map flags dark tissue)",
+        f"{LIB}/pipeline.py",
+        "(y - rec).float().cpu()",
+        "(rec - y).float().cpu()",
+        (f"{T}/test_map_behaviour.py",),
+    ),
+    Mutant(
+        "map smoothing removed",
+        f"{LIB}/anomaly_map.py",
+        "    if sigma_mm <= 0:\n        return grid\n",
+        "    return grid\n",
+        (f"{T}/test_map_behaviour.py",),
+    ),
+    Mutant(
+        "skipped slices left at 0",
+        f"{LIB}/pipeline.py",
+        "prepared.to_full(interpolate_slices(grid, keep) * prepared.grid_mask)",
+        "prepared.to_full(grid * keep[:, None, None] * prepared.grid_mask)",
+        (f"{T}/test_map_behaviour.py",),
+    ),
+    Mutant(
+        "map mirrored left-right on its way back",
+        f"{LIB}/pipeline.py",
+        "        return self.geometry.from_canonical(self.canonical_map)",
+        "        return self.geometry.from_canonical(np.ascontiguousarray(self.canonical_map[:, :, ::-1]))",
+        (f"{T}/test_map_behaviour.py",),
+    ),
+    Mutant(
+        "demo exits 0 when the lesion is missed",
+        f"{LIB}/cli.py",
+        "    if not found.ok:\n",
+        "    if False:\n",
+        (f"{T}/test_map_behaviour.py",),
+    ),
+    Mutant(
+        "hyperintense gate removed (dark residuals count too)",
+        f"{LIB}/anomaly_map.py",
+        "r = torch.where(one_sided.to(residual.device), residual.clamp_min(0.0), residual)",
+        "r = residual",
+        (f"{T}/test_map_behaviour.py",),
+    ),
+    Mutant(
+        "map smoothing sigma taken in pixels, not mm",
+        f"{LIB}/anomaly_map.py",
+        "gaussian_blur(grid.unsqueeze(1).float(), sigma_mm / spacing_mm)",
+        "gaussian_blur(grid.unsqueeze(1).float(), sigma_mm)",
+        (f"{T}/test_map_behaviour.py",),
+    ),
     # ---- the likelihood and combined localisations, the shipped (weighted) map and the slice scores
     #      (the survivors of the cosmic-ray run in benchmarks/README.md, "Mutation testing")
-    Mutant("likelihood and combined branches swapped", f"{LIB}/anomaly_map.py",
-           "return score * (bright > 0) if cfg.method == \"likelihood\" else score * bright",
-           "return score * bright if cfg.method == \"likelihood\" else score * (bright > 0)", (LOC,)),
-    Mutant("likelihood gate counts r_0 = 0 as brighter", f"{LIB}/anomaly_map.py",
-           "score * (bright > 0) if", "score * (bright >= 0) if", (LOC,)),
-    Mutant("combined: the residual norm instead of the bright gate", f"{LIB}/anomaly_map.py",
-           "else score * bright\n", "else score * r.norm(dim=1)\n", (LOC, DENSITY)),
-    Mutant("negative bpd not clamped at 0", f"{LIB}/anomaly_map.py",
-           "score = bpd.clamp_min(0.0)", "score = bpd", (LOC, DENSITY)),
-    Mutant("bright gate on the last hyperintense channel (coarsest scale)", f"{LIB}/anomaly_map.py",
-           "int(torch.nonzero(one_sided)[0])", "int(torch.nonzero(one_sided)[-1])", (LOC,)),
-    Mutant("hyperintense_only ignored", f"{LIB}/anomaly_map.py",
-           "    if not cfg.hyperintense_only:\n        one_sided = torch.zeros_like(one_sided)\n", "", (LOC,)),
-    Mutant("finest channels: the coarsest scale of each contrast", f"{LIB}/anomaly_map.py",
-           "[k % n == 0 for k in range(features.channels)]", "[k % n == n - 1 for k in range(features.channels)]",
-           (LOC,)),
-    Mutant("weighted map: sqrt of the density dropped", f"{LIB}/pipeline.py",
-           "product = np.sqrt(np.maximum(density, 0.0)) * (np.maximum(bright, 0.0) / np.float32(scale))",
-           "product = np.maximum(density, 0.0) * (np.maximum(bright, 0.0) / np.float32(scale))", (DENSITY,)),
-    Mutant("weighted map: max(I, 0) dropped (dark tissue scores negative)", f"{LIB}/pipeline.py",
-           "product = np.sqrt(np.maximum(density, 0.0)) * (np.maximum(bright, 0.0) / np.float32(scale))",
-           "product = np.sqrt(np.maximum(density, 0.0)) * (bright / np.float32(scale))", (DENSITY,)),
-    Mutant("weighted map: the scan's brightness unit ignored", f"{LIB}/pipeline.py",
-           "(np.maximum(bright, 0.0) / np.float32(scale))", "np.maximum(bright, 0.0)", (DENSITY,)),
-    Mutant("weighted map: the brightness unit's quantile fixed at 0.75", f"{LIB}/pipeline.py",
-           "scale = brightness_scale(bright, prepared.brain, localisation.brightness_quantile)",
-           "scale = brightness_scale(bright, prepared.brain, 0.75)", (DENSITY,)),
-    Mutant("weighted map: intensity smoothed with sigma in voxels", f"{LIB}/pipeline.py",
-           "prepared.brain, g.spacing_mm, localisation.smooth_mm)",
-           "prepared.brain, (1.0, 1.0, 1.0), localisation.smooth_mm)", (DENSITY,)),
-    Mutant("density map: the model's localisation over the one asked for", f"{LIB}/pipeline.py",
-           "    loc = localisation or model.config.localisation\n    keep = _all_slices",
-           "    loc = model.config.localisation\n    keep = _all_slices", (DENSITY,)),
-    Mutant("smooth_in_mask: sigma in voxels, not mm", f"{LIB}/anomaly_map.py",
-           "sigma = [sigma_mm / float(s) for s in spacing_mm]", "sigma = [sigma_mm for s in spacing_mm]",
-           (SMOOTH,)),
-    Mutant("smooth_in_mask: spacing axes reversed", f"{LIB}/anomaly_map.py",
-           "sigma = [sigma_mm / float(s) for s in spacing_mm]", "sigma = [sigma_mm / float(s) for s in spacing_mm[::-1]]",
-           (SMOOTH,)),
-    Mutant("smooth_in_mask: values outside the mask leak in", f"{LIB}/anomaly_map.py",
-           "np.where(m, values[box], 0.0).astype(np.float32)", "values[box].astype(np.float32)", (SMOOTH,)),
-    Mutant("smooth_in_mask: not normalised (edges darkened)", f"{LIB}/anomaly_map.py",
-           "np.where(m, num / np.maximum(den, 1e-12), 0.0)", "np.where(m, num, 0.0)", (SMOOTH,)),
-    Mutant("smooth_in_mask: bounding box one voxel short", f"{LIB}/anomaly_map.py",
-           "int(i.max()) + 1)", "int(i.max()))", (SMOOTH,)),
-    Mutant("slice score: top area one voxel short", f"{LIB}/anomaly_map.py",
-           "np.partition(v, v.size - kk)[v.size - kk:]", "np.partition(v, v.size - kk)[v.size - kk + 1:]",
-           (DENSITY,)),
-    Mutant("slice score: slice_area_mm2 ignored (100 mm^2 always)", f"{LIB}/pipeline.py",
-           "pixel_area_mm2(prepared),\n                                 model.config.localisation.slice_area_mm2)",
-           "pixel_area_mm2(prepared),\n                                 100.0)", (DENSITY,)),
-    Mutant("slice score: pixel area from the slice and row spacings", f"{LIB}/pipeline.py",
-           "_, dy, dx = prepared.geometry.spacing_mm", "dy, dx, _ = prepared.geometry.spacing_mm", (DENSITY,)),
-    Mutant("slice score of the weighted map, not the density", f"{LIB}/pipeline.py",
-           "        density = density_map(prepared, scores, model, scored=scored)\n    return slice_top_area_scores",
-           "        density = weighted_map(prepared, density_map(prepared, scores, model, scored=scored),\n"
-           "                               model.config.localisation)\n    return slice_top_area_scores", (DENSITY,)),
-    Mutant("slice scores not reversed for a flipped axial axis", f"{LIB}/pipeline.py",
-           "return canonical[::-1] if geometry.flips[0] else list(canonical)", "return list(canonical)",
-           (DENSITY,)),
-    Mutant("slice scores reversed by the wrong axis's flip", f"{LIB}/pipeline.py",
-           "return canonical[::-1] if geometry.flips[0] else list(canonical)",
-           "return canonical[::-1] if geometry.flips[2] else list(canonical)", (DENSITY,)),
-    Mutant("bpd in nats per dimension, not bits", f"{LIB}/likelihood.py",
-           "nll / (d * math.log(2.0))", "nll / d", (f"{T}/test_likelihood.py",)),
-    Mutant("bpd divided by the row count of a sample, not its dimension count", f"{LIB}/likelihood.py",
-           "n, d = x.shape[0], x[0].numel()", "n, d = x.shape[0], x.shape[1]", (f"{T}/test_likelihood.py",)),
-    Mutant("Hutchinson probes summed, not averaged", f"{LIB}/likelihood.py",
-           "(div / n_probes).detach()", "div.detach()", (f"{T}/test_likelihood.py",)),
-    Mutant("fused likelihood: bpd in nats", f"{LIB}/fast_ode.py",
-           "return nll / (c * math.log(2.0)), nfe", "return nll / c, nfe", (f"{T}/test_presets.py",)),
+    Mutant(
+        "likelihood and combined branches swapped",
+        f"{LIB}/anomaly_map.py",
+        'return score * (bright > 0) if cfg.method == "likelihood" else score * bright',
+        'return score * bright if cfg.method == "likelihood" else score * (bright > 0)',
+        (LOC,),
+    ),
+    Mutant(
+        "likelihood gate counts r_0 = 0 as brighter",
+        f"{LIB}/anomaly_map.py",
+        "score * (bright > 0) if",
+        "score * (bright >= 0) if",
+        (LOC,),
+    ),
+    Mutant(
+        "combined: the residual norm instead of the bright gate",
+        f"{LIB}/anomaly_map.py",
+        "else score * bright\n",
+        "else score * r.norm(dim=1)\n",
+        (LOC, DENSITY),
+    ),
+    Mutant(
+        "negative bpd not clamped at 0",
+        f"{LIB}/anomaly_map.py",
+        "score = bpd.clamp_min(0.0)",
+        "score = bpd",
+        (LOC, DENSITY),
+    ),
+    Mutant(
+        "bright gate on the last hyperintense channel (coarsest scale)",
+        f"{LIB}/anomaly_map.py",
+        "int(torch.nonzero(one_sided)[0])",
+        "int(torch.nonzero(one_sided)[-1])",
+        (LOC,),
+    ),
+    Mutant(
+        "hyperintense_only ignored",
+        f"{LIB}/anomaly_map.py",
+        "    if not cfg.hyperintense_only:\n        one_sided = torch.zeros_like(one_sided)\n",
+        "",
+        (LOC,),
+    ),
+    Mutant(
+        "finest channels: the coarsest scale of each contrast",
+        f"{LIB}/anomaly_map.py",
+        "[k % n == 0 for k in range(features.channels)]",
+        "[k % n == n - 1 for k in range(features.channels)]",
+        (LOC,),
+    ),
+    Mutant(
+        "weighted map: sqrt of the density dropped",
+        f"{LIB}/pipeline.py",
+        "product = np.sqrt(np.maximum(density, 0.0)) * (np.maximum(bright, 0.0) / np.float32(scale))",
+        "product = np.maximum(density, 0.0) * (np.maximum(bright, 0.0) / np.float32(scale))",
+        (DENSITY,),
+    ),
+    Mutant(
+        "weighted map: max(I, 0) dropped (dark tissue scores negative)",
+        f"{LIB}/pipeline.py",
+        "product = np.sqrt(np.maximum(density, 0.0)) * (np.maximum(bright, 0.0) / np.float32(scale))",
+        "product = np.sqrt(np.maximum(density, 0.0)) * (bright / np.float32(scale))",
+        (DENSITY,),
+    ),
+    Mutant(
+        "weighted map: the scan's brightness unit ignored",
+        f"{LIB}/pipeline.py",
+        "(np.maximum(bright, 0.0) / np.float32(scale))",
+        "np.maximum(bright, 0.0)",
+        (DENSITY,),
+    ),
+    Mutant(
+        "weighted map: the brightness unit's quantile fixed at 0.75",
+        f"{LIB}/pipeline.py",
+        "scale = brightness_scale(bright, prepared.brain, localisation.brightness_quantile)",
+        "scale = brightness_scale(bright, prepared.brain, 0.75)",
+        (DENSITY,),
+    ),
+    Mutant(
+        "weighted map: intensity smoothed with sigma in voxels",
+        f"{LIB}/pipeline.py",
+        "prepared.brain, g.spacing_mm, localisation.smooth_mm)",
+        "prepared.brain, (1.0, 1.0, 1.0), localisation.smooth_mm)",
+        (DENSITY,),
+    ),
+    Mutant(
+        "density map: the model's localisation over the one asked for",
+        f"{LIB}/pipeline.py",
+        "    loc = localisation or model.config.localisation\n    keep = _all_slices",
+        "    loc = model.config.localisation\n    keep = _all_slices",
+        (DENSITY,),
+    ),
+    Mutant(
+        "smooth_in_mask: sigma in voxels, not mm",
+        f"{LIB}/anomaly_map.py",
+        "sigma = [sigma_mm / float(s) for s in spacing_mm]",
+        "sigma = [sigma_mm for s in spacing_mm]",
+        (SMOOTH,),
+    ),
+    Mutant(
+        "smooth_in_mask: spacing axes reversed",
+        f"{LIB}/anomaly_map.py",
+        "sigma = [sigma_mm / float(s) for s in spacing_mm]",
+        "sigma = [sigma_mm / float(s) for s in spacing_mm[::-1]]",
+        (SMOOTH,),
+    ),
+    Mutant(
+        "smooth_in_mask: values outside the mask leak in",
+        f"{LIB}/anomaly_map.py",
+        "np.where(m, values[box], 0.0).astype(np.float32)",
+        "values[box].astype(np.float32)",
+        (SMOOTH,),
+    ),
+    Mutant(
+        "smooth_in_mask: not normalised (edges darkened)",
+        f"{LIB}/anomaly_map.py",
+        "np.where(m, num / np.maximum(den, 1e-12), 0.0)",
+        "np.where(m, num, 0.0)",
+        (SMOOTH,),
+    ),
+    Mutant(
+        "smooth_in_mask: bounding box one voxel short",
+        f"{LIB}/anomaly_map.py",
+        "int(i.max()) + 1)",
+        "int(i.max()))",
+        (SMOOTH,),
+    ),
+    Mutant(
+        "slice score: top area one voxel short",
+        f"{LIB}/anomaly_map.py",
+        "np.partition(v, v.size - kk)[v.size - kk :]",
+        "np.partition(v, v.size - kk)[v.size - kk + 1 :]",
+        (DENSITY,),
+    ),
+    Mutant(
+        "slice score: slice_area_mm2 ignored (100 mm^2 always)",
+        f"{LIB}/pipeline.py",
+        "density, prepared.brain, pixel_area_mm2(prepared), model.config.localisation.slice_area_mm2",
+        "density, prepared.brain, pixel_area_mm2(prepared), 100.0",
+        (DENSITY,),
+    ),
+    Mutant(
+        "slice score: pixel area from the slice and row spacings",
+        f"{LIB}/pipeline.py",
+        "_, dy, dx = prepared.geometry.spacing_mm",
+        "dy, dx, _ = prepared.geometry.spacing_mm",
+        (DENSITY,),
+    ),
+    Mutant(
+        "slice score of the weighted map, not the density",
+        f"{LIB}/pipeline.py",
+        "        density = density_map(prepared, scores, model, scored=scored)\n    return slice_top_area_scores",
+        "        density = weighted_map(prepared, density_map(prepared, scores, model, scored=scored),\n"
+        "                               model.config.localisation)\n    return slice_top_area_scores",
+        (DENSITY,),
+    ),
+    Mutant(
+        "slice scores not reversed for a flipped axial axis",
+        f"{LIB}/pipeline.py",
+        "return canonical[::-1] if geometry.flips[0] else list(canonical)",
+        "return list(canonical)",
+        (DENSITY,),
+    ),
+    Mutant(
+        "slice scores reversed by the wrong axis's flip",
+        f"{LIB}/pipeline.py",
+        "return canonical[::-1] if geometry.flips[0] else list(canonical)",
+        "return canonical[::-1] if geometry.flips[2] else list(canonical)",
+        (DENSITY,),
+    ),
+    Mutant(
+        "bpd in nats per dimension, not bits",
+        f"{LIB}/likelihood.py",
+        "nll / (d * math.log(2.0))",
+        "nll / d",
+        (f"{T}/test_likelihood.py",),
+    ),
+    Mutant(
+        "bpd divided by the row count of a sample, not its dimension count",
+        f"{LIB}/likelihood.py",
+        "n, d = x.shape[0], x[0].numel()",
+        "n, d = x.shape[0], x.shape[1]",
+        (f"{T}/test_likelihood.py",),
+    ),
+    Mutant(
+        "Hutchinson probes summed, not averaged",
+        f"{LIB}/likelihood.py",
+        "(div / n_probes).detach()",
+        "div.detach()",
+        (f"{T}/test_likelihood.py",),
+    ),
+    Mutant(
+        "fused likelihood: bpd in nats",
+        f"{LIB}/fast_ode.py",
+        "return nll / (c * math.log(2.0)), nfe",
+        "return nll / c, nfe",
+        (f"{T}/test_presets.py",),
+    ),
     # ---- calibration and training data
-    Mutant("calibration: the median instead of the stated quantile", "training/train.py",
-           "float(np.quantile(np.concatenate(v), quantile))",
-           "float(np.quantile(np.concatenate(v), 0.5))",
-           (f"{T}/test_calibration.py",)),
-    Mutant("calibration: tumour voxels in the calibration set", "training/train.py",
-           "scored)[lc.healthy_full])", "scored)[lc.prepared.brain])",
-           (f"{T}/test_calibration.py",)),
-    Mutant("calibration on every training case, not the calibration cases", "training/train.py",
-           "loaded[: tc.calibration_cases or None], model_cfg, tc,", "loaded, model_cfg, tc,",
-           (f"{T}/test_calibration.py",)),
-    Mutant("normal voxels (calibration) keep the tumour", "training/train.py",
-           "healthy_full = prepared.brain & ~(full_dil > 0.5) & ~tumour",
-           "healthy_full = prepared.brain", (f"{T}/test_calibration.py",)),
-    Mutant("training data: tumour voxels counted as normal tissue", "training/train.py",
-           "        return grid_mask & ~dil\n", "        return grid_mask\n", (f"{T}/test_calibration.py",)),
-    Mutant("training data: the margin is one slice through-plane whatever the slice thickness", "training/train.py",
-           "rz = max(1, math.ceil(margin_mm / spacing_in[0] - 1e-6))", "rz = 1", (f"{T}/test_calibration.py",)),
-    Mutant("training data from the cache: tumour counted as normal", "training/train.py",
-           "sel = _healthy_grid(grid, tumour, dil, healthy)[grid]", "sel = grid[grid]",
-           (f"{T}/test_training_data.py",)),
+    Mutant(
+        "calibration: the median instead of the stated quantile",
+        "training/train.py",
+        "float(np.quantile(np.concatenate(v), quantile))",
+        "float(np.quantile(np.concatenate(v), 0.5))",
+        (f"{T}/test_calibration.py",),
+    ),
+    Mutant(
+        "calibration: tumour voxels in the calibration set",
+        "training/train.py",
+        "scored)[lc.healthy_full])",
+        "scored)[lc.prepared.brain])",
+        (f"{T}/test_calibration.py",),
+    ),
+    Mutant(
+        "calibration on every training case, not the calibration cases",
+        "training/train.py",
+        "        loaded[: tc.calibration_cases or None],\n        model_cfg,",
+        "        loaded,\n        model_cfg,",
+        (f"{T}/test_calibration.py",),
+    ),
+    Mutant(
+        "normal voxels (calibration) keep the tumour",
+        "training/train.py",
+        "healthy_full = prepared.brain & ~(full_dil > 0.5) & ~tumour",
+        "healthy_full = prepared.brain",
+        (f"{T}/test_calibration.py",),
+    ),
+    Mutant(
+        "training data: tumour voxels counted as normal tissue",
+        "training/train.py",
+        "        return grid_mask & ~dil\n",
+        "        return grid_mask\n",
+        (f"{T}/test_calibration.py",),
+    ),
+    Mutant(
+        "training data: the margin is one slice through-plane whatever the slice thickness",
+        "training/train.py",
+        "rz = max(1, math.ceil(margin_mm / spacing_in[0] - 1e-6))",
+        "rz = 1",
+        (f"{T}/test_calibration.py",),
+    ),
+    Mutant(
+        "training data from the cache: tumour counted as normal",
+        "training/train.py",
+        "sel = _healthy_grid(grid, tumour, dil, healthy)[grid]",
+        "sel = grid[grid]",
+        (f"{T}/test_training_data.py",),
+    ),
     # ---- evaluation
-    Mutant("cross-validation trains and calibrates on the held-out cases", "training/crossval.py",
-           "model = train_loaded(train_set, cfg, tc,", "model = train_loaded(loaded, cfg, tc,",
-           (f"{T}/test_crossval.py",)),
-    Mutant("cross-validation: Gaussian baseline fitted on the held-out cases", "training/crossval.py",
-           "feats, ctx = normal_vectors(train_set, cfg, tc)",
-           "feats, ctx = normal_vectors(loaded, cfg, tc)", (f"{T}/test_crossval.py",)),
-    Mutant("z-score baseline sign flipped", "training/baselines.py",
-           "np.where(brain, zscore(raw, brain), -np.inf)", "np.where(brain, -zscore(raw, brain), -np.inf)",
-           (f"{T}/test_crossval.py",)),
-    Mutant("per-case metrics over all voxels instead of the brain", "training/evaluate.py",
-           "s, t = score[brain], truth[brain]", "s, t = score.ravel(), truth.ravel()", (f"{T}/test_crossval.py",)),
-    Mutant("pooled baseline scores zeroed (cross-validation)", "training/evaluate.py",
-           "s = np.concatenate([m[name][lc.prepared.brain] for m, lc in zip(per_case_maps, cases)])",
-           "s = np.concatenate([m[name][lc.prepared.brain] * (0 if 'zscore' in name else 1) "
-           "for m, lc in zip(per_case_maps, cases)])", (f"{T}/test_crossval.py",)),
-    Mutant("pooled baseline scores zeroed (evaluate)", "training/evaluate.py",
-           "scores.setdefault(k[7:], []).append(z[k])",
-           "scores.setdefault(k[7:], []).append(z[k] * 0 if 'zscore' in k else z[k])", (f"{T}/test_crossval.py",)),
+    Mutant(
+        "cross-validation trains and calibrates on the held-out cases",
+        "training/crossval.py",
+        "model = train_loaded(train_set, cfg, tc,",
+        "model = train_loaded(loaded, cfg, tc,",
+        (f"{T}/test_crossval.py",),
+    ),
+    Mutant(
+        "cross-validation: Gaussian baseline fitted on the held-out cases",
+        "training/crossval.py",
+        "feats, ctx = normal_vectors(train_set, cfg, tc)",
+        "feats, ctx = normal_vectors(loaded, cfg, tc)",
+        (f"{T}/test_crossval.py",),
+    ),
+    Mutant(
+        "z-score baseline sign flipped",
+        "training/baselines.py",
+        "np.where(brain, zscore(raw, brain), -np.inf)",
+        "np.where(brain, -zscore(raw, brain), -np.inf)",
+        (f"{T}/test_crossval.py",),
+    ),
+    Mutant(
+        "per-case metrics over all voxels instead of the brain",
+        "training/evaluate.py",
+        "s, t = score[brain], truth[brain]",
+        "s, t = score.ravel(), truth.ravel()",
+        (f"{T}/test_crossval.py",),
+    ),
+    Mutant(
+        "pooled baseline scores zeroed (cross-validation)",
+        "training/evaluate.py",
+        "s = np.concatenate([m[name][lc.prepared.brain] for m, lc in zip(per_case_maps, cases)])",
+        "s = np.concatenate([m[name][lc.prepared.brain] * (0 if 'zscore' in name else 1) "
+        "for m, lc in zip(per_case_maps, cases)])",
+        (f"{T}/test_crossval.py",),
+    ),
+    Mutant(
+        "pooled baseline scores zeroed (evaluate)",
+        "training/evaluate.py",
+        "scores.setdefault(k[7:], []).append(z[k])",
+        "scores.setdefault(k[7:], []).append(z[k] * 0 if 'zscore' in k else z[k])",
+        (f"{T}/test_crossval.py",),
+    ),
 ]
 
 
 def copy_tree(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           check=True, capture_output=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for f in filter(None, files):
         src = REPO / f
         if src.is_file():
@@ -196,9 +417,21 @@ def run_mutant(m: Mutant, full: bool, python: str, tests: list[str] | None = Non
         if text.count(m.old) != 1:
             return "NOT APPLIED", 0.0, f"{m.path}: the text occurs {text.count(m.old)} times"
         target.write_text(text.replace(m.old, m.new))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "AnoDODE"), str(root)]),
-               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *([] if full else tests or m.tests)]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(root / "AnoDODE"), str(root)]),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        }
+        cmd = [
+            python,
+            "-m",
+            "pytest",
+            "-x",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *([] if full else tests or m.tests),
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, check=False, cwd=root, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
@@ -215,8 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, help="mutants whose name contains one of these words")
     ap.add_argument("--full", action="store_true", help="run the whole suite for each mutant")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
-    ap.add_argument("--tests", nargs="+", default=None,
-                    help="run these test files for every mutant instead of its own (e.g. an older suite's)")
+    ap.add_argument(
+        "--tests",
+        nargs="+",
+        default=None,
+        help="run these test files for every mutant instead of its own (e.g. an older suite's)",
+    )
     args = ap.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.only or any(w in m.name for w in args.only)]
     if args.list:

@@ -10,6 +10,7 @@ slice-score plot with the most anomalous slice marked, and the top rows of the s
 
 Needs matplotlib (the ``train`` extra) and slicer-core (the ``test`` extra).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,28 +64,56 @@ def main(argv=None) -> int:
     lo, hi = np.percentile(scan[scan > 0], [1, 99.5])
     sx, sy, sz = spacing
     views = [  # (title, scan, map, label, extent, letters: left, right, top, bottom)
-        ("Axial", scan[peak[0]], anomaly[peak[0]], label[peak[0]], (0, scan.shape[2] * sx, scan.shape[1] * sy, 0),
-         "RLAP"),
-        ("Coronal", scan[::-1, peak[1]], anomaly[::-1, peak[1]], label[::-1, peak[1]],
-         (0, scan.shape[2] * sx, 0, scan.shape[0] * sz), "RLSI"),
-        ("Sagittal", scan[::-1, :, peak[2]], anomaly[::-1, :, peak[2]], label[::-1, :, peak[2]],
-         (0, scan.shape[1] * sy, 0, scan.shape[0] * sz), "APSI"),
+        (
+            "Axial",
+            scan[peak[0]],
+            anomaly[peak[0]],
+            label[peak[0]],
+            (0, scan.shape[2] * sx, scan.shape[1] * sy, 0),
+            "RLAP",
+        ),
+        (
+            "Coronal",
+            scan[::-1, peak[1]],
+            anomaly[::-1, peak[1]],
+            label[::-1, peak[1]],
+            (0, scan.shape[2] * sx, 0, scan.shape[0] * sz),
+            "RLSI",
+        ),
+        (
+            "Sagittal",
+            scan[::-1, :, peak[2]],
+            anomaly[::-1, :, peak[2]],
+            label[::-1, :, peak[2]],
+            (0, scan.shape[1] * sy, 0, scan.shape[0] * sz),
+            "APSI",
+        ),
     ]
     fig = plt.figure(figsize=(12, 7.2), facecolor="#2b2b2b")
-    grid = fig.add_gridspec(2, 3, width_ratios=[1.05, 1, 1], left=0.02, right=0.98, top=0.90, bottom=0.08,
-                            wspace=0.2, hspace=0.22)
+    grid = fig.add_gridspec(
+        2, 3, width_ratios=[1.05, 1, 1], left=0.02, right=0.98, top=0.90, bottom=0.08, wspace=0.2, hspace=0.22
+    )
     for i, (title, s, a, lab, extent, letters) in enumerate(views):
         ax = fig.add_subplot(grid[i // 2, 1 + i % 2])
         ax.imshow(s, cmap="gray", vmin=lo, vmax=hi, extent=extent, interpolation="bilinear")
         ax.imshow(heat_rgba(a, threshold), extent=extent, interpolation="bilinear")
         if lab.any():
-            ax.contour(lab, levels=[0.5], colors=[mrml.ANOMALY_COLOR], linewidths=1.0,
-                       extent=(extent[0], extent[1], extent[3], extent[2]) if extent[2] > extent[3] else extent,
-                       origin="upper" if extent[2] > extent[3] else "lower")
+            ax.contour(
+                lab,
+                levels=[0.5],
+                colors=[mrml.ANOMALY_COLOR],
+                linewidths=1.0,
+                extent=(extent[0], extent[1], extent[3], extent[2]) if extent[2] > extent[3] else extent,
+                origin="upper" if extent[2] > extent[3] else "lower",
+            )
         ax.set_title(title, color="w", fontsize=10)
         ax.set_xticks([]), ax.set_yticks([])
-        for (x, y, text) in ((0.01, 0.5, letters[0]), (0.97, 0.5, letters[1]), (0.5, 0.97, letters[2]),
-                             (0.5, 0.01, letters[3])):
+        for x, y, text in (
+            (0.01, 0.5, letters[0]),
+            (0.97, 0.5, letters[1]),
+            (0.5, 0.97, letters[2]),
+            (0.5, 0.01, letters[3]),
+        ):
             ax.text(x, y, text, color="#ffd200", transform=ax.transAxes, fontsize=8, ha="center", va="center")
     scores = np.array([np.nan if v is None else v for v in report["slice_scores"]], dtype=float)
     plot = fig.add_subplot(grid[1, 2])
@@ -100,17 +129,36 @@ def main(argv=None) -> int:
     order = [i for i in np.argsort(-np.nan_to_num(scores, nan=-np.inf)) if np.isfinite(scores[i])][:14]
     p99 = report.get("slice_anomaly_scores") or [None] * scores.size
     rows = [[str(i), f"{scores[i]:.3f}", "" if p99[i] is None else f"{p99[i]:.2f}"] for i in order]
-    panel.text(0.0, 1.0, "AnoDODE", color="w", fontsize=14, weight="bold", va="top", transform=panel.transAxes)
-    panel.text(0.0, 0.955, (f"Volume score {report['volume_score_bpd']:.3g} bpd\n{report['anomalous_voxels']} "
-                            f"anomalous voxels at threshold {threshold:.3g}\n{report['seconds']:.0f} s on "
-                            f"{report['device']} ({report['preset']}, model {report['model']})"),
-               color="#dddddd", fontsize=8.5, va="top", transform=panel.transAxes)
-    table = panel.table(cellText=rows, colLabels=["Slice", "Score (bpd)", "Anomaly (p99)"], loc="lower left",
-                        bbox=[0.0, 0.02, 1.0, 0.74])
+    panel.text(
+        0.0, 1.0, "AnoDODE", color="w", fontsize=14, weight="bold", va="top", transform=panel.transAxes
+    )
+    panel.text(
+        0.0,
+        0.955,
+        (
+            f"Volume score {report['volume_score_bpd']:.3g} bpd\n{report['anomalous_voxels']} "
+            f"anomalous voxels at threshold {threshold:.3g}\n{report['seconds']:.0f} s on "
+            f"{report['device']} ({report['preset']}, model {report['model']})"
+        ),
+        color="#dddddd",
+        fontsize=8.5,
+        va="top",
+        transform=panel.transAxes,
+    )
+    table = panel.table(
+        cellText=rows,
+        colLabels=["Slice", "Score (bpd)", "Anomaly (p99)"],
+        loc="lower left",
+        bbox=[0.0, 0.02, 1.0, 0.74],
+    )
     table.auto_set_font_size(False)
     table.set_fontsize(8)
-    fig.suptitle("AnoDODE in 3D Slicer: heat map, 'Anomaly' segment, slice scores (BraTS 2023 glioma FLAIR; "
-                 "rendered from a real `anodode score` run)", color="w", fontsize=10)
+    fig.suptitle(
+        "AnoDODE in 3D Slicer: heat map, 'Anomaly' segment, slice scores (BraTS 2023 glioma FLAIR; "
+        "rendered from a real `anodode score` run)",
+        color="w",
+        fontsize=10,
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.output, dpi=90, facecolor=fig.get_facecolor())
     return 0

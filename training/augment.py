@@ -16,6 +16,7 @@ carried along (so normal tissue stays normal tissue):
 The engine then normalises and featurises the copy as it would any scan, so every invariance the model
 gets here is one it must also have at scoring time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,8 +57,13 @@ def _coords(shape: tuple[int, int, int], spacing: tuple[float, float, float]) ->
     return out
 
 
-def augment_intensity(raw: np.ndarray, brain: np.ndarray, spacing: tuple[float, float, float],
-                      cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+def augment_intensity(
+    raw: np.ndarray,
+    brain: np.ndarray,
+    spacing: tuple[float, float, float],
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """One random intensity change of a canonical volume (see module doc); float32, 0 outside ``brain``."""
     v = raw[brain].astype(np.float64)
     lo, hi = np.percentile(v, [1, 99])
@@ -68,8 +74,17 @@ def augment_intensity(raw: np.ndarray, brain: np.ndarray, spacing: tuple[float, 
     centre = idx.mean(0) * np.asarray(spacing)
     half = np.maximum((idx.max(0) - idx.min(0)) * np.asarray(spacing) / 2.0, 1.0)
     rel = [(c - m) / h for c, m, h in zip(coords, centre, half)]
-    terms = [rel[0], rel[1], rel[2], rel[0] * rel[1], rel[0] * rel[2], rel[1] * rel[2],
-             rel[0] ** 2, rel[1] ** 2, rel[2] ** 2]
+    terms = [
+        rel[0],
+        rel[1],
+        rel[2],
+        rel[0] * rel[1],
+        rel[0] * rel[2],
+        rel[1] * rel[2],
+        rel[0] ** 2,
+        rel[1] ** 2,
+        rel[2] ** 2,
+    ]
     field = sum(np.float32(rng.normal()) * t for t in terms)
     peak = float(np.abs(np.broadcast_to(field, raw.shape)[brain]).max()) or 1.0
     u = u * np.exp(np.float32(cfg.bias * rng.uniform(0, 1) / peak) * field)
@@ -82,8 +97,9 @@ def augment_intensity(raw: np.ndarray, brain: np.ndarray, spacing: tuple[float, 
     return np.where(brain, u, 0.0).astype(np.float32)
 
 
-def thicken_slices(arrays: list[np.ndarray], slice_mm: float, thickness_mm: float
-                   ) -> tuple[list[np.ndarray], float]:
+def thicken_slices(
+    arrays: list[np.ndarray], slice_mm: float, thickness_mm: float
+) -> tuple[list[np.ndarray], float]:
     """Average blocks of n = round(thickness / slice_mm) canonical slices (axis 0) of each array, dropping a
     remainder; returns the arrays (float32) and the new slice spacing n * slice_mm. n <= 1: unchanged."""
     n = round(thickness_mm / slice_mm)
@@ -96,9 +112,14 @@ def thicken_slices(arrays: list[np.ndarray], slice_mm: float, thickness_mm: floa
     return out, n * slice_mm
 
 
-def augmented_copy(raw: np.ndarray, brain: np.ndarray, lesion: np.ndarray, spacing: tuple[float, float, float],
-                   cfg: AugmentConfig, rng: np.random.Generator
-                   ) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+def augmented_copy(
+    raw: np.ndarray,
+    brain: np.ndarray,
+    lesion: np.ndarray,
+    spacing: tuple[float, float, float],
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
     """One augmented copy of a canonical case: (image, brain mask, lesion mask), the image in canonical
     storage (identity direction, so its array is canonical) and the masks on its grid. A voxel of a thick
     slice is brain where most of its block is, and lesion where any of it is."""

@@ -6,6 +6,7 @@ Smoothed FLAIR z-score (the bar AnoDODE must beat): the z-score averaged inside 
 3-D Gaussian convolution, (G * (z 1_B)) / (G * 1_B) on B, with sigma = 2 mm along each axis in physical
 units (sigma_i = 2 mm / spacing_i voxels), so thick slices are barely mixed.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,12 @@ def flair_zscore_map(raw: np.ndarray, brain: np.ndarray) -> np.ndarray:
     return np.where(brain, zscore(raw, brain), -np.inf).astype(np.float32)
 
 
-def smoothed_zscore_map(raw: np.ndarray, brain: np.ndarray, spacing_mm: tuple[float, float, float],
-                        sigma_mm: float = SMOOTH_SIGMA_MM) -> np.ndarray:
+def smoothed_zscore_map(
+    raw: np.ndarray,
+    brain: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    sigma_mm: float = SMOOTH_SIGMA_MM,
+) -> np.ndarray:
     """The z-score smoothed inside the brain by a 3-D normalised Gaussian convolution of ``sigma_mm`` along
     each axis (``spacing_mm``: the array's voxel size per axis, in the same axis order; the engine's
     ``anomaly_map.smooth_in_mask``); -inf outside."""
@@ -55,7 +60,11 @@ class GaussianBaseline:
     """
 
     def __init__(self, mean: np.ndarray, precision: np.ndarray, cells: int, positions: int = 3) -> None:
-        self.mean, self.precision, self.cells = mean, precision, cells   # (M, C), (M, C, C); M = cells^positions
+        self.mean, self.precision, self.cells = (
+            mean,
+            precision,
+            cells,
+        )  # (M, C), (M, C, C); M = cells^positions
         self.positions = positions
 
     @staticmethod
@@ -65,15 +74,16 @@ class GaussianBaseline:
         c = np.asarray(context)
         if positions < 1 or c.shape[1] < 1 + positions or cells <= 1:
             return np.zeros(c.shape[0], np.int64)
-        b = np.clip(((c[:, 1:1 + positions] + 1) / 2 * cells).astype(np.int64), 0, cells - 1)
+        b = np.clip(((c[:, 1 : 1 + positions] + 1) / 2 * cells).astype(np.int64), 0, cells - 1)
         idx = np.zeros(c.shape[0], np.int64)
         for k in range(positions):
             idx = idx * cells + b[:, k]
         return idx
 
     @classmethod
-    def fit(cls, y, context, cells: int = 4, ridge: float = 1e-3, min_count: int = 50, positions: int = 3
-            ) -> GaussianBaseline:
+    def fit(
+        cls, y, context, cells: int = 4, ridge: float = 1e-3, min_count: int = 50, positions: int = 3
+    ) -> GaussianBaseline:
         """``positions``: how many position columns follow the depth in the context (``position_columns``)."""
         y = np.asarray(y, np.float64)
         ctx = np.asarray(context)
@@ -87,7 +97,7 @@ class GaussianBaseline:
             return mu, np.linalg.inv(cov)
 
         g_mu, g_prec = gauss(y)
-        m = cells ** positions if cells > 1 else 1
+        m = cells**positions if cells > 1 else 1
         mean, prec = np.tile(g_mu, (m, 1)), np.tile(g_prec, (m, 1, 1))
         for k in range(m):
             sel = idx == k
@@ -103,11 +113,20 @@ class GaussianBaseline:
         return np.sqrt(np.maximum(np.einsum("nc,ncd,nd->n", d, self.precision[idx], d), 0.0))
 
     def save(self, path) -> None:
-        np.savez(path, mean=self.mean, precision=self.precision, cells=np.array(self.cells),
-                 positions=np.array(self.positions))
+        np.savez(
+            path,
+            mean=self.mean,
+            precision=self.precision,
+            cells=np.array(self.cells),
+            positions=np.array(self.positions),
+        )
 
     @classmethod
     def load(cls, path) -> GaussianBaseline:
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["mean"], z["precision"], int(z["cells"]),
-                       int(z["positions"]) if "positions" in z.files else 3)
+            return cls(
+                z["mean"],
+                z["precision"],
+                int(z["cells"]),
+                int(z["positions"]) if "positions" in z.files else 3,
+            )

@@ -11,6 +11,7 @@ resumes: valid entries are skipped. Entries hold only tensors and arrays (no pic
 
 Healthy selection (tissue/slices, margin) is applied on load, so both modes share one entry.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -53,8 +54,15 @@ def _engine_digest() -> str:
 
 def config_digest(cfg: ModelConfig) -> str:
     """What the preprocessing depends on, besides the case's files."""
-    blob = json.dumps({"format": CACHE_FORMAT, "preprocess": to_dict(cfg.preprocess),
-                       "features": to_dict(cfg.features), "engine": _engine_digest()}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "preprocess": to_dict(cfg.preprocess),
+            "features": to_dict(cfg.features),
+            "engine": _engine_digest(),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -63,11 +71,13 @@ def case_key(case: Case, cfg_digest: str) -> str:
     for p in case.input_files():
         st = Path(p).stat()
         files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
-    extra = {"resample_seg": True} if case.resample_seg else {}   # keeps older keys valid
+    extra = {"resample_seg": True} if case.resample_seg else {}  # keeps older keys valid
     if case.extra:
         extra["contrasts"] = [[c, ch] for c, _, ch in case.extra]
-    blob = json.dumps({"cfg": cfg_digest, "name": case.name, "channel": case.channel, "files": files, **extra},
-                      sort_keys=True)
+    blob = json.dumps(
+        {"cfg": cfg_digest, "name": case.name, "channel": case.channel, "files": files, **extra},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -95,8 +105,10 @@ def prepare_case(case: Case, cfg: ModelConfig) -> tuple[PreparedVolume, np.ndarr
     from .cases import read_case_images, seg_array
 
     if case.contrasts != tuple(cfg.features.contrasts):
-        raise ValueError(f"{case.name}: has contrasts {'+'.join(case.contrasts)}, the model reads "
-                         f"{'+'.join(cfg.features.contrasts)}")
+        raise ValueError(
+            f"{case.name}: has contrasts {'+'.join(case.contrasts)}, the model reads "
+            f"{'+'.join(cfg.features.contrasts)}"
+        )
     image, others = read_case_images(case)
     mask = volume_io.read_mask(case.brain_mask, image) if case.brain_mask else None
     prepared = prepare_volume(image, cfg, mask, name=case.name, other_contrasts=others)
@@ -109,8 +121,10 @@ def _arrays(prepared: PreparedVolume, tumour: np.ndarray, meta: dict) -> dict[st
     feats, ctx = prepared.locations()
     return {
         "meta": np.array(json.dumps(meta)),
-        "geom_axes": np.array(g.axes, np.int64), "geom_flips": np.array(g.flips, bool),
-        "geom_spacing": np.array(g.spacing_mm, np.float64), "geom_shape": np.array(g.shape, np.int64),
+        "geom_axes": np.array(g.axes, np.int64),
+        "geom_flips": np.array(g.flips, bool),
+        "geom_spacing": np.array(g.spacing_mm, np.float64),
+        "geom_shape": np.array(g.shape, np.int64),
         "spacing_mm": np.array(prepared.spacing_mm, np.float64),
         "full_shape": np.array(prepared.brain.shape, np.int64),
         "brain_bits": np.packbits(prepared.brain.ravel()),
@@ -118,15 +132,23 @@ def _arrays(prepared: PreparedVolume, tumour: np.ndarray, meta: dict) -> dict[st
         "tumour_bits": np.packbits(tumour.ravel()),
         "grid_shape": np.array(prepared.grid_mask.shape, np.int64),
         "grid_bits": np.packbits(prepared.grid_mask.numpy().ravel()),
-        "features_loc": feats.numpy().astype(np.float32), "context_loc": ctx.numpy().astype(np.float32),
+        "features_loc": feats.numpy().astype(np.float32),
+        "context_loc": ctx.numpy().astype(np.float32),
     }
 
 
 def build_entry(case: Case, cfg: ModelConfig, path: Path, key: str) -> Path:
     prepared, tumour = prepare_case(case, cfg)
-    meta = {"key": key, "format": CACHE_FORMAT, "case": case.name, "dataset": case.dataset,
-            "image": str(case.flair), "channel": case.channel, "contrast": case.contrast,
-            "contrasts": list(case.contrasts)}
+    meta = {
+        "key": key,
+        "format": CACHE_FORMAT,
+        "case": case.name,
+        "dataset": case.dataset,
+        "image": str(case.flair),
+        "channel": case.channel,
+        "contrast": case.contrast,
+        "contrasts": list(case.contrasts),
+    }
     arrays = _arrays(prepared, tumour, meta)
 
     def write(tmp: Path) -> None:
@@ -147,14 +169,20 @@ def _worker(case: Case, cfg: ModelConfig, path: Path, key: str) -> tuple[str, st
 
 @dataclasses.dataclass
 class CacheReport:
-    entries: dict[str, Path]          # case name -> entry, for every case now cached
+    entries: dict[str, Path]  # case name -> entry, for every case now cached
     built: list[str]
     reused: list[str]
-    failed: dict[str, str]            # case name -> one-line reason
+    failed: dict[str, str]  # case name -> one-line reason
 
 
-def build_cache(cases: list[Case], cfg: ModelConfig, cache_dir: str | os.PathLike = DEFAULT_CACHE,
-                workers: int = 1, progress: bool = True, shard: tuple[int, int] = (0, 1)) -> CacheReport:
+def build_cache(
+    cases: list[Case],
+    cfg: ModelConfig,
+    cache_dir: str | os.PathLike = DEFAULT_CACHE,
+    workers: int = 1,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+) -> CacheReport:
     """Make sure every case has a valid entry; build missing ones (``workers`` processes). With
     ``shard=(rank, world)`` only cases rank::world are built here (the others are expected to appear
     from the other ranks); the report then lists this rank's cases."""
@@ -171,8 +199,9 @@ def build_cache(cases: list[Case], cfg: ModelConfig, cache_dir: str | os.PathLik
             report.reused.append(c.name)
         else:
             todo.append((c, path, key))
-    bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress or not todo,
-               file=sys.stderr)
+    bar = tqdm(
+        total=len(todo), desc="preprocess", unit="case", disable=not progress or not todo, file=sys.stderr
+    )
     if workers <= 1:
         results = (_worker(c, cfg, p, k) for c, p, k in todo)
         for name, err in results:
@@ -187,10 +216,18 @@ def build_cache(cases: list[Case], cfg: ModelConfig, cache_dir: str | os.PathLik
                 bar.update()
     bar.close()
     if report.failed:
-        logger.warning("%d case(s) failed preprocessing: %s", len(report.failed),
-                       "; ".join(f"{n}: {e}" for n, e in report.failed.items()))
-    logger.info("cache %s: %d reused, %d built, %d failed", cache_dir, len(report.reused),
-                len(report.built), len(report.failed))
+        logger.warning(
+            "%d case(s) failed preprocessing: %s",
+            len(report.failed),
+            "; ".join(f"{n}: {e}" for n, e in report.failed.items()),
+        )
+    logger.info(
+        "cache %s: %d reused, %d built, %d failed",
+        cache_dir,
+        len(report.reused),
+        len(report.built),
+        len(report.failed),
+    )
     return report
 
 
@@ -230,25 +267,34 @@ def _unbits(bits: np.ndarray, shape) -> np.ndarray:
     return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
 
 
-def load_grid(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray,
-                                   tuple[float, float, float], float]:
+def load_grid(
+    path: Path,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray, tuple[float, float, float], float]:
     """Light load for training vectors: grid mask, features/context at its locations, canonical tumour,
     the input's canonical (slice, row, column) spacing and the grid spacing (mm)."""
     with np.load(path, allow_pickle=False) as z:
         grid = torch.from_numpy(_unbits(z["grid_bits"], z["grid_shape"]))
         tumour = _unbits(z["tumour_bits"], z["full_shape"])
         sp = tuple(float(s) for s in z["geom_spacing"])
-        return (grid, torch.from_numpy(z["features_loc"]), torch.from_numpy(z["context_loc"]), tumour,
-                (sp[0], sp[1], sp[2]), float(z["spacing_mm"]))
+        return (
+            grid,
+            torch.from_numpy(z["features_loc"]),
+            torch.from_numpy(z["context_loc"]),
+            tumour,
+            (sp[0], sp[1], sp[2]),
+            float(z["spacing_mm"]),
+        )
 
 
 def load_prepared(path: Path) -> tuple[PreparedVolume, np.ndarray]:
     """The PreparedVolume and canonical tumour mask exactly as ``prepare_case`` returned them."""
     with np.load(path, allow_pickle=False) as z:
-        geometry = volume_io.SliceGeometry(tuple(int(a) for a in z["geom_axes"]),
-                                           tuple(bool(f) for f in z["geom_flips"]),
-                                           tuple(float(s) for s in z["geom_spacing"]),
-                                           tuple(int(s) for s in z["geom_shape"]))
+        geometry = volume_io.SliceGeometry(
+            tuple(int(a) for a in z["geom_axes"]),
+            tuple(bool(f) for f in z["geom_flips"]),
+            tuple(float(s) for s in z["geom_spacing"]),
+            tuple(int(s) for s in z["geom_shape"]),
+        )
         brain = _unbits(z["brain_bits"], z["full_shape"])
         normalised = np.zeros(brain.shape, np.float32)
         normalised[brain] = z["normalised_in_brain"]
@@ -258,6 +304,13 @@ def load_prepared(path: Path) -> tuple[PreparedVolume, np.ndarray]:
         ctx = torch.zeros(*grid.shape, c_loc.shape[1])
         feats[grid] = f_loc
         ctx[grid] = c_loc
-        prepared = PreparedVolume(geometry, normalised, brain, feats.permute(0, 3, 1, 2).contiguous(),
-                                  ctx.permute(0, 3, 1, 2).contiguous(), grid, float(z["spacing_mm"]))
+        prepared = PreparedVolume(
+            geometry,
+            normalised,
+            brain,
+            feats.permute(0, 3, 1, 2).contiguous(),
+            ctx.permute(0, 3, 1, 2).contiguous(),
+            grid,
+            float(z["spacing_mm"]),
+        )
         return prepared, _unbits(z["tumour_bits"], z["full_shape"])

@@ -8,6 +8,7 @@ voxel anomaly scores over the normal tissue of the model's calibration cases (it
 Run it when the scoring preset changes; the weights are not touched (``weights.pt`` and its checksum stay),
 and ``model.json`` is rewritten atomically with the new calibration.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     cal = calibrate(model, loaded, tc.calibration_quantile, resolve_device(args.device))
     model.config = dataclasses.replace(model.config, calibration=cal)
     save_model(model, args.model)
-    print(json.dumps({"model": str(args.model), "cases": names, "before": to_dict(before), "after": to_dict(cal)},
-                     indent=2))
+    print(
+        json.dumps(
+            {"model": str(args.model), "cases": names, "before": to_dict(before), "after": to_dict(cal)},
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ co-registered extra contrasts; a case lacking any of them is left out):
 Contrast names are ``flair`` (default), ``t1``, ``t1ce``, ``t2``; each reader maps them to its own file
 naming. ``find_cases("kind:path")`` picks a reader explicitly, ``find_cases(path)`` detects the layout.
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,7 +55,7 @@ class Case:
     expert: bool = True
     channel: int | None = None
     contrast: str = "flair"
-    resample_seg: bool = False     # a seg on another grid is resampled onto the image (nearest, by mm)
+    resample_seg: bool = False  # a seg on another grid is resampled onto the image (nearest, by mm)
     extra: tuple[tuple[str, Path, int | None], ...] = ()
 
     @property
@@ -86,13 +87,15 @@ def _read_volume(path: Path, channel: int | None) -> sitk.Image:
     if channel is None:
         return volume_io.read_image(path)
     image = sitk.ReadImage(str(path))
-    if image.GetNumberOfComponentsPerPixel() > 1:          # stored as a vector image
+    if image.GetNumberOfComponentsPerPixel() > 1:  # stored as a vector image
         n = image.GetNumberOfComponentsPerPixel()
         if not 0 <= channel < n:
             raise volume_io.InputError(f"{path}: channel {channel} of {n}")
         return sitk.VectorIndexSelectionCast(image, channel)
     if image.GetDimension() != 4:
-        raise volume_io.InputError(f"{path}: a channel was asked for but the image is {image.GetDimension()}-D")
+        raise volume_io.InputError(
+            f"{path}: a channel was asked for but the image is {image.GetDimension()}-D"
+        )
     size = list(image.GetSize())
     if not 0 <= channel < size[3]:
         raise volume_io.InputError(f"{path}: channel {channel} of {size[3]}")
@@ -115,8 +118,14 @@ def parse_contrasts(contrast: str | Sequence[str]) -> tuple[str, ...]:
     return out
 
 
-def _case(name: str, dataset: str, files: list[tuple[str, Path, int | None]], seg: Path | None,
-          brain_mask: Path | None = None, expert: bool = True) -> Case:
+def _case(
+    name: str,
+    dataset: str,
+    files: list[tuple[str, Path, int | None]],
+    seg: Path | None,
+    brain_mask: Path | None = None,
+    expert: bool = True,
+) -> Case:
     (c0, p0, ch0), rest = files[0], tuple(files[1:])
     return Case(name, dataset, p0, seg, brain_mask, expert, channel=ch0, contrast=c0, extra=rest)
 
@@ -131,15 +140,29 @@ def _first_existing(*paths: Path) -> Path | None:
     return next((p for p in paths if p.exists()), None)
 
 
-def _read_folders(folder: str | os.PathLike, contrast: str | Sequence[str], dataset: str, prefix: str,
-                  sep: str, suffixes: dict[str, str]) -> list[Case]:
+def _read_folders(
+    folder: str | os.PathLike,
+    contrast: str | Sequence[str],
+    dataset: str,
+    prefix: str,
+    sep: str,
+    suffixes: dict[str, str],
+) -> list[Case]:
     contrasts = parse_contrasts(contrast)
     out = []
     for d in sorted(Path(folder).iterdir()):
         if not (d.is_dir() and d.name.startswith(prefix)):
             continue
-        files = [(c, _first_existing(d / f"{d.name}{sep}{suffixes[c]}.nii.gz", d / f"{d.name}{sep}{suffixes[c]}.nii"),
-                  None) for c in contrasts]
+        files = [
+            (
+                c,
+                _first_existing(
+                    d / f"{d.name}{sep}{suffixes[c]}.nii.gz", d / f"{d.name}{sep}{suffixes[c]}.nii"
+                ),
+                None,
+            )
+            for c in contrasts
+        ]
         if any(p is None for _, p, _ in files):
             continue
         seg = _first_existing(d / f"{d.name}{sep}seg.nii.gz", d / f"{d.name}{sep}seg.nii")
@@ -147,20 +170,25 @@ def _read_folders(folder: str | os.PathLike, contrast: str | Sequence[str], data
     return out
 
 
-def read_brats2021(folder: str | os.PathLike, contrast: str | Sequence[str] = "flair",
-                   dataset: str = "BraTS2021") -> list[Case]:
+def read_brats2021(
+    folder: str | os.PathLike, contrast: str | Sequence[str] = "flair", dataset: str = "BraTS2021"
+) -> list[Case]:
     """Every ``BraTS2021_*`` case folder under ``folder`` that has the contrast(s) (seg optional)."""
     return _read_folders(folder, contrast, dataset, "BraTS2021_", "_", BRATS2021_SUFFIX)
 
 
-def read_brats2023(folder: str | os.PathLike, contrast: str | Sequence[str] = "flair",
-                   dataset: str = "BraTS2023") -> list[Case]:
+def read_brats2023(
+    folder: str | os.PathLike, contrast: str | Sequence[str] = "flair", dataset: str = "BraTS2023"
+) -> list[Case]:
     """Every ``BraTS-*`` case folder (GLI, MEN, MET, PED, SSA ...) under ``folder`` with the contrast(s)."""
     return _read_folders(folder, contrast, dataset, "BraTS-", "-", BRATS2023_SUFFIX)
 
 
-def read_msd(folder: str | os.PathLike, contrast: str | Sequence[str] = "flair",
-             dataset: str = "MSD Task01_BrainTumour") -> list[Case]:
+def read_msd(
+    folder: str | os.PathLike,
+    contrast: str | Sequence[str] = "flair",
+    dataset: str = "MSD Task01_BrainTumour",
+) -> list[Case]:
     """Task01_BrainTumour: 4-D ``imagesTr/BRATS_XXX.nii.gz``; the channel comes from ``dataset.json``'s
     ``modality`` when present (else FLAIR, T1w, t1gd, T2w). Labels from ``labelsTr`` when present."""
     contrasts = parse_contrasts(contrast)
@@ -174,7 +202,7 @@ def read_msd(folder: str | os.PathLike, contrast: str | Sequence[str] = "flair",
     out = []
     for sub in ("imagesTr", "imagesTs"):
         for img in sorted((root / sub).glob("*.nii*")):
-            if img.name.startswith("._"):     # macOS resource forks shipped in the MSD tarball
+            if img.name.startswith("._"):  # macOS resource forks shipped in the MSD tarball
                 continue
             name = re.sub(r"\.nii(\.gz)?$", "", img.name)
             seg = _first_existing(root / "labelsTr" / img.name) if sub == "imagesTr" else None
@@ -182,8 +210,9 @@ def read_msd(folder: str | os.PathLike, contrast: str | Sequence[str] = "flair",
     return out
 
 
-def read_csv(path: str | os.PathLike, contrast: str | Sequence[str] = "flair", dataset: str | None = None
-             ) -> list[Case]:
+def read_csv(
+    path: str | os.PathLike, contrast: str | Sequence[str] = "flair", dataset: str | None = None
+) -> list[Case]:
     """Cases from a CSV table of paths; the image columns are the contrasts' names (``flair`` ...). A row
     without a path for one of them is left out."""
     contrasts = parse_contrasts(contrast)
@@ -212,8 +241,15 @@ def read_csv(path: str | os.PathLike, contrast: str | Sequence[str] = "flair", d
                 continue
             img = files[0][1]
             name = get(row, "name") or re.sub(r"\.nii(\.gz)?$|\.[^.]+$", "", img.name) or f"row{i}"
-            out.append(_case(name, get(row, "dataset") or dataset or path.stem, files, resolve(get(row, "seg")),
-                             resolve(get(row, "brain_mask"))))
+            out.append(
+                _case(
+                    name,
+                    get(row, "dataset") or dataset or path.stem,
+                    files,
+                    resolve(get(row, "seg")),
+                    resolve(get(row, "brain_mask")),
+                )
+            )
     return out
 
 
@@ -232,8 +268,10 @@ def detect_layout(path: Path) -> str:
         return "brats2021"
     if any(n.startswith("BraTS-") for n in names):
         return "brats2023"
-    raise ValueError(f"{path}: unrecognised layout (expected BraTS2021_*/, BraTS-*/ folders, imagesTr/, or a "
-                     "CSV); name it explicitly as kind:path with kind one of " + ", ".join(READERS))
+    raise ValueError(
+        f"{path}: unrecognised layout (expected BraTS2021_*/, BraTS-*/ folders, imagesTr/, or a "
+        "CSV); name it explicitly as kind:path with kind one of " + ", ".join(READERS)
+    )
 
 
 def find_cases(source: str | os.PathLike, contrast: str | Sequence[str] = "flair") -> list[Case]:
@@ -261,21 +299,57 @@ def find_cases(source: str | os.PathLike, contrast: str | Sequence[str] = "flair
 def _brats_family_table(d: Path) -> list[tuple[str, str, Path, dict[str, str], str, str | None, bool]]:
     rows = []
     for i in range(1, 5):
-        rows.append((f"brats2013_pat000{i}", "BraTS2015 (deepmedic)", d / "deepmedic_brats2015" / f"brats_2013_pat000{i}_1",
-                     {"flair": "Flair_subtrMeanDivStd.nii.gz", "t1ce": "T1c_subtrMeanDivStd.nii.gz"},
-                     "OTMultiClass.nii.gz", "brainmask.nii.gz", True))
-    rows.append(("brats_tcia_pat222", "BRATS2014 (antsxnet)", d / "antsxnet_brats2014" / "brats_tcia_pat222_2",
-                 {"flair": "Flair.nii.gz", "t1": "T1.nii.gz", "t1ce": "T1c.nii.gz", "t2": "T2.nii.gz"},
-                 "segmentation.nii.gz", "BrainExtractionMask.nii.gz", True))
-    rows.append(("BRATS_HG0015", "BRATS2012", d / "brats2012" / "BRATS_HG0015",
-                 {c: f"BRATS_HG0015_{s}.mha" for c, s in (("flair", "FLAIR"), ("t1", "T1"), ("t1ce", "T1C"),
-                                                           ("t2", "T2"))},
-                 "BRATS_HG0015_truth.mha", None, True))
+        rows.append(
+            (
+                f"brats2013_pat000{i}",
+                "BraTS2015 (deepmedic)",
+                d / "deepmedic_brats2015" / f"brats_2013_pat000{i}_1",
+                {"flair": "Flair_subtrMeanDivStd.nii.gz", "t1ce": "T1c_subtrMeanDivStd.nii.gz"},
+                "OTMultiClass.nii.gz",
+                "brainmask.nii.gz",
+                True,
+            )
+        )
+    rows.append(
+        (
+            "brats_tcia_pat222",
+            "BRATS2014 (antsxnet)",
+            d / "antsxnet_brats2014" / "brats_tcia_pat222_2",
+            {"flair": "Flair.nii.gz", "t1": "T1.nii.gz", "t1ce": "T1c.nii.gz", "t2": "T2.nii.gz"},
+            "segmentation.nii.gz",
+            "BrainExtractionMask.nii.gz",
+            True,
+        )
+    )
+    rows.append(
+        (
+            "BRATS_HG0015",
+            "BRATS2012",
+            d / "brats2012" / "BRATS_HG0015",
+            {
+                c: f"BRATS_HG0015_{s}.mha"
+                for c, s in (("flair", "FLAIR"), ("t1", "T1"), ("t1ce", "T1C"), ("t2", "T2"))
+            },
+            "BRATS_HG0015_truth.mha",
+            None,
+            True,
+        )
+    )
     for n in ("TCGA-DU-7294", "OtherEXampleFromTCIA"):
-        rows.append((n, "TCGA (pseudo-GT)", d / "brainlesion_tcga_pseudoGT" / n,
-                     {c: f"{n}_{s}_bet.nii.gz" for c, s in (("flair", "fla"), ("t1", "t1"), ("t1ce", "t1c"),
-                                                             ("t2", "t2"))},
-                     f"{n}_fusion_simple_seg.nii.gz", None, False))
+        rows.append(
+            (
+                n,
+                "TCGA (pseudo-GT)",
+                d / "brainlesion_tcga_pseudoGT" / n,
+                {
+                    c: f"{n}_{s}_bet.nii.gz"
+                    for c, s in (("flair", "fla"), ("t1", "t1"), ("t1ce", "t1c"), ("t2", "t2"))
+                },
+                f"{n}_fusion_simple_seg.nii.gz",
+                None,
+                False,
+            )
+        )
     return rows
 
 
@@ -298,15 +372,22 @@ WMH_CLINICAL = ("2516038876", "2516041494", "2516044939")
 def wmh_clinical_cases(root: Path | None = None) -> list[Case]:
     """The clinical 2-D FLAIRs with white-matter hyperintensities (another site; manual WMH masks)."""
     d = (root or data_dir()) / "wmh_clinical"
-    cases = [Case(n, "WMH clinical", d / n / "t2flair-stripped.nii.gz", d / n / "gt.nii.gz") for n in WMH_CLINICAL]
+    cases = [
+        Case(n, "WMH clinical", d / n / "t2flair-stripped.nii.gz", d / n / "gt.nii.gz") for n in WMH_CLINICAL
+    ]
     return [c for c in cases if c.flair.exists() and c.seg is not None and c.seg.exists()]
 
 
 def isles_cases(root: Path | None = None) -> list[Case]:
     """The ISLES 2022 stroke FLAIR; its lesion mask is drawn on the DWI grid and resampled onto the FLAIR."""
     d = (root or data_dir()) / "isles22" / "sub-strokecase0009"
-    c = Case("sub-strokecase0009", "ISLES 2022", d / "sub-strokecase0009_ses-0001_flair.nii.gz",
-             d / "sub-strokecase0009_ses-0001_msk.nii.gz", resample_seg=True)
+    c = Case(
+        "sub-strokecase0009",
+        "ISLES 2022",
+        d / "sub-strokecase0009_ses-0001_flair.nii.gz",
+        d / "sub-strokecase0009_ses-0001_msk.nii.gz",
+        resample_seg=True,
+    )
     return [c] if c.flair.exists() and c.seg is not None and c.seg.exists() else []
 
 
@@ -342,8 +423,10 @@ def seg_array(case: Case, image: sitk.Image) -> np.ndarray:
     seg = sitk.ReadImage(str(case.seg))
     if not volume_io.same_grid(seg, image):
         if not case.resample_seg:
-            raise ValueError(f"{case.seg} is not on the grid of {case.flair} (--resample-seg resamples it "
-                             "onto the image by physical coordinates)")
+            raise ValueError(
+                f"{case.seg} is not on the grid of {case.flair} (--resample-seg resamples it "
+                "onto the image by physical coordinates)"
+            )
         if seg.GetNumberOfComponentsPerPixel() != 1 or seg.GetDimension() != 3:
             raise ValueError(f"{case.seg}: a seg must be a 3-D scalar image")
         # nearest neighbour at each image voxel's physical position (mm); outside the seg's extent = 0

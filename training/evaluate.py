@@ -10,6 +10,7 @@ FLAIR z-score, and the feature-space Gaussian (``--gaussian``, written by traini
 Writes results.json, results.csv, roc.png, pr.png, slice_roc.png and montages of the worst cases.
 Under torchrun rank r scores cases r::world and rank 0 merges.
 """
+
 from __future__ import annotations
 
 import csv
@@ -72,8 +73,9 @@ def gaussian_map(model: AnoDODEModel, p: PreparedVolume, gaussian: GaussianBasel
     with torch.no_grad():
         y = model.standardiser(feats.float()).numpy()
     per_loc = torch.from_numpy(gaussian.score(y, ctx.numpy()).astype(np.float32))
-    grid = smooth_on_grid(scatter_to_grid(per_loc, p.grid_mask), p.grid_mask,
-                          model.config.localisation.smooth_mm, p.spacing_mm)
+    grid = smooth_on_grid(
+        scatter_to_grid(per_loc, p.grid_mask), p.grid_mask, model.config.localisation.smooth_mm, p.spacing_mm
+    )
     return p.to_full(grid)
 
 
@@ -83,18 +85,26 @@ def raw_intensity(lc: LoadedCase) -> np.ndarray:
     if lc.raw is not None:
         return lc.raw.astype(np.float32)
     return lc.prepared.geometry.to_canonical(
-        sitk.GetArrayFromImage(read_case_image(lc.case)).astype(np.float32))
+        sitk.GetArrayFromImage(read_case_image(lc.case)).astype(np.float32)
+    )
 
 
 def baseline_maps(lc: LoadedCase) -> dict[str, np.ndarray]:
     """The FLAIR z-score and smoothed z-score maps (canonical, full resolution) of a case's raw image."""
     raw, brain = raw_intensity(lc), lc.prepared.brain
-    return {"flair_zscore": flair_zscore_map(raw, brain),
-            "flair_zscore_smoothed": smoothed_zscore_map(raw, brain, lc.prepared.geometry.spacing_mm)}
+    return {
+        "flair_zscore": flair_zscore_map(raw, brain),
+        "flair_zscore_smoothed": smoothed_zscore_map(raw, brain, lc.prepared.geometry.spacing_mm),
+    }
 
 
-def case_maps(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, LocalisationConfig] | None = None,
-              preset: str = "standard", device: str = "cpu") -> dict[str, Any]:
+def case_maps(
+    model: AnoDODEModel,
+    lc: LoadedCase,
+    variants: dict[str, LocalisationConfig] | None = None,
+    preset: str = "standard",
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Canonical full-resolution maps for each variant, the baseline, and slice scores."""
     p = lc.prepared
     scores, scored = score_prepared(model, p, preset, device=device)
@@ -105,18 +115,23 @@ def case_maps(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, Localisat
     return {"maps": maps, "baseline_maps": baselines, "slice_bpd": bpd_slices, "nfe": scores.nfe}
 
 
-def map_slice_scores(voxel_map: np.ndarray, lc: LoadedCase,
-                     area_mm2: float = LocalisationConfig.slice_area_mm2) -> list[float | None]:
+def map_slice_scores(
+    voxel_map: np.ndarray, lc: LoadedCase, area_mm2: float = LocalisationConfig.slice_area_mm2
+) -> list[float | None]:
     """A canonical map's slice ranking, as the report's ``slice_anomaly_scores`` rank AnoDODE's map: its mean
     over each slice's most anomalous ``area_mm2`` of brain (None without brain)."""
     return slice_top_area_scores(voxel_map, lc.prepared.brain, pixel_area_mm2(lc.prepared), area_mm2)
 
 
-def voxel_metrics(score: np.ndarray, truth: np.ndarray, brain: np.ndarray, threshold: float | None = None
-                  ) -> dict[str, float]:
+def voxel_metrics(
+    score: np.ndarray, truth: np.ndarray, brain: np.ndarray, threshold: float | None = None
+) -> dict[str, float]:
     s, t = score[brain], truth[brain]
-    out = {"voxel_auroc": metrics.auroc(s, t), "voxel_auprc": metrics.auprc(s, t),
-           "best_dice": metrics.best_dice(s, t)[0]}
+    out = {
+        "voxel_auroc": metrics.auroc(s, t),
+        "voxel_auprc": metrics.auprc(s, t),
+        "best_dice": metrics.best_dice(s, t)[0],
+    }
     if threshold is not None:
         out["dice_at_threshold"] = metrics.dice(s > threshold, t)
     return out
@@ -129,9 +144,14 @@ def slice_metrics(slice_score: list[float | None], truth: np.ndarray, brain: np.
     return {"slice_auroc": metrics.auroc(s, y), "slice_auprc": metrics.auprc(s, y)}
 
 
-def evaluate_loaded(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, LocalisationConfig] | None = None,
-                    preset: str = "standard", gaussian: GaussianBaseline | None = None, device: str = "cpu"
-                    ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+def evaluate_loaded(
+    model: AnoDODEModel,
+    lc: LoadedCase,
+    variants: dict[str, LocalisationConfig] | None = None,
+    preset: str = "standard",
+    gaussian: GaussianBaseline | None = None,
+    device: str = "cpu",
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Metrics for each AnoDODE variant and the baselines on one case, and the raw maps
     (``out["maps"]`` AnoDODE's, ``out["baseline_maps"]`` the baselines', the Gaussian one when given)."""
     out = case_maps(model, lc, variants, preset, device)
@@ -139,8 +159,11 @@ def evaluate_loaded(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, Loc
     res: dict[str, dict[str, float]] = {}
     thr = model.config.calibration.threshold
     area = model.config.localisation.slice_area_mm2
-    own = [n for n, loc in (variants or {"anodode": model.config.localisation}).items()
-           if loc == model.config.localisation]     # the threshold was calibrated on this map only
+    own = [
+        n
+        for n, loc in (variants or {"anodode": model.config.localisation}).items()
+        if loc == model.config.localisation
+    ]  # the threshold was calibrated on this map only
     for name, m in out["maps"].items():
         r = voxel_metrics(m, truth, brain, thr if name in own else None)
         r.update(slice_metrics(map_slice_scores(m, lc, area), truth, brain))
@@ -154,9 +177,12 @@ def evaluate_loaded(model: AnoDODEModel, lc: LoadedCase, variants: dict[str, Loc
     return res, out
 
 
-def pooled(per_case_maps: list[dict[str, np.ndarray]], cases: list[LoadedCase],
-           slice_bpd: list[list[float | None]] | None = None,
-           area_mm2: float = LocalisationConfig.slice_area_mm2) -> dict[str, dict[str, float]]:
+def pooled(
+    per_case_maps: list[dict[str, np.ndarray]],
+    cases: list[LoadedCase],
+    slice_bpd: list[list[float | None]] | None = None,
+    area_mm2: float = LocalisationConfig.slice_area_mm2,
+) -> dict[str, dict[str, float]]:
     """Voxel metrics over the brain voxels of all cases together, and slice metrics over all their
     brain slices together (a slice's score is its map's mean over the slice's most anomalous ``area_mm2``,
     ``map_slice_scores``; ``slice_bpd``, one list per case in canonical order, the report's ``slice_scores``,
@@ -168,15 +194,18 @@ def pooled(per_case_maps: list[dict[str, np.ndarray]], cases: list[LoadedCase],
     s_truth = np.concatenate([pos[has] for has, pos in truths])
 
     def slice_pool(per_case: list[list[float | None]]) -> dict[str, float]:
-        s = [np.array([np.nan if v is None else v for v in sc], np.float64)[has]
-             for sc, (has, _) in zip(per_case, truths)]
+        s = [
+            np.array([np.nan if v is None else v for v in sc], np.float64)[has]
+            for sc, (has, _) in zip(per_case, truths)
+        ]
         return metrics.pooled_metrics(s, s_truth, "slice")
 
     for name in names:
         s = np.concatenate([m[name][lc.prepared.brain] for m, lc in zip(per_case_maps, cases)])
-        res[name] = {**metrics.pooled_metrics(s, truth),
-                     **slice_pool([map_slice_scores(m[name], lc, area_mm2)
-                                   for m, lc in zip(per_case_maps, cases)])}
+        res[name] = {
+            **metrics.pooled_metrics(s, truth),
+            **slice_pool([map_slice_scores(m[name], lc, area_mm2) for m, lc in zip(per_case_maps, cases)]),
+        }
     if slice_bpd is not None:
         res["slice_bpd"] = slice_pool(slice_bpd)
     return res
@@ -187,13 +216,17 @@ def print_table(rows: list[dict], file=None) -> None:
     out = file or sys.stdout
     print(f"{'case':24s} {'method':26s} " + " ".join(f"{c:>17s}" for c in cols), file=out)
     for r in rows:
-        vals = " ".join(f"{r.get(c, float('nan')):17.3f}" if r.get(c) is not None else f"{'':17s}" for c in cols)
+        vals = " ".join(
+            f"{r.get(c, float('nan')):17.3f}" if r.get(c) is not None else f"{'':17s}" for c in cols
+        )
         print(f"{r['case']:24s} {r['method']:26s} {vals}", file=out)
 
 
 def write_table(rows: list[dict], directory: Path, extra: dict | None = None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "results.json").write_text(json.dumps({**(extra or {}), "rows": rows}, indent=2, default=str))
+    (directory / "results.json").write_text(
+        json.dumps({**(extra or {}), "rows": rows}, indent=2, default=str)
+    )
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("case", "method"), k))
     with open(directory / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -208,9 +241,18 @@ def _slice_truth(lc: LoadedCase) -> tuple[np.ndarray, np.ndarray]:
     return brain.reshape(brain.shape[0], -1).any(1), truth.reshape(truth.shape[0], -1).any(1)
 
 
-def score_cases(model: AnoDODEModel, loaded: list[LoadedCase], voxel_dir: Path, montage_dir: Path,
-                variants: dict[str, LocalisationConfig] | None, preset: str, gaussian: GaussianBaseline | None,
-                device: str, worst: int, progress: bool = True) -> list[dict]:
+def score_cases(
+    model: AnoDODEModel,
+    loaded: list[LoadedCase],
+    voxel_dir: Path,
+    montage_dir: Path,
+    variants: dict[str, LocalisationConfig] | None,
+    preset: str,
+    gaussian: GaussianBaseline | None,
+    device: str,
+    worst: int,
+    progress: bool = True,
+) -> list[dict]:
     """Score each case; per-case metric rows are returned, brain-voxel scores saved for pooling, and
     montages of this process's ``worst`` cases (lowest AnoDODE voxel AUPRC) kept in ``montage_dir``."""
     from tqdm import tqdm
@@ -230,16 +272,32 @@ def score_cases(model: AnoDODEModel, loaded: list[LoadedCase], voxel_dir: Path, 
         has_brain, slice_pos = _slice_truth(lc)
         slice_sc = {"slice_bpd": [v if v is not None else float("nan") for v in out["slice_bpd"]]}
         for name, m in maps.items():
-            slice_sc[name] = [v if v is not None else float("nan")
-                              for v in map_slice_scores(m, lc, model.config.localisation.slice_area_mm2)]
-        np.savez(voxel_dir / f"{lc.case.name}.npz", truth=np.packbits(truth[brain]), n=np.array(int(brain.sum())),
-                 has_brain=has_brain, slice_pos=slice_pos,
-                 **{f"voxel__{k}": v[brain].astype(np.float32) for k, v in maps.items()},
-                 **{f"slice__{k}": np.asarray(v, np.float64) for k, v in slice_sc.items()})
+            slice_sc[name] = [
+                v if v is not None else float("nan")
+                for v in map_slice_scores(m, lc, model.config.localisation.slice_area_mm2)
+            ]
+        np.savez(
+            voxel_dir / f"{lc.case.name}.npz",
+            truth=np.packbits(truth[brain]),
+            n=np.array(int(brain.sum())),
+            has_brain=has_brain,
+            slice_pos=slice_pos,
+            **{f"voxel__{k}": v[brain].astype(np.float32) for k, v in maps.items()},
+            **{f"slice__{k}": np.asarray(v, np.float64) for k, v in slice_sc.items()},
+        )
         seconds = round(time.perf_counter() - t0, 1)
         for method, r in res.items():
-            rows.append({"case": lc.case.name, "dataset": lc.case.dataset, "expert_mask": lc.case.expert,
-                         "method": method, "tumour_voxels": int(truth.sum()), "seconds": seconds, **r})
+            rows.append(
+                {
+                    "case": lc.case.name,
+                    "dataset": lc.case.dataset,
+                    "expert_mask": lc.case.expert,
+                    "method": method,
+                    "tumour_voxels": int(truth.sum()),
+                    "seconds": seconds,
+                    **r,
+                }
+            )
         key = res.get(main_name, {}).get("voxel_auprc", float("nan"))
         if truth.any() and worst > 0 and not math.isnan(key):
             ranked.append((key, lc.case.name))
@@ -247,10 +305,19 @@ def score_cases(model: AnoDODEModel, loaded: list[LoadedCase], voxel_dir: Path, 
             if any(n == lc.case.name for _, n in ranked[:worst]):
                 m = np.where(brain, maps[main_name], 0.0)
                 method = (variants[main_name] if variants else model.config.localisation).method
-                png = render_png(canonical_figure_input(
-                    lc.prepared.geometry, lc.prepared.normalised, m, m > thr, thr, slice_sc[main_name],
-                    MAP_UNITS.get(method, method), title=f"{lc.case.name} ({lc.case.dataset})",
-                    subtitle=f"{main_name}: voxel AUPRC {key:.3f}; intensity z-scored in the brain"))
+                png = render_png(
+                    canonical_figure_input(
+                        lc.prepared.geometry,
+                        lc.prepared.normalised,
+                        m,
+                        m > thr,
+                        thr,
+                        slice_sc[main_name],
+                        MAP_UNITS.get(method, method),
+                        title=f"{lc.case.name} ({lc.case.dataset})",
+                        subtitle=f"{main_name}: voxel AUPRC {key:.3f}; intensity z-scored in the brain",
+                    )
+                )
                 (montage_dir / f"{lc.case.name}.png").write_bytes(png)
                 (montage_dir / f"{lc.case.name}.json").write_text(json.dumps({"voxel_auprc": key}))
             for _, n in ranked[worst:]:
@@ -259,8 +326,9 @@ def score_cases(model: AnoDODEModel, loaded: list[LoadedCase], voxel_dir: Path, 
     return rows
 
 
-def merge(voxel_dir: Path, names: list[str]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]],
-                                                      dict[str, dict[str, Any]]]:
+def merge(
+    voxel_dir: Path, names: list[str]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
     """Pooled voxel and slice metrics over the saved per-case scores, and the pooled curves."""
     truth, scores, s_truth, s_scores = [], {}, [], {}
     for n in names:
@@ -279,8 +347,10 @@ def merge(voxel_dir: Path, names: list[str]) -> tuple[dict[str, dict[str, float]
     for k, v in scores.items():
         s = np.concatenate(v)
         pooled_vox[k] = metrics.pooled_metrics(s, t)
-        curves[k] = {"roc": metrics.thin_curve(*metrics.roc_curve(s, t)),
-                     "pr": metrics.thin_curve(*metrics.pr_curve(s, t))}
+        curves[k] = {
+            "roc": metrics.thin_curve(*metrics.roc_curve(s, t)),
+            "pr": metrics.thin_curve(*metrics.pr_curve(s, t)),
+        }
     for k, v in s_scores.items():
         s = np.concatenate(v)
         ok = np.isfinite(s)
@@ -289,21 +359,42 @@ def merge(voxel_dir: Path, names: list[str]) -> tuple[dict[str, dict[str, float]
     return pooled_vox, pooled_slice, curves
 
 
-def plot_curves(curves: dict[str, dict[str, Any]], pooled_vox: dict, pooled_slice: dict, directory: Path) -> list[Path]:
+def plot_curves(
+    curves: dict[str, dict[str, Any]], pooled_vox: dict, pooled_slice: dict, directory: Path
+) -> list[Path]:
     """roc.png, pr.png (pooled voxels) and slice_roc.png; skipped with a warning without matplotlib."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        warnings.warn("matplotlib is not installed (pip install 'anodode[train]'): no plots written", stacklevel=2)
+        warnings.warn(
+            "matplotlib is not installed (pip install 'anodode[train]'): no plots written", stacklevel=2
+        )
         return []
     written = []
-    specs = [("roc", "roc.png", "false positive rate", "true positive rate", "voxel ROC (pooled)", "voxel_auroc",
-              pooled_vox),
-             ("pr", "pr.png", "recall", "precision", "voxel precision-recall (pooled)", "voxel_auprc", pooled_vox),
-             ("slice_roc", "slice_roc.png", "false positive rate", "true positive rate", "slice ROC (pooled)",
-              "slice_auroc", pooled_slice)]
+    specs = [
+        (
+            "roc",
+            "roc.png",
+            "false positive rate",
+            "true positive rate",
+            "voxel ROC (pooled)",
+            "voxel_auroc",
+            pooled_vox,
+        ),
+        ("pr", "pr.png", "recall", "precision", "voxel precision-recall (pooled)", "voxel_auprc", pooled_vox),
+        (
+            "slice_roc",
+            "slice_roc.png",
+            "false positive rate",
+            "true positive rate",
+            "slice ROC (pooled)",
+            "slice_auroc",
+            pooled_slice,
+        ),
+    ]
     for key, fname, xl, yl, title, metric, table in specs:
         fig, ax = plt.subplots(figsize=(5.5, 5))
         for name, c in curves.items():
@@ -334,8 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True, type=Path, help="folder for results and plots")
     options.add_data(ap, ["brats-family"])
     options.add_contrast(ap, model_given=True)
-    ap.add_argument("--gaussian", type=Path, default=None,
-                    help="gaussian_baseline.npz from the training run folder (adds the Gaussian baseline)")
+    ap.add_argument(
+        "--gaussian",
+        type=Path,
+        default=None,
+        help="gaussian_baseline.npz from the training run folder (adds the Gaussian baseline)",
+    )
     options.add_preset(ap)
     ap.add_argument("--all-variants", action="store_true", help="score every localisation variant")
     options.add_cache(ap)
@@ -363,19 +458,30 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     mine = cases[rank::world]
     try:
-        if args.cache is not None:   # each rank caches its own cases
-            loaded = load_cases(mine, model.config, cache_dir=args.cache, workers=args.workers,
-                                progress=rank == 0)
+        if args.cache is not None:  # each rank caches its own cases
+            loaded = load_cases(
+                mine, model.config, cache_dir=args.cache, workers=args.workers, progress=rank == 0
+            )
         else:
             loaded = load_cases(mine, model.config)
-    except (ValueError, OSError) as exc:   # volume_io.InputError is a ValueError
+    except (ValueError, OSError) as exc:  # volume_io.InputError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     variants = localisation_variants(model.config.localisation) if args.all_variants else None
     out = args.output
     shard_dir = out / "shards"
-    rows = score_cases(model, loaded, out / "voxels", shard_dir / f"montages{rank}", variants, args.preset,
-                       gaussian, str(dev), args.worst, progress=rank == 0)
+    rows = score_cases(
+        model,
+        loaded,
+        out / "voxels",
+        shard_dir / f"montages{rank}",
+        variants,
+        args.preset,
+        gaussian,
+        str(dev),
+        args.worst,
+        progress=rank == 0,
+    )
     (shard_dir / f"rank{rank}.json").write_text(json.dumps(rows, default=str))
     barrier()
     if rank == 0:
@@ -385,8 +491,16 @@ def main(argv: list[str] | None = None) -> int:
         scored = list(dict.fromkeys(r["case"] for r in rows))
         pooled_vox, pooled_slice, curves = merge(out / "voxels", scored)
         for method in pooled_vox.keys() | pooled_slice.keys():
-            rows.append({"case": "POOLED", "dataset": "all", "expert_mask": None, "method": method,
-                         **pooled_vox.get(method, {}), **pooled_slice.get(method, {})})
+            rows.append(
+                {
+                    "case": "POOLED",
+                    "dataset": "all",
+                    "expert_mask": None,
+                    "method": method,
+                    **pooled_vox.get(method, {}),
+                    **pooled_slice.get(method, {}),
+                }
+            )
         # the worst cases over all ranks get their montages
         cands = []
         for jf in shard_dir.glob("montages*/*.json"):
@@ -395,11 +509,20 @@ def main(argv: list[str] | None = None) -> int:
         for k, (_, jf) in enumerate(sorted(cands)[: args.worst]):
             shutil.copyfile(jf.with_suffix(".png"), out / "montages" / f"worst{k + 1}_{jf.stem}.png")
         plots = plot_curves(curves, pooled_vox, pooled_slice, out)
-        write_table(rows, out, {"model": str(args.model), "model_name": model.name,
-                                "calibration": dataclasses.asdict(model.config.calibration),
-                                "preset": args.preset, "world_size": world, "cases": scored,
-                                "seconds": round(time.perf_counter() - t0, 1),
-                                "plots": [p.name for p in plots]})
+        write_table(
+            rows,
+            out,
+            {
+                "model": str(args.model),
+                "model_name": model.name,
+                "calibration": dataclasses.asdict(model.config.calibration),
+                "preset": args.preset,
+                "world_size": world,
+                "cases": scored,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "plots": [p.name for p in plots],
+            },
+        )
         shutil.rmtree(shard_dir, ignore_errors=True)
         if not args.keep_voxels:
             shutil.rmtree(out / "voxels", ignore_errors=True)

@@ -25,6 +25,7 @@ anomalous ``slice_area_mm2`` of brain, as the report's ``slice_anomaly_scores`` 
 protocol, each map's 99th percentile in the slice, is kept beside it), Dice at the calibrated threshold.
 Writes results.json and results.md (the tables the README quotes) in ``--output``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,21 +74,40 @@ logger = logging.getLogger("training.heldout")
 GROUPS = ("brats", "wmh", "isles")
 METHODS = ("anodode", "gaussian", "flair_zscore", "flair_zscore_smoothed")
 # other localisations of the same density, scored from the same per-location results (``--variants``)
-VARIANTS = {"reconstruction_all_scales": {"method": "reconstruction", "residual_scales": "all",
-                                          "intensity_product": False},
-            "reconstruction_x_intensity": {"method": "reconstruction", "residual_scales": "all",
-                                           "intensity_product": True},
-            "likelihood_x_intensity": {"method": "likelihood", "intensity_product": True},
-            "combined_x_intensity": {"method": "combined", "intensity_product": True},
-            "reconstruction_finest": {"method": "reconstruction", "residual_scales": "finest",
-                                      "intensity_product": False},
-            "combined": {"method": "combined", "intensity_product": False},
-            "likelihood": {"method": "likelihood", "intensity_product": False},
-            "combined_x_intensity_unscaled": {"method": "combined", "intensity_product": True,
-                                              "brightness_quantile": None}}
-COLUMNS = (("voxel_auprc", "voxel AUPRC"), ("best_dice", "best Dice"), ("slice_auroc", "slice AUROC"),
-           ("dice_at_threshold", "Dice @ calibrated"), ("slice_auroc_map", "slice AUROC, map ranking"),
-           ("slice_auroc_q99", "slice AUROC, 99th percentile"))
+VARIANTS = {
+    "reconstruction_all_scales": {
+        "method": "reconstruction",
+        "residual_scales": "all",
+        "intensity_product": False,
+    },
+    "reconstruction_x_intensity": {
+        "method": "reconstruction",
+        "residual_scales": "all",
+        "intensity_product": True,
+    },
+    "likelihood_x_intensity": {"method": "likelihood", "intensity_product": True},
+    "combined_x_intensity": {"method": "combined", "intensity_product": True},
+    "reconstruction_finest": {
+        "method": "reconstruction",
+        "residual_scales": "finest",
+        "intensity_product": False,
+    },
+    "combined": {"method": "combined", "intensity_product": False},
+    "likelihood": {"method": "likelihood", "intensity_product": False},
+    "combined_x_intensity_unscaled": {
+        "method": "combined",
+        "intensity_product": True,
+        "brightness_quantile": None,
+    },
+}
+COLUMNS = (
+    ("voxel_auprc", "voxel AUPRC"),
+    ("best_dice", "best Dice"),
+    ("slice_auroc", "slice AUROC"),
+    ("dice_at_threshold", "Dice @ calibrated"),
+    ("slice_auroc_map", "slice AUROC, map ranking"),
+    ("slice_auroc_q99", "slice AUROC, 99th percentile"),
+)
 #: columns that exist for AnoDODE only
 ANODODE_ONLY = ("dice_at_threshold", "slice_auroc_map")
 
@@ -98,12 +118,12 @@ class CaseScores:
 
     name: str
     group: str
-    truth: np.ndarray                       # (n,) bool lesion at the brain voxels
-    voxels: dict[str, np.ndarray]           # method -> (n,) scores at the brain voxels
-    slices: dict[str, np.ndarray]           # method -> (S,) per canonical slice with brain
-    slices_q99: dict[str, np.ndarray]       # the same, ranked by the map's 99th percentile in the slice
-    slice_truth: np.ndarray                 # (S,) bool: the slice holds lesion
-    thresholds: dict[str, float]           # method -> its calibrated threshold (AnoDODE maps only)
+    truth: np.ndarray  # (n,) bool lesion at the brain voxels
+    voxels: dict[str, np.ndarray]  # method -> (n,) scores at the brain voxels
+    slices: dict[str, np.ndarray]  # method -> (S,) per canonical slice with brain
+    slices_q99: dict[str, np.ndarray]  # the same, ranked by the map's 99th percentile in the slice
+    slice_truth: np.ndarray  # (S,) bool: the slice holds lesion
+    thresholds: dict[str, float]  # method -> its calibrated threshold (AnoDODE maps only)
 
 
 def gaussian_map(model: AnoDODEModel, lc: LoadedCase, gaussian: GaussianBaseline) -> np.ndarray:
@@ -116,15 +136,23 @@ def gaussian_map(model: AnoDODEModel, lc: LoadedCase, gaussian: GaussianBaseline
     with torch.no_grad():
         y = model.standardiser(feats.float()).numpy()
     d = gaussian.score(y, ctx.numpy())
-    brighter = y[:, 0] > gaussian.mean[gaussian.cell_index(ctx.numpy(), gaussian.cells, gaussian.positions), 0]
+    brighter = (
+        y[:, 0] > gaussian.mean[gaussian.cell_index(ctx.numpy(), gaussian.cells, gaussian.positions), 0]
+    )
     per_loc = torch.from_numpy((d * brighter).astype(np.float32))
     loc = model.config.localisation
     grid = smooth_on_grid(scatter_to_grid(per_loc, p.grid_mask), p.grid_mask, loc.smooth_mm, p.spacing_mm)
     return weighted_map(p, p.to_full(grid), loc)
 
 
-def score_case(model: AnoDODEModel, gaussian: GaussianBaseline, lc: LoadedCase, group: str,
-               thresholds: dict[str, float], preset: str = "standard") -> CaseScores:
+def score_case(
+    model: AnoDODEModel,
+    gaussian: GaussianBaseline,
+    lc: LoadedCase,
+    group: str,
+    thresholds: dict[str, float],
+    preset: str = "standard",
+) -> CaseScores:
     """Every method's maps and slice scores on one held-out case (canonical, full resolution)."""
     p = lc.prepared
     scores, scored = score_prepared(model, p, preset)
@@ -143,12 +171,20 @@ def score_case(model: AnoDODEModel, gaussian: GaussianBaseline, lc: LoadedCase, 
     # slice_anomaly_scores for AnoDODE's map), and, the earlier protocol, its 99th percentile in the slice
     slices = {k: per_slice(slice_top_area_scores(m, brain, px, area)) for k, m in maps.items()}
     q99 = {k: per_slice(slice_quantile_scores(m, brain)) for k, m in maps.items()}
-    slices["anodode_map"] = slices["anodode"]       # the map's own ranking (the report's slice_anomaly_scores)
+    slices["anodode_map"] = slices["anodode"]  # the map's own ranking (the report's slice_anomaly_scores)
     density = density_map(p, scores, model, scored=scored)
     slices["anodode"] = per_slice(canonical_slice_scores(p, scores, model, scored, density))  # slice_scores
     q99["anodode"] = per_slice(slice_quantile_scores(density, brain))
-    return CaseScores(lc.case.name, group, truth[brain], {k: m[brain] for k, m in maps.items()}, slices, q99,
-                      truth.reshape(truth.shape[0], -1).any(1)[has], thresholds)
+    return CaseScores(
+        lc.case.name,
+        group,
+        truth[brain],
+        {k: m[brain] for k, m in maps.items()},
+        slices,
+        q99,
+        truth.reshape(truth.shape[0], -1).any(1)[has],
+        thresholds,
+    )
 
 
 def variant_localisations(model: AnoDODEModel, names: list[str]) -> dict[str, LocalisationConfig]:
@@ -166,23 +202,29 @@ def case_metrics(cases: list[CaseScores]) -> dict[str, dict[str, float]]:
     for m in cases[0].voxels:
         vox = metrics.pooled_metrics([c.voxels[m] for c in cases], truth)
         sl = metrics.pooled_metrics([c.slices[m] for c in cases], s_truth, "slice")
-        r = {"voxel_auprc": vox["voxel_auprc"], "best_dice": vox["best_dice"],
-             "slice_auroc": sl["slice_auroc"]}
+        r = {
+            "voxel_auprc": vox["voxel_auprc"],
+            "best_dice": vox["best_dice"],
+            "slice_auroc": sl["slice_auroc"],
+        }
         if m in cases[0].slices_q99:
-            r["slice_auroc_q99"] = metrics.pooled_metrics([c.slices_q99[m] for c in cases], s_truth,
-                                                          "slice")["slice_auroc"]
+            r["slice_auroc_q99"] = metrics.pooled_metrics([c.slices_q99[m] for c in cases], s_truth, "slice")[
+                "slice_auroc"
+            ]
         if m in cases[0].thresholds:
             label = np.concatenate([c.voxels[m] > c.thresholds[m] for c in cases])
             r["dice_at_threshold"] = metrics.dice(label, truth)
         if m == "anodode" and "anodode_map" in cases[0].slices:
-            r["slice_auroc_map"] = metrics.pooled_metrics([c.slices["anodode_map"] for c in cases], s_truth,
-                                                          "slice")["slice_auroc"]
+            r["slice_auroc_map"] = metrics.pooled_metrics(
+                [c.slices["anodode_map"] for c in cases], s_truth, "slice"
+            )["slice_auroc"]
         out[m] = r
     return out
 
 
-def train_fold(training: list[LoadedCase], cfg, tc: TrainConfig, variants: list[str],
-               saved: Path | None = None) -> tuple[AnoDODEModel, GaussianBaseline, dict[str, float]]:
+def train_fold(
+    training: list[LoadedCase], cfg, tc: TrainConfig, variants: list[str], saved: Path | None = None
+) -> tuple[AnoDODEModel, GaussianBaseline, dict[str, float]]:
     """The shipped recipe on ``training`` only: its standardiser, calibration (of the model's localisation
     and of each variant) and Gaussian see nothing else. ``saved``: a folder where this very fold's model and
     Gaussian were saved by an earlier run (``--save-models``): they are loaded instead of retrained (training
@@ -194,20 +236,27 @@ def train_fold(training: list[LoadedCase], cfg, tc: TrainConfig, variants: list[
     else:
         model = train_loaded(training, cfg, tc, calibrate_model=False, progress=False)
     calibration = training[: tc.calibration_cases or None]
-    thresholds = calibration_thresholds(model, calibration, tc.calibration_quantile,
-                                        variant_localisations(model, ["anodode", *variants]))
-    model.config = dataclasses.replace(model.config, calibration=dataclasses.replace(
-        model.config.calibration, threshold=thresholds["anodode"], quantile=tc.calibration_quantile))
+    thresholds = calibration_thresholds(
+        model, calibration, tc.calibration_quantile, variant_localisations(model, ["anodode", *variants])
+    )
+    model.config = dataclasses.replace(
+        model.config,
+        calibration=dataclasses.replace(
+            model.config.calibration, threshold=thresholds["anodode"], quantile=tc.calibration_quantile
+        ),
+    )
     if saved is None:
         feats, ctx = normal_vectors(training, cfg, tc)
         with torch.no_grad():
-            gaussian = GaussianBaseline.fit(model.standardiser(feats).numpy(), ctx.numpy(),
-                                            positions=position_columns(cfg.features))
+            gaussian = GaussianBaseline.fit(
+                model.standardiser(feats).numpy(), ctx.numpy(), positions=position_columns(cfg.features)
+            )
     return model, gaussian, thresholds
 
 
-def plan(brats: list[Case], wmh: list[Case], isles: list[Case], folds: int, train_wmh: bool
-         ) -> list[tuple[list[str], list[tuple[str, str]]]]:
+def plan(
+    brats: list[Case], wmh: list[Case], isles: list[Case], folds: int, train_wmh: bool
+) -> list[tuple[list[str], list[tuple[str, str]]]]:
     """The training runs: (names trained on, [(group, name scored), ...]); no scored name is trained on."""
     everyone = [c.name for c in brats] + ([c.name for c in wmh] if train_wmh else [])
     runs = []
@@ -238,22 +287,40 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None or not np.isfinite(v) else f"{v:.3f}"
 
 
-def paired(results: dict, group: str, metric: str, method: str = "anodode",
-           against: str = "flair_zscore_smoothed", n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+def paired(
+    results: dict,
+    group: str,
+    metric: str,
+    method: str = "anodode",
+    against: str = "flair_zscore_smoothed",
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
     """Per-case paired comparison of ``method`` with ``against`` on ``metric`` within a group: the mean
     per-case difference, its 95 % bootstrap interval over cases (``n_boot`` resamples of the cases with
     replacement, percentile method) and how many cases ``method`` wins."""
     cases = results["groups"][group]["cases"].values()
-    d = np.array([c[method][metric] - c[against][metric] for c in cases
-                  if c[method].get(metric) is not None and c[against].get(metric) is not None], float)
+    d = np.array(
+        [
+            c[method][metric] - c[against][metric]
+            for c in cases
+            if c[method].get(metric) is not None and c[against].get(metric) is not None
+        ],
+        float,
+    )
     d = d[np.isfinite(d)]
     if d.size == 0:
         return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "wins": 0, "n": 0}
     rng = np.random.default_rng(seed)
     boots = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(1)
     low, high = np.percentile(boots, [2.5, 97.5])
-    return {"mean": float(d.mean()), "low": float(low), "high": float(high), "wins": int((d > 0).sum()),
-            "n": int(d.size)}
+    return {
+        "mean": float(d.mean()),
+        "low": float(low),
+        "high": float(high),
+        "wins": int((d > 0).sum()),
+        "n": int(d.size),
+    }
 
 
 def markdown(results: dict) -> str:
@@ -264,75 +331,131 @@ def markdown(results: dict) -> str:
         if g not in results["groups"]:
             continue
         grp = results["groups"][g]
-        lines += [(f"**{g}** ({len(grp['cases'])} case(s)): AnoDODE / FLAIR z-score / smoothed z-score (the last two "
-                   "columns: AnoDODE's)"), "",
-                  "| case | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+        lines += [
+            (
+                f"**{g}** ({len(grp['cases'])} case(s)): AnoDODE / FLAIR z-score / smoothed z-score (the last two "
+                "columns: AnoDODE's)"
+            ),
+            "",
+            "| case | " + " | ".join(h for _, h in COLUMNS) + " |",
+            "|---|" + "---|" * len(COLUMNS),
+        ]
         for name, r in list(grp["cases"].items()) + [("**pooled**", grp["pooled"])]:
             cells = []
             for key, _ in COLUMNS:
                 if key in ANODODE_ONLY:
                     cells.append(_fmt(r["anodode"].get(key)))
                 else:
-                    cells.append(" / ".join(_fmt(r[m].get(key)) for m in ("anodode", "flair_zscore",
-                                                                          "flair_zscore_smoothed")))
+                    cells.append(
+                        " / ".join(
+                            _fmt(r[m].get(key)) for m in ("anodode", "flair_zscore", "flair_zscore_smoothed")
+                        )
+                    )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += [("Pooled, every method (ablation: `gaussian` is the same pipeline with the per-position Gaussian "
-               "in place of the diffusion model):"), "",
-              "| group | method | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    lines += [
+        (
+            "Pooled, every method (ablation: `gaussian` is the same pipeline with the per-position Gaussian "
+            "in place of the diffusion model):"
+        ),
+        "",
+        "| group | method | " + " | ".join(h for _, h in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
     for g in GROUPS:
         if g in results["groups"]:
             for m in results["groups"][g]["pooled"]:
                 r = results["groups"][g]["pooled"][m]
                 lines.append(f"| {g} | {m} | " + " | ".join(_fmt(r.get(k)) for k, _ in COLUMNS) + " |")
-    lines += ["", ("Paired per case, AnoDODE minus the smoothed z-score: mean difference [95 % bootstrap interval "
-                   "over cases] (cases AnoDODE wins / cases):"), "",
-              "| group | " + " | ".join(h for _, h in COLUMNS[:3]) + " |", "|---|---|---|---|"]
+    lines += [
+        "",
+        (
+            "Paired per case, AnoDODE minus the smoothed z-score: mean difference [95 % bootstrap interval "
+            "over cases] (cases AnoDODE wins / cases):"
+        ),
+        "",
+        "| group | " + " | ".join(h for _, h in COLUMNS[:3]) + " |",
+        "|---|---|---|---|",
+    ]
     for g in GROUPS:
         if g in results["groups"]:
             cells = []
             for key, _ in COLUMNS[:3]:
                 r = paired(results, g, key)
-                cells.append(f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] ({r['wins']}/{r['n']})"
-                             if r["n"] else "–")
+                cells.append(
+                    f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] ({r['wins']}/{r['n']})"
+                    if r["n"]
+                    else "–"
+                )
             lines.append(f"| {g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def run(output: Path, steps: int, folds: int, train_wmh: bool, preset: str = "standard",
-        variants: list[str] | None = None, slice_position: bool = True, features: dict | None = None,
-        save_models: bool = False, from_models: Path | None = None) -> dict:
+def run(
+    output: Path,
+    steps: int,
+    folds: int,
+    train_wmh: bool,
+    preset: str = "standard",
+    variants: list[str] | None = None,
+    slice_position: bool = True,
+    features: dict | None = None,
+    save_models: bool = False,
+    from_models: Path | None = None,
+) -> dict:
     cfg = model_config()
     changes = {**(features or {}), **({} if slice_position else {"slice_position": False})}
     if changes:
         feats = dataclasses.replace(cfg.features, **changes)
-        cfg = dataclasses.replace(cfg, features=feats,
-                                  score_net=dataclasses.replace(cfg.score_net, cond_channels=feats.cond_channels))
+        cfg = dataclasses.replace(
+            cfg,
+            features=feats,
+            score_net=dataclasses.replace(cfg.score_net, cond_channels=feats.cond_channels),
+        )
     tc = dataclasses.replace(TrainConfig(), steps=steps)
     variants = list(variants or [])
     brats, wmh, isles = brats_family_cases(), wmh_clinical_cases(), isles_cases()
     if len(brats) < folds or not wmh or not isles:
-        raise FileNotFoundError("the three groups need ../shared/data (8 BraTS-family, wmh_clinical, isles22)")
+        raise FileNotFoundError(
+            "the three groups need ../shared/data (8 BraTS-family, wmh_clinical, isles22)"
+        )
     t0 = time.perf_counter()
     cases = {c.name: c for c in brats + wmh + isles}
     loaded = {n: load_case(c, cfg, tc.healthy, tc.tumour_margin_mm) for n, c in cases.items()}
     scored: list[CaseScores] = []
     runs = plan(brats, wmh, isles, folds, train_wmh)
     for i, (train_names, targets) in enumerate(runs):
-        logger.info("run %d/%d: training on %d cases, scoring %s", i + 1, len(runs), len(train_names),
-                    [n for _, n in targets])
+        logger.info(
+            "run %d/%d: training on %d cases, scoring %s",
+            i + 1,
+            len(runs),
+            len(train_names),
+            [n for _, n in targets],
+        )
         saved = from_models / f"run{i + 1}" if from_models is not None else None
         model, gaussian, thresholds = train_fold([loaded[n] for n in train_names], cfg, tc, variants, saved)
         if save_models and saved is None:
             save_model(model, output / "models" / f"run{i + 1}")
             gaussian.save(output / "models" / f"run{i + 1}" / "gaussian_baseline.npz")
         scored += [score_case(model, gaussian, loaded[n], g, thresholds, preset) for g, n in targets]
-    results: dict = {"protocol": {"folds": folds, "train_wmh": train_wmh, "steps": steps, "preset": preset,
-                                  "runs": [{"train": t, "scored": [n for _, n in s]} for t, s in runs]},
-                     "config": dataclasses.asdict(cfg), "train_config": dataclasses.asdict(tc), "groups": {}}
+    results: dict = {
+        "protocol": {
+            "folds": folds,
+            "train_wmh": train_wmh,
+            "steps": steps,
+            "preset": preset,
+            "runs": [{"train": t, "scored": [n for _, n in s]} for t, s in runs],
+        },
+        "config": dataclasses.asdict(cfg),
+        "train_config": dataclasses.asdict(tc),
+        "groups": {},
+    }
     for g in GROUPS:
         mine = [c for c in scored if c.group == g]
-        results["groups"][g] = {"cases": {c.name: case_metrics([c]) for c in mine}, "pooled": case_metrics(mine)}
+        results["groups"][g] = {
+            "cases": {c.name: case_metrics([c]) for c in mine},
+            "pooled": case_metrics(mine),
+        }
     results["seconds"] = round(time.perf_counter() - t0, 1)
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.json").write_text(json.dumps(_finite(results), indent=2, allow_nan=False) + "\n")
@@ -345,23 +468,53 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--folds", type=int, default=4, help="cross-validation folds of the BraTS group")
-    ap.add_argument("--no-train-wmh", dest="train_wmh", action="store_false",
-                    help="train on the BraTS-family cases only (the WMH group is then fully held out)")
+    ap.add_argument(
+        "--no-train-wmh",
+        dest="train_wmh",
+        action="store_false",
+        help="train on the BraTS-family cases only (the WMH group is then fully held out)",
+    )
     options.add_preset(ap)
-    ap.add_argument("--no-slice-position", dest="slice_position", action="store_false",
-                    help="ablation: condition on in-plane position only, not on the slice's brain-box z")
-    ap.add_argument("--regional-mm", type=float, default=None,
-                    help="ablation: the regional-level context's scale in mm (0: no regional context)")
-    ap.add_argument("--regional-clip", type=float, default=None,
-                    help="ablation: clip intensities at this level before the regional average")
+    ap.add_argument(
+        "--no-slice-position",
+        dest="slice_position",
+        action="store_false",
+        help="ablation: condition on in-plane position only, not on the slice's brain-box z",
+    )
+    ap.add_argument(
+        "--regional-mm",
+        type=float,
+        default=None,
+        help="ablation: the regional-level context's scale in mm (0: no regional context)",
+    )
+    ap.add_argument(
+        "--regional-clip",
+        type=float,
+        default=None,
+        help="ablation: clip intensities at this level before the regional average",
+    )
     ap.add_argument("--save-models", action="store_true", help="keep each run's model in OUTPUT/models/runK")
-    ap.add_argument("--from-models", type=Path, default=None,
-                    help="load each run's model from DIR/runK (saved by --save-models with the same recipe) "
-                         "instead of training it; only the localisation and calibration are redone")
-    ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
-                    help="also score these localisations of the same density (each calibrated alike)")
-    ap.add_argument("--tables-from", type=Path, default=None, metavar="RESULTS_JSON",
-                    help="only rewrite results.md (in --output) from an earlier run's results.json")
+    ap.add_argument(
+        "--from-models",
+        type=Path,
+        default=None,
+        help="load each run's model from DIR/runK (saved by --save-models with the same recipe) "
+        "instead of training it; only the localisation and calibration are redone",
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=sorted(VARIANTS),
+        help="also score these localisations of the same density (each calibrated alike)",
+    )
+    ap.add_argument(
+        "--tables-from",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="only rewrite results.md (in --output) from an earlier run's results.json",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.tables_from is not None:
@@ -375,10 +528,22 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(results))
         return 0
     try:
-        results = run(args.output, args.steps, args.folds, args.train_wmh, args.preset, args.variants,
-                      args.slice_position, {k: v for k, v in (("regional_scale_mm", args.regional_mm),
-                                                              ("regional_clip", args.regional_clip)) if v is not None},
-                      args.save_models, args.from_models)
+        results = run(
+            args.output,
+            args.steps,
+            args.folds,
+            args.train_wmh,
+            args.preset,
+            args.variants,
+            args.slice_position,
+            {
+                k: v
+                for k, v in (("regional_scale_mm", args.regional_mm), ("regional_clip", args.regional_clip))
+                if v is not None
+            },
+            args.save_models,
+            args.from_models,
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ AUROC: probability that a random positive outscores a random negative (ties coun
 AUPRC: average precision, sum_k (R_k - R_{k-1}) P_k over distinct score thresholds.
 Best-possible Dice: max over thresholds of 2 TP / (|pred| + |truth|).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ def _sorted_counts(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
         raise ValueError("scores and labels differ in size")
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]   # last index of each tie group
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # last index of each tie group
     tp = np.cumsum(y)[last]
     fp = (last + 1) - tp
     return tp.astype(np.float64), fp.astype(np.float64), int(y.sum())
@@ -62,8 +63,9 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * (pred & truth).sum() / denom) if denom else float("nan")
 
 
-def pooled_metrics(scores: np.ndarray | Sequence[np.ndarray], labels: np.ndarray | Sequence[np.ndarray],
-                   kind: str = "voxel") -> dict[str, float]:
+def pooled_metrics(
+    scores: np.ndarray | Sequence[np.ndarray], labels: np.ndarray | Sequence[np.ndarray], kind: str = "voxel"
+) -> dict[str, float]:
     """Metrics over several cases' items together: each of ``scores`` and ``labels`` one array, or one array
     per case (concatenated in order). ``kind`` "voxel": voxel_auroc, voxel_auprc and best_dice over all the
     items (voxels); "slice": slice_auroc and slice_auprc over the items with a finite score (a slice

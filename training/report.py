@@ -13,6 +13,7 @@ interval, the counts of cases above / below it, and the two-sided p-value of the
 (randomisation) test, exact over all 2^n sign patterns for n <= 16 cases. With 8 cases the intervals are
 wide: they say how much the ranking could move with other cases, not more.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -25,8 +26,14 @@ import numpy as np
 
 from . import options
 
-COLUMNS = [("voxel_auprc", "voxel AUPRC"), ("best_dice", "best Dice"), ("dice_at_threshold", "Dice @ calibrated"),
-           ("voxel_auroc", "voxel AUROC"), ("slice_auroc", "slice AUROC"), ("slice_auprc", "slice AUPRC")]
+COLUMNS = [
+    ("voxel_auprc", "voxel AUPRC"),
+    ("best_dice", "best Dice"),
+    ("dice_at_threshold", "Dice @ calibrated"),
+    ("voxel_auroc", "voxel AUROC"),
+    ("slice_auroc", "slice AUROC"),
+    ("slice_auprc", "slice AUPRC"),
+]
 BASELINE = "flair_zscore"
 PAIRED_BASELINE = "flair_zscore_smoothed"
 SUMMARY_METRICS = [("voxel_auprc", "voxel AUPRC"), ("best_dice", "best Dice"), ("slice_auroc", "slice AUROC")]
@@ -47,8 +54,10 @@ def markdown_table(rows: list[dict], methods: list[str] | None = None) -> str:
     cases = list(dict.fromkeys(r["case"] for r in rows if r["case"] != "POOLED"))
     cases += ["POOLED"] if any(r["case"] == "POOLED" for r in rows) else []
     get = {(r["case"], r["method"]): r for r in rows}
-    lines = ["| case | data | method | " + " | ".join(h for _, h in COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "| case | data | method | " + " | ".join(h for _, h in COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(COLUMNS),
+    ]
     for case in cases:
         for m in methods:
             r = get.get((case, m))
@@ -56,12 +65,15 @@ def markdown_table(rows: list[dict], methods: list[str] | None = None) -> str:
                 continue
             name = f"**{m}**" if m == BASELINE else m
             data = r.get("dataset") or ""
-            lines.append(f"| {case} | {data} | {name} | " + " | ".join(_fmt(r.get(k)) for k, _ in COLUMNS) + " |")
+            lines.append(
+                f"| {case} | {data} | {name} | " + " | ".join(_fmt(r.get(k)) for k, _ in COLUMNS) + " |"
+            )
     return "\n".join(lines)
 
 
-def bootstrap_mean_ci(values, resamples: int = 10_000, level: float = 0.95, seed: int = 0
-                      ) -> tuple[float, float, float]:
+def bootstrap_mean_ci(
+    values, resamples: int = 10_000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean of ``values`` and its percentile bootstrap interval: the (1 - level)/2 and (1 + level)/2
     quantiles of the means of ``resamples`` samples of the values drawn with replacement (seeded)."""
     v = np.asarray(values, np.float64)
@@ -94,14 +106,22 @@ def per_case(rows: list[dict], method: str, metric: str) -> dict[str, float]:
     out = {}
     for r in rows:
         v = r.get(metric)
-        if r["case"] != "POOLED" and r["method"] == method and v is not None and not (
-                isinstance(v, float) and math.isnan(v)):
+        if (
+            r["case"] != "POOLED"
+            and r["method"] == method
+            and v is not None
+            and not (isinstance(v, float) and math.isnan(v))
+        ):
             out[r["case"]] = float(v)
     return out
 
 
-def summary_tables(rows: list[dict], methods: list[str] | None = None, against: str = PAIRED_BASELINE,
-                   resamples: int = 10_000) -> str:
+def summary_tables(
+    rows: list[dict],
+    methods: list[str] | None = None,
+    against: str = PAIRED_BASELINE,
+    resamples: int = 10_000,
+) -> str:
     """Markdown: means over cases with 95 % bootstrap intervals, then paired differences to ``against``."""
     present = list(dict.fromkeys(r["method"] for r in rows if r["case"] != "POOLED"))
     methods = [m for m in (methods or present) if m in present]
@@ -109,9 +129,12 @@ def summary_tables(rows: list[dict], methods: list[str] | None = None, against: 
         if extra in present and extra not in methods:
             methods.append(extra)
     n_cases = len({r["case"] for r in rows if r["case"] != "POOLED"})
-    lines = [f"Mean over the {n_cases} cases [95 % bootstrap interval, {resamples} resamples of the cases]:", "",
-             "| method | " + " | ".join(h for _, h in SUMMARY_METRICS) + " |",
-             "|---|" + "---|" * len(SUMMARY_METRICS)]
+    lines = [
+        f"Mean over the {n_cases} cases [95 % bootstrap interval, {resamples} resamples of the cases]:",
+        "",
+        "| method | " + " | ".join(h for _, h in SUMMARY_METRICS) + " |",
+        "|---|" + "---|" * len(SUMMARY_METRICS),
+    ]
     for m in methods:
         cells = []
         for key, _ in SUMMARY_METRICS:
@@ -121,10 +144,16 @@ def summary_tables(rows: list[dict], methods: list[str] | None = None, against: 
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if against not in present:
         return "\n".join(lines)
-    lines += ["", (f"Paired with `{against}` case by case: mean difference [95 % bootstrap interval]; cases "
-                   "above / below; two-sided sign-flip p:"), "",
-              "| method | " + " | ".join(h for _, h in SUMMARY_METRICS) + " |",
-              "|---|" + "---|" * len(SUMMARY_METRICS)]
+    lines += [
+        "",
+        (
+            f"Paired with `{against}` case by case: mean difference [95 % bootstrap interval]; cases "
+            "above / below; two-sided sign-flip p:"
+        ),
+        "",
+        "| method | " + " | ".join(h for _, h in SUMMARY_METRICS) + " |",
+        "|---|" + "---|" * len(SUMMARY_METRICS),
+    ]
     for m in methods:
         if m == against:
             continue
@@ -137,8 +166,10 @@ def summary_tables(rows: list[dict], methods: list[str] | None = None, against: 
                 continue
             d = np.array([a[c] - b[c] for c in common])
             mean, lo, hi = bootstrap_mean_ci(d, resamples)
-            cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]; {int((d > 0).sum())}/{int((d < 0).sum())}; "
-                         f"p = {sign_flip_p(d):.3f}")
+            cells.append(
+                f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]; {int((d > 0).sum())}/{int((d < 0).sum())}; "
+                f"p = {sign_flip_p(d):.3f}"
+            )
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -147,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = options.parser(__doc__)
     ap.add_argument("results", type=Path)
     ap.add_argument("--methods", nargs="+", help="methods to show, in order (default: all)")
-    ap.add_argument("--summary", action="store_true",
-                    help="means with bootstrap intervals and paired differences instead of the per-case table")
+    ap.add_argument(
+        "--summary",
+        action="store_true",
+        help="means with bootstrap intervals and paired differences instead of the per-case table",
+    )
     ap.add_argument("--against", default=PAIRED_BASELINE, help="the baseline of the paired comparison")
     ap.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     args = ap.parse_args(argv)

@@ -9,6 +9,7 @@ T2) count only where they are above the reconstruction, max(r_c, 0), and the lik
 the intensity channel is, r_0(p) > 0.  "combined" multiplies the likelihood by the positive intensity
 residual: high where the location is both improbable and brighter than normal.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,13 @@ def hyperintense_channels(features: FeatureConfig, loc: LocalisationConfig) -> t
     return torch.tensor([c in loc.hyperintense_contrasts for c in features.channel_contrasts()])
 
 
-def location_scores(bpd: torch.Tensor, residual: torch.Tensor, cfg: LocalisationConfig,
-                    hyperintense: torch.Tensor | None = None, finest: torch.Tensor | None = None) -> torch.Tensor:
+def location_scores(
+    bpd: torch.Tensor,
+    residual: torch.Tensor,
+    cfg: LocalisationConfig,
+    hyperintense: torch.Tensor | None = None,
+    finest: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-location anomaly score (N,) from per-location bpd (N,) and residual y - y_rec (N, C).
 
     hyperintense: (C,) bool, the channels read one-sided when ``cfg.hyperintense_only`` (default: all;
@@ -36,8 +42,12 @@ def location_scores(bpd: torch.Tensor, residual: torch.Tensor, cfg: Localisation
     if cfg.method not in LOCALISATIONS:
         raise ValueError(f"unknown localisation {cfg.method!r}; valid: {', '.join(LOCALISATIONS)}")
     if cfg.residual_scales not in RESIDUAL_SCALES:
-        raise ValueError(f"unknown residual_scales {cfg.residual_scales!r}; valid: {', '.join(RESIDUAL_SCALES)}")
-    one_sided = torch.ones(residual.shape[1], dtype=torch.bool) if hyperintense is None else hyperintense.bool()
+        raise ValueError(
+            f"unknown residual_scales {cfg.residual_scales!r}; valid: {', '.join(RESIDUAL_SCALES)}"
+        )
+    one_sided = (
+        torch.ones(residual.shape[1], dtype=torch.bool) if hyperintense is None else hyperintense.bool()
+    )
     if not cfg.hyperintense_only:
         one_sided = torch.zeros_like(one_sided)
     r = torch.where(one_sided.to(residual.device), residual.clamp_min(0.0), residual)
@@ -46,7 +56,7 @@ def location_scores(bpd: torch.Tensor, residual: torch.Tensor, cfg: Localisation
             if finest is None:
                 raise ValueError("residual_scales='finest' needs the finest-scale channels")
             r = r[:, finest.to(r.device).bool()]
-        return (r ** 2).sum(dim=1)
+        return (r**2).sum(dim=1)
     score = bpd.clamp_min(0.0)
     if not bool(one_sided.any()):
         return score if cfg.method == "likelihood" else score * r.norm(dim=1)
@@ -67,7 +77,9 @@ def scatter_to_grid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return grid
 
 
-def smooth_on_grid(grid: torch.Tensor, mask: torch.Tensor, sigma_mm: float, spacing_mm: float) -> torch.Tensor:
+def smooth_on_grid(
+    grid: torch.Tensor, mask: torch.Tensor, sigma_mm: float, spacing_mm: float
+) -> torch.Tensor:
     """In-plane Gaussian smoothing (sigma in mm) of an (S, H, W) map, kept inside the mask."""
     if sigma_mm <= 0:
         return grid
@@ -75,8 +87,9 @@ def smooth_on_grid(grid: torch.Tensor, mask: torch.Tensor, sigma_mm: float, spac
     return out * mask
 
 
-def smooth_in_mask(values: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, float, float],
-                   sigma_mm: float) -> np.ndarray:
+def smooth_in_mask(
+    values: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, float, float], sigma_mm: float
+) -> np.ndarray:
     """3-D normalised Gaussian convolution inside ``mask`` at full resolution:
 
         out = (G * (v 1_M)) / (G * 1_M)  on M,  0 elsewhere,
@@ -104,8 +117,9 @@ def slice_quantile_scores(voxel_map: np.ndarray, brain: np.ndarray, q: float = 0
     return [float(np.quantile(m[b], q)) if b.any() else None for m, b in zip(voxel_map, brain)]
 
 
-def slice_top_area_scores(voxel_map: np.ndarray, brain: np.ndarray, pixel_area_mm2: float, area_mm2: float
-                          ) -> list[float | None]:
+def slice_top_area_scores(
+    voxel_map: np.ndarray, brain: np.ndarray, pixel_area_mm2: float, area_mm2: float
+) -> list[float | None]:
     """Per slice (axis 0): the mean of the map over the slice's most anomalous ``area_mm2`` of brain,
 
         s(slice) = (1 / k) sum of the k largest { m(v) : v a brain voxel of the slice },
@@ -115,7 +129,9 @@ def slice_top_area_scores(voxel_map: np.ndarray, brain: np.ndarray, pixel_area_m
     depend on how much brain the slice holds: a 1 cm^2 lesion weighs the same in a slice through the vertex
     as through the ventricles, and at 0.5 mm or 1 mm in-plane. ``pixel_area_mm2``: in-plane voxel area."""
     if not (np.isfinite(area_mm2) and area_mm2 > 0 and np.isfinite(pixel_area_mm2) and pixel_area_mm2 > 0):
-        raise ValueError(f"areas must be positive and finite, got {area_mm2!r} mm^2 over {pixel_area_mm2!r} mm^2")
+        raise ValueError(
+            f"areas must be positive and finite, got {area_mm2!r} mm^2 over {pixel_area_mm2!r} mm^2"
+        )
     k = max(1, int(round(area_mm2 / pixel_area_mm2)))
     out: list[float | None] = []
     for m, b in zip(voxel_map, brain):
@@ -124,5 +140,5 @@ def slice_top_area_scores(voxel_map: np.ndarray, brain: np.ndarray, pixel_area_m
             out.append(None)
             continue
         kk = min(k, v.size)
-        out.append(float(np.partition(v, v.size - kk)[v.size - kk:].astype(np.float64).mean()))
+        out.append(float(np.partition(v, v.size - kk)[v.size - kk :].astype(np.float64).mean()))
     return out

@@ -17,6 +17,7 @@ through :class:`StagedWrite`:
 
 Files named in ``protect`` (the run's inputs) are never replaced: :class:`OutputError`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,7 +66,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:     # exists, owned by someone else
+    except PermissionError:  # exists, owned by someone else
         return True
     return True
 
@@ -142,7 +143,7 @@ def remove_stale_staging(folder: PathLike, now: float | None = None) -> list[Pat
             continue
         stale = False
         if name.startswith(STAGING_PREFIX):
-            parts = name[len(STAGING_PREFIX):].split("-")
+            parts = name[len(STAGING_PREFIX) :].split("-")
             same_host = len(parts) >= 3 and parts[0] == host and parts[1].isdigit()
             stale = age > STALE_AFTER_S or (same_host and not _pid_alive(int(parts[1])))
         elif _LEGACY.match(name):
@@ -175,16 +176,23 @@ class StagedWrite:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"{self.folder}: cannot create the output folder ({exc.strerror or exc})") from None
+            raise OutputError(
+                f"{self.folder}: cannot create the output folder ({exc.strerror or exc})"
+            ) from None
         remove_stale_staging(self.folder)
         try:
-            self.staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=f"{STAGING_PREFIX}{_host()}-{os.getpid()}-"))
+            self.staging = Path(
+                tempfile.mkdtemp(dir=self.folder, prefix=f"{STAGING_PREFIX}{_host()}-{os.getpid()}-")
+            )
         except OSError as exc:
-            raise OutputError(f"{self.folder}: the output folder is not writable ({exc.strerror or exc})") from None
+            raise OutputError(
+                f"{self.folder}: the output folder is not writable ({exc.strerror or exc})"
+            ) from None
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
@@ -215,23 +223,27 @@ class StagedWrite:
         for name in order:
             check_protect(self.folder / name, self.protect)
         moved: list[Path] = []
-        with _signals_deferred():   # SIGINT/SIGTERM wait until the set is in place (milliseconds of renames)
+        with _signals_deferred():  # SIGINT/SIGTERM wait until the set is in place (milliseconds of renames)
             try:
-                if len(self.names) > 1:   # the old set is incomplete from here on (one file: a plain replace)
+                if len(self.names) > 1:  # the old set is incomplete from here on (one file: a plain replace)
                     (self.folder / self.names[-1]).unlink(missing_ok=True)
                 for name in order:
                     os.replace(self.staging / name, self.folder / name)
                     moved.append(self.folder / name)
             except BaseException:
-                if len(self.names) > 1:   # all or none: a failed rename leaves no part of the new set
+                if len(self.names) > 1:  # all or none: a failed rename leaves no part of the new set
                     for path in moved:
                         path.unlink(missing_ok=True)
                 raise
         return moved
 
 
-def write_file(path: PathLike, write: Callable[[Path], None], protect: Iterable[PathLike] = (),
-               create_folder: bool = False) -> Path:
+def write_file(
+    path: PathLike,
+    write: Callable[[Path], None],
+    protect: Iterable[PathLike] = (),
+    create_folder: bool = False,
+) -> Path:
     """Write one file atomically: ``write(staging_path)`` writes it, then it replaces ``path``.
 
     Raises :class:`OutputError` when ``path`` is one of ``protect``, or when its folder does not exist (and
@@ -248,8 +260,9 @@ def write_file(path: PathLike, write: Callable[[Path], None], protect: Iterable[
     return path
 
 
-def write_bytes(path: PathLike, data: bytes, protect: Iterable[PathLike] = (), create_folder: bool = False
-                ) -> Path:
+def write_bytes(
+    path: PathLike, data: bytes, protect: Iterable[PathLike] = (), create_folder: bool = False
+) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`write_file`)."""
 
     def write(tmp: Path) -> None:

@@ -1,5 +1,6 @@
 """Model bundles: a folder with ``model.json`` (format version, configs, calibration, training summary)
 and ``weights.pt`` (a plain state dict, loaded with ``weights_only=True`` after a SHA-256 check)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,9 +38,12 @@ MIGRATIONS: dict[int, tuple[tuple[str, str, Any], ...]] = {
         ("drop", "config.calibration.slice_score_std_bpd", "never read"),
     ),
     2: (
-        ("drop", "config.localisation.slice_quantile",
-         "slice scores are the mean over the slice's most anomalous slice_area_mm2 (default 100 mm^2), "
-         "which ranks slices better than a quantile of the slice's voxels on every held-out group"),
+        (
+            "drop",
+            "config.localisation.slice_quantile",
+            "slice scores are the mean over the slice's most anomalous slice_area_mm2 (default 100 mm^2), "
+            "which ranks slices better than a quantile of the slice's voxels on every held-out group",
+        ),
         ("default", "config.localisation.brightness_quantile", None),
     ),
 }
@@ -65,8 +69,8 @@ class AnoDODEModel(torch.nn.Module):
         self.score_net = PointwiseScoreNet(config.score_net)
         self.sde = VPSDE.from_config(config.sde)
         self.name = self.metadata.get("name", "unnamed")
-        self.directory: Path | None = None   # the bundle folder it was loaded from (load_model)
-        self.weights_sha256: str | None = None   # SHA-256 of weights.pt as loaded (load_model)
+        self.directory: Path | None = None  # the bundle folder it was loaded from (load_model)
+        self.weights_sha256: str | None = None  # SHA-256 of weights.pt as loaded (load_model)
 
 
 def default_model_dir() -> Path:
@@ -82,7 +86,9 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def save_model(model: AnoDODEModel, directory: str | os.PathLike, training: dict[str, Any] | None = None) -> Path:
+def save_model(
+    model: AnoDODEModel, directory: str | os.PathLike, training: dict[str, Any] | None = None
+) -> Path:
     """Write ``model.json`` and ``weights.pt`` into ``directory`` (created), each atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -128,7 +134,9 @@ def migrate(meta: dict[str, Any]) -> dict[str, Any]:
                 if parent is not None and key in parent:
                     target, target_key = _parent(out, arg, create=True)
                     if target is None:
-                        raise BundleError(f"cannot migrate {path} to {arg}: {arg.rsplit('.', 1)[0]} is not an object")
+                        raise BundleError(
+                            f"cannot migrate {path} to {arg}: {arg.rsplit('.', 1)[0]} is not an object"
+                        )
                     target.setdefault(target_key, parent.pop(key))
             elif op == "drop":
                 if parent is not None:
@@ -143,7 +151,9 @@ def migrate(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_model(path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> AnoDODEModel:
+def load_model(
+    path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu"
+) -> AnoDODEModel:
     """Load a bundle folder (default: the bundled model). Raises ``BundleError`` with a one-line reason."""
     directory = Path(path) if path is not None else default_model_dir()
     meta_path = directory / "model.json"
@@ -168,8 +178,11 @@ def load_model(path: str | os.PathLike | None = None, map_location: str | torch.
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{meta_path}: {exc}") from None
     weights_info = meta.get("weights")
-    if not isinstance(weights_info, dict) or not isinstance(weights_info.get("file"), str) \
-            or not isinstance(weights_info.get("sha256"), str):
+    if (
+        not isinstance(weights_info, dict)
+        or not isinstance(weights_info.get("file"), str)
+        or not isinstance(weights_info.get("sha256"), str)
+    ):
         raise BundleError(f"{meta_path}: weights must be an object with a file name and its sha256")
     for key in ("name", "description"):
         if not isinstance(meta.get(key, ""), str):
@@ -178,7 +191,9 @@ def load_model(path: str | os.PathLike | None = None, map_location: str | torch.
         raise BundleError(f"{meta_path}: training must be an object")
     weights_path = directory / weights_info["file"]
     if not weights_path.resolve().is_relative_to(directory.resolve()):
-        raise BundleError(f"{meta_path}: weights.file {weights_info['file']!r} lies outside the bundle folder")
+        raise BundleError(
+            f"{meta_path}: weights.file {weights_info['file']!r} lies outside the bundle folder"
+        )
     if not weights_path.is_file():
         raise BundleError(f"model bundle {directory} is missing {weights_info['file']}")
     try:

@@ -16,6 +16,7 @@ and 1 (a bad input: unreadable, truncated, NaN/inf voxels, too small to be a hea
 model bundle, an unusable output folder, --device cuda without a GPU), 130 (SIGINT) or 143 (SIGTERM). Each
 input's four files appear together or not at all (outputs.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,17 @@ def expand_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     out: list[Path] = []
     expanded: list[Path] = []
     for path in paths:
-        images = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                        and p.name.lower().endswith(FOLDER_IMAGE_SUFFIXES)) if path.is_dir() else []
+        images = (
+            sorted(
+                p
+                for p in path.iterdir()
+                if p.is_file()
+                and not p.name.startswith(".")
+                and p.name.lower().endswith(FOLDER_IMAGE_SUFFIXES)
+            )
+            if path.is_dir()
+            else []
+        )
         out.extend(images or [path])
         if images:
             expanded.append(path)
@@ -91,23 +101,41 @@ def parse_contrast_args(values: list[str] | None) -> dict[str, list[Path]]:
         if not sep or not name or not path:
             raise ValueError(f"--contrast expects NAME=PATH (e.g. t1ce=scan_t1ce.nii.gz), got {value!r}")
         if name not in CONTRASTS:
-            raise ValueError(f"--contrast {value!r}: unknown contrast {name!r}; valid: {', '.join(CONTRASTS)}")
+            raise ValueError(
+                f"--contrast {value!r}: unknown contrast {name!r}; valid: {', '.join(CONTRASTS)}"
+            )
         out.setdefault(name, []).append(Path(path))
     return out
 
 
-def _score_one(inputs: ScanInputs, model, args: argparse.Namespace, outputs: OutputSet, protect: list[Path],
-               stem: str) -> dict:
-    bar = tqdm(total=100, desc=stem, unit="%", file=sys.stderr, disable=args.quiet, mininterval=0.5,
-               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+def _score_one(
+    inputs: ScanInputs, model, args: argparse.Namespace, outputs: OutputSet, protect: list[Path], stem: str
+) -> dict:
+    bar = tqdm(
+        total=100,
+        desc=stem,
+        unit="%",
+        file=sys.stderr,
+        disable=args.quiet,
+        mininterval=0.5,
+        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+    )
 
     def progress(fraction: float, message: str) -> None:
         bar.set_description(f"{stem} ({message})", refresh=False)
         bar.update(max(0, int(round(100 * fraction)) - bar.n))
 
     try:
-        return score_to_files(inputs, outputs, model, threshold=args.threshold, device=args.device,
-                              preset=args.preset, callback=progress, protect=protect)
+        return score_to_files(
+            inputs,
+            outputs,
+            model,
+            threshold=args.threshold,
+            device=args.device,
+            preset=args.preset,
+            callback=progress,
+            protect=protect,
+        )
     finally:
         bar.close()
 
@@ -119,11 +147,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     scored), 2 for bad usage, a bad model bundle or an unusable output folder (nothing scored)."""
     inputs, folders = expand_inputs([Path(p) for p in args.inputs])
     if folders and (args.mask or args.contrast):
-        return _fail(f"{folders[0]} is a folder of images: --mask and --contrast need the inputs named one by "
-                     "one, in the same order", 2)
+        return _fail(
+            f"{folders[0]} is a folder of images: --mask and --contrast need the inputs named one by "
+            "one, in the same order",
+            2,
+        )
     masks = [Path(m) for m in args.mask] if args.mask else []
     if masks and len(masks) != len(inputs):
-        return _fail(f"--mask was given {len(masks)} time(s) for {len(inputs)} input(s); give one per input", 2)
+        return _fail(
+            f"--mask was given {len(masks)} time(s) for {len(inputs)} input(s); give one per input", 2
+        )
     if args.preset not in PRESETS:
         return _fail(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}", 2)
     if args.threshold is not None and not math.isfinite(args.threshold):
@@ -148,11 +181,14 @@ def cmd_score(args: argparse.Namespace) -> int:
         return _fail(f"{exc}{hint}", 2)
     for name, paths in others.items():
         if len(paths) != len(inputs):
-            return _fail(f"--contrast {name}=... was given {len(paths)} time(s) for {len(inputs)} input(s); "
-                         "give one per input, in input order", 2)
+            return _fail(
+                f"--contrast {name}=... was given {len(paths)} time(s) for {len(inputs)} input(s); "
+                "give one per input, in input order",
+                2,
+            )
     out_dir = Path(args.output_dir)
     try:
-        with StagedWrite(out_dir):   # the folder can be created and written, before anything is scored
+        with StagedWrite(out_dir):  # the folder can be created and written, before anything is scored
             pass
     except OutputError as exc:
         return _fail(str(exc), 2)
@@ -165,12 +201,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     rows = [summary.summary_row(p) for p in inputs]
     for i, path in enumerate(inputs):
         try:
-            inputs_i = ScanInputs(path, masks[i] if masks else None, {c: paths[i] for c, paths in others.items()})
-            report = _score_one(inputs_i, model, args, OutputSet.with_stem(out_dir, stems[i]), protect, stems[i])
+            inputs_i = ScanInputs(
+                path, masks[i] if masks else None, {c: paths[i] for c, paths in others.items()}
+            )
+            report = _score_one(
+                inputs_i, model, args, OutputSet.with_stem(out_dir, stems[i]), protect, stems[i]
+            )
             rows[i] = summary.summary_row(path, report)
             if not args.quiet:
-                print(f"{path}: volume score {report['volume_score_bpd']:.4f} bpd, "
-                      f"{report['anomalous_volume_ml']:.2f} mL anomalous -> {out_dir}")
+                print(
+                    f"{path}: volume score {report['volume_score_bpd']:.4f} bpd, "
+                    f"{report['anomalous_volume_ml']:.2f} mL anomalous -> {out_dir}"
+                )
         except (volume_io.InputError, ValueError, RuntimeError, OSError) as exc:
             failures += 1
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -193,7 +235,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import MIN_BEST_DICE, lesion_found
 
     try:
-        load_model(args.model)       # a bad model fails before the phantom is written
+        load_model(args.model)  # a bad model fails before the phantom is written
     except BundleError as exc:
         return _fail(str(exc), 2)
     out_dir = Path(args.output_dir)
@@ -206,14 +248,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             staged.commit()
     except OutputError as exc:
         return _fail(str(exc), 2)
-    print(f"synthetic FLAIR-like phantom (not a patient) with a lesion at {phantom.lesion_centre_mm} mm: {flair}")
+    print(
+        f"synthetic FLAIR-like phantom (not a patient) with a lesion at {phantom.lesion_centre_mm} mm: {flair}"
+    )
     args.inputs, args.mask, args.contrast = [str(flair)], None, None
     code = 1
     try:
         code = cmd_score(args)
     finally:
         if code:
-            for path in (flair, lesion):   # nothing of a failed or interrupted demo is left behind
+            for path in (flair, lesion):  # nothing of a failed or interrupted demo is left behind
                 path.unlink(missing_ok=True)
     if code:
         return code
@@ -221,13 +265,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "phantom_flair_label.nii.gz"))) > 0
     found = lesion_found(amap, label, sitk.GetArrayFromImage(phantom.lesion) > 0)
     peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
-    print(f"peak anomaly at voxel {tuple(int(v) for v in peak[::-1])} (x, y, z): "
-          f"{'inside' if found.peak_inside else 'OUTSIDE'} the known lesion; best-possible Dice with the lesion "
-          f"{found.best_dice:.2f}, label Dice {found.label_dice:.2f}")
+    print(
+        f"peak anomaly at voxel {tuple(int(v) for v in peak[::-1])} (x, y, z): "
+        f"{'inside' if found.peak_inside else 'OUTSIDE'} the known lesion; best-possible Dice with the lesion "
+        f"{found.best_dice:.2f}, label Dice {found.label_dice:.2f}"
+    )
     if not found.ok:
-        return _fail(f"the map missed the phantom's lesion (peak {'inside' if found.peak_inside else 'outside'} "
-                     f"it, best-possible Dice {found.best_dice:.2f}, needs >= {MIN_BEST_DICE}): the model or "
-                     "the engine is broken", 1)
+        return _fail(
+            f"the map missed the phantom's lesion (peak {'inside' if found.peak_inside else 'outside'} "
+            f"it, best-possible Dice {found.best_dice:.2f}, needs >= {MIN_BEST_DICE}): the model or "
+            "the engine is broken",
+            1,
+        )
     return 0
 
 
@@ -238,13 +287,22 @@ def cmd_info(args: argparse.Namespace) -> int:
         model = load_model(args.model)
     except BundleError as exc:
         return _fail(str(exc), 2)
-    print(json.dumps({
-        "anodode": __version__, "model": model.name, "model_dir": str(args.model or default_model_dir()),
-        "contrasts": list(model.config.features.contrasts),
-        "threshold": model.config.calibration.threshold, "training": model.metadata.get("training", {}),
-        "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "anodode": __version__,
+                "model": model.name,
+                "model_dir": str(args.model or default_model_dir()),
+                "contrasts": list(model.config.features.contrasts),
+                "threshold": model.config.calibration.threshold,
+                "training": model.metadata.get("training", {}),
+                "torch": torch.__version__,
+                "cuda_available": torch.cuda.is_available(),
+                "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -256,8 +314,11 @@ def _fail(message: str, code: int) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``anodode`` argument parser: the ``score``, ``demo`` and ``info`` subcommands (module docstring),
     each with its handler as ``func``."""
-    ap = argparse.ArgumentParser(prog="anodode", description="Unsupervised anomaly detection in brain MRI "
-                                 "(diffusion-ODE likelihood over multi-scale features).")
+    ap = argparse.ArgumentParser(
+        prog="anodode",
+        description="Unsupervised anomaly detection in brain MRI "
+        "(diffusion-ODE likelihood over multi-scale features).",
+    )
     ap.add_argument("--version", action="version", version=f"anodode {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -265,17 +326,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=None, help="model bundle folder (default: the bundled model)")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--threshold", type=float, default=None, help="label threshold (default: calibrated)")
-        p.add_argument("--preset", default="standard",
-                       help=f"one of {', '.join(PRESETS)}: solvers and slice density (README, Speed)")
+        p.add_argument(
+            "--preset",
+            default="standard",
+            help=f"one of {', '.join(PRESETS)}: solvers and slice density (README, Speed)",
+        )
         p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
 
     s = sub.add_parser("score", help="score one or more 3-D scans")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="image file or DICOM series folder")
-    s.add_argument("--mask", action="append", default=None, metavar="MASK",
-                   help="brain mask on the input's grid (repeat once per input)")
-    s.add_argument("--contrast", action="append", default=None, metavar="NAME=PATH",
-                   help="another contrast of the input for a multi-contrast model (e.g. t1ce=scan_t1ce.nii.gz), "
-                        "aligned with it; repeat once per input")
+    s.add_argument(
+        "--mask",
+        action="append",
+        default=None,
+        metavar="MASK",
+        help="brain mask on the input's grid (repeat once per input)",
+    )
+    s.add_argument(
+        "--contrast",
+        action="append",
+        default=None,
+        metavar="NAME=PATH",
+        help="another contrast of the input for a multi-contrast model (e.g. t1ce=scan_t1ce.nii.gz), "
+        "aligned with it; repeat once per input",
+    )
     s.add_argument("--output-dir", default="anodode_output", metavar="DIR")
     common(s)
     s.set_defaults(func=cmd_score)
@@ -303,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     Returns the exit code; SIGTERM gives 143 and Ctrl-C 130, with one error line and no partial outputs.
     Log level from ``$ANODODE_LOG`` (default WARNING)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=os.environ.get("ANODODE_LOG", "WARNING"), format="anodode: %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("ANODODE_LOG", "WARNING"), format="anodode: %(levelname)s: %(message)s"
+    )
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)

@@ -3,6 +3,7 @@
 Every number that changes what a model computes lives here, so a bundle is
 reproducible from its ``model.json`` alone.  Units are stated per field.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,23 +15,42 @@ T = TypeVar("T")
 
 #: ODE solver names (torchdiffeq's; probability_flow.METHODS holds the same, checked by a test) and the divergence
 #: estimators and localisation maps a config may name (likelihood.DIVERGENCES, anomaly_map.LOCALISATIONS).
-SOLVER_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams",
-                  "dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+SOLVER_METHODS = (
+    "euler",
+    "midpoint",
+    "rk4",
+    "explicit_adams",
+    "implicit_adams",
+    "dopri5",
+    "dopri8",
+    "bosh3",
+    "fehlberg2",
+    "adaptive_heun",
+)
 DIVERGENCES = ("exact", "hutchinson")
 LOCALISATIONS = ("likelihood", "reconstruction", "combined")
 RESIDUAL_SCALES = ("all", "finest")
 INTENSITY_REFERENCES = ("mean", "wm_peak")
 
 
-def _real(value: Any, name: str, *, above: float | None = None, at_least: float | None = None,
-          below: float | None = None, at_most: float | None = None) -> None:
+def _real(
+    value: Any,
+    name: str,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+    at_most: float | None = None,
+) -> None:
     """ValueError naming ``name`` unless ``value`` is a finite real number (not a bool) in the given bounds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number (got {value!r})")
-    for ok, words, bound in ((above is None or value > above, ">", above),
-                             (at_least is None or value >= at_least, ">=", at_least),
-                             (below is None or value < below, "<", below),
-                             (at_most is None or value <= at_most, "<=", at_most)):
+    for ok, words, bound in (
+        (above is None or value > above, ">", above),
+        (at_least is None or value >= at_least, ">=", at_least),
+        (below is None or value < below, "<", below),
+        (at_most is None or value <= at_most, "<=", at_most),
+    ):
         if not ok:
             raise ValueError(f"{name} must be {words} {bound:g} (got {value!r})")
 
@@ -51,9 +71,15 @@ def _choice(value: Any, name: str, valid: tuple[str, ...]) -> None:
 
 
 def _names(value: Any, name: str, valid: tuple[str, ...], allow_empty: bool = False) -> None:
-    if (not isinstance(value, tuple) or (not value and not allow_empty) or len(set(value)) != len(value)
-            or any(not isinstance(v, str) or v not in valid for v in value)):
-        raise ValueError(f"{name} must be distinct names from {', '.join(valid)}, as a list (got {_show(value)})")
+    if (
+        not isinstance(value, tuple)
+        or (not value and not allow_empty)
+        or len(set(value)) != len(value)
+        or any(not isinstance(v, str) or v not in valid for v in value)
+    ):
+        raise ValueError(
+            f"{name} must be distinct names from {', '.join(valid)}, as a list (got {_show(value)})"
+        )
 
 
 def _show(value: Any) -> str:
@@ -308,7 +334,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name, cls in _DATACLASS_FIELDS.items():
             if not isinstance(getattr(self, name[1]), cls):
-                raise ValueError(f"{name[1]} must be a {cls.__name__} (got {type(getattr(self, name[1])).__name__})")
+                raise ValueError(
+                    f"{name[1]} must be a {cls.__name__} (got {type(getattr(self, name[1])).__name__})"
+                )
         derived = {"channels": self.features.channels, "cond_channels": self.features.cond_channels}
         object.__setattr__(self, "score_net", dataclasses.replace(self.score_net, **derived))
 
@@ -339,7 +367,9 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise TypeError(f"{cls!r} is not a dataclass")
     prefix = f"{where}." if where else ""
     if not isinstance(data, dict):
-        raise ValueError(f"{where or cls.__name__} must be an object of {cls.__name__} fields (got {data!r:.40})")
+        raise ValueError(
+            f"{where or cls.__name__} must be an object of {cls.__name__} fields (got {data!r:.40})"
+        )
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
@@ -355,7 +385,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
             kwargs[name] = value
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:   # nested sections were built above: this level's fields only
+    except (TypeError, ValueError) as exc:  # nested sections were built above: this level's fields only
         raise ValueError(f"{prefix}{exc}") from None
 
 

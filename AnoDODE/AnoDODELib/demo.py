@@ -5,6 +5,7 @@ white matter, dark ventricles (CSF is dark on FLAIR), smooth bias and noise, and
 hyperintense lesion with a fainter oedema rim. The project ships no patient data, so the offline demo
 scores this phantom, and the lesion mask tells whether the map found it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ import SimpleITK as sitk
 class Phantom:
     """The phantom scan and its ground truth: the lesion mask on the same grid and the lesion's centre."""
 
-    image: sitk.Image        # FLAIR-like float32 volume, RAS-stored like most NIfTI files
-    lesion: sitk.Image       # uint8 mask of the whole lesion (core + oedema rim) on the same grid
-    lesion_centre_mm: tuple[float, float, float]   # physical (LPS) centre of the lesion
+    image: sitk.Image  # FLAIR-like float32 volume, RAS-stored like most NIfTI files
+    lesion: sitk.Image  # uint8 mask of the whole lesion (core + oedema rim) on the same grid
+    lesion_centre_mm: tuple[float, float, float]  # physical (LPS) centre of the lesion
 
 
 def make_phantom(seed: int = 0, lesion_radius_mm: float = 12.0, spacing=(1.5, 1.5, 3.0)) -> Phantom:
@@ -34,11 +35,11 @@ def make_phantom(seed: int = 0, lesion_radius_mm: float = 12.0, spacing=(1.5, 1.
     Z, Y, X = np.meshgrid(z, y, x, indexing="ij")
     r_brain = np.sqrt((X / 68) ** 2 + (Y / 85) ** 2 + (Z / 62) ** 2)
     brain = r_brain < 1.0
-    img = np.where(brain, 1.0, 0.0)                           # white matter
-    img = np.where(brain & (r_brain > 0.93), 1.12, img)       # cortical ribbon (grey matter, a little brighter)
-    vent = (np.sqrt(((np.abs(X) - 9) / 7) ** 2 + (Y / 28) ** 2 + ((Z - 8) / 14) ** 2) < 1.0)
-    img = np.where(vent & brain, 0.35, img)                   # ventricles: CSF is dark on FLAIR
-    centre = np.array([-30.0, -35.0, 18.0])                   # (x, y, z) mm in the array-centred frame
+    img = np.where(brain, 1.0, 0.0)  # white matter
+    img = np.where(brain & (r_brain > 0.93), 1.12, img)  # cortical ribbon (grey matter, a little brighter)
+    vent = np.sqrt(((np.abs(X) - 9) / 7) ** 2 + (Y / 28) ** 2 + ((Z - 8) / 14) ** 2) < 1.0
+    img = np.where(vent & brain, 0.35, img)  # ventricles: CSF is dark on FLAIR
+    centre = np.array([-30.0, -35.0, 18.0])  # (x, y, z) mm in the array-centred frame
     d = np.sqrt((X - centre[0]) ** 2 + (Y - centre[1]) ** 2 + (Z - centre[2]) ** 2)
     lesion = brain & (d < lesion_radius_mm)
     oedema = brain & (d < lesion_radius_mm * 1.6) & ~lesion
@@ -48,9 +49,9 @@ def make_phantom(seed: int = 0, lesion_radius_mm: float = 12.0, spacing=(1.5, 1.
     img = np.where(brain, img * bias + rng.normal(0, 0.05, img.shape), 0.0)
     image = sitk.GetImageFromArray((img * 400).astype(np.float32))
     image.SetSpacing((sx, sy, sz))
-    image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))         # RAS storage
+    image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS storage
     image.SetOrigin((nx / 2 * sx, ny / 2 * sy, -nz / 2 * sz))
-    mask = sitk.GetImageFromArray((lesion | oedema).astype(np.uint8))   # whole lesion, as BraTS "whole tumour"
+    mask = sitk.GetImageFromArray((lesion | oedema).astype(np.uint8))  # whole lesion, as BraTS "whole tumour"
     mask.CopyInformation(image)
     idx = [int(v) for v in np.argwhere(lesion).mean(axis=0)[::-1]]
     return Phantom(image, mask, tuple(image.TransformIndexToPhysicalPoint(idx)))
@@ -65,9 +66,9 @@ MIN_BEST_DICE = 0.5
 class LesionFound:
     """How well an anomaly map found the phantom's lesion (``lesion_found``)."""
 
-    peak_inside: bool        # the map's maximum lies within 2 voxels of the lesion mask
-    best_dice: float         # the best Dice of (map > t) with the lesion over thresholds t, brain voxels (map > 0)
-    label_dice: float        # Dice of the label (map > calibrated threshold) with the lesion
+    peak_inside: bool  # the map's maximum lies within 2 voxels of the lesion mask
+    best_dice: float  # the best Dice of (map > t) with the lesion over thresholds t, brain voxels (map > 0)
+    label_dice: float  # Dice of the label (map > calibrated threshold) with the lesion
 
     @property
     def ok(self) -> bool:

@@ -16,6 +16,7 @@ network is evaluated differs:
 
 Networks that are not a ``PointwiseScoreNet`` (Linear/SiLU body) use a generic autograd evaluator.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,18 +54,18 @@ class PointwiseEvaluator:
             lin = [m for m in net.body if isinstance(m, nn.Linear)]
             w1 = lin[0].weight
             c, k = cfg.channels, cfg.cond_channels
-            self.w_x = w1[:, :c].t().contiguous()              # (C, H)
-            self.w_t = w1[:, c + k:]                           # (H, T)
-            pre = torch.addmm(lin[0].bias, cond.to(w1.dtype), w1[:, c:c + k].t())   # (N, H), once
+            self.w_x = w1[:, :c].t().contiguous()  # (C, H)
+            self.w_t = w1[:, c + k :]  # (H, T)
+            pre = torch.addmm(lin[0].bias, cond.to(w1.dtype), w1[:, c : c + k].t())  # (N, H), once
             self.pre = pre.repeat(repeat, 1) if repeat > 1 else pre
             self.hidden = [(m.weight.t().contiguous(), m.bias) for m in lin[1:]]
             # a transposed view: this skinny (H, C) GEMM operand is faster non-contiguous (measured on CPU)
             self.w_out, self.b_out = net.out.weight.t(), net.out.bias
-            self.w_out_flat = net.out.weight.reshape(-1)        # (C*H,): W[j, k] at j*H + k
+            self.w_out_flat = net.out.weight.reshape(-1)  # (C*H,): W[j, k] at j*H + k
 
     def _first(self, x: torch.Tensor, t: float) -> torch.Tensor:
         tt = torch.full((1,), float(t), dtype=x.dtype, device=x.device)
-        bias = self.w_t @ self.net.time(tt)[0]                 # (H,) the time embedding's share
+        bias = self.w_t @ self.net.time(tt)[0]  # (H,) the time embedding's share
         return torch.addmm(self.pre + bias, x, self.w_x)
 
     def eps(self, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -102,13 +103,17 @@ def _fusable(net: nn.Module) -> bool:
     if not isinstance(net, PointwiseScoreNet):
         return False
     mods = list(net.body)
-    return (len(mods) % 2 == 0 and len(mods) >= 2
-            and all(isinstance(m, nn.Linear) for m in mods[0::2])
-            and all(isinstance(m, nn.SiLU) for m in mods[1::2]))
+    return (
+        len(mods) % 2 == 0
+        and len(mods) >= 2
+        and all(isinstance(m, nn.Linear) for m in mods[0::2])
+        and all(isinstance(m, nn.SiLU) for m in mods[1::2])
+    )
 
 
-def likelihood_fixed(ev: PointwiseEvaluator, sde: VPSDE, y: torch.Tensor, *, method: str, steps: int,
-                     t_eps: float) -> tuple[torch.Tensor, int]:
+def likelihood_fixed(
+    ev: PointwiseEvaluator, sde: VPSDE, y: torch.Tensor, *, method: str, steps: int, t_eps: float
+) -> tuple[torch.Tensor, int]:
     """Per-row bpd (N,) and NFE of the probability-flow likelihood, exact trace, fixed uniform grid t_eps->1."""
     if method not in FAST_METHODS:
         raise ValueError(f"fast likelihood supports {FAST_METHODS}, got {method!r}")
@@ -125,15 +130,24 @@ def likelihood_fixed(ev: PointwiseEvaluator, sde: VPSDE, y: torch.Tensor, *, met
 
     ts = pf.time_grid(t_eps, 1.0, steps, y)
     state = (y, torch.zeros(n, dtype=y.dtype, device=y.device))
-    with torch.no_grad():   # torchdiffeq steps on the given grid for fixed-step methods
+    with torch.no_grad():  # torchdiffeq steps on the given grid for fixed-step methods
         zs, int_divs = odeint(f, state, ts, method=method)
     z, int_div = zs[-1], int_divs[-1]
     nll = -(sde.prior_logp(z) + int_div)
     return nll / (c * math.log(2.0)), nfe
 
 
-def reconstruct_batched(ev: PointwiseEvaluator, sde: VPSDE, y: torch.Tensor, noise: torch.Tensor, *,
-                        t_start: float, steps: int, t_eps: float, method: str = "rk4") -> tuple[torch.Tensor, int]:
+def reconstruct_batched(
+    ev: PointwiseEvaluator,
+    sde: VPSDE,
+    y: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    t_start: float,
+    steps: int,
+    t_eps: float,
+    method: str = "rk4",
+) -> tuple[torch.Tensor, int]:
     """Mean reconstruction (N, C) over D draws, noise (D, N, C), all draws integrated as one D*N batch.
 
     ``ev`` must have been built with ``repeat=D``. Returns (mean reconstruction, NFE per draw).

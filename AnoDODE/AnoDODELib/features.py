@@ -17,6 +17,7 @@ Context (conditioning, not modelled by the density), one vector per location:
               normal-appearing tissue is around the location.
 The context lets the density know that edge, CSF and ventricle intensities are normal where they occur.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,8 +70,9 @@ def edge_depth(mask: torch.Tensor, max_px: int) -> torch.Tensor:
     return depth * mask
 
 
-def brain_box_coordinates(mask: torch.Tensor, slice_positions_mm: torch.Tensor, spacing_mm: float
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def brain_box_coordinates(
+    mask: torch.Tensor, slice_positions_mm: torch.Tensor, spacing_mm: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Coordinates relative to the 3-D brain bounding box, each in [-1, 1] inside the box.
 
     mask: (S, H, W) canonical slices (rows toward +P, columns toward +L), slice_positions_mm: (S,)
@@ -96,8 +98,13 @@ def brain_box_coordinates(mask: torch.Tensor, slice_positions_mm: torch.Tensor, 
     return x.view(1, 1, W).expand(S, H, W), y.view(1, H, 1).expand(S, H, W), z
 
 
-def extract_features(slices: torch.Tensor, mask: torch.Tensor, slice_positions_mm: torch.Tensor,
-                     spacing_mm: float, cfg: FeatureConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    slices: torch.Tensor,
+    mask: torch.Tensor,
+    slice_positions_mm: torch.Tensor,
+    spacing_mm: float,
+    cfg: FeatureConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and context of canonical, normalised slices on the model grid.
 
     slices: (S, M, H, W) z-scored intensity of the M = len(cfg.contrasts) co-registered contrasts, in
@@ -111,10 +118,15 @@ def extract_features(slices: torch.Tensor, mask: torch.Tensor, slice_positions_m
     m = mask.float().unsqueeze(1)
     imgs = slices.float().unsqueeze(1) if slices.dim() == 3 else slices.float()
     if imgs.shape[1] != len(cfg.contrasts):
-        raise ValueError(f"{imgs.shape[1]} contrast(s) given, the feature config has {len(cfg.contrasts)} "
-                         f"({', '.join(cfg.contrasts)})")
-    feats = [masked_smooth(imgs[:, j:j + 1], m, s / spacing_mm)
-             for j in range(imgs.shape[1]) for s in cfg.scales_mm]
+        raise ValueError(
+            f"{imgs.shape[1]} contrast(s) given, the feature config has {len(cfg.contrasts)} "
+            f"({', '.join(cfg.contrasts)})"
+        )
+    feats = [
+        masked_smooth(imgs[:, j : j + 1], m, s / spacing_mm)
+        for j in range(imgs.shape[1])
+        for s in cfg.scales_mm
+    ]
     max_px = max(1, int(round(cfg.edge_scale_mm / spacing_mm)))
     depth = edge_depth(m, max_px) / max_px
     context = [depth]

@@ -21,6 +21,7 @@ Rows of x are independent samples, so the Jacobian of the batched drift is block
     hutchinson:  div v ~= mean_k e_k^T (dv/dx) e_k,  e_k Rademacher or N(0, I), drawn once per call and held
                  fixed along the trajectory (one VJP per probe)
 """
+
 from __future__ import annotations
 
 import math
@@ -42,9 +43,9 @@ class LikelihoodResult(NamedTuple):
     """The negative log-likelihood of N samples under the probability-flow ODE, in nats and bits/dim."""
 
     nll_nats: torch.Tensor  # (N,) -log p(x), nats per sample
-    bpd: torch.Tensor       # (N,) nll_nats / (D ln 2), bits per dimension
-    prior_z: torch.Tensor   # (N, ...) x(1), the latent the N(0, I) prior is evaluated at; shape of x
-    nfe: int                # score-network evaluations (ODE right-hand-side calls)
+    bpd: torch.Tensor  # (N,) nll_nats / (D ln 2), bits per dimension
+    prior_z: torch.Tensor  # (N, ...) x(1), the latent the N(0, I) prior is evaluated at; shape of x
+    nfe: int  # score-network evaluations (ODE right-hand-side calls)
 
 
 def _choose(kind: str, value: str, valid: tuple[str, ...]) -> None:
@@ -62,10 +63,21 @@ def _probes(noise: str, n_probes: int, x: torch.Tensor, generator: torch.Generat
     return e.to(x.device)
 
 
-def log_likelihood(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, *, divergence: str = "exact",
-                   n_probes: int = 1, noise: str = "rademacher", method: str = "rk4", steps: int = 8,
-                   rtol: float = 1e-5, atol: float = 1e-5, t_eps: float = 1e-3,
-                   generator: torch.Generator | None = None) -> LikelihoodResult:
+def log_likelihood(
+    score_fn: ScoreFn,
+    sde: VPSDE,
+    x: torch.Tensor,
+    *,
+    divergence: str = "exact",
+    n_probes: int = 1,
+    noise: str = "rademacher",
+    method: str = "rk4",
+    steps: int = 8,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> LikelihoodResult:
     """NLL of every row of x (N, ...) under the model with score ``score_fn(x, t)``; see the module docstring.
 
     Works with or without an outer no_grad/inference_mode (the VJPs run under their own enable_grad); no
@@ -80,11 +92,13 @@ def log_likelihood(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, *, divergence
     probes = _probes(noise, n_probes, x, generator) if divergence == "hutchinson" else None
     nfe = 0
 
-    def dynamics(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def dynamics(
+        t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal nfe
         nfe += 1
 
-        def v_of(xt: torch.Tensor) -> torch.Tensor:   # called with grad enabled, outside inference mode
+        def v_of(xt: torch.Tensor) -> torch.Tensor:  # called with grad enabled, outside inference mode
             tt = t.clone()
             return pf.drift(sde, xt, tt, score_fn(xt, tt))
 
@@ -109,5 +123,12 @@ def log_likelihood(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, *, divergence
 
 def solver_kwargs(cfg: SolverConfig) -> dict[str, Any]:
     """The ``log_likelihood`` keyword arguments a ``SolverConfig`` sets (probe noise stays Rademacher)."""
-    return {"divergence": cfg.divergence, "n_probes": cfg.n_probes, "method": cfg.method, "steps": cfg.steps,
-            "rtol": cfg.rtol, "atol": cfg.atol, "t_eps": cfg.t_eps}
+    return {
+        "divergence": cfg.divergence,
+        "n_probes": cfg.n_probes,
+        "method": cfg.method,
+        "steps": cfg.steps,
+        "rtol": cfg.rtol,
+        "atol": cfg.atol,
+        "t_eps": cfg.t_eps,
+    }

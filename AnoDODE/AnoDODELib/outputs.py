@@ -13,6 +13,7 @@ figure     PNG: the most anomalous axial slices with the map and label, colour b
 report     JSON (strict: no NaN/Infinity), see :func:`build_report`; written last, it marks the set complete
 =========  ===========================================================================================
 """
+
 from __future__ import annotations
 
 import json
@@ -64,23 +65,38 @@ class OutputSet:
     def with_stem(cls, folder: Path, stem: str, image_suffix: str = ".nii.gz") -> OutputSet:
         """``<stem>_anomaly<suffix>``, ``<stem>_label<suffix>``, ``<stem>_figure.png``, ``<stem>_report.json``
         (the ``anodode score`` layout, several scans per folder)."""
-        return cls(Path(folder), {"anomaly": f"{stem}_anomaly{image_suffix}", "label": f"{stem}_label{image_suffix}",
-                                  "figure": f"{stem}_figure.png", "report": f"{stem}_report.json"})
+        return cls(
+            Path(folder),
+            {
+                "anomaly": f"{stem}_anomaly{image_suffix}",
+                "label": f"{stem}_label{image_suffix}",
+                "figure": f"{stem}_figure.png",
+                "report": f"{stem}_report.json",
+            },
+        )
 
     @classmethod
     def plain(cls, folder: Path, image_suffix: str = ".nrrd") -> OutputSet:
         """``anomaly<suffix>``, ``label<suffix>``, ``figure.png``, ``report.json`` (one scan per folder, the
         Slicer worker's layout)."""
-        return cls(Path(folder), {"anomaly": f"anomaly{image_suffix}", "label": f"label{image_suffix}",
-                                  "figure": "figure.png", "report": "report.json"})
+        return cls(
+            Path(folder),
+            {
+                "anomaly": f"anomaly{image_suffix}",
+                "label": f"label{image_suffix}",
+                "figure": "figure.png",
+                "report": "report.json",
+            },
+        )
 
     def paths(self) -> dict[str, Path]:
         """Final path of each kind, in ``OUTPUT_KINDS`` order."""
         return {k: self.folder / self.names[k] for k in OUTPUT_KINDS}
 
 
-def build_report(inputs: ScanInputs, image: sitk.Image, result: ScoreResult, model: Any, preset: str,
-                 outputs: OutputSet) -> dict[str, Any]:
+def build_report(
+    inputs: ScanInputs, image: sitk.Image, result: ScoreResult, model: Any, preset: str, outputs: OutputSet
+) -> dict[str, Any]:
     """The report of one scored scan (JSON-ready: floats, ints, strings, lists, None).
 
     volume_score_bpd: mean per-location negative log-likelihood in bits per dimension; slice_scores: the
@@ -93,21 +109,34 @@ def build_report(inputs: ScanInputs, image: sitk.Image, result: ScoreResult, mod
     paths = outputs.paths()
     primary = model.config.features.contrasts[0]
     directory = getattr(model, "directory", None)
-    stats = summary.map_statistics(result.canonical_map, result.canonical_label, result.canonical_brain,
-                                   image.GetSpacing(), result.slice_anomaly_scores,
-                                   result.geometry.spacing_mm[0])
+    stats = summary.map_statistics(
+        result.canonical_map,
+        result.canonical_label,
+        result.canonical_brain,
+        image.GetSpacing(),
+        result.slice_anomaly_scores,
+        result.geometry.spacing_mm[0],
+    )
     return {
-        "input": str(inputs.image), "mask": str(inputs.mask) if inputs.mask else None,
+        "input": str(inputs.image),
+        "mask": str(inputs.mask) if inputs.mask else None,
         "contrasts": {primary: str(inputs.image), **{c: str(p) for c, p in inputs.contrasts.items()}},
-        "volume_score_bpd": float(result.volume_score_bpd), "slice_axis": int(result.slice_axis),
+        "volume_score_bpd": float(result.volume_score_bpd),
+        "slice_axis": int(result.slice_axis),
         "slice_scores": [None if s is None else float(s) for s in result.slice_scores],
         "slice_anomaly_scores": [None if s is None else float(s) for s in result.slice_anomaly_scores],
-        "threshold": float(result.threshold), "map_units": map_units(model),
-        "model": getattr(model, "name", "unnamed"), "model_dir": None if directory is None else str(directory),
+        "threshold": float(result.threshold),
+        "map_units": map_units(model),
+        "model": getattr(model, "name", "unnamed"),
+        "model_dir": None if directory is None else str(directory),
         "model_version": summary.model_version(getattr(model, "weights_sha256", None)),
-        "device": str(result.device), "preset": preset, "seconds": round(float(result.seconds), 3),
-        "nfe": int(result.nfe), "nfe_reconstruction": int(result.nfe_reconstruction),
-        "anomalous_voxels": int(np.count_nonzero(result.canonical_label)), **stats,
+        "device": str(result.device),
+        "preset": preset,
+        "seconds": round(float(result.seconds), 3),
+        "nfe": int(result.nfe),
+        "nfe_reconstruction": int(result.nfe_reconstruction),
+        "anomalous_voxels": int(np.count_nonzero(result.canonical_label)),
+        **stats,
         "anodode_version": __version__,
         "outputs": {k: str(paths[k]) for k in _REPORT_ORDER},
     }
@@ -121,8 +150,11 @@ def map_units(model: Any) -> str:
     units = figure.MAP_UNITS.get(loc.method, loc.method)
     if not loc.intensity_product:
         return units
-    brightness = ("brightness / the scan's brain Q" + f"{loc.brightness_quantile:g}"
-                  if loc.brightness_quantile is not None else "normalised brightness")
+    brightness = (
+        "brightness / the scan's brain Q" + f"{loc.brightness_quantile:g}"
+        if loc.brightness_quantile is not None
+        else "normalised brightness"
+    )
     return f"√({units}) × {brightness}"
 
 
@@ -134,20 +166,38 @@ def report_bytes(report: Mapping[str, Any]) -> bytes:
 def figure_png(image: sitk.Image, result: ScoreResult, report: Mapping[str, Any]) -> bytes:
     """The scan's figure (figure.py) as PNG bytes, titled with the input's name and the report's numbers."""
     title = Path(report["input"]).name
-    subtitle = (f"volume score {report['volume_score_bpd']:.3f} bpd · anomalous volume "
-                f"{report['anomalous_volume_ml']:.2f} mL at threshold {report['threshold']:.3g} · "
-                f"preset {report['preset']} · model {report['model']}")
+    subtitle = (
+        f"volume score {report['volume_score_bpd']:.3f} bpd · anomalous volume "
+        f"{report['anomalous_volume_ml']:.2f} mL at threshold {report['threshold']:.3g} · "
+        f"preset {report['preset']} · model {report['model']}"
+    )
     geo = result.geometry
-    data = figure.canonical_figure_input(geo, geo.to_canonical(sitk.GetArrayViewFromImage(image)),
-                                         result.canonical_map, result.canonical_label, result.threshold,
-                                         result.canonical_slice_anomaly_scores, report["map_units"], title,
-                                         subtitle, slice_position_mm=figure.slice_positions_mm(image, geo))
+    data = figure.canonical_figure_input(
+        geo,
+        geo.to_canonical(sitk.GetArrayViewFromImage(image)),
+        result.canonical_map,
+        result.canonical_label,
+        result.threshold,
+        result.canonical_slice_anomaly_scores,
+        report["map_units"],
+        title,
+        subtitle,
+        slice_position_mm=figure.slice_positions_mm(image, geo),
+    )
     return figure.render_png(data)
 
 
-def score_to_files(inputs: ScanInputs, outputs: OutputSet, model: Any, *, threshold: float | None = None,
-                   device: str = "auto", preset: str = "standard", callback: Callback | None = None,
-                   protect: Iterable[Path] = ()) -> dict[str, Any]:
+def score_to_files(
+    inputs: ScanInputs,
+    outputs: OutputSet,
+    model: Any,
+    *,
+    threshold: float | None = None,
+    device: str = "auto",
+    preset: str = "standard",
+    callback: Callback | None = None,
+    protect: Iterable[Path] = (),
+) -> dict[str, Any]:
     """Read, validate and score one scan with a loaded model, and write its output set; returns the report.
 
     Order: the outputs are checked not to replace any input (``inputs`` and the extra ``protect`` paths, e.g.
@@ -182,16 +232,28 @@ def score_to_files(inputs: ScanInputs, outputs: OutputSet, model: Any, *, thresh
             logger.warning(warning)
     others = {c: volume_io.read_image(p) for c, p in inputs.contrasts.items()}
     with StagedWrite(outputs.folder, protected) as staged:
-        result = score_image(image, model, mask, threshold=threshold, device=device, preset=preset,
-                             callback=lambda f, m: report_progress(0.05 + 0.9 * min(1.0, max(0.0, f)), m),
-                             name=str(inputs.image), other_contrasts=others)
+        result = score_image(
+            image,
+            model,
+            mask,
+            threshold=threshold,
+            device=device,
+            preset=preset,
+            callback=lambda f, m: report_progress(0.05 + 0.9 * min(1.0, max(0.0, f)), m),
+            name=str(inputs.image),
+            other_contrasts=others,
+        )
         report_progress(0.96, "writing results")
         report = build_report(inputs, image, result, model, preset, outputs)
         names = outputs.names
-        volume_io.write_image(volume_io.image_like(result.anomaly_map.astype(np.float32), image, sitk.sitkFloat32),
-                              staged.path(names["anomaly"]))
-        volume_io.write_image(volume_io.image_like(result.label.astype(np.uint8), image, sitk.sitkUInt8),
-                              staged.path(names["label"]))
+        volume_io.write_image(
+            volume_io.image_like(result.anomaly_map.astype(np.float32), image, sitk.sitkFloat32),
+            staged.path(names["anomaly"]),
+        )
+        volume_io.write_image(
+            volume_io.image_like(result.label.astype(np.uint8), image, sitk.sitkUInt8),
+            staged.path(names["label"]),
+        )
         staged.path(names["figure"]).write_bytes(figure_png(image, result, report))
         staged.path(names["report"]).write_bytes(report_bytes(report))
         staged.commit()

@@ -9,6 +9,7 @@ Slice score: the slice's bpd, i.e. the NLL of all its brain feature vectors divi
 count (the mean of per-location bpd). Volume score: the same over all scored brain locations. A preset may
 score every k-th slice only (``Preset.slice_spacing_mm``); the others' maps and scores are interpolated.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,12 +39,13 @@ from .features import extract_features
 from .likelihood import log_likelihood, solver_kwargs
 from .score_model import score_fn
 
-if TYPE_CHECKING:   # for the annotations only: the pipeline takes a loaded model and never reads bundles
+if TYPE_CHECKING:  # for the annotations only: the pipeline takes a loaded model and never reads bundles
     from .bundle import AnoDODEModel
 
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[float, str], None]
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -74,9 +76,9 @@ PRESETS: dict[str, Preset] = {
     "standard": Preset(SolverConfig(method="midpoint", steps=4, divergence="exact"), "midpoint", 2.0),
     "exact": Preset(SolverConfig(method="dopri5", rtol=1e-5, atol=1e-5, divergence="exact"), "rk4", 0.0),
 }
-CHUNK = 65536           # locations per batch on the GPU (all reconstruction draws are stacked on top)
-CPU_CHUNK = 16384       # on the CPU: bounded memory (~60 MB of activations), cache-friendlier
-MIN_CHUNK = 4096        # CUDA out-of-memory retries halve the chunk down to this, then fall back to CPU
+CHUNK = 65536  # locations per batch on the GPU (all reconstruction draws are stacked on top)
+CPU_CHUNK = 16384  # on the CPU: bounded memory (~60 MB of activations), cache-friendlier
+MIN_CHUNK = 4096  # CUDA out-of-memory retries halve the chunk down to this, then fall back to CPU
 
 
 @dataclass
@@ -84,12 +86,12 @@ class PreparedVolume:
     """A volume on the model grid. Shapes: S slices, (H, W) input in-plane, (h, w) model grid."""
 
     geometry: volume_io.SliceGeometry
-    normalised: np.ndarray          # (S, H, W) canonical z-scored intensity of the primary contrast, full res.
-    brain: np.ndarray               # (S, H, W) canonical bool brain mask, full resolution
-    features: torch.Tensor          # (S, C, h, w) raw features, C = contrasts x scales
-    context: torch.Tensor           # (S, K, h, w)
-    grid_mask: torch.Tensor         # (S, h, w) bool brain mask on the model grid
-    spacing_mm: float               # model grid pixel size
+    normalised: np.ndarray  # (S, H, W) canonical z-scored intensity of the primary contrast, full res.
+    brain: np.ndarray  # (S, H, W) canonical bool brain mask, full resolution
+    features: torch.Tensor  # (S, C, h, w) raw features, C = contrasts x scales
+    context: torch.Tensor  # (S, K, h, w)
+    grid_mask: torch.Tensor  # (S, h, w) bool brain mask on the model grid
+    spacing_mm: float  # model grid pixel size
 
     def locations(self, where: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature (N, C) and context (N, K) vectors at the N brain locations of the model grid (or at the
@@ -102,8 +104,9 @@ class PreparedVolume:
     def to_grid(self, canonical: np.ndarray, order: int = 0) -> torch.Tensor:
         """A full-resolution canonical (S, H, W) array resampled onto the model grid."""
         g = self.geometry
-        out = volume_io.resample_slices(canonical.astype(np.float32), g.spacing_mm[1:], self.spacing_mm,
-                                        order=order)
+        out = volume_io.resample_slices(
+            canonical.astype(np.float32), g.spacing_mm[1:], self.spacing_mm, order=order
+        )
         return torch.from_numpy(np.ascontiguousarray(out))
 
     def to_full(self, grid: torch.Tensor) -> np.ndarray:
@@ -112,9 +115,13 @@ class PreparedVolume:
         return np.where(self.brain, full, 0.0).astype(np.float32)
 
 
-def prepare_volume(image: sitk.Image, cfg: ModelConfig, mask: np.ndarray | None = None,
-                   name: str = "input", other_contrasts: Mapping[str, sitk.Image] | None = None
-                   ) -> PreparedVolume:
+def prepare_volume(
+    image: sitk.Image,
+    cfg: ModelConfig,
+    mask: np.ndarray | None = None,
+    name: str = "input",
+    other_contrasts: Mapping[str, sitk.Image] | None = None,
+) -> PreparedVolume:
     """Validate, canonicalise, normalise and featurise a 3-D scan (mask in the image's array layout).
 
     ``image`` is the model's primary contrast (``cfg.features.contrasts[0]``); a multi-contrast model
@@ -129,8 +136,11 @@ def prepare_volume(image: sitk.Image, cfg: ModelConfig, mask: np.ndarray | None 
     if mask is None:
         mask = volume_io.brain_mask_from_image(array, slice_axis=volume_io.axial_axis(image))
         if not volume_io.looks_skull_stripped(array, mask):
-            logger.warning("%s does not look skull-stripped: the brain mask is the non-background region; "
-                           "pass --mask for a better result", name)
+            logger.warning(
+                "%s does not look skull-stripped: the brain mask is the non-background region; "
+                "pass --mask for a better result",
+                name,
+            )
     if not mask.any():
         raise volume_io.InputError(f"{name}: the brain mask is empty")
     geometry = volume_io.slice_geometry(image)
@@ -138,8 +148,9 @@ def prepare_volume(image: sitk.Image, cfg: ModelConfig, mask: np.ndarray | None 
     sp = cfg.preprocess.in_plane_spacing_mm
 
     def normalised_on_grid(canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = volume_io.normalise_intensity(canonical, brain, clip_z=cfg.preprocess.clip_z,
-                                           reference=cfg.preprocess.intensity_reference)
+        z = volume_io.normalise_intensity(
+            canonical, brain, clip_z=cfg.preprocess.clip_z, reference=cfg.preprocess.intensity_reference
+        )
         return z, volume_io.resample_slices(z, geometry.spacing_mm[1:], sp, order=1)
 
     normalised, grid_img = normalised_on_grid(geometry.to_canonical(array))
@@ -147,20 +158,31 @@ def prepare_volume(image: sitk.Image, cfg: ModelConfig, mask: np.ndarray | None 
     for contrast in cfg.features.contrasts[1:]:
         other = volume_io.align_to(other_contrasts[contrast], image, f"{name} ({contrast})", region=mask)
         grids.append(normalised_on_grid(geometry.to_canonical(other))[1])
-    grid_mask = volume_io.resample_slices(brain.astype(np.float32), geometry.spacing_mm[1:], sp, order=1) > 0.5
+    grid_mask = (
+        volume_io.resample_slices(brain.astype(np.float32), geometry.spacing_mm[1:], sp, order=1) > 0.5
+    )
     positions = torch.arange(brain.shape[0], dtype=torch.float32) * geometry.spacing_mm[0]
-    feats, ctx = extract_features(torch.from_numpy(np.ascontiguousarray(np.stack(grids, axis=1))),
-                                  torch.from_numpy(np.ascontiguousarray(grid_mask)), positions, sp, cfg.features)
+    feats, ctx = extract_features(
+        torch.from_numpy(np.ascontiguousarray(np.stack(grids, axis=1))),
+        torch.from_numpy(np.ascontiguousarray(grid_mask)),
+        positions,
+        sp,
+        cfg.features,
+    )
     return PreparedVolume(geometry, normalised, brain, feats, ctx, torch.from_numpy(grid_mask), sp)
 
 
-def check_contrasts(cfg: ModelConfig, other_contrasts: Mapping[str, object] | None, name: str = "input") -> None:
+def check_contrasts(
+    cfg: ModelConfig, other_contrasts: Mapping[str, object] | None, name: str = "input"
+) -> None:
     """InputError unless ``other_contrasts`` names exactly the model's contrasts after the primary."""
     needed, given = list(cfg.features.contrasts[1:]), set(other_contrasts or {})
     reads = "+".join(cfg.features.contrasts)
     missing = [c for c in needed if c not in given]
     if missing:
-        raise volume_io.InputError(f"{name}: the model reads {reads}; no {', '.join(missing)} image was given")
+        raise volume_io.InputError(
+            f"{name}: the model reads {reads}; no {', '.join(missing)} image was given"
+        )
     unused = sorted(given - set(needed))
     if unused:
         raise volume_io.InputError(f"{name}: the model reads {reads}; it does not use {', '.join(unused)}")
@@ -169,9 +191,9 @@ def check_contrasts(cfg: ModelConfig, other_contrasts: Mapping[str, object] | No
 class LocationScores(NamedTuple):
     """Per-location results of ``score_locations`` for the N brain locations, in their order."""
 
-    bpd: torch.Tensor        # (N,) per-location NLL, bits per dimension
-    residual: torch.Tensor   # (N, C) standardised features minus their reconstruction
-    nfe: int                 # score-network evaluations per location for the likelihood
+    bpd: torch.Tensor  # (N,) per-location NLL, bits per dimension
+    residual: torch.Tensor  # (N, C) standardised features minus their reconstruction
+    nfe: int  # score-network evaluations per location for the likelihood
     nfe_reconstruction: int = 0  # score-network evaluations per draw for the reconstruction
 
 
@@ -192,9 +214,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def _score_chunk(model: AnoDODEModel, y: torch.Tensor, c: torch.Tensor, noise: torch.Tensor,
-                 solver: SolverConfig, device: torch.device, reconstruction_method: str,
-                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+def _score_chunk(
+    model: AnoDODEModel,
+    y: torch.Tensor,
+    c: torch.Tensor,
+    noise: torch.Tensor,
+    solver: SolverConfig,
+    device: torch.device,
+    reconstruction_method: str,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """bpd (n,), residual (n, C), likelihood NFE and reconstruction NFE for one chunk, results on the CPU."""
     loc_cfg = model.config.localisation
     net = model.score_net.to(device).eval()
@@ -202,24 +231,46 @@ def _score_chunk(model: AnoDODEModel, y: torch.Tensor, c: torch.Tensor, noise: t
     fast = solver.method in fast_ode.FAST_METHODS and solver.divergence == "exact"
     with torch.inference_mode():
         if fast:
-            bpd, nfe = fast_ode.likelihood_fixed(fast_ode.PointwiseEvaluator(net, c), model.sde, y,
-                                                 method=solver.method, steps=solver.steps, t_eps=solver.t_eps)
+            bpd, nfe = fast_ode.likelihood_fixed(
+                fast_ode.PointwiseEvaluator(net, c),
+                model.sde,
+                y,
+                method=solver.method,
+                steps=solver.steps,
+                t_eps=solver.t_eps,
+            )
         else:
-            gen = torch.Generator(device="cpu").manual_seed(seed)   # Hutchinson probes
-            res = log_likelihood(score_fn(net, model.sde, c), model.sde, y, generator=gen,
-                                 **solver_kwargs(solver))
+            gen = torch.Generator(device="cpu").manual_seed(seed)  # Hutchinson probes
+            res = log_likelihood(
+                score_fn(net, model.sde, c), model.sde, y, generator=gen, **solver_kwargs(solver)
+            )
             bpd, nfe = res.bpd, res.nfe
         ev = fast_ode.PointwiseEvaluator(net, c, repeat=noise.shape[0])
-        rec, rec_nfe = fast_ode.reconstruct_batched(ev, model.sde, y, noise, t_start=loc_cfg.t_start,
-                                                    steps=loc_cfg.reconstruction_steps, t_eps=solver.t_eps,
-                                                    method=reconstruction_method)
+        rec, rec_nfe = fast_ode.reconstruct_batched(
+            ev,
+            model.sde,
+            y,
+            noise,
+            t_start=loc_cfg.t_start,
+            steps=loc_cfg.reconstruction_steps,
+            t_eps=solver.t_eps,
+            method=reconstruction_method,
+        )
         return bpd.float().cpu(), (y - rec).float().cpu(), nfe, rec_nfe
 
 
-def score_locations(model: AnoDODEModel, features: torch.Tensor, context: torch.Tensor, *,
-                    solver: SolverConfig | None = None, device: torch.device | str = "cpu",
-                    callback: Callback | None = None, seed: int = 0, chunk: int | None = None,
-                    reconstruction_method: str = "rk4") -> LocationScores:
+def score_locations(
+    model: AnoDODEModel,
+    features: torch.Tensor,
+    context: torch.Tensor,
+    *,
+    solver: SolverConfig | None = None,
+    device: torch.device | str = "cpu",
+    callback: Callback | None = None,
+    seed: int = 0,
+    chunk: int | None = None,
+    reconstruction_method: str = "rk4",
+) -> LocationScores:
     """Per-location bpd and reconstruction residual for (N, C) features with (N, K) context.
 
     Locations are scored in chunks of ``chunk`` (default ``CHUNK`` on CUDA, ``CPU_CHUNK`` on the CPU), so
@@ -244,9 +295,16 @@ def score_locations(model: AnoDODEModel, features: torch.Tensor, context: torch.
     while start < n:
         stop = min(n, start + size)
         try:
-            bpd, res, k, kr = _score_chunk(model, y_all[start:stop], context[start:stop],
-                                           noise_all[:, start:stop], solver, device, reconstruction_method,
-                                           seed=seed + start)
+            bpd, res, k, kr = _score_chunk(
+                model,
+                y_all[start:stop],
+                context[start:stop],
+                noise_all[:, start:stop],
+                solver,
+                device,
+                reconstruction_method,
+                seed=seed + start,
+            )
         except Exception as exc:  # only out-of-memory is handled, anything else is re-raised
             if device.type == "cpu" or not fast_ode.is_oom(exc):
                 raise
@@ -256,8 +314,9 @@ def score_locations(model: AnoDODEModel, features: torch.Tensor, context: torch.
                 size = max(MIN_CHUNK, size // 2)
                 logger.info("out of GPU memory; retrying with chunks of %d locations", size)
             else:
-                logger.warning("out of GPU memory even with chunks of %d locations; scoring the rest on the CPU",
-                               size)
+                logger.warning(
+                    "out of GPU memory even with chunks of %d locations; scoring the rest on the CPU", size
+                )
                 device, size = torch.device("cpu"), CPU_CHUNK
             continue
         bpds.append(bpd)
@@ -278,17 +337,17 @@ class ScoreResult:
     are written or a caller works on the input's array."""
 
     geometry: volume_io.SliceGeometry
-    canonical_map: np.ndarray        # float32 (S, P, L) anomaly map, zero outside the brain
-    canonical_label: np.ndarray      # uint8 0/1 (S, P, L): canonical_map > threshold
-    canonical_brain: np.ndarray      # bool (S, P, L): the brain mask the scores are over
+    canonical_map: np.ndarray  # float32 (S, P, L) anomaly map, zero outside the brain
+    canonical_label: np.ndarray  # uint8 0/1 (S, P, L): canonical_map > threshold
+    canonical_brain: np.ndarray  # bool (S, P, L): the brain mask the scores are over
     volume_score_bpd: float
-    canonical_slice_scores: list[float | None]   # per canonical slice (canonical_slice_scores); None: no brain
+    canonical_slice_scores: list[float | None]  # per canonical slice (canonical_slice_scores); None: no brain
     threshold: float
-    nfe: int                         # score-network evaluations per location (likelihood ODE)
+    nfe: int  # score-network evaluations per location (likelihood ODE)
     seconds: float
     device: str
-    nfe_reconstruction: int          # score-network evaluations per location for the reconstruction, all draws
-    canonical_slice_anomaly_scores: list[float | None]   # per canonical slice: the anomaly map's mean over
+    nfe_reconstruction: int  # score-network evaluations per location for the reconstruction, all draws
+    canonical_slice_anomaly_scores: list[float | None]  # per canonical slice: the anomaly map's mean over
     #                          its most anomalous slice_area_mm2 of brain (slice_map_scores); None without brain
 
     @property
@@ -337,7 +396,7 @@ def scored_slices(grid_mask: torch.Tensor, slice_mm: float, spacing_mm: float) -
     if has.numel() == 0:
         return keep
     k = max(1, math.floor(spacing_mm / slice_mm + 1e-6)) if spacing_mm > 0 else 1
-    keep[int(has[0]): int(has[-1]) + 1: k] = True
+    keep[int(has[0]) : int(has[-1]) + 1 : k] = True
     keep[int(has[-1])] = True
     return keep
 
@@ -356,17 +415,31 @@ def interpolate_slices(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor
     return (1 - w) * values[lo] + w * values[hi]
 
 
-def score_prepared(model: AnoDODEModel, prepared: PreparedVolume, preset: str | Preset = "standard", *,
-                   device: torch.device | str = "cpu", callback: Callback | None = None, seed: int = 0
-                   ) -> tuple[LocationScores, torch.Tensor]:
+def score_prepared(
+    model: AnoDODEModel,
+    prepared: PreparedVolume,
+    preset: str | Preset = "standard",
+    *,
+    device: torch.device | str = "cpu",
+    callback: Callback | None = None,
+    seed: int = 0,
+) -> tuple[LocationScores, torch.Tensor]:
     """Per-location scores at the brain locations of the slices the preset scores, and those slices as an
     (S,) bool mask (pass both on to ``maps_from_scores`` and ``slice_scores``)."""
     p = PRESETS[preset] if isinstance(preset, str) else preset
     keep = scored_slices(prepared.grid_mask, prepared.geometry.spacing_mm[0], p.slice_spacing_mm)
     feats, ctx = prepared.locations(prepared.grid_mask & keep[:, None, None])
     solver = dataclasses.replace(p.likelihood, t_eps=model.config.sde.t_eps)
-    scores = score_locations(model, feats, ctx, solver=solver, device=device, callback=callback, seed=seed,
-                             reconstruction_method=p.reconstruction)
+    scores = score_locations(
+        model,
+        feats,
+        ctx,
+        solver=solver,
+        device=device,
+        callback=callback,
+        seed=seed,
+        reconstruction_method=p.reconstruction,
+    )
     return scores, keep
 
 
@@ -374,17 +447,26 @@ def _all_slices(prepared: PreparedVolume, scored: torch.Tensor | None) -> torch.
     return torch.ones(prepared.grid_mask.shape[0], dtype=torch.bool) if scored is None else scored
 
 
-def density_map(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,
-                localisation: LocalisationConfig | None = None, scored: torch.Tensor | None = None
-                ) -> np.ndarray:
+def density_map(
+    prepared: PreparedVolume,
+    scores: LocationScores,
+    model: AnoDODEModel,
+    localisation: LocalisationConfig | None = None,
+    scored: torch.Tensor | None = None,
+) -> np.ndarray:
     """The density map (canonical, full resolution): the localisation's per-location scores, smoothed on the
     model grid, the slices not ``scored`` interpolated, brought to the input's in-plane grid; no intensity
     weighting (see ``maps_from_scores``)."""
     loc = localisation or model.config.localisation
     keep = _all_slices(prepared, scored)
     where = prepared.grid_mask & keep[:, None, None]
-    per_loc = location_scores(scores.bpd, scores.residual, loc, hyperintense_channels(model.config.features, loc),
-                              finest_channels(model.config.features))
+    per_loc = location_scores(
+        scores.bpd,
+        scores.residual,
+        loc,
+        hyperintense_channels(model.config.features, loc),
+        finest_channels(model.config.features),
+    )
     grid = smooth_on_grid(scatter_to_grid(per_loc, where), where, loc.smooth_mm, prepared.spacing_mm)
     return prepared.to_full(interpolate_slices(grid, keep) * prepared.grid_mask)
 
@@ -407,7 +489,9 @@ def brightness_scale(bright: np.ndarray, brain: np.ndarray, quantile: float | No
     return max(float(np.quantile(bright[brain], quantile)), BRIGHTNESS_SCALE_FLOOR)
 
 
-def weighted_map(prepared: PreparedVolume, density: np.ndarray, localisation: LocalisationConfig) -> np.ndarray:
+def weighted_map(
+    prepared: PreparedVolume, density: np.ndarray, localisation: LocalisationConfig
+) -> np.ndarray:
     """The anomaly map (canonical) from the canonical density map D: D itself, or with ``intensity_product``
 
         A = sqrt(D) x max(I_s, 0) / b,
@@ -423,9 +507,13 @@ def weighted_map(prepared: PreparedVolume, density: np.ndarray, localisation: Lo
     return np.where(prepared.brain, product, 0.0).astype(np.float32)
 
 
-def canonical_map(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,
-                  localisation: LocalisationConfig | None = None, scored: torch.Tensor | None = None
-                  ) -> np.ndarray:
+def canonical_map(
+    prepared: PreparedVolume,
+    scores: LocationScores,
+    model: AnoDODEModel,
+    localisation: LocalisationConfig | None = None,
+    scored: torch.Tensor | None = None,
+) -> np.ndarray:
     """The voxel anomaly map (canonical, full resolution) from per-location scores (default: the model's
     localisation settings): ``weighted_map`` of ``density_map``. ``scored``: the (S,) slices the scores are
     from (default: all); the map of the others is interpolated between them."""
@@ -433,16 +521,24 @@ def canonical_map(prepared: PreparedVolume, scores: LocationScores, model: AnoDO
     return weighted_map(prepared, density_map(prepared, scores, model, loc, scored), loc)
 
 
-def maps_from_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,
-                     localisation: LocalisationConfig | None = None, scored: torch.Tensor | None = None
-                     ) -> np.ndarray:
+def maps_from_scores(
+    prepared: PreparedVolume,
+    scores: LocationScores,
+    model: AnoDODEModel,
+    localisation: LocalisationConfig | None = None,
+    scored: torch.Tensor | None = None,
+) -> np.ndarray:
     """``canonical_map`` in the input's array layout."""
     return prepared.geometry.from_canonical(canonical_map(prepared, scores, model, localisation, scored))
 
 
-def canonical_slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,
-                           scored: torch.Tensor | None = None, density: np.ndarray | None = None
-                           ) -> list[float | None]:
+def canonical_slice_scores(
+    prepared: PreparedVolume,
+    scores: LocationScores,
+    model: AnoDODEModel,
+    scored: torch.Tensor | None = None,
+    density: np.ndarray | None = None,
+) -> list[float | None]:
     """The likelihood-based slice score of each canonical slice with brain (None without): the mean of the
     density map over the slice's most anomalous ``slice_area_mm2`` (100 mm^2) of brain, i.e. the model's
     localisation from the per-location scores alone, without the intensity weighting (``intensity_product``).
@@ -459,8 +555,9 @@ def canonical_slice_scores(prepared: PreparedVolume, scores: LocationScores, mod
     map (``density_map`` with the model's localisation) when the caller has it already."""
     if density is None:
         density = density_map(prepared, scores, model, scored=scored)
-    return slice_top_area_scores(density, prepared.brain, pixel_area_mm2(prepared),
-                                 model.config.localisation.slice_area_mm2)
+    return slice_top_area_scores(
+        density, prepared.brain, pixel_area_mm2(prepared), model.config.localisation.slice_area_mm2
+    )
 
 
 def pixel_area_mm2(prepared: PreparedVolume) -> float:
@@ -469,28 +566,43 @@ def pixel_area_mm2(prepared: PreparedVolume) -> float:
     return float(dy * dx)
 
 
-def slice_scores(prepared: PreparedVolume, scores: LocationScores, model: AnoDODEModel,
-                 scored: torch.Tensor | None = None, density: np.ndarray | None = None) -> list[float | None]:
+def slice_scores(
+    prepared: PreparedVolume,
+    scores: LocationScores,
+    model: AnoDODEModel,
+    scored: torch.Tensor | None = None,
+    density: np.ndarray | None = None,
+) -> list[float | None]:
     """``canonical_slice_scores`` re-ordered to the input's index along the axial axis."""
     canon = canonical_slice_scores(prepared, scores, model, scored, density)
     return input_slice_order(prepared.geometry, canon)
 
 
-def slice_map_scores(prepared: PreparedVolume, anomaly_map: np.ndarray,
-                     area_mm2: float = LocalisationConfig.slice_area_mm2) -> list[float | None]:
+def slice_map_scores(
+    prepared: PreparedVolume, anomaly_map: np.ndarray, area_mm2: float = LocalisationConfig.slice_area_mm2
+) -> list[float | None]:
     """The mean of the anomaly map (input array layout) over each axial slice's most anomalous ``area_mm2``
     of brain (``anomaly_map.slice_top_area_scores``), in the input's index order along the axial axis; None
     where a slice has no brain. It ranks slices by their most anomalous region, where the slice bpd
     averages it away (see docs/method.md)."""
-    out = slice_top_area_scores(prepared.geometry.to_canonical(anomaly_map), prepared.brain,
-                                pixel_area_mm2(prepared), area_mm2)
+    out = slice_top_area_scores(
+        prepared.geometry.to_canonical(anomaly_map), prepared.brain, pixel_area_mm2(prepared), area_mm2
+    )
     return input_slice_order(prepared.geometry, out)
 
 
-def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None = None, *,
-                threshold: float | None = None, device: str = "auto", preset: str | Preset = "standard",
-                callback: Callback | None = None, name: str = "input",
-                other_contrasts: Mapping[str, sitk.Image] | None = None) -> ScoreResult:
+def score_image(
+    image: sitk.Image,
+    model: AnoDODEModel,
+    mask: np.ndarray | None = None,
+    *,
+    threshold: float | None = None,
+    device: str = "auto",
+    preset: str | Preset = "standard",
+    callback: Callback | None = None,
+    name: str = "input",
+    other_contrasts: Mapping[str, sitk.Image] | None = None,
+) -> ScoreResult:
     """Score a 3-D scan with a loaded model; see ``ScoreResult`` for the outputs. ``image`` is the model's
     primary contrast; ``other_contrasts`` its other contrasts by name (see ``prepare_volume``)."""
     if isinstance(preset, str) and preset not in PRESETS:
@@ -501,18 +613,29 @@ def score_image(image: sitk.Image, model: AnoDODEModel, mask: np.ndarray | None 
     report(0.0, "preprocessing")
     prepared = prepare_volume(image, model.config, mask, name=name, other_contrasts=other_contrasts)
     report(0.1, "scoring")
-    scores, scored = score_prepared(model, prepared, preset, device=dev,
-                                    callback=lambda f, m: report(0.1 + 0.8 * f, m))
+    scores, scored = score_prepared(
+        model, prepared, preset, device=dev, callback=lambda f, m: report(0.1 + 0.8 * f, m)
+    )
     report(0.9, "building maps")
-    density = density_map(prepared, scores, model, scored=scored)      # once: the map's and the slice score's
+    density = density_map(prepared, scores, model, scored=scored)  # once: the map's and the slice score's
     anomaly = weighted_map(prepared, density, model.config.localisation)
     thr = float(model.config.calibration.threshold if threshold is None else threshold)
     slices = canonical_slice_scores(prepared, scores, model, scored, density)
-    result = ScoreResult(prepared.geometry, anomaly, (anomaly > thr).astype(np.uint8), prepared.brain,
-                         float(scores.bpd.mean()), slices, thr, scores.nfe, time.perf_counter() - t0,
-                         str(dev),
-                         scores.nfe_reconstruction * model.config.localisation.n_reconstructions,
-                         slice_top_area_scores(anomaly, prepared.brain, pixel_area_mm2(prepared),
-                                               model.config.localisation.slice_area_mm2))
+    result = ScoreResult(
+        prepared.geometry,
+        anomaly,
+        (anomaly > thr).astype(np.uint8),
+        prepared.brain,
+        float(scores.bpd.mean()),
+        slices,
+        thr,
+        scores.nfe,
+        time.perf_counter() - t0,
+        str(dev),
+        scores.nfe_reconstruction * model.config.localisation.n_reconstructions,
+        slice_top_area_scores(
+            anomaly, prepared.brain, pixel_area_mm2(prepared), model.config.localisation.slice_area_mm2
+        ),
+    )
     report(1.0, "done")
     return result

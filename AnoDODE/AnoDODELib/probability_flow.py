@@ -18,6 +18,7 @@ Exact trace: tr(d f / d x) of a function applied row by row (rows are independen
 Jacobian is block diagonal), one reverse-mode VJP per dimension d of a sample: the d-th column of the
 Jacobian summed over rows gives the d-th diagonal entry of every row's block.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -63,8 +64,9 @@ def time_grid(t0: float, t1: float, steps: int, like: torch.Tensor) -> torch.Ten
     return torch.linspace(t0, t1, steps + 1, dtype=like.dtype).to(like.device)
 
 
-def ode_schedule(method: str, t0: float, t1: float, *, steps: int, rtol: float, atol: float,
-                 like: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+def ode_schedule(
+    method: str, t0: float, t1: float, *, steps: int, rtol: float, atol: float, like: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Time grid and ``torchdiffeq.odeint`` keyword arguments integrating from t0 to t1 (the solution is
     the one at ``ts[-1]``): fixed-step methods the ``time_grid``, adaptive ones [t0, t1] with rtol/atol."""
     if method not in METHODS:
@@ -75,8 +77,9 @@ def ode_schedule(method: str, t0: float, t1: float, *, steps: int, rtol: float, 
     return ts, {"method": method, "rtol": rtol, "atol": atol}
 
 
-def exact_trace(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_trace(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """fn(x) and, per row, tr(d fn / d x) by one VJP per dimension of a row; both detached.
 
     ``fn`` maps (N, ...) to the same shape and treats rows independently. Runs under its own

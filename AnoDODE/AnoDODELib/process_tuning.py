@@ -15,6 +15,7 @@ anyway), after flushing the standard streams and the logging handlers.
 None of this changes a computed value. Library use (tests, Slicer's own process, notebooks) is untouched:
 only the two entry points call these functions.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -38,7 +39,7 @@ def tune_allocator() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        mallopt = ctypes.CDLL(None).mallopt   # the C library the interpreter runs on (no ldconfig lookup)
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on (no ldconfig lookup)
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

@@ -7,6 +7,7 @@ A normal x_0 comes back close to itself; an anomalous one is pulled toward what 
 so the residual x_0 - x_rec shows where and how a location departs from normal (in the units of x, i.e.
 standardised features).
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,10 +18,20 @@ from .score_model import ScoreFn
 from .sde import VPSDE
 
 
-def reconstruct(score_fn: ScoreFn, sde: VPSDE, x0: torch.Tensor, *, t_start: float = 0.3,
-                noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                method: str = "rk4", steps: int = 8, t_eps: float = 1e-3, rtol: float = 1e-5,
-                atol: float = 1e-5) -> torch.Tensor:
+def reconstruct(
+    score_fn: ScoreFn,
+    sde: VPSDE,
+    x0: torch.Tensor,
+    *,
+    t_start: float = 0.3,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    method: str = "rk4",
+    steps: int = 8,
+    t_eps: float = 1e-3,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> torch.Tensor:
     """Reconstruction of x0 (N, ...) after noising it to ``t_start``; same shape and dtype as x0.
 
     ``noise`` (shape of x0) is the e above; when None it is drawn from ``generator`` (CPU). Fixed-step

@@ -9,6 +9,7 @@ samples (no batch normalisation or any other mixing across rows), which the exac
 The module layout (``time.freqs``, ``body.{0,2,...}``, ``out``) is the state-dict format of saved bundles;
 changing it breaks ``weights.pt`` files already shipped.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,10 @@ class PointwiseScoreNet(nn.Module):
     def __init__(self, cfg: ScoreNetConfig) -> None:
         super().__init__()
         if cfg.channels is None or cfg.cond_channels is None:
-            raise ValueError("ScoreNetConfig.channels and cond_channels must be given for a stand-alone network "
-                             "(a ModelConfig derives them from its features)")
+            raise ValueError(
+                "ScoreNetConfig.channels and cond_channels must be given for a stand-alone network "
+                "(a ModelConfig derives them from its features)"
+            )
         self.cfg = cfg
         self.time = FourierTime(cfg.time_embedding)
         width = cfg.channels + cfg.cond_channels + self.time.width
@@ -76,7 +79,9 @@ class PointwiseScoreNet(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.cfg.channels:
             raise ValueError(f"x must be (N, {self.cfg.channels}), got {tuple(x.shape)}")
         if cond.shape != (x.shape[0], self.cfg.cond_channels):
-            raise ValueError(f"cond must be ({x.shape[0]}, {self.cfg.cond_channels}), got {tuple(cond.shape)}")
+            raise ValueError(
+                f"cond must be ({x.shape[0]}, {self.cfg.cond_channels}), got {tuple(cond.shape)}"
+            )
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
@@ -100,8 +105,14 @@ def score_fn(model: nn.Module, sde: VPSDE, cond: torch.Tensor) -> ScoreFn:
     return score
 
 
-def dsm_loss(model: nn.Module, sde: VPSDE, x0: torch.Tensor, cond: torch.Tensor, t_eps: float = 1e-3,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def dsm_loss(
+    model: nn.Module,
+    sde: VPSDE,
+    x0: torch.Tensor,
+    cond: torch.Tensor,
+    t_eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Denoising score matching, epsilon form (a scalar, in squared noise units):
 
         t ~ U(t_eps, 1),  eps ~ N(0, I),  x_t = alpha(t) x0 + std(t) eps,

@@ -7,6 +7,7 @@
 Times ``t`` may be a python float, a 0-d tensor or a (batch,) tensor; per-sample times are broadcast over
 the trailing dims of ``x`` with :func:`append_dims`.
 """
+
 from __future__ import annotations
 
 import math

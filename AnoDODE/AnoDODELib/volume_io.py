@@ -14,6 +14,7 @@ Conventions
 
 Library code: no slicer/qt imports; errors a user can fix are :class:`InputError` with a one-line message.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,7 +53,7 @@ def _one_line(text: str, limit: int = 160) -> str:
 
 def _sitk_reason(exc: BaseException) -> str:
     """The informative line of a (multi-line) SimpleITK exception, without the C++ source location."""
-    text = re.sub(r"\(0x[0-9a-fA-F]+\)", "", str(exc))     # object addresses: noise to a user
+    text = re.sub(r"\(0x[0-9a-fA-F]+\)", "", str(exc))  # object addresses: noise to a user
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in lines:
         if "ERROR:" in ln:
@@ -70,15 +71,31 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         raise InputError(f"{folder}: folder holds no DICOM series (pass an image file or a DICOM folder)")
     files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
     if len(series) > 1:
-        logger.warning("%s holds %d DICOM series; reading the largest (%d files)", folder, len(series), len(files))
+        logger.warning(
+            "%s holds %d DICOM series; reading the largest (%d files)", folder, len(series), len(files)
+        )
     reader.SetFileNames(files)
     return reader.Execute()
 
 
 #: NIfTI datatype code -> numpy element type (the formats' scalar types; others are left to the reader).
-_NIFTI_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
-                1280: "u8", 128: "u1", 2304: "u1", 32: "c8", 1792: "c16"}
-_NIFTI_COMPONENTS = {128: 3, 2304: 4}   # RGB24, RGBA32: bytes per voxel beyond the element size
+_NIFTI_TYPES = {
+    2: "u1",
+    4: "i2",
+    8: "i4",
+    16: "f4",
+    64: "f8",
+    256: "i1",
+    512: "u2",
+    768: "u4",
+    1024: "i8",
+    1280: "u8",
+    128: "u1",
+    2304: "u1",
+    32: "c8",
+    1792: "c16",
+}
+_NIFTI_COMPONENTS = {128: 3, 2304: 4}  # RGB24, RGBA32: bytes per voxel beyond the element size
 _GZIP_CHUNK = 1 << 20
 
 
@@ -106,8 +123,9 @@ def _gunzip_whole(path: Path) -> bytes:
                     if not pending:
                         pending = f.read(_GZIP_CHUNK)
                         if not pending:
-                            raise InputError(f"{path}: the gzip stream is incomplete (a truncated or partly "
-                                             "copied file)")
+                            raise InputError(
+                                f"{path}: the gzip stream is incomplete (a truncated or partly copied file)"
+                            )
                     out.append(d.decompress(pending))
                     pending = b""
             except zlib.error as exc:
@@ -163,14 +181,14 @@ def check_nifti(path: PathLike) -> None:
         return
     end, datatype, dims, vox_offset, magic = parsed
     ndim = dims[0]
-    if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1:ndim + 1]):
-        raise InputError(f"{p}: invalid NIfTI dimensions {list(dims[:max(1, min(ndim, 7)) + 1])}")
+    if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1 : ndim + 1]):
+        raise InputError(f"{p}: invalid NIfTI dimensions {list(dims[: max(1, min(ndim, 7)) + 1])}")
     if datatype not in _NIFTI_TYPES:
         return
-    count = math.prod(dims[1:ndim + 1])
+    count = math.prod(dims[1 : ndim + 1])
     element = np.dtype(end + _NIFTI_TYPES[datatype])
     nbytes = count * element.itemsize * _NIFTI_COMPONENTS.get(datatype, 1)
-    if magic in ("ni1", "ni2") or name.endswith(".hdr") or name.endswith(".hdr.gz"):   # data in the .img file
+    if magic in ("ni1", "ni2") or name.endswith(".hdr") or name.endswith(".hdr.gz"):  # data in the .img file
         stem = p.name[: -len(".hdr.gz")] if name.endswith(".hdr.gz") else p.with_suffix("").name
         candidates = [p.with_name(stem + ext) for ext in (".img", ".img.gz", ".IMG")]
         data_path = next((c for c in candidates if c.exists()), None)
@@ -182,10 +200,14 @@ def check_nifti(path: PathLike) -> None:
         data, offset, where = raw, max(vox_offset, 0), p
     if len(data) < offset + nbytes:
         held = max(0, len(data) - offset)
-        raise InputError(f"{where}: truncated: the NIfTI header describes {nbytes} bytes of voxel data, the file "
-                         f"holds {held}")
+        raise InputError(
+            f"{where}: truncated: the NIfTI header describes {nbytes} bytes of voxel data, the file "
+            f"holds {held}"
+        )
     if element.kind in "fc":
-        values = np.frombuffer(data, dtype=element, count=count * _NIFTI_COMPONENTS.get(datatype, 1), offset=offset)
+        values = np.frombuffer(
+            data, dtype=element, count=count * _NIFTI_COMPONENTS.get(datatype, 1), offset=offset
+        )
         bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
             raise InputError(f"{p}: {bad} voxel(s) are NaN or infinite")
@@ -244,17 +266,23 @@ def read_image(path: PathLike) -> sitk.Image:
     except RuntimeError as exc:
         raise InputError(f"{p}: not a readable image ({_sitk_reason(exc)})") from None
     except (OSError, MemoryError) as exc:
-        raise InputError(f"{p}: cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+        raise InputError(
+            f"{p}: cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})"
+        ) from None
     dim = image.GetDimension()
     size = image.GetSize()
     if dim == 2:
-        hint = " (a DICOM slice? pass the folder holding the series)" if p.suffix.lower() in (".dcm", "") else ""
+        hint = (
+            " (a DICOM slice? pass the folder holding the series)" if p.suffix.lower() in (".dcm", "") else ""
+        )
         raise InputError(f"{p}: is a 2-D image{hint}; AnoDODE needs a 3-D volume")
     if dim != 3:
         raise InputError(f"{p}: is a {dim}-D image {size}; AnoDODE needs a single 3-D volume")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{p}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-                         "AnoDODE needs a scalar (grey-value) volume")
+        raise InputError(
+            f"{p}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "AnoDODE needs a scalar (grey-value) volume"
+        )
     if min(size) == 0:
         raise InputError(f"{p}: the image is empty (size {size})")
     if min(size) == 1:
@@ -277,7 +305,9 @@ def _nifti_header_file(p: Path) -> Path | None:
     for ext in (".img", ".img.gz"):
         if name.endswith(ext):
             stem = p.name[: -len(ext)]
-            return next((h for h in (p.with_name(stem + ".hdr"), p.with_name(stem + ".HDR")) if h.exists()), None)
+            return next(
+                (h for h in (p.with_name(stem + ".hdr"), p.with_name(stem + ".HDR")) if h.exists()), None
+            )
     return None
 
 
@@ -292,7 +322,7 @@ def validate_intensities(image: sitk.Image, name: str) -> np.ndarray:
         raise InputError(f"{name}: the image is empty (size {image.GetSize()})")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel")
-    array = array.astype(np.float32, copy=False)     # GetArrayFromImage's array is a copy already
+    array = array.astype(np.float32, copy=False)  # GetArrayFromImage's array is a copy already
     finite = np.isfinite(array)
     if not finite.all():
         raise InputError(f"{name}: {int((~finite).sum())} voxel(s) are NaN or infinite")
@@ -317,9 +347,11 @@ def check_head_size(image: sitk.Image, name: str) -> None:
     _, rows, cols = geometry.canonical_shape
     fov = (rows * geometry.spacing_mm[1], cols * geometry.spacing_mm[2])
     if min(fov) < MIN_IN_PLANE_FOV_MM or min(rows, cols) < MIN_IN_PLANE_VOXELS:
-        raise InputError(f"{name}: too small to be a head scan ({rows} x {cols} voxels, "
-                         f"{fov[0]:.3g} x {fov[1]:.3g} mm in-plane; at least {MIN_IN_PLANE_VOXELS} voxels and "
-                         f"{MIN_IN_PLANE_FOV_MM:g} mm along each in-plane axis are needed)")
+        raise InputError(
+            f"{name}: too small to be a head scan ({rows} x {cols} voxels, "
+            f"{fov[0]:.3g} x {fov[1]:.3g} mm in-plane; at least {MIN_IN_PLANE_VOXELS} voxels and "
+            f"{MIN_IN_PLANE_FOV_MM:g} mm along each in-plane axis are needed)"
+        )
 
 
 #: A --mask covering less than this fraction of the image's non-background voxels is probably a lesion mask.
@@ -334,8 +366,10 @@ def mask_coverage_warning(array: np.ndarray, mask: np.ndarray, name: str) -> str
     foreground = int(np.count_nonzero(~_is_background(array, _background_value(array))))
     covered = int(np.count_nonzero(mask))
     if foreground and covered < LESION_SIZED_MASK_FRACTION * foreground:
-        return (f"{name}: the mask covers only {100.0 * covered / foreground:.1f}% of the scan's non-background "
-                "voxels; --mask expects a brain mask, not a lesion mask")
+        return (
+            f"{name}: the mask covers only {100.0 * covered / foreground:.1f}% of the scan's non-background "
+            "voxels; --mask expects a brain mask, not a lesion mask"
+        )
     return None
 
 
@@ -347,11 +381,15 @@ def _grid_difference(a: sitk.Image, b: sitk.Image, tol: float) -> str:
         return f"size {a.GetSize()} vs {b.GetSize()}"
     sa, sb = np.array(a.GetSpacing(), float), np.array(b.GetSpacing(), float)
     if not np.allclose(sa, sb, rtol=tol, atol=0):
-        return f"spacing {tuple(round(float(v), 4) for v in sa)} vs {tuple(round(float(v), 4) for v in sb)} mm"
+        return (
+            f"spacing {tuple(round(float(v), 4) for v in sa)} vs {tuple(round(float(v), 4) for v in sb)} mm"
+        )
     # origin: within 10*tol voxels (mm tolerance scaled by the spacing; NIfTI stores float32)
     if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=10 * tol * max(1.0, float(sa.max()))):
-        return (f"origin {tuple(round(float(v), 3) for v in a.GetOrigin())} vs "
-                f"{tuple(round(float(v), 3) for v in b.GetOrigin())} mm")
+        return (
+            f"origin {tuple(round(float(v), 3) for v in a.GetOrigin())} vs "
+            f"{tuple(round(float(v), 3) for v in b.GetOrigin())} mm"
+        )
     if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=tol):
         return "direction (orientation) differs"
     return ""
@@ -363,8 +401,9 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
     return _grid_difference(a, b, tol) == ""
 
 
-def align_to(image: sitk.Image, reference: sitk.Image, name: str, region: np.ndarray | None = None
-             ) -> np.ndarray:
+def align_to(
+    image: sitk.Image, reference: sitk.Image, name: str, region: np.ndarray | None = None
+) -> np.ndarray:
     """``image``'s voxels in ``reference``'s array layout (float32, validated like any input).
 
     On the reference's grid (see :func:`same_grid`) the voxels are returned as they are. Otherwise each
@@ -375,20 +414,33 @@ def align_to(image: sitk.Image, reference: sitk.Image, name: str, region: np.nda
     """
     array = validate_intensities(image, name)
     if image.GetDimension() != reference.GetDimension():
-        raise InputError(f"{name}: {image.GetDimension()}-D image for a {reference.GetDimension()}-D reference")
+        raise InputError(
+            f"{name}: {image.GetDimension()}-D image for a {reference.GetDimension()}-D reference"
+        )
     if same_grid(image, reference):
         return array
-    logger.warning("%s is not on the reference grid (%s): resampled by physical position, not registered",
-                   name, _grid_difference(image, reference, 1e-4))
-    moved = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), reference, sitk.Transform(), sitk.sitkLinear,
-                          float("nan"), sitk.sitkFloat32)
+    logger.warning(
+        "%s is not on the reference grid (%s): resampled by physical position, not registered",
+        name,
+        _grid_difference(image, reference, 1e-4),
+    )
+    moved = sitk.Resample(
+        sitk.Cast(image, sitk.sitkFloat32),
+        reference,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        float("nan"),
+        sitk.sitkFloat32,
+    )
     out = sitk.GetArrayFromImage(moved)
     outside = ~np.isfinite(out)
     if region is not None:
         outside &= region.astype(bool)
     if outside.any():
-        raise InputError(f"{name}: does not cover {int(outside.sum())} voxel(s) of the brain; it must be "
-                         "aligned with the primary scan")
+        raise InputError(
+            f"{name}: does not cover {int(outside.sum())} voxel(s) of the brain; it must be "
+            "aligned with the primary scan"
+        )
     return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
 
@@ -418,7 +470,7 @@ def read_mask(path: PathLike, reference: sitk.Image) -> np.ndarray:
 def _direction(image: sitk.Image) -> np.ndarray:
     if image.GetDimension() != 3:
         raise InputError(f"expected a 3-D image, got {image.GetDimension()}-D")
-    d = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)   # column j = index axis j
+    d = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)  # column j = index axis j
     if not np.isfinite(d).all() or abs(np.linalg.det(d)) < 1e-3:
         raise InputError("the image's direction matrix is degenerate (axes not independent)")
     return d
@@ -432,13 +484,18 @@ def _index_axis_per_physical(d: np.ndarray) -> tuple[int, int, int]:
     with the largest total |cosine| is used instead, with a warning.
     """
     a = np.abs(d)
-    claims = [int(np.argmax(a[:, j])) for j in range(3)]          # physical axis of index axis j
+    claims = [int(np.argmax(a[:, j])) for j in range(3)]  # physical axis of index axis j
     if sorted(claims) == [0, 1, 2]:
-        return tuple(claims.index(phys) for phys in range(3))   # type: ignore[return-value]
-    best = max(itertools.permutations(range(3)), key=lambda perm: sum(a[phys, perm[phys]] for phys in range(3)))
-    logger.warning("oblique image: index axes do not each have a distinct dominant direction; "
-                   "using the closest axis assignment %s", best)
-    return best   # type: ignore[return-value]
+        return tuple(claims.index(phys) for phys in range(3))  # type: ignore[return-value]
+    best = max(
+        itertools.permutations(range(3)), key=lambda perm: sum(a[phys, perm[phys]] for phys in range(3))
+    )
+    logger.warning(
+        "oblique image: index axes do not each have a distinct dominant direction; "
+        "using the closest axis assignment %s",
+        best,
+    )
+    return best  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -459,7 +516,7 @@ class SliceGeometry:
     @property
     def canonical_shape(self) -> tuple[int, int, int]:
         """(n_slices, rows, cols) in voxels."""
-        return tuple(self.shape[a] for a in self.axes)   # type: ignore[return-value]
+        return tuple(self.shape[a] for a in self.axes)  # type: ignore[return-value]
 
     def _flip_axes(self) -> tuple[int, ...]:
         return tuple(i for i, f in enumerate(self.flips) if f)
@@ -489,14 +546,14 @@ def slice_geometry(image: sitk.Image) -> SliceGeometry:
     """
     d = _direction(image)
     index_of_phys = _index_axis_per_physical(d)
-    index_axes = tuple(index_of_phys[phys] for phys in _CANONICAL_PHYSICAL)     # (axial, A-P, L-R)
+    index_axes = tuple(index_of_phys[phys] for phys in _CANONICAL_PHYSICAL)  # (axial, A-P, L-R)
     axes = tuple(2 - j for j in index_axes)
     flips = tuple(bool(d[phys, j] < 0) for phys, j in zip(_CANONICAL_PHYSICAL, index_axes))
     spacing = image.GetSpacing()
     spacing_mm = tuple(float(spacing[j]) for j in index_axes)
     size = image.GetSize()
     shape = (int(size[2]), int(size[1]), int(size[0]))
-    return SliceGeometry(axes, flips, spacing_mm, shape)   # type: ignore[arg-type]
+    return SliceGeometry(axes, flips, spacing_mm, shape)  # type: ignore[arg-type]
 
 
 def axial_axis(image: sitk.Image) -> int:
@@ -514,8 +571,16 @@ def axial_axis(image: sitk.Image) -> int:
 
 def _border_faces(array: np.ndarray) -> np.ndarray:
     """All voxels on the six faces of a 3-D array (edges counted more than once; fine for fractions)."""
-    return np.concatenate([array[0].ravel(), array[-1].ravel(), array[:, 0].ravel(), array[:, -1].ravel(),
-                           array[:, :, 0].ravel(), array[:, :, -1].ravel()])
+    return np.concatenate(
+        [
+            array[0].ravel(),
+            array[-1].ravel(),
+            array[:, 0].ravel(),
+            array[:, -1].ravel(),
+            array[:, :, 0].ravel(),
+            array[:, :, -1].ravel(),
+        ]
+    )
 
 
 def _background_value(array: np.ndarray) -> float:
@@ -536,7 +601,9 @@ def _fill_enclosed_3d(mask: np.ndarray) -> np.ndarray:
     return ~np.isin(labels, outside[outside > 0]) | mask
 
 
-def brain_mask_from_image(array: np.ndarray, *, slice_axis: int = 0, keep_fraction: float = 0.1) -> np.ndarray:
+def brain_mask_from_image(
+    array: np.ndarray, *, slice_axis: int = 0, keep_fraction: float = 0.1
+) -> np.ndarray:
     """Brain mask of a skull-stripped scan (bool, same layout as ``array``).
 
     Brain = voxels that differ from the background value, the most frequent value on the array's
@@ -556,7 +623,7 @@ def brain_mask_from_image(array: np.ndarray, *, slice_axis: int = 0, keep_fracti
     keep = np.flatnonzero(sizes >= max(1, keep_fraction * sizes.max()))
     mask = np.isin(labels, keep)
     mask = _fill_enclosed_3d(mask)
-    moved = np.moveaxis(mask, slice_axis, 0)          # a view: filling writes into ``mask``
+    moved = np.moveaxis(mask, slice_axis, 0)  # a view: filling writes into ``mask``
     max_hole = max(64, moved[0].size // 50)
     for k in range(moved.shape[0]):
         if moved[k].any():
@@ -595,7 +662,9 @@ def intensity_reference(values: np.ndarray, reference: str = "mean") -> tuple[fl
     from .config import INTENSITY_REFERENCES
 
     if reference not in INTENSITY_REFERENCES:
-        raise ValueError(f"unknown intensity reference {reference!r}; valid: {', '.join(INTENSITY_REFERENCES)}")
+        raise ValueError(
+            f"unknown intensity reference {reference!r}; valid: {', '.join(INTENSITY_REFERENCES)}"
+        )
     lo, hi = np.percentile(values, [1, 99])
     core = values[(values >= lo) & (values <= hi)]
     if reference == "mean" or hi <= lo:
@@ -607,10 +676,9 @@ def intensity_reference(values: np.ndarray, reference: str = "mean") -> tuple[fl
     return centre, float(1.4826 * np.median(np.abs(core - centre)))
 
 
-
-
-def normalise_intensity(array: np.ndarray, mask: np.ndarray, clip_z: float = 6.0, reference: str = "mean"
-                        ) -> np.ndarray:
+def normalise_intensity(
+    array: np.ndarray, mask: np.ndarray, clip_z: float = 6.0, reference: str = "mean"
+) -> np.ndarray:
     """Normalised intensity within the brain: ``(x - centre) / scale`` with the ``reference``'s robust centre
     and scale (see ``intensity_reference``; "mean" is the z-score). Returns float32, 0 outside the brain,
     clipped to ``[-clip_z, clip_z]``. Raises :class:`InputError` for an empty mask or constant brain
@@ -624,10 +692,10 @@ def normalise_intensity(array: np.ndarray, mask: np.ndarray, clip_z: float = 6.0
         raise InputError("the brain mask is empty")
     mean, std = intensity_reference(v, reference)
     if std <= 1e-12 * max(1.0, abs(mean)):
-        mean, std = float(v.mean()), float(v.std())        # a mostly-flat brain with a few outliers
+        mean, std = float(v.mean()), float(v.std())  # a mostly-flat brain with a few outliers
     if std <= 1e-12 * max(1.0, abs(mean)):
         raise InputError("the brain's intensities are constant")
-    out = np.zeros(array.shape, dtype=np.float32)      # computed at the brain's voxels only (a fifth of a scan)
+    out = np.zeros(array.shape, dtype=np.float32)  # computed at the brain's voxels only (a fifth of a scan)
     out[mask] = np.clip((v - mean) / std, -clip_z, clip_z)
     return out
 
@@ -635,13 +703,18 @@ def normalise_intensity(array: np.ndarray, mask: np.ndarray, clip_z: float = 6.0
 # ---------------------------------------------------------------------------------------- resampling
 
 
-def _target_shape(shape: tuple[int, int], spacing_in: tuple[float, float], spacing_out: float) -> tuple[int, int]:
-    return (max(1, round(shape[0] * spacing_in[0] / spacing_out)),
-            max(1, round(shape[1] * spacing_in[1] / spacing_out)))
+def _target_shape(
+    shape: tuple[int, int], spacing_in: tuple[float, float], spacing_out: float
+) -> tuple[int, int]:
+    return (
+        max(1, round(shape[0] * spacing_in[0] / spacing_out)),
+        max(1, round(shape[1] * spacing_in[1] / spacing_out)),
+    )
 
 
-def resample_slices(slices: np.ndarray, spacing_in: tuple[float, float], spacing_out: float,
-                    order: int = 1) -> np.ndarray:
+def resample_slices(
+    slices: np.ndarray, spacing_in: tuple[float, float], spacing_out: float, order: int = 1
+) -> np.ndarray:
     """Resample every slice of ``slices`` (S, H, W) to a grid of about ``spacing_out`` mm: (S, h, w)
     with ``h = round(H * spacing_in[0] / spacing_out)`` and ``w = round(W * spacing_in[1] / spacing_out)``.
 
@@ -661,8 +734,15 @@ def resample_slices(slices: np.ndarray, spacing_in: tuple[float, float], spacing
         return data.copy() if data is slices else data
     anti = order > 0 and (th < h or tw < w)
     sigma = (0.0, max(0.0, (h / th - 1) / 2), max(0.0, (w / tw - 1) / 2)) if anti else None
-    out = transform.resize(data, (s, th, tw), order=order, mode="edge", anti_aliasing=anti,
-                           anti_aliasing_sigma=sigma, preserve_range=True)
+    out = transform.resize(
+        data,
+        (s, th, tw),
+        order=order,
+        mode="edge",
+        anti_aliasing=anti,
+        anti_aliasing_sigma=sigma,
+        preserve_range=True,
+    )
     return out.astype(np.float32)
 
 
@@ -675,8 +755,9 @@ def resample_back(maps: np.ndarray, shape: tuple[int, int], order: int = 1) -> n
     data = maps.astype(np.float32)
     if maps.shape[1:] == tuple(shape):
         return data.copy() if data is maps else data
-    return transform.resize(data, (s, *shape), order=order, mode="edge", anti_aliasing=False,
-                            preserve_range=True).astype(np.float32)
+    return transform.resize(
+        data, (s, *shape), order=order, mode="edge", anti_aliasing=False, preserve_range=True
+    ).astype(np.float32)
 
 
 def spacing_warnings(image: sitk.Image) -> list[str]:
@@ -688,8 +769,10 @@ def spacing_warnings(image: sitk.Image) -> list[str]:
         out.append(f"implausible voxel spacing {tuple(round(float(v), 3) for v in sp)} mm for a brain MRI")
     geo = slice_geometry(image)
     if geo.spacing_mm[0] > 3 * max(geo.spacing_mm[1:]):
-        out.append(f"thick slices ({geo.spacing_mm[0]:g} mm vs {max(geo.spacing_mm[1:]):g} mm in-plane): "
-                   "the map is computed per slice, small lesions may be missed")
+        out.append(
+            f"thick slices ({geo.spacing_mm[0]:g} mm vs {max(geo.spacing_mm[1:]):g} mm in-plane): "
+            "the map is computed per slice, small lesions may be missed"
+        )
     return out
 
 
@@ -712,4 +795,3 @@ def write_image(image: sitk.Image, path: PathLike) -> None:
     """``sitk.WriteImage`` with compression; the format follows the extension (not atomic by itself: write
     into a staging path of :mod:`atomic_write`)."""
     sitk.WriteImage(image, str(path), True)
-

@@ -21,6 +21,7 @@ last). SIGTERM/SIGINT stop the worker promptly; nothing of this run's output set
 This module imports nothing heavy at import time (no torch), so a host such as Slicer can import the
 protocol helpers (``build_command``, ``parse_line``) before the dependencies are installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-OUTPUT_FILES = {"anomaly": "anomaly.nrrd", "label": "label.nrrd", "figure": "figure.png", "report": "report.json"}
+OUTPUT_FILES = {
+    "anomaly": "anomaly.nrrd",
+    "label": "label.nrrd",
+    "figure": "figure.png",
+    "report": "report.json",
+}
 DEVICES = ("auto", "cpu", "cuda")
-PRESET_NAMES = ("fast", "standard", "exact")   # mirrors pipeline.PRESETS; checked against it at run time
+PRESET_NAMES = ("fast", "standard", "exact")  # mirrors pipeline.PRESETS; checked against it at run time
 EXIT_ERROR = 1
 EXIT_CANCELLED = 128 + signal.SIGTERM
 
 
 # ----------------------------------------------------------------------------- protocol helpers (host side)
+
 
 class Message(NamedTuple):
     """A parsed worker stdout line: kind is 'progress', 'done' or 'log'."""
@@ -51,14 +58,33 @@ class Message(NamedTuple):
     text: str = ""
 
 
-def build_command(python: str, input_path: str | os.PathLike, output_dir: str | os.PathLike, *,
-                  mask: str | os.PathLike | None = None, model: str | os.PathLike | None = None,
-                  device: str = "auto", preset: str = "standard", threshold: float | None = None,
-                  other_contrasts: dict[str, str | os.PathLike] | None = None) -> list[str]:
+def build_command(
+    python: str,
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    mask: str | os.PathLike | None = None,
+    model: str | os.PathLike | None = None,
+    device: str = "auto",
+    preset: str = "standard",
+    threshold: float | None = None,
+    other_contrasts: dict[str, str | os.PathLike] | None = None,
+) -> list[str]:
     """The argv that runs this worker with ``python`` (e.g. Slicer's PythonSlicer); ``other_contrasts``:
     a multi-contrast model's other contrasts by name (files aligned with the input)."""
-    cmd = [str(python), "-m", "AnoDODELib.worker", "--input", str(input_path), "--output-dir", str(output_dir),
-           "--device", device, "--preset", preset]
+    cmd = [
+        str(python),
+        "-m",
+        "AnoDODELib.worker",
+        "--input",
+        str(input_path),
+        "--output-dir",
+        str(output_dir),
+        "--device",
+        device,
+        "--preset",
+        preset,
+    ]
     if mask:
         cmd += ["--mask", str(mask)]
     if model:
@@ -89,7 +115,7 @@ def error_from_stderr(stderr_text: str) -> str | None:
     """The message of the worker's ``ERROR:`` line, if any."""
     for line in stderr_text.splitlines():
         if line.startswith("ERROR: "):
-            return line[len("ERROR: "):].strip()
+            return line[len("ERROR: ") :].strip()
     return None
 
 
@@ -117,12 +143,19 @@ def device_info() -> dict:
     import torch
 
     available = bool(torch.cuda.is_available())
-    return {"torch": torch.__version__, "cuda_build": torch.version.cuda, "cuda_available": available,
-            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if available else [],
-            "auto": "cuda" if available else "cpu"}
+    return {
+        "torch": torch.__version__,
+        "cuda_build": torch.version.cuda,
+        "cuda_available": available,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if available
+        else [],
+        "auto": "cuda" if available else "cpu",
+    }
 
 
 # ----------------------------------------------------------------------------- worker side
+
 
 class Cancelled(BaseException):
     """Raised from the SIGTERM/SIGINT handler so cleanup runs and the worker exits promptly."""
@@ -133,18 +166,25 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:   # one ERROR line and exit 1 instead of argparse's usage + exit 2
+    def error(self, message: str) -> None:  # one ERROR line and exit 1 instead of argparse's usage + exit 2
         raise UsageError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m AnoDODELib.worker", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="3-D scan (any SimpleITK format)")
-    p.add_argument("--output-dir", required=True, help="folder for anomaly.nrrd, label.nrrd, figure.png, report.json")
+    p.add_argument(
+        "--output-dir", required=True, help="folder for anomaly.nrrd, label.nrrd, figure.png, report.json"
+    )
     p.add_argument("--mask", help="brain mask on the input's grid (non-zero = brain)")
     p.add_argument("--model", help="model bundle folder (default: the bundled model)")
-    p.add_argument("--contrast", action="append", default=None, metavar="NAME=PATH",
-                   help="another contrast for a multi-contrast model, aligned with the input (once per contrast)")
+    p.add_argument(
+        "--contrast",
+        action="append",
+        default=None,
+        metavar="NAME=PATH",
+        help="another contrast for a multi-contrast model, aligned with the input (once per contrast)",
+    )
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--preset", default="standard", choices=PRESET_NAMES)
     p.add_argument("--threshold", type=float, help="label threshold (default: the model's calibrated one)")
@@ -161,7 +201,7 @@ class _Progress:
     def __call__(self, fraction: float, message: str) -> None:
         fraction = max(self.last, min(1.0, float(fraction)))
         self.last = fraction
-        text = " ".join(str(message).split())   # one line, whatever the engine sends
+        text = " ".join(str(message).split())  # one line, whatever the engine sends
         self.out.write(f"PROGRESS {fraction:.4f} {text}\n")
         self.out.flush()
 
@@ -193,10 +233,20 @@ def _run(args: argparse.Namespace, progress: _Progress) -> None:
     progress(0.0, "loading model")
     model = load_model(args.model)
     check_contrasts(model.config, other_paths, model.name)
-    inputs = ScanInputs(Path(args.input), Path(args.mask) if args.mask else None,
-                        {c: paths[0] for c, paths in other_paths.items()})
-    score_to_files(inputs, OutputSet.plain(Path(args.output_dir)), model, threshold=args.threshold,
-                   device=args.device, preset=args.preset, callback=progress.stage(0.01, 1.0))
+    inputs = ScanInputs(
+        Path(args.input),
+        Path(args.mask) if args.mask else None,
+        {c: paths[0] for c, paths in other_paths.items()},
+    )
+    score_to_files(
+        inputs,
+        OutputSet.plain(Path(args.output_dir)),
+        model,
+        threshold=args.threshold,
+        device=args.device,
+        preset=args.preset,
+        callback=progress.stage(0.01, 1.0),
+    )
 
 
 def _on_signal(signum, frame) -> None:

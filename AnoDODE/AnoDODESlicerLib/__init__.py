@@ -6,12 +6,19 @@ engine worker without blocking), ``dependencies`` (which Python packages are mis
 processes), ``panel`` (the panel's texts and numbers) and ``sample_data`` (the Sample Data entry). None of them imports qt, ctk or torch, so the package is tested under the
 Qt-free slicer-core wheel. The engine itself is ``AnoDODELib``, which never imports slicer.
 """
+
 from __future__ import annotations
 
 import importlib
 import sys
 
-SUBMODULES = ("mrml", "child_process", "dependencies", "panel", "sample_data")   # in reload order: a later one may import an earlier one
+SUBMODULES = (
+    "mrml",
+    "child_process",
+    "dependencies",
+    "panel",
+    "sample_data",
+)  # in reload order: a later one may import an earlier one
 
 
 def reloadSubmodules() -> list[str]:

@@ -4,6 +4,7 @@ The host polls ``WorkerProcess.poll()`` (Slicer: from a QTimer) and gets the par
 by two reader threads. ``cancel()`` ends the whole process tree: the worker starts in its own session
 (POSIX) or process group (Windows), so any children it spawned go too.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-MODULE_DIR = Path(__file__).resolve().parents[1]   # the module folder: holds the AnoDODELib package
+MODULE_DIR = Path(__file__).resolve().parents[1]  # the module folder: holds the AnoDODELib package
 
 
 def pythonSlicerExecutable() -> str:
@@ -50,19 +51,32 @@ class WorkerProcess:
     def __init__(self, command: list[str], env: dict | None = None, cwd: str | None = None) -> None:
         kwargs = {}
         if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(
+                subprocess, "CREATE_NO_WINDOW", 0
+            )
         else:
             kwargs["start_new_session"] = True
         self.command = list(command)
-        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     encoding="utf-8", errors="replace", bufsize=1,
-                                     env=env if env is not None else workerEnvironment(), cwd=cwd, **kwargs)
+        self.proc = subprocess.Popen(
+            self.command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            env=env if env is not None else workerEnvironment(),
+            cwd=cwd,
+            **kwargs,
+        )
         self._lines: queue.Queue = queue.Queue()
         self.stderrLines: list[str] = []
         self.cancelled = False
         self._killAt: float | None = None
-        self._readers = [threading.Thread(target=self._read, args=(self.proc.stdout, "stdout"), daemon=True),
-                         threading.Thread(target=self._read, args=(self.proc.stderr, "stderr"), daemon=True)]
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, "stdout"), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, "stderr"), daemon=True),
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -113,9 +127,12 @@ class WorkerProcess:
         self.cancelled = True
         if self.proc.poll() is not None:
             return
-        if os.name == "nt":   # no SIGTERM for a process tree on Windows: taskkill /T ends it and its children
-            subprocess.Popen(["taskkill", "/F", "/T", "/PID", str(self.proc.pid)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if os.name == "nt":  # no SIGTERM for a process tree on Windows: taskkill /T ends it and its children
+            subprocess.Popen(
+                ["taskkill", "/F", "/T", "/PID", str(self.proc.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             self._killAt = time.monotonic() + grace
             return
         try:
@@ -128,7 +145,7 @@ class WorkerProcess:
         if os.name == "nt":
             self.proc.kill()
             return
-        try:   # whatever is left of the group (the worker's own children included)
+        try:  # whatever is left of the group (the worker's own children included)
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass

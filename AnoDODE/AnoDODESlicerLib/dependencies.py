@@ -9,6 +9,7 @@ torch: when the PyTorch extension (PyTorchUtils) is installed, torch is installe
 light-the-torch, which picks the torch build (CUDA version or CPU) that matches this computer's NVIDIA
 driver; plain pip is the fallback.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -45,9 +46,17 @@ REQUIREMENTS = (
 )
 LIGHT_THE_TORCH = "light-the-torch>=0.5"
 OFFLINE_PATTERNS = (
-    "Temporary failure in name resolution", "Failed to establish a new connection", "NewConnectionError",
-    "Network is unreachable", "Name or service not known", "getaddrinfo failed", "No matching distribution found",
-    "Could not find a version that satisfies", "ConnectTimeoutError", "Connection refused", "ProxyError",
+    "Temporary failure in name resolution",
+    "Failed to establish a new connection",
+    "NewConnectionError",
+    "Network is unreachable",
+    "Name or service not known",
+    "getaddrinfo failed",
+    "No matching distribution found",
+    "Could not find a version that satisfies",
+    "ConnectTimeoutError",
+    "Connection refused",
+    "ProxyError",
 )
 
 
@@ -66,8 +75,9 @@ def atLeast(version: str, minimum: str) -> bool:
     return a + (0,) * (width - len(a)) >= b + (0,) * (width - len(b))
 
 
-def installedVersion(requirement: Requirement,
-                     version: Callable[[str], str] = importlib.metadata.version) -> str | None:
+def installedVersion(
+    requirement: Requirement, version: Callable[[str], str] = importlib.metadata.version
+) -> str | None:
     """The installed version, "" when importable without package metadata (e.g. Slicer's own SimpleITK build),
     or None when not installed. Never imports the package."""
     try:
@@ -76,8 +86,10 @@ def installedVersion(requirement: Requirement,
         return "" if importlib.util.find_spec(requirement.module) is not None else None
 
 
-def unmetRequirements(requirements: Sequence[Requirement] = REQUIREMENTS,
-                      version: Callable[[str], str] = importlib.metadata.version) -> list[tuple[Requirement, str]]:
+def unmetRequirements(
+    requirements: Sequence[Requirement] = REQUIREMENTS,
+    version: Callable[[str], str] = importlib.metadata.version,
+) -> list[tuple[Requirement, str]]:
     """``(requirement, reason)`` for each requirement that is missing or older than its minimum."""
     out = []
     for requirement in requirements:
@@ -108,11 +120,20 @@ def installPlan(python: str, needed: Sequence[Requirement], lightTheTorch: bool)
     if torch:
         pipTorch = (*pip, torch[0].spec())
         if lightTheTorch:
-            steps.append(InstallStep("light-the-torch (chooses the torch build for this computer's GPU driver)",
-                                     (*pip, LIGHT_THE_TORCH), optional=True))
-            steps.append(InstallStep(f"{torch[0].spec()} with light-the-torch",
-                                     (python, "-m", "light_the_torch", "install", torch[0].spec()),
-                                     fallback=pipTorch))
+            steps.append(
+                InstallStep(
+                    "light-the-torch (chooses the torch build for this computer's GPU driver)",
+                    (*pip, LIGHT_THE_TORCH),
+                    optional=True,
+                )
+            )
+            steps.append(
+                InstallStep(
+                    f"{torch[0].spec()} with light-the-torch",
+                    (python, "-m", "light_the_torch", "install", torch[0].spec()),
+                    fallback=pipTorch,
+                )
+            )
         else:
             steps.append(InstallStep(f"{torch[0].spec()} with pip", pipTorch))
     if others:
@@ -122,8 +143,10 @@ def installPlan(python: str, needed: Sequence[Requirement], lightTheTorch: bool)
 
 def manualInstallHint(needed: Sequence[Requirement]) -> str:
     specs = " ".join(r.spec() for r in needed)
-    return (f"Install them in Slicer's Python console with slicer.util.pip_install('{specs}') "
-            f"(torch is best installed with the PyTorch extension's PyTorch Utils module), then restart Slicer.")
+    return (
+        f"Install them in Slicer's Python console with slicer.util.pip_install('{specs}') "
+        f"(torch is best installed with the PyTorch extension's PyTorch Utils module), then restart Slicer."
+    )
 
 
 def looksOffline(lines: Sequence[str]) -> bool:
@@ -135,13 +158,18 @@ def failureMessage(needed: Sequence[Requirement], lines: Sequence[str], exitCode
     """One message for a failed installation: the offline case gets its own, the rest the last error line."""
     names = ", ".join(r.spec() for r in needed)
     if looksOffline(lines):
-        return (f"AnoDODE could not download the Python packages it needs ({names}): this computer seems to be "
-                f"offline or the package index cannot be reached. Connect to the internet and click "
-                f"'Detect anomalies' again. {manualInstallHint(needed)}")
+        return (
+            f"AnoDODE could not download the Python packages it needs ({names}): this computer seems to be "
+            f"offline or the package index cannot be reached. Connect to the internet and click "
+            f"'Detect anomalies' again. {manualInstallHint(needed)}"
+        )
     errors = [line.strip() for line in lines if line.strip().startswith(("ERROR", "error"))]
     last = errors[-1] if errors else next((line.strip() for line in reversed(lines) if line.strip()), "")
-    return (f"Installing AnoDODE's Python packages ({names}) failed (exit code {exitCode})"
-            + (f": {last}" if last else "") + f". {manualInstallHint(needed)}")
+    return (
+        f"Installing AnoDODE's Python packages ({names}) failed (exit code {exitCode})"
+        + (f": {last}" if last else "")
+        + f". {manualInstallHint(needed)}"
+    )
 
 
 class Installer:
@@ -150,8 +178,9 @@ class Installer:
     ``poll()`` returns the new output lines and starts the next command when one ends. ``finished`` turns
     True at the end; then ``failed`` says whether a required step (and its fallback) failed."""
 
-    def __init__(self, steps: Sequence[InstallStep],
-                 start: Callable[[list[str]], WorkerProcess] = WorkerProcess) -> None:
+    def __init__(
+        self, steps: Sequence[InstallStep], start: Callable[[list[str]], WorkerProcess] = WorkerProcess
+    ) -> None:
         self.steps = list(steps)
         self._start = start
         self.lines: list[str] = []
@@ -170,7 +199,8 @@ class Installer:
             return ""
         step = self.steps[self.index]
         return f"step {self.index + 1}/{len(self.steps)}: {step.description}" + (
-            " (pip fallback)" if self._usingFallback else "")
+            " (pip fallback)" if self._usingFallback else ""
+        )
 
     def _launch(self, command: Sequence[str]) -> None:
         self.lines.append("$ " + " ".join(command))

@@ -7,6 +7,7 @@ same code runs inside Slicer and under the Qt-free ``slicer-core`` wheel in CI.
 Array layout: numpy arrays are (K, J, I) as returned by ``slicer.util.arrayFromVolume``, which is also the
 layout of ``SimpleITK.GetArrayFromImage`` for the same grid, so engine outputs map voxel for voxel.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,16 +23,17 @@ ANOMALY_SEGMENT_NAME = "Anomaly"
 ANOMALY_COLOR = (1.0, 0.2, 0.1)
 HEAT_COLOR_NAME = "AnoDODE Heat"
 OVERLAY_OPACITY = 0.5
-DISPLAY_FLOOR_FRACTION = 0.5   # heat map voxels below this fraction of the label threshold are not drawn
+DISPLAY_FLOOR_FRACTION = 0.5  # heat map voxels below this fraction of the label threshold are not drawn
 ROLE_ATTRIBUTE = "AnoDODE.Role"
 PLOT_REFERENCE = "AnoDODE.plotChart"
 SCORE_COLUMN = "Score (bpd)"
 MAP_SCORE_COLUMN = "Anomaly (top 1 cm2)"
 SLICE_COLUMN = "Slice"
-POSITION_COLUMN = "S (mm)"   # world superior coordinate of the slice centre, as the scan figure's tile titles
+POSITION_COLUMN = "S (mm)"  # world superior coordinate of the slice centre, as the scan figure's tile titles
 
 
 # ----------------------------------------------------------------------------- geometry
+
 
 def ijkToRASMatrix(volumeNode) -> vtk.vtkMatrix4x4:
     m = vtk.vtkMatrix4x4()
@@ -79,7 +81,7 @@ def sitkImageFromVolume(volumeNode, array: np.ndarray | None = None):
 
 def sliceCenterRAS(volumeNode, sliceAxis: int, index: int) -> tuple[float, float, float]:
     """World RAS of the centre of slice ``index`` along numpy axis ``sliceAxis`` of the node's array."""
-    dims = volumeNode.GetImageData().GetDimensions()   # (I, J, K); numpy axis a is IJK axis 2 - a
+    dims = volumeNode.GetImageData().GetDimensions()  # (I, J, K); numpy axis a is IJK axis 2 - a
     ijk = [(d - 1) / 2.0 for d in dims]
     ijk[2 - int(sliceAxis)] = float(index)
     ras = ijkToRASMatrix(volumeNode).MultiplyPoint(ijk + [1.0])[:3]
@@ -93,11 +95,13 @@ def sliceCenterRAS(volumeNode, sliceAxis: int, index: int) -> tuple[float, float
 
 def jumpSlicesTo(scene, ras) -> None:
     """Centre every slice view on a world RAS point."""
-    slicer.vtkMRMLSliceNode.JumpAllSlices(scene, float(ras[0]), float(ras[1]), float(ras[2]),
-                                          slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+    slicer.vtkMRMLSliceNode.JumpAllSlices(
+        scene, float(ras[0]), float(ras[1]), float(ras[2]), slicer.vtkMRMLSliceNode.CenteredJumpSlice
+    )
 
 
 # ----------------------------------------------------------------------------- inputs for the worker
+
 
 def maskArrayForInput(maskNode, inputNode) -> np.ndarray:
     """A uint8 0/1 brain mask on the input's grid from a label map volume (any grid) or a segmentation
@@ -111,13 +115,14 @@ def maskArrayForInput(maskNode, inputNode) -> np.ndarray:
         colorsBefore = _nodeIDs(scene, "vtkMRMLColorTableNode")
         temp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__AnoDODE_mask_temp__")
         try:
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(maskNode, ids, temp,
-                                                                                         inputNode):
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                maskNode, ids, temp, inputNode
+            ):
                 raise ValueError(f"could not export segmentation '{maskNode.GetName()}' to the input's grid")
             mask = np.array(slicer.util.arrayFromVolume(temp) > 0, dtype=np.uint8)
         finally:
             removeNodeAndDisplay(scene, temp)
-            for nodeID in _nodeIDs(scene, "vtkMRMLColorTableNode") - colorsBefore:   # made by the export
+            for nodeID in _nodeIDs(scene, "vtkMRMLColorTableNode") - colorsBefore:  # made by the export
                 scene.RemoveNode(scene.GetNodeByID(nodeID))
         return mask
     import SimpleITK as sitk
@@ -129,7 +134,9 @@ def maskArrayForInput(maskNode, inputNode) -> np.ndarray:
 
 
 def _nodeIDs(scene, className: str) -> set:
-    return {scene.GetNthNodeByClass(i, className).GetID() for i in range(scene.GetNumberOfNodesByClass(className))}
+    return {
+        scene.GetNthNodeByClass(i, className).GetID() for i in range(scene.GetNumberOfNodesByClass(className))
+    }
 
 
 def removeNodeAndDisplay(scene, node) -> None:
@@ -141,6 +148,7 @@ def removeNodeAndDisplay(scene, node) -> None:
 
 
 # ----------------------------------------------------------------------------- results into the scene
+
 
 def labelFromAnomalyMap(anomaly: np.ndarray, threshold: float) -> np.ndarray:
     """The engine's labelling rule: anomaly > threshold, as uint8 0/1."""
@@ -246,7 +254,9 @@ def updateSegmentationNode(scene, inputNode, label: np.ndarray, segmentationNode
     label = (np.asarray(label) > 0).astype(np.uint8)
     _checkShape(inputNode, label, "the label")
     if segmentationNode is None:
-        segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{inputNode.GetName()} anomalies")
+        segmentationNode = scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", f"{inputNode.GetName()} anomalies"
+        )
     with slicer.util.NodeModify(segmentationNode):
         if segmentationNode.GetDisplayNode() is None:
             segmentationNode.CreateDefaultDisplayNodes()
@@ -256,12 +266,17 @@ def updateSegmentationNode(scene, inputNode, label: np.ndarray, segmentationNode
         segmentation = segmentationNode.GetSegmentation()
         image = orientedImageFromArray(label, inputNode)
         if segmentation.GetSegment(ANOMALY_SEGMENT_ID) is None:
-            segmentationNode.AddSegmentFromBinaryLabelmapRepresentation(image, ANOMALY_SEGMENT_NAME,
-                                                                        list(ANOMALY_COLOR), ANOMALY_SEGMENT_ID)
+            segmentationNode.AddSegmentFromBinaryLabelmapRepresentation(
+                image, ANOMALY_SEGMENT_NAME, list(ANOMALY_COLOR), ANOMALY_SEGMENT_ID
+            )
         else:
             slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                image, segmentationNode, ANOMALY_SEGMENT_ID,
-                slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, image.GetExtent())
+                image,
+                segmentationNode,
+                ANOMALY_SEGMENT_ID,
+                slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+                image.GetExtent(),
+            )
     return segmentationNode
 
 
@@ -310,8 +325,17 @@ def updateScoreTable(scene, inputNode, report: dict, tableNode=None):
         table.AddColumn(positionColumn)
         tableNode.SetUseColumnTitleAsColumnHeader(True)
         tableNode.SetAttribute(ROLE_ATTRIBUTE, "scores")
-        for key in ("volume_score_bpd", "slice_axis", "threshold", "model", "device", "preset", "seconds", "nfe",
-                    "nfe_reconstruction"):
+        for key in (
+            "volume_score_bpd",
+            "slice_axis",
+            "threshold",
+            "model",
+            "device",
+            "preset",
+            "seconds",
+            "nfe",
+            "nfe_reconstruction",
+        ):
             if key in report:
                 tableNode.SetAttribute(f"AnoDODE.{key}", str(report[key]))
         tableNode.Modified()
@@ -339,8 +363,17 @@ def updateScorePlot(scene, tableNode):
     return chart
 
 
-def applyResults(scene, inputNode, anomaly: np.ndarray, label: np.ndarray, report: dict, *,
-                 heatmapNode=None, segmentationNode=None, tableNode=None) -> dict:
+def applyResults(
+    scene,
+    inputNode,
+    anomaly: np.ndarray,
+    label: np.ndarray,
+    report: dict,
+    *,
+    heatmapNode=None,
+    segmentationNode=None,
+    tableNode=None,
+) -> dict:
     """All outputs of one run into the scene, reusing the given nodes. Never modifies ``inputNode``."""
     threshold = float(report["threshold"])
     heatmapNode = updateHeatmapNode(scene, inputNode, anomaly, threshold, heatmapNode)
@@ -369,11 +402,14 @@ def resultsMatchInput(heatmapNode, inputNode) -> bool:
         return False
     if heatmapNode.GetAttribute(INPUT_ATTRIBUTE) != inputNode.GetID() or inputNode.GetImageData() is None:
         return False
-    return (heatmapNode.GetImageData().GetDimensions() == inputNode.GetImageData().GetDimensions()
-            and np.allclose(matrixToArray(ijkToRASMatrix(heatmapNode)), matrixToArray(ijkToRASMatrix(inputNode))))
+    return (
+        heatmapNode.GetImageData().GetDimensions() == inputNode.GetImageData().GetDimensions()
+        and np.allclose(matrixToArray(ijkToRASMatrix(heatmapNode)), matrixToArray(ijkToRASMatrix(inputNode)))
+    )
 
 
 # ----------------------------------------------------------------------------- plot, legend, selection
+
 
 def showChart(scene, plotsLogic, chartNode) -> None:
     """Show the chart in the view layout (Slicer's Plots logic switches to a layout with a plot view when the
@@ -403,7 +439,8 @@ def markThreshold(scene, colorLogic, heatmapNode, chartNode, threshold: float) -
     """Show the label threshold where the user looks: the heat map's colour legend in the slice views is
     titled with it, and so is the slice-score chart."""
     legend = colorLogic.GetColorLegendDisplayNode(heatmapNode) or colorLogic.AddDefaultColorLegendDisplayNode(
-        heatmapNode)
+        heatmapNode
+    )
     if legend is not None:
         legend.SetTitleText(f"Anomaly (label > {threshold:.3g})")
         legend.SetLabelFormat("%.3g")

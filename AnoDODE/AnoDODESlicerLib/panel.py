@@ -4,6 +4,7 @@ Model facts come from the bundle's ``model.json`` (read as JSON: the engine is n
 process); engine warnings from the worker's ``[WARNING] ...`` stderr lines; device facts from the worker's
 ``--device-info`` answer.
 """
+
 from __future__ import annotations
 
 import html
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WARNING_PREFIX = "[WARNING] "
-SLIDER_STEPS = 500   # the threshold slider moves in 1/SLIDER_STEPS of its range
+SLIDER_STEPS = 500  # the threshold slider moves in 1/SLIDER_STEPS of its range
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class ModelInfo:
     folder: Path
     name: str
     description: str
-    threshold: float | None   # calibrated label threshold (anomaly-map units), None if not calibrated
-    contrasts: tuple[str, ...]   # contrasts[0] is the input volume; the others need their own selector
+    threshold: float | None  # calibrated label threshold (anomaly-map units), None if not calibrated
+    contrasts: tuple[str, ...]  # contrasts[0] is the input volume; the others need their own selector
 
     @property
     def extraContrasts(self) -> tuple[str, ...]:
@@ -67,9 +68,13 @@ def readModelInfo(path, modelsDir: Path) -> ModelInfo:
     features = config.get("features") or {}
     contrasts = tuple(str(c) for c in (features.get("contrasts") or ("flair",)))
     valid = isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0
-    return ModelInfo(folder=folder, name=str(info.get("name") or folder.name),
-                     description=str(info.get("description") or ""),
-                     threshold=float(threshold) if valid else None, contrasts=contrasts)
+    return ModelInfo(
+        folder=folder,
+        name=str(info.get("name") or folder.name),
+        description=str(info.get("description") or ""),
+        threshold=float(threshold) if valid else None,
+        contrasts=contrasts,
+    )
 
 
 def thresholdSliderRange(threshold: float, mapMaximum: float | None = None) -> tuple[float, float]:
@@ -87,7 +92,7 @@ def engineWarnings(stderrLines: Sequence[str]) -> list[str]:
     out: list[str] = []
     for line in stderrLines:
         if line.startswith(WARNING_PREFIX):
-            text = line[len(WARNING_PREFIX):].strip()
+            text = line[len(WARNING_PREFIX) :].strip()
             if text and text not in out:
                 out.append(text)
     return out
@@ -98,8 +103,10 @@ def deviceWarnings(requested: str, report: dict, deviceInfo: dict | None) -> lis
     used = str(report.get("device", ""))
     gpuUsable = bool(deviceInfo and deviceInfo.get("cuda_available"))
     if used.startswith("cpu") and (requested == "cuda" or (requested == "auto" and gpuUsable)):
-        return [f"the run used the CPU although a GPU was {'asked for' if requested == 'cuda' else 'available'}: "
-                "it fell back to the CPU (see the log), so it was slower than usual"]
+        return [
+            f"the run used the CPU although a GPU was {'asked for' if requested == 'cuda' else 'available'}: "
+            "it fell back to the CPU (see the log), so it was slower than usual"
+        ]
     return []
 
 
@@ -127,9 +134,11 @@ def warningsHtml(warnings: Sequence[str]) -> str:
 
 def summary(report: dict, warningCount: int = 0) -> str:
     """The status line after a run."""
-    text = (f"Volume score {report['volume_score_bpd']:.4g} bpd; {report.get('anomalous_voxels', '?')} anomalous "
-            f"voxels at threshold {report['threshold']:.4g}; {report['seconds']:.1f} s on {report['device']} "
-            f"({report.get('preset', '')}, model {report.get('model', '?')}).")
+    text = (
+        f"Volume score {report['volume_score_bpd']:.4g} bpd; {report.get('anomalous_voxels', '?')} anomalous "
+        f"voxels at threshold {report['threshold']:.4g}; {report['seconds']:.1f} s on {report['device']} "
+        f"({report.get('preset', '')}, model {report.get('model', '?')})."
+    )
     if warningCount:
         text += f" {warningCount} warning{'s' if warningCount > 1 else ''}: see below."
     return text
@@ -169,5 +178,7 @@ def coverageWarnings(report: dict, sliceSpacingMm: float) -> list[str]:
     extent = (scored[-1] - scored[0] + 1) * float(sliceSpacingMm)
     if extent >= PARTIAL_COVERAGE_MM:
         return []
-    return [f"partial brain coverage: the slices with brain span {extent:.0f} mm (a whole brain is about "
-            f"120-170 mm), so regions outside the scan were not assessed"]
+    return [
+        f"partial brain coverage: the slices with brain span {extent:.0f} mm (a whole brain is about "
+        f"120-170 mm), so regions outside the scan were not assessed"
+    ]

@@ -9,6 +9,7 @@ No brain mask is registered: the scan is skull-stripped, so the engine's default
 region) is the brain. No lesion mask is public beside this file either; the self-test therefore checks a
 lesion given by environment variables when present (see ``AnoDODETest``), else FLAIR hyperintensity.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,5 +42,11 @@ FLAIR_SAMPLE = Sample(
 def register(sampleDataLogic, thumbnailPath: str, sample: Sample = FLAIR_SAMPLE) -> None:
     """Register ``sample`` with Slicer's ``SampleData.SampleDataLogic`` (passed in: this file imports no Slicer)."""
     sampleDataLogic.registerCustomSampleDataSource(
-        category=sample.category, sampleName=sample.name, uris=[sample.uri], fileNames=[sample.fileName],
-        nodeNames=[sample.nodeName], checksums=[sample.checksum()], thumbnailFileName=thumbnailPath)
+        category=sample.category,
+        sampleName=sample.name,
+        uris=[sample.uri],
+        fileNames=[sample.fileName],
+        nodeNames=[sample.nodeName],
+        checksums=[sample.checksum()],
+        thumbnailFileName=thumbnailPath,
+    )

@@ -4,6 +4,7 @@ Tests that need real anatomy call ``require_data``; it skips when ../shared/data
 ``ANODODE_REQUIRE_DATA=1`` (set by .ci/run), where a missing data file fails the test instead, so that a
 data test can never skip silently in CI. Tests that need no real anatomy use the generated phantoms below.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,8 +70,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from AnoDODELib.config import Calibration, ModelConfig, ScoreNetConfig
 
     torch.manual_seed(0)
-    cfg = ModelConfig(score_net=ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2),
-                      calibration=Calibration(threshold=0.05))
+    cfg = ModelConfig(
+        score_net=ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2),
+        calibration=Calibration(threshold=0.05),
+    )
     model = AnoDODEModel(cfg, metadata={"name": "tiny-test-model"})
     with torch.no_grad():
         for p in model.score_net.parameters():
@@ -101,7 +104,7 @@ def small_scan(tmp_path_factory) -> Path:
     size = list(image.GetSize())
     start = [0, 0, size[2] // 2 - 4]
     image = sitk.RegionOfInterest(image, [size[0], size[1], 12], start)
-    image = sitk.Flip(image, [True, True, False], flipAboutOrigin=False)   # RAS -> LPS storage, same anatomy
+    image = sitk.Flip(image, [True, True, False], flipAboutOrigin=False)  # RAS -> LPS storage, same anatomy
     path = tmp_path_factory.mktemp("scan") / "phantom_slab.nrrd"
     sitk.WriteImage(image, str(path))
     return path

@@ -7,6 +7,7 @@ the repository, or ``$ANODODE_SLICER_REFERENCE``), exposed as ``slicer.parameter
 the ``qMRML*``/``qSlicer*`` widget classes, each a distinct do-nothing class per name (Slicer's GUI
 connectors pick a connector by ``type(widget)``, so a stand-in ``ctkSliderWidget`` gets the slider connector).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,14 +21,23 @@ from conftest import data_required
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "AnoDODE"
-QT_PREFIXED_SLICER_NAMES = ("qMRMLNodeComboBox", "qMRMLSliderWidget", "qMRMLSpinBox", "qMRMLRangeWidget",
-                            "qMRMLTableView", "qMRMLWidget", "qSlicerWidget", "qMRMLSegmentSelectorWidget")
+QT_PREFIXED_SLICER_NAMES = (
+    "qMRMLNodeComboBox",
+    "qMRMLSliderWidget",
+    "qMRMLSpinBox",
+    "qMRMLRangeWidget",
+    "qMRMLTableView",
+    "qMRMLWidget",
+    "qSlicerWidget",
+    "qMRMLSegmentSelectorWidget",
+)
 
 
 def reference_dir() -> Path:
     """Slicer 5.10's Python sources (the folder holding ``slicer/parameterNodeWrapper``)."""
-    return Path(os.environ.get("ANODODE_SLICER_REFERENCE",
-                               REPO.parent / "shared" / "slicer_reference" / "5.10"))
+    return Path(
+        os.environ.get("ANODODE_SLICER_REFERENCE", REPO.parent / "shared" / "slicer_reference" / "5.10")
+    )
 
 
 class StandIn:
@@ -72,10 +82,12 @@ def install(monkeypatch, tmp_path: Path):
     reference = reference_dir()
     if not (reference / "slicer" / "parameterNodeWrapper" / "__init__.py").is_file():
         reason = f"Slicer 5.10 reference sources not found: {reference} (set ANODODE_SLICER_REFERENCE)"
-        if data_required():   # CI (ANODODE_REQUIRE_DATA=1): a test against Slicer's code must not skip silently
+        if (
+            data_required()
+        ):  # CI (ANODODE_REQUIRE_DATA=1): a test against Slicer's code must not skip silently
             pytest.fail(reason + "; ANODODE_REQUIRE_DATA is set, so this is a failure, not a skip")
         pytest.skip(reason)
-    importlib.import_module("slicer.util")   # sets slicer.util (the name ``slicer`` is bound above)
+    importlib.import_module("slicer.util")  # sets slicer.util (the name ``slicer`` is bound above)
 
     for name in ("qt", "ctk"):
         monkeypatch.setitem(sys.modules, name, StandInModule(name))
@@ -102,11 +114,15 @@ def install(monkeypatch, tmp_path: Path):
 def forget() -> None:
     """Drop modules imported against stand-ins, so the next import starts clean."""
     for name in list(sys.modules):
-        if (name in ("AnoDODE", "slicer.ScriptedLoadableModule") or name.startswith("slicer.parameterNodeWrapper")
-                or name.startswith("AnoDODESlicerLib") or name in ("AnoDODEMRML", "AnoDODEProcess")):
+        if (
+            name in ("AnoDODE", "slicer.ScriptedLoadableModule")
+            or name.startswith("slicer.parameterNodeWrapper")
+            or name.startswith("AnoDODESlicerLib")
+            or name in ("AnoDODEMRML", "AnoDODEProcess")
+        ):
             del sys.modules[name]
     slicer = sys.modules.get("slicer")
-    for name in ("parameterNodeWrapper", "ScriptedLoadableModule"):   # not in slicer-core: set by the import
+    for name in ("parameterNodeWrapper", "ScriptedLoadableModule"):  # not in slicer-core: set by the import
         if slicer is not None and name in vars(slicer):
             delattr(slicer, name)
 
@@ -119,7 +135,9 @@ def loadVolumeWithSimpleITK(path, properties=None):
     import slicer
 
     image = sitk.ReadImage(str(path))
-    className = "vtkMRMLLabelMapVolumeNode" if (properties or {}).get("labelmap") else "vtkMRMLScalarVolumeNode"
+    className = (
+        "vtkMRMLLabelMapVolumeNode" if (properties or {}).get("labelmap") else "vtkMRMLScalarVolumeNode"
+    )
     node = slicer.mrmlScene.AddNewNodeByClass(className, Path(path).name.split(".")[0])
     slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
     lpsToRas = np.diag([-1.0, -1.0, 1.0])

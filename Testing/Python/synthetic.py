@@ -4,6 +4,7 @@ A scan is defined in physical LPS millimetres (x toward Left, y toward Posterior
 volume centred on the origin) by a function of (x, y, z); ``scan`` samples it on the voxel grid of any
 direction matrix and spacing, so the same anatomy can be stored axially, sagittally, coronally, flipped.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,15 +32,19 @@ def orientations() -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def scan(fn, direction: np.ndarray, spacing: tuple[float, float, float],
-         extent_mm: tuple[float, float, float] = (140.0, 164.0, 120.0)) -> sitk.Image:
+def scan(
+    fn,
+    direction: np.ndarray,
+    spacing: tuple[float, float, float],
+    extent_mm: tuple[float, float, float] = (140.0, 164.0, 120.0),
+) -> sitk.Image:
     """``fn(x, y, z)`` (physical mm, arrays) sampled on a grid with the given direction (3x3, columns are the
     index axes) and per-index-axis spacing (mm), covering ``extent_mm`` along x, y, z around the origin."""
     d = np.asarray(direction, float)
     phys_of_index = [int(np.argmax(np.abs(d[:, j]))) for j in range(3)]
     size = [int(np.ceil(extent_mm[phys_of_index[j]] / spacing[j])) for j in range(3)]
     origin = -d @ ((np.array(size) - 1) / 2.0 * np.array(spacing))
-    k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")   # array order (k, j, i)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")  # array order (k, j, i)
     idx = np.stack([i, j, k], axis=-1) * np.array(spacing)
     p = origin + idx @ d.T
     values = np.asarray(fn(p[..., 0], p[..., 1], p[..., 2]), np.float32)
@@ -58,20 +63,25 @@ def brain(x, y, z, axes: tuple[float, float, float] = BRAIN_AXES) -> np.ndarray:
 
 def blob(x, y, z, centre, radius_mm: float) -> np.ndarray:
     """True inside the sphere of ``radius_mm`` around ``centre`` (x, y, z mm)."""
-    return (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 < radius_mm ** 2
+    return (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 < radius_mm**2
 
 
-def flair_like(blobs: list[tuple[tuple[float, float, float], float, float]] = (),
-               axes: tuple[float, float, float] = BRAIN_AXES, phase: float = 0.0):
+def flair_like(
+    blobs: list[tuple[tuple[float, float, float], float, float]] = (),
+    axes: tuple[float, float, float] = BRAIN_AXES,
+    phase: float = 0.0,
+):
     """A FLAIR-like function: brain intensity 100 with a smooth gradient and a fixed texture (shifted by
     ``phase``), 0 outside the brain of half-axes ``axes``; each (centre, radius_mm, intensity) blob replaces
     the intensity inside its sphere."""
+
     def fn(x, y, z):
         texture = 4.0 * np.sin(x / 7.0 + phase) * np.cos(y / 9.0) * np.sin(z / 5.0 + 1.0)
         v = 100.0 + 0.05 * x + texture
         for centre, radius, value in blobs:
             v = np.where(blob(x, y, z, centre, radius), value, v)
         return np.where(brain(x, y, z, axes), v, 0.0)
+
     return fn
 
 
@@ -80,9 +90,17 @@ def physical_point(image: sitk.Image, array_index) -> np.ndarray:
     return np.array(image.TransformIndexToPhysicalPoint([int(v) for v in array_index[::-1]]))
 
 
-def loaded_case(name: str, cfg, spacing=(2.0, 2.0, 3.0), lesion=(-20.0, 10.0, 12.0), radius_mm: float = 10.0,
-                axes: tuple[float, float, float] = BRAIN_AXES, extent_mm=(140.0, 164.0, 120.0), phase: float = 0.0,
-                value: float = 180.0):
+def loaded_case(
+    name: str,
+    cfg,
+    spacing=(2.0, 2.0, 3.0),
+    lesion=(-20.0, 10.0, 12.0),
+    radius_mm: float = 10.0,
+    axes: tuple[float, float, float] = BRAIN_AXES,
+    extent_mm=(140.0, 164.0, 120.0),
+    phase: float = 0.0,
+    value: float = 180.0,
+):
     """A generated FLAIR-like case (axial LPS storage) with a bright spherical lesion, loaded as training
     loads a case (``training.train.select_healthy``: tissue selection, 6 mm margin)."""
     from pathlib import Path
@@ -91,11 +109,16 @@ def loaded_case(name: str, cfg, spacing=(2.0, 2.0, 3.0), lesion=(-20.0, 10.0, 12
     from training.cases import Case
     from training.train import select_healthy
 
-    image = scan(flair_like([(lesion, radius_mm, value)], axes=axes, phase=phase), np.eye(3), spacing, extent_mm)
-    sphere = scan(lambda x, y, z: blob(x, y, z, lesion, radius_mm).astype(np.float32), np.eye(3), spacing,
-                  extent_mm)
+    image = scan(
+        flair_like([(lesion, radius_mm, value)], axes=axes, phase=phase), np.eye(3), spacing, extent_mm
+    )
+    sphere = scan(
+        lambda x, y, z: blob(x, y, z, lesion, radius_mm).astype(np.float32), np.eye(3), spacing, extent_mm
+    )
     prepared = prepare_volume(image, cfg)
     tumour = np.ascontiguousarray(prepared.geometry.to_canonical(sitk.GetArrayFromImage(sphere) > 0))
-    lc = select_healthy(Case(name, "synthetic", Path(f"{name}.nii.gz"), None), prepared, tumour, "tissue", 6.0)
-    lc.raw = prepared.geometry.to_canonical(sitk.GetArrayFromImage(image))   # no file: the baselines read this
+    lc = select_healthy(
+        Case(name, "synthetic", Path(f"{name}.nii.gz"), None), prepared, tumour, "tissue", 6.0
+    )
+    lc.raw = prepared.geometry.to_canonical(sitk.GetArrayFromImage(image))  # no file: the baselines read this
     return lc

@@ -1,4 +1,5 @@
 """Training augmentation (training/augment.py): exact block averaging, carried masks, identity settings."""
+
 import numpy as np
 import pytest
 
@@ -10,7 +11,7 @@ def test_thicken_slices_averages_blocks_and_drops_the_remainder():
     (out,), spacing = thicken_slices([a], 1.0, 3.0)
     assert spacing == 3.0 and out.shape == (2, 2, 2)
     assert np.allclose(out[0], a[0:3].mean(0)) and np.allclose(out[1], a[3:6].mean(0))
-    (same,), sp = thicken_slices([a], 2.0, 2.5)       # n = round(1.25) = 1: unchanged
+    (same,), sp = thicken_slices([a], 2.0, 2.5)  # n = round(1.25) = 1: unchanged
     assert sp == 2.0 and np.array_equal(same, a)
 
 
@@ -34,14 +35,15 @@ def test_augmented_copy_carries_the_lesion_and_brain_onto_thick_slices():
     brain = np.zeros(raw.shape, bool)
     brain[:, 2:14, 2:14] = True
     lesion = np.zeros(raw.shape, bool)
-    lesion[5, 6:9, 6:9] = True                         # one thin slice of lesion
+    lesion[5, 6:9, 6:9] = True  # one thin slice of lesion
     cfg = AugmentConfig(copies=1, thick_mm=(4.0, 4.0), thick_p=1.0)
     image, b, les = augmented_copy(raw, brain, lesion, (1.0, 1.0, 1.0), cfg, np.random.default_rng(3))
     assert image.GetSpacing() == pytest.approx((1.0, 1.0, 4.0))
     assert b.shape == les.shape == (3, 16, 16)
-    assert les[1, 6:9, 6:9].all() and les.sum() == 9   # any lesion in a block marks the thick voxel
+    assert les[1, 6:9, 6:9].all() and les.sum() == 9  # any lesion in a block marks the thick voxel
     assert np.array_equal(b[0], brain[0])
     import SimpleITK as sitk
+
     arr = sitk.GetArrayFromImage(image)
     assert np.all(arr[~b] == 0) and np.isfinite(arr).all()
 

@@ -3,6 +3,7 @@
 Every bad input is built here from a small synthetic phantom (no shared data needed); the fuzz test uses a
 small real FLAIR when ../shared/data is present, the phantom otherwise.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -38,8 +39,10 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO / "AnoDODE"), "OMP_NUM_THREADS": "1"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    cfg = ModelConfig(score_net=ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2),
-                      calibration=Calibration(threshold=0.05))
+    cfg = ModelConfig(
+        score_net=ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2),
+        calibration=Calibration(threshold=0.05),
+    )
     return save_model(AnoDODEModel(cfg, metadata={"name": "tiny"}), tmp_path_factory.mktemp("m") / "tiny")
 
 
@@ -92,16 +95,18 @@ def test_truncated_nifti_is_refused(model_dir, cut, suffix, phantom, tmp_path, c
     data = phantom.read_bytes() if suffix == ".nii.gz" else gzip.decompress(phantom.read_bytes())
     bad = tmp_path / f"cut{suffix}"
     bad.write_bytes(data[:10_000] if cut == "10kB" else data[: len(data) // 2])
-    assert sitk.GetArrayFromImage(sitk.ReadImage(str(bad))).shape   # the plain reader takes it: the bug
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(bad))).shape  # the plain reader takes it: the bug
     out = tmp_path / "out"
     code, lines = score(capsys, bad, "--model", model_dir, "--output-dir", out)
-    assert_refused(code, lines, 1, str(bad), "gzip stream is incomplete" if suffix == ".nii.gz" else "truncated")
+    assert_refused(
+        code, lines, 1, str(bad), "gzip stream is incomplete" if suffix == ".nii.gz" else "truncated"
+    )
     assert listing(out) == []
 
 
 def test_a_gzip_crc_error_is_refused(phantom, tmp_path):
     data = bytearray(phantom.read_bytes())
-    data[-6] ^= 0xFF          # inside the CRC32 trailer: the content decompresses but does not check out
+    data[-6] ^= 0xFF  # inside the CRC32 trailer: the content decompresses but does not check out
     bad = tmp_path / "crc.nii.gz"
     bad.write_bytes(bytes(data))
     with pytest.raises(volume_io.InputError, match="corrupt gzip data"):
@@ -143,24 +148,28 @@ def test_non_finite_mask_and_other_contrast_are_refused(phantom, tmp_path):
 
 
 def test_staging_of_a_killed_run_is_removed_by_the_next_and_a_live_one_kept(tmp_path):
-    script = ("import os, signal, sys; from AnoDODELib.atomic_write import StagedWrite\n"
-              "with StagedWrite(sys.argv[1]) as s:\n"
-              "    s.path('a_anomaly.nii.gz').write_bytes(b'x' * 1000)\n"
-              "    os.kill(os.getpid(), signal.SIGKILL)\n")
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=ENV, capture_output=True, timeout=60)
+    script = (
+        "import os, signal, sys; from AnoDODELib.atomic_write import StagedWrite\n"
+        "with StagedWrite(sys.argv[1]) as s:\n"
+        "    s.path('a_anomaly.nii.gz').write_bytes(b'x' * 1000)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=ENV, capture_output=True, timeout=60
+    )
     assert proc.returncode == -signal.SIGKILL
     dead = [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
-    assert len(dead) == 1                                   # SIGKILL leaves the staging folder ...
-    legacy = tmp_path / ".x_anomaly.nii.gz.tmp-abcd1234"    # ... as did the per-file writer before it
+    assert len(dead) == 1  # SIGKILL leaves the staging folder ...
+    legacy = tmp_path / ".x_anomaly.nii.gz.tmp-abcd1234"  # ... as did the per-file writer before it
     legacy.mkdir()
     old = time.time() - 2 * atomic_write.LEGACY_STALE_AFTER_S
     os.utime(legacy, (old, old))
     fresh_legacy = tmp_path / ".y_report.json.tmp-abcd1234"
     fresh_legacy.mkdir()
     assert sorted(remove_stale_staging(tmp_path)) == sorted([dead[0], legacy])
-    with StagedWrite(tmp_path) as live:                     # this process's own folder: a live run's
+    with StagedWrite(tmp_path) as live:  # this process's own folder: a live run's
         assert remove_stale_staging(tmp_path) == [] and live.staging.exists()
-    assert listing(tmp_path) == [fresh_legacy.name]         # a recent one may belong to a running old version
+    assert listing(tmp_path) == [fresh_legacy.name]  # a recent one may belong to a running old version
 
 
 def test_kill_during_the_moves_never_shows_a_mixed_set(tmp_path):
@@ -169,25 +178,29 @@ def test_kill_during_the_moves_never_shows_a_mixed_set(tmp_path):
     names = ["s_anomaly.nii.gz", "s_label.nii.gz", "s_overlay.png", "s_report.json"]
     for n in names:
         (tmp_path / n).write_text("old")
-    script = ("import os, signal, sys; from AnoDODELib import atomic_write\n"
-              "real, n = os.replace, [0]\n"
-              "def replace(a, b):\n"
-              "    n[0] += 1\n"
-              "    if n[0] == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
-              "    real(a, b)\n"
-              "os.replace = replace\n"
-              "with atomic_write.StagedWrite(sys.argv[1]) as s:\n"
-              f"    for name in {names!r}: s.path(name).write_text('new')\n"
-              "    s.commit()\n")
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=ENV, capture_output=True, timeout=60)
+    script = (
+        "import os, signal, sys; from AnoDODELib import atomic_write\n"
+        "real, n = os.replace, [0]\n"
+        "def replace(a, b):\n"
+        "    n[0] += 1\n"
+        "    if n[0] == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real(a, b)\n"
+        "os.replace = replace\n"
+        "with atomic_write.StagedWrite(sys.argv[1]) as s:\n"
+        f"    for name in {names!r}: s.path(name).write_text('new')\n"
+        "    s.commit()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=ENV, capture_output=True, timeout=60
+    )
     assert proc.returncode == -signal.SIGKILL
-    assert not (tmp_path / "s_report.json").exists()        # no report: an incomplete set, whatever else is there
+    assert not (tmp_path / "s_report.json").exists()  # no report: an incomplete set, whatever else is there
     assert [(tmp_path / n).read_text() for n in names[:2]] == ["new", "new"]
     with StagedWrite(tmp_path) as s:
         for n in names:
             s.path(n).write_text("newer")
         s.commit()
-    assert listing(tmp_path) == sorted(names)               # the killed run's staging folder is gone too
+    assert listing(tmp_path) == sorted(names)  # the killed run's staging folder is gone too
     assert {(tmp_path / n).read_text() for n in names} == {"newer"}
 
 
@@ -217,7 +230,7 @@ def test_sigterm_during_the_moves_is_deferred_until_the_set_is_complete(tmp_path
                 s.commit()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert listing(tmp_path) == ["a.json", "a.png"]          # both moved before the handler ran, no staging left
+    assert listing(tmp_path) == ["a.json", "a.png"]  # both moved before the handler ran, no staging left
 
 
 def test_a_failed_move_leaves_no_part_of_the_new_set(tmp_path, monkeypatch):
@@ -240,20 +253,38 @@ def test_a_failed_move_leaves_no_part_of_the_new_set(tmp_path, monkeypatch):
 @pytest.mark.parametrize("delay", [0.5, 2.5, 3.5, 4.5])
 def test_sigterm_at_any_moment_leaves_a_complete_set_or_nothing(model_dir, delay, phantom, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "AnoDODELib.cli", "score", str(phantom), "--model",
-                             str(model_dir), "--output-dir", str(out), "--device", "cpu", "--quiet"],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "AnoDODELib.cli",
+            "score",
+            str(phantom),
+            "--model",
+            str(model_dir),
+            "--output-dir",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(delay)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert "Traceback" not in err
     files = listing(out)
     assert files in ([], sorted(OutputSet.with_stem(out, "phantom").names.values())), files
-    if proc.returncode == 128 + signal.SIGTERM:     # handled: one line, and the scan's set was not written
+    if proc.returncode == 128 + signal.SIGTERM:  # handled: one line, and the scan's set was not written
         assert [ln for ln in err.splitlines() if ln.startswith("anodode: error:")] == [
-            "anodode: error: terminated (SIGTERM); nothing of the unfinished scan was written"]
+            "anodode: error: terminated (SIGTERM); nothing of the unfinished scan was written"
+        ]
         assert files == []
-    else:   # finished first (0), or killed while importing / after finishing, outside the handler (-SIGTERM)
+    else:  # finished first (0), or killed while importing / after finishing, outside the handler (-SIGTERM)
         assert proc.returncode in (0, -signal.SIGTERM), err
         assert proc.returncode == -signal.SIGTERM or files
 
@@ -289,14 +320,16 @@ def _break(meta: dict, kind: str) -> object:
 
 
 BUNDLE_BREAKAGES = {
-    "list": "must hold a JSON object", "null": "must hold a JSON object",
+    "list": "must hold a JSON object",
+    "null": "must hold a JSON object",
     "spacing0": "config.preprocess.in_plane_spacing_mm must be > 0",
     "reconstructions0": "config.localisation.n_reconstructions must be an integer >= 1",
     "steps0": "config.localisation.reconstruction_steps must be an integer >= 1",
     "threshold_nan": "config.calibration.threshold must be a finite number",
     "string_int": "config.score_net.hidden must be an integer",
     "section_null": "config.sde must be an object",
-    "weights_outside": "lies outside the bundle folder", "weights_absolute": "lies outside the bundle folder",
+    "weights_outside": "lies outside the bundle folder",
+    "weights_absolute": "lies outside the bundle folder",
     "weights_null": "weights must be an object",
 }
 
@@ -328,7 +361,7 @@ def test_tampered_weights_give_one_line_exit_2(model_dir, tamper, phantom, tmp_p
     data = (bundle / "weights.pt").read_bytes()
     if tamper == "truncated":
         data = data[: len(data) // 2]
-    else:                                    # a pickle naming a class weights_only does not allow
+    else:  # a pickle naming a class weights_only does not allow
         buffer = io.BytesIO()
         torch.save({"net": Path("/etc/passwd")}, buffer)
         data = buffer.getvalue()
@@ -362,7 +395,9 @@ def test_reports_are_strict_json():
 # ------------------------------------------------------------------------------------- 6. output folder
 
 
-def test_a_file_in_the_way_of_the_output_folder_fails_before_scoring(model_dir, phantom, tmp_path, capsys, monkeypatch):
+def test_a_file_in_the_way_of_the_output_folder_fails_before_scoring(
+    model_dir, phantom, tmp_path, capsys, monkeypatch
+):
     blocker = tmp_path / "out"
     blocker.write_text("a file")
     monkeypatch.setattr(cli, "score_to_files", lambda *a, **k: pytest.fail("scored despite the bad folder"))
@@ -399,14 +434,28 @@ def test_a_folder_in_the_way_of_an_output_file_fails_before_scoring(model_dir, p
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_cuda_without_a_gpu_is_one_usage_error(model_dir, phantom, tmp_path, capsys):
-    code = cli.main(["score", str(phantom), str(phantom), "--model", str(model_dir), "--output-dir",
-                     str(tmp_path / "out"), "--device", "cuda", "--quiet"])
+    code = cli.main(
+        [
+            "score",
+            str(phantom),
+            str(phantom),
+            "--model",
+            str(model_dir),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--device",
+            "cuda",
+            "--quiet",
+        ]
+    )
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert_refused(code, lines, 2, "CUDA")
 
 
-@pytest.mark.parametrize("size,spacing", [((3, 3, 3), (1.0, 1.0, 1.0)), ((40, 40, 20), (1.0, 1.0, 1.0)),
-                                          ((8, 8, 8), (20.0, 20.0, 20.0))])
+@pytest.mark.parametrize(
+    "size,spacing",
+    [((3, 3, 3), (1.0, 1.0, 1.0)), ((40, 40, 20), (1.0, 1.0, 1.0)), ((8, 8, 8), (20.0, 20.0, 20.0))],
+)
 def test_volumes_too_small_to_be_a_head_are_refused(model_dir, size, spacing, tmp_path, capsys):
     rng = np.random.default_rng(0)
     image = sitk.GetImageFromArray(rng.random(size[::-1]).astype(np.float32))
@@ -424,11 +473,11 @@ def test_head_size_bound_in_mm():
         im.SetSpacing(spacing)
         return im
 
-    volume_io.check_head_size(image((60, 60, 2), (1.0, 1.0, 5.0)), "x")          # 60 mm: just enough
+    volume_io.check_head_size(image((60, 60, 2), (1.0, 1.0, 5.0)), "x")  # 60 mm: just enough
     with pytest.raises(volume_io.InputError, match="600 x 599 voxels, 60 x 59.9 mm"):
         volume_io.check_head_size(image((599, 600, 2), (0.1, 0.1, 5.0)), "x")
     with pytest.raises(volume_io.InputError, match="15 x 15 voxels"):
-        volume_io.check_head_size(image((15, 15, 30), (5.0, 5.0, 5.0)), "x")     # 75 mm but 15 voxels
+        volume_io.check_head_size(image((15, 15, 30), (5.0, 5.0, 5.0)), "x")  # 75 mm but 15 voxels
 
 
 def test_demo_with_a_bad_model_leaves_nothing(tmp_path, capsys):
@@ -460,8 +509,24 @@ def test_a_lesion_sized_mask_warns(model_dir, phantom, tmp_path, caplog):
     assert volume_io.mask_coverage_warning(array, sitk.GetArrayFromImage(ph.lesion) > 0, "m") is not None
     assert volume_io.mask_coverage_warning(array, sitk.GetArrayFromImage(brain) > 0, "m") is None
     with caplog.at_level("WARNING"):
-        assert cli.main(["score", str(phantom), "--mask", str(lesion), "--model", str(model_dir), "--output-dir",
-                         str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 0
+        assert (
+            cli.main(
+                [
+                    "score",
+                    str(phantom),
+                    "--mask",
+                    str(lesion),
+                    "--model",
+                    str(model_dir),
+                    "--output-dir",
+                    str(tmp_path / "out"),
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     assert any("not a lesion mask" in r.getMessage() for r in caplog.records)
 
 
@@ -477,10 +542,12 @@ def test_worker_follows_the_same_rules(model_dir, phantom, tmp_path, capsys):
     meta = json.loads((bundle / "model.json").read_text())
     meta["config"]["localisation"]["n_reconstructions"] = 0
     (bundle / "model.json").write_text(json.dumps(meta))
-    cases = [(["--input", truncated], "gzip stream is incomplete"),
-             (["--input", nan], "NaN or infinite"),
-             (["--input", phantom, "--threshold", "nan"], "--threshold must be a finite number"),
-             (["--input", phantom, "--model", bundle], "config.localisation.n_reconstructions")]
+    cases = [
+        (["--input", truncated], "gzip stream is incomplete"),
+        (["--input", nan], "NaN or infinite"),
+        (["--input", phantom, "--threshold", "nan"], "--threshold must be a finite number"),
+        (["--input", phantom, "--model", bundle], "config.localisation.n_reconstructions"),
+    ]
     if not torch.cuda.is_available():
         cases.append((["--input", phantom, "--device", "cuda"], "CUDA"))
     for i, (args, fragment) in enumerate(cases):
@@ -527,7 +594,7 @@ def test_fuzz_truncations_and_byte_flips(model_dir, tmp_path, capsys):
         if i % 3 == 0:
             corrupt = corrupt[: int(rng.integers(0, len(data)))]
         else:
-            region = len(data) if i % 3 == 1 else min(len(data), 400)     # anywhere, or the gzip/NIfTI header
+            region = len(data) if i % 3 == 1 else min(len(data), 400)  # anywhere, or the gzip/NIfTI header
             for _ in range(int(rng.integers(1, 4))):
                 pos = int(rng.integers(0, region))
                 corrupt[pos] ^= int(rng.integers(1, 256))
@@ -547,7 +614,7 @@ def test_fuzz_truncations_and_byte_flips(model_dir, tmp_path, capsys):
             assert listing(out) == [], (i, listing(out))
             outcomes["refused"] += 1
     assert outcomes["refused"] > 30, outcomes
-    raw = gzip.decompress(data)             # uncompressed NIfTI: no checksum, but every cut leaves data short
+    raw = gzip.decompress(data)  # uncompressed NIfTI: no checksum, but every cut leaves data short
     for i in range(10):
         bad = tmp_path / f"u{i}" / "small.nii"
         bad.parent.mkdir()

@@ -1,4 +1,5 @@
 """Model bundles: round trip, checksum, format version, missing pieces."""
+
 import json
 import shutil
 
@@ -17,7 +18,14 @@ def test_round_trip_preserves_weights_and_config(tiny_model_dir, tmp_path):
         assert torch.equal(a, b), k
     meta = json.loads((out / "model.json").read_text())
     assert meta["format_version"] == FORMAT_VERSION
-    assert set(meta["config"]) == {"preprocess", "features", "sde", "score_net", "localisation", "calibration"}
+    assert set(meta["config"]) == {
+        "preprocess",
+        "features",
+        "sde",
+        "score_net",
+        "localisation",
+        "calibration",
+    }
     assert "channels" not in meta["config"]["score_net"] and "t_eps" in meta["config"]["sde"]
 
 
@@ -78,4 +86,4 @@ def test_bundled_default_model_loads():
         pytest.fail(f"the default model bundle is missing from {default_model_dir()}")
     model = load_model()
     assert model.config.calibration.threshold > 0
-    assert (default_model_dir() / "weights.pt").stat().st_size < 10 * 2 ** 20
+    assert (default_model_dir() / "weights.pt").stat().st_size < 10 * 2**20

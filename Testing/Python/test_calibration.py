@@ -5,6 +5,7 @@
 - ``training.train`` reproduces the shipped bundle's recorded training settings;
 - ``training.evaluate`` warns when it scores a case the model was trained on.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,13 +49,14 @@ def distance_to_lesion(mask: np.ndarray, spacing: tuple[float, float, float]) ->
 
 # ----------------------------------------------------------------------------- normal tissue
 
+
 def test_normal_voxels_exclude_the_lesion_and_its_margin(case):
     p, margin = case.prepared, 6.0
     dist = distance_to_lesion(case.tumour, p.geometry.spacing_mm)
     assert case.tumour.sum() > 100
-    assert not (case.healthy_full & (dist <= margin)).any()           # lesion and its 6 mm margin
+    assert not (case.healthy_full & (dist <= margin)).any()  # lesion and its 6 mm margin
     assert not (case.healthy_full & ~p.brain).any()
-    far = p.brain & (dist > 3 * margin)                               # everything far away is kept
+    far = p.brain & (dist > 3 * margin)  # everything far away is kept
     assert case.healthy_full[far].all()
 
 
@@ -70,19 +72,20 @@ def test_normal_grid_locations_exclude_the_lesion_and_its_margin(case):
 
 def test_training_vectors_hold_no_lesion(case):
     p = case.prepared
-    feats, ctx = train.training_vectors([case], 10 ** 9, torch.Generator().manual_seed(0))
+    feats, ctx = train.training_vectors([case], 10**9, torch.Generator().manual_seed(0))
     assert feats.shape[0] == int(case.healthy_grid.sum()) == ctx.shape[0]
-    intensity = p.features[:, 0].numpy()                    # channel 0: the z-scored intensity on the grid
+    intensity = p.features[:, 0].numpy()  # channel 0: the z-scored intensity on the grid
     lesion_grid = p.to_grid(case.tumour.astype(np.float32), order=1).numpy()
     dist = distance_to_lesion(lesion_grid > 0.0, (p.geometry.spacing_mm[0], p.spacing_mm, p.spacing_mm))
     normal_max = float(intensity[p.grid_mask.numpy() & (dist > 6.0)].max())
-    assert float(np.median(intensity[lesion_grid > 0.99])) > normal_max + 1.0   # the lesion stands out
+    assert float(np.median(intensity[lesion_grid > 0.99])) > normal_max + 1.0  # the lesion stands out
     assert float(feats[:, 0].max()) <= normal_max + 1e-6
     sub, _ = train.training_vectors([case], 500, torch.Generator().manual_seed(0))
     assert sub.shape[0] == 500 and float(sub[:, 0].max()) <= normal_max + 1e-6
 
 
 # ----------------------------------------------------------------------------- calibration
+
 
 @pytest.fixture()
 def known_maps(monkeypatch):
@@ -91,8 +94,9 @@ def known_maps(monkeypatch):
 
     def fake_score_prepared(model, prepared, preset, device="cpu"):
         n = int(prepared.grid_mask.sum())
-        return LocationScores(torch.zeros(n), torch.zeros(n, 3), 1, 1), torch.ones(prepared.grid_mask.shape[0],
-                                                                                     dtype=torch.bool)
+        return LocationScores(torch.zeros(n), torch.zeros(n, 3), 1, 1), torch.ones(
+            prepared.grid_mask.shape[0], dtype=torch.bool
+        )
 
     def fake_maps(prepared, scores, model, localisation=None, scored=None):
         return maps[id(prepared)]
@@ -131,7 +135,7 @@ def test_training_calibrates_on_its_first_calibration_cases(cfg, monkeypatch):
 
     monkeypatch.setattr(train, "calibrate", fake_calibrate)
     tc = train.TrainConfig(steps=10, batch_size=64, calibration_cases=2, calibration_quantile=0.99)
-    model = train.train_loaded(cases, cfg, tc, progress=False)   # the config the cases were prepared with
+    model = train.train_loaded(cases, cfg, tc, progress=False)  # the config the cases were prepared with
     assert seen == [(["a", "b"], 0.99)]
     assert [c["name"] for c in model.metadata["training"]["cases"]] == ["a", "b", "c"]
     assert model.metadata["training"]["train_config"]["calibration_cases"] == 2
@@ -139,18 +143,19 @@ def test_training_calibrates_on_its_first_calibration_cases(cfg, monkeypatch):
 
 # ----------------------------------------------------------------------------- the shipped bundle
 
+
 def test_training_defaults_reproduce_the_shipped_bundle():
     """``python -m training.train`` with its defaults records the settings the shipped bundle was trained with
     (so the README's training command rebuilds it)."""
     meta = json.loads((default_model_dir() / "model.json").read_text())["training"]
     recorded = meta["train_config"]
-    defaults = json.loads(json.dumps(dataclasses.asdict(train.TrainConfig())))   # as model.json stores it
+    defaults = json.loads(json.dumps(dataclasses.asdict(train.TrainConfig())))  # as model.json stores it
     for key, value in recorded.items():
         assert defaults.get(key) == value, (key, value, defaults.get(key))
     from AnoDODELib.bundle import migrate
     from AnoDODELib.config import ModelConfig, from_dict
 
-    stored = migrate(json.loads((default_model_dir() / "model.json").read_text()))   # any bundle format
+    stored = migrate(json.loads((default_model_dir() / "model.json").read_text()))  # any bundle format
     cfg = from_dict(ModelConfig, stored["config"], "config")
     rebuilt = train.model_config(tuple(cfg.features.contrasts))
     for section in ("preprocess", "features", "sde", "score_net", "localisation"):

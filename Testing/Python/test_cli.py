@@ -1,4 +1,5 @@
 """The ``anodode score`` contract: outputs, report keys, grids, exit codes, bad inputs, no partial files."""
+
 import importlib.util
 import json
 import subprocess
@@ -20,12 +21,19 @@ def only_summary(out) -> bool:
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "AnoDODELib.cli", *map(str, args)], capture_output=True,
-                          text=True, encoding="utf-8", errors="replace", timeout=300)   # whatever the locale
+    return subprocess.run(
+        [sys.executable, "-m", "AnoDODELib.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )  # whatever the locale
 
 
 def test_output_stem():
     from pathlib import Path
+
     assert output_stem(Path("a/b/case_flair.nii.gz")) == "case_flair"
     assert output_stem(Path("x.nrrd")) == "x"
     assert output_stem(Path("dicom_folder")) == "dicom_folder"
@@ -35,6 +43,7 @@ def test_colliding_stems_get_their_folder_name(tmp_path):
     from pathlib import Path
 
     from AnoDODELib.cli import output_stems
+
     a, b = tmp_path / "pat1" / "Flair.nii.gz", tmp_path / "pat2" / "Flair.nii.gz"
     assert output_stems([a, b, Path("x/other.nrrd")]) == ["pat1_Flair", "pat2_Flair", "other"]
 
@@ -45,8 +54,10 @@ def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     stem = "phantom"
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted([f"{stem}_{k}" for k in ("anomaly.nii.gz", "label.nii.gz", "report.json", "figure.png")]
-                           + ["summary.csv", "summary.json"])
+    assert files == sorted(
+        [f"{stem}_{k}" for k in ("anomaly.nii.gz", "label.nii.gz", "report.json", "figure.png")]
+        + ["summary.csv", "summary.json"]
+    )
     ref = sitk.ReadImage(str(phantom_file))
     for name, pixel in (("anomaly", sitk.sitkFloat32), ("label", sitk.sitkUInt8)):
         img = sitk.ReadImage(str(out / f"{stem}_{name}.nii.gz"))
@@ -58,11 +69,20 @@ def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{stem}_label.nii.gz")))
     assert set(np.unique(label)) <= {0, 1}
     report = json.loads((out / f"{stem}_report.json").read_text())
-    for key in ("volume_score_bpd", "slice_axis", "slice_scores", "threshold", "model", "device", "seconds", "nfe"):
+    for key in (
+        "volume_score_bpd",
+        "slice_axis",
+        "slice_scores",
+        "threshold",
+        "model",
+        "device",
+        "seconds",
+        "nfe",
+    ):
         assert key in report
     arr = sitk.GetArrayFromImage(ref)
     axis = report["slice_axis"]
-    assert axis == 0   # phantom is stored axially: numpy axis 0 runs S-I
+    assert axis == 0  # phantom is stored axially: numpy axis 0 runs S-I
     assert len(report["slice_scores"]) == arr.shape[axis]
     empty = [i for i in range(arr.shape[axis]) if not np.take(arr, i, axis=axis).any()]
     assert all(report["slice_scores"][i] is None for i in empty)
@@ -71,7 +91,11 @@ def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
     amap = np.moveaxis(sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{stem}_anomaly.nii.gz"))), axis, 0)
     assert [s is None for s in report["slice_anomaly_scores"]] == [s is None for s in report["slice_scores"]]
     k = int(np.argmax(amap.reshape(len(amap), -1).max(1)))
-    assert float(np.quantile(amap[k], 0.99)) - 1e-6 <= report["slice_anomaly_scores"][k] <= float(amap[k].max()) + 1e-6
+    assert (
+        float(np.quantile(amap[k], 0.99)) - 1e-6
+        <= report["slice_anomaly_scores"][k]
+        <= float(amap[k].max()) + 1e-6
+    )
     assert report["threshold"] == pytest.approx(0.05)
     assert report["device"] == "cpu" and report["nfe"] > 0
     loc = load_model(tiny_model_dir).config.localisation
@@ -83,8 +107,17 @@ def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
 
 
 def test_threshold_override(phantom_file, tiny_model_dir, tmp_path):
-    r = run_cli("score", phantom_file, "--model", tiny_model_dir, "--output-dir", tmp_path, "--threshold", "1e9",
-                "--quiet")
+    r = run_cli(
+        "score",
+        phantom_file,
+        "--model",
+        tiny_model_dir,
+        "--output-dir",
+        tmp_path,
+        "--threshold",
+        "1e9",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "phantom_label.nii.gz"))).sum() == 0
     assert json.loads((tmp_path / "phantom_report.json").read_text())["threshold"] == 1e9
@@ -92,7 +125,7 @@ def test_threshold_override(phantom_file, tiny_model_dir, tmp_path):
 
 def test_sagittally_stored_input_reports_its_axial_axis(phantom_file, tiny_model_dir, tmp_path):
     img = sitk.ReadImage(str(phantom_file))
-    sag = sitk.PermuteAxes(img, [2, 0, 1])          # index axis 0 now runs S-I -> numpy axis 2
+    sag = sitk.PermuteAxes(img, [2, 0, 1])  # index axis 0 now runs S-I -> numpy axis 2
     path = tmp_path / "sag.nrrd"
     sitk.WriteImage(sag, str(path))
     r = run_cli("score", path, "--model", tiny_model_dir, "--output-dir", tmp_path / "o", "--quiet")
@@ -127,7 +160,7 @@ def _bad_inputs(tmp_path, phantom_file):
         a[a.shape[0] // 2, 10, 10] = value
         img = sitk.GetImageFromArray(a)
         img.CopyInformation(sitk.ReadImage(str(phantom_file)))
-        bad[name] = tmp_path / f"{name}.mha"   # the NIfTI writer drops NaN
+        bad[name] = tmp_path / f"{name}.mha"  # the NIfTI writer drops NaN
         sitk.WriteImage(img, str(bad[name]))
     return bad
 
@@ -141,8 +174,10 @@ def test_bad_input_one_line_error_and_no_files(kind, phantom_file, tiny_model_di
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("anodode: error:")]
     assert len(lines) == 1, r.stderr
     assert only_summary(out)
-    rows = json.loads((out / "summary.json").read_text())["rows"]   # the failed input's row: its error line
-    assert [(row["input"], row["status"]) for row in rows] == [(str(bad), lines[0][len("anodode: error: "):])]
+    rows = json.loads((out / "summary.json").read_text())["rows"]  # the failed input's row: its error line
+    assert [(row["input"], row["status"]) for row in rows] == [
+        (str(bad), lines[0][len("anodode: error: ") :])
+    ]
     assert rows[0]["volume_score_bpd"] is None and rows[0]["model"] is None
 
 
@@ -154,13 +189,16 @@ def test_mask_on_another_grid_is_refused(phantom_file, tiny_model_dir, tmp_path)
     mpath = tmp_path / "mask.nii.gz"
     sitk.WriteImage(mask, str(mpath))
     out = tmp_path / "out"
-    r = run_cli("score", phantom_file, "--mask", mpath, "--model", tiny_model_dir, "--output-dir", out, "--quiet")
+    r = run_cli(
+        "score", phantom_file, "--mask", mpath, "--model", tiny_model_dir, "--output-dir", out, "--quiet"
+    )
     assert r.returncode == 1 and "error" in r.stderr
     assert only_summary(out)
 
 
 def test_incompatible_model_bundle(phantom_file, tiny_model_dir, tmp_path):
     import shutil
+
     d = tmp_path / "m"
     shutil.copytree(tiny_model_dir, d)
     meta = json.loads((d / "model.json").read_text())
@@ -176,6 +214,7 @@ def test_incompatible_model_bundle(phantom_file, tiny_model_dir, tmp_path):
 def test_never_overwrites_the_input(phantom_file, tiny_model_dir, tmp_path):
     # an input named like an output, in the output folder, must survive untouched
     import shutil
+
     out = tmp_path / "out"
     out.mkdir()
     victim = out / "x_anomaly.nii.gz"
@@ -185,25 +224,53 @@ def test_never_overwrites_the_input(phantom_file, tiny_model_dir, tmp_path):
     src = out / "x.nii.gz"
     shutil.copy(phantom_file, src)
     r = run_cli("score", src, victim, "--model", tiny_model_dir, "--output-dir", out, "--quiet")
-    assert r.returncode == 1          # writing x_anomaly.nii.gz would overwrite the second input
+    assert r.returncode == 1  # writing x_anomaly.nii.gz would overwrite the second input
     assert victim.read_bytes() == before
     assert "overwrite" in r.stderr or "input" in r.stderr
 
 
 def test_mask_count_must_match_inputs(phantom_file, tiny_model_dir, tmp_path):
-    assert main(["score", str(phantom_file), str(phantom_file), "--mask", str(phantom_file),
-                 "--model", str(tiny_model_dir), "--output-dir", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "score",
+                str(phantom_file),
+                str(phantom_file),
+                "--mask",
+                str(phantom_file),
+                "--model",
+                str(tiny_model_dir),
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
 
 
 def test_unknown_preset_exits_2(phantom_file, tiny_model_dir, tmp_path):
-    assert main(["score", str(phantom_file), "--preset", "turbo", "--model", str(tiny_model_dir),
-                 "--output-dir", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "score",
+                str(phantom_file),
+                "--preset",
+                "turbo",
+                "--model",
+                str(tiny_model_dir),
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
 
 
 def test_a_folder_of_images_means_every_image_in_it(tmp_path):
     from pathlib import Path
 
     from AnoDODELib.cli import expand_inputs
+
     study = tmp_path / "study"
     (study / "sub").mkdir(parents=True)
     for name in ("b.nii.gz", "a.nrrd", "c.NII", "d.mha", ".hidden.nii.gz", "notes.txt", "e.dcm"):
@@ -234,6 +301,7 @@ def test_batch_summary_rows_are_the_reports_values(phantom_file, tiny_model_dir,
 
     from AnoDODELib.figure import N_SLICES, figure_size_px, most_anomalous_slices
     from AnoDODELib.summary import COLUMNS
+
     other = tmp_path / "b" / "other.nrrd"
     other.parent.mkdir()
     sitk.WriteImage(sitk.ReadImage(str(phantom_file)), str(other))
@@ -241,31 +309,61 @@ def test_batch_summary_rows_are_the_reports_values(phantom_file, tiny_model_dir,
     mask = _mask_file(phantom_file, tmp_path / "mask.nii.gz")
     out = tmp_path / "out"
     shutil.copy(mask, tmp_path / "mask2.nii.gz")
-    r = run_cli("score", phantom_file, missing, other, "--mask", mask, "--mask", mask, "--mask",
-                tmp_path / "mask2.nii.gz", "--model", tiny_model_dir, "--output-dir", out, "--device", "cpu",
-                "--preset", "fast", "--quiet")
-    assert r.returncode == 1                                   # one input failed
+    r = run_cli(
+        "score",
+        phantom_file,
+        missing,
+        other,
+        "--mask",
+        mask,
+        "--mask",
+        mask,
+        "--mask",
+        tmp_path / "mask2.nii.gz",
+        "--model",
+        tiny_model_dir,
+        "--output-dir",
+        out,
+        "--device",
+        "cpu",
+        "--preset",
+        "fast",
+        "--quiet",
+    )
+    assert r.returncode == 1  # one input failed
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("anodode: error:")]
     assert len(errors) == 1 and str(missing) in errors[0]
     data = json.loads((out / "summary.json").read_text())
     assert (data["inputs"], data["ok"], data["failed"], data["pending"]) == (3, 2, 1, 0)
     rows = data["rows"]
     assert [row["input"] for row in rows] == [str(phantom_file), str(missing), str(other)]
-    assert rows[1]["status"] == errors[0][len("anodode: error: "):]
+    assert rows[1]["status"] == errors[0][len("anodode: error: ") :]
     assert all(rows[1][c] is None for c in COLUMNS if c not in ("input", "status"))
     brain = sitk.GetArrayFromImage(sitk.ReadImage(str(mask))) > 0
     version = hashlib.sha256((tiny_model_dir / "weights.pt").read_bytes()).hexdigest()[:12]
     for row, stem in ((rows[0], "phantom"), (rows[2], "other")):
         report = json.loads((out / f"{stem}_report.json").read_text())
         assert row["status"] == "ok"
-        for key in ("volume_score_bpd", "anomalous_volume_ml", "map_max", "map_p99", "most_anomalous_slices",
-                    "seconds", "device", "preset", "model", "model_version"):
+        for key in (
+            "volume_score_bpd",
+            "anomalous_volume_ml",
+            "map_max",
+            "map_p99",
+            "most_anomalous_slices",
+            "seconds",
+            "device",
+            "preset",
+            "model",
+            "model_version",
+        ):
             assert row[key] == report[key], key
         # the report's values against the written files (the --mask is the brain)
         image = sitk.ReadImage(report["outputs"]["anomaly"])
         amap = sitk.GetArrayFromImage(image).astype(np.float64)
         label = sitk.GetArrayFromImage(sitk.ReadImage(report["outputs"]["label"]))
-        assert report["anomalous_volume_ml"] == pytest.approx(label.sum() * np.prod(image.GetSpacing()) / 1000)
+        assert report["anomalous_volume_ml"] == pytest.approx(
+            label.sum() * np.prod(image.GetSpacing()) / 1000
+        )
         assert report["map_max"] == amap.max()
         assert report["map_p99"] == pytest.approx(np.quantile(amap[brain], 0.99), rel=1e-9)
         slices = report["most_anomalous_slices"]
@@ -289,6 +387,7 @@ def test_batch_summary_rows_are_the_reports_values(phantom_file, tiny_model_dir,
 
 def test_a_folder_input_scores_every_image_in_it(phantom_file, tiny_model_dir, tmp_path):
     import shutil
+
     study = tmp_path / "study"
     study.mkdir()
     shutil.copy(phantom_file, study / "a.nii.gz")
@@ -298,18 +397,35 @@ def test_a_folder_input_scores_every_image_in_it(phantom_file, tiny_model_dir, t
     r = run_cli("score", study, "--model", tiny_model_dir, "--output-dir", out, "--preset", "fast", "--quiet")
     assert r.returncode == 0, r.stderr
     rows = json.loads((out / "summary.json").read_text())["rows"]
-    assert [(row["input"], row["status"]) for row in rows] == [(str(study / "a.nii.gz"), "ok"),
-                                                               (str(study / "b.nrrd"), "ok")]
+    assert [(row["input"], row["status"]) for row in rows] == [
+        (str(study / "a.nii.gz"), "ok"),
+        (str(study / "b.nrrd"), "ok"),
+    ]
     assert (out / "a_report.json").is_file() and (out / "b_report.json").is_file()
-    assert main(["score", str(study), "--mask", str(phantom_file), "--model", str(tiny_model_dir),
-                 "--output-dir", str(tmp_path / "o2")]) == 2
+    assert (
+        main(
+            [
+                "score",
+                str(study),
+                "--mask",
+                str(phantom_file),
+                "--model",
+                str(tiny_model_dir),
+                "--output-dir",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_figure_without_matplotlib_is_plain_with_one_notice(phantom_file, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    code = ("import sys; sys.modules['matplotlib'] = None; from AnoDODELib.cli import main; "
-            f"sys.exit(main(['score', {str(phantom_file)!r}, '--model', {str(tiny_model_dir)!r}, "
-            f"'--output-dir', {str(out)!r}, '--preset', 'fast', '--quiet']))")
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from AnoDODELib.cli import main; "
+        f"sys.exit(main(['score', {str(phantom_file)!r}, '--model', {str(tiny_model_dir)!r}, "
+        f"'--output-dir', {str(out)!r}, '--preset', 'fast', '--quiet']))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     notices = [ln for ln in r.stderr.splitlines() if "matplotlib is not installed" in ln]

@@ -1,4 +1,5 @@
 """Config dataclasses validate themselves; derived fields; the bundle format migration (v1 -> v2)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,33 +31,64 @@ from AnoDODELib.config import (
 V1_BUNDLE = Path(__file__).parent / "data" / "scoring_reference" / "model_v1"
 
 BAD_VALUES = [
-    (PreprocessConfig, "in_plane_spacing_mm", 0.0), (PreprocessConfig, "in_plane_spacing_mm", math.nan),
+    (PreprocessConfig, "in_plane_spacing_mm", 0.0),
+    (PreprocessConfig, "in_plane_spacing_mm", math.nan),
     (PreprocessConfig, "clip_z", -1.0),
-    (FeatureConfig, "contrasts", ()), (FeatureConfig, "contrasts", ("flair", "flair")),
-    (FeatureConfig, "scales_mm", ()), (FeatureConfig, "scales_mm", (0.0, -4.0)), (FeatureConfig, "scales_mm", "8"),
-    (FeatureConfig, "edge_scale_mm", 0.0), (FeatureConfig, "position_context", 1),
-    (SDEConfig, "beta_min", 0.0), (SDEConfig, "beta_max", 0.05), (SDEConfig, "t_eps", 0.0),
+    (FeatureConfig, "contrasts", ()),
+    (FeatureConfig, "contrasts", ("flair", "flair")),
+    (FeatureConfig, "scales_mm", ()),
+    (FeatureConfig, "scales_mm", (0.0, -4.0)),
+    (FeatureConfig, "scales_mm", "8"),
+    (FeatureConfig, "edge_scale_mm", 0.0),
+    (FeatureConfig, "position_context", 1),
+    (SDEConfig, "beta_min", 0.0),
+    (SDEConfig, "beta_max", 0.05),
+    (SDEConfig, "t_eps", 0.0),
     (SDEConfig, "t_eps", 1.0),
-    (ScoreNetConfig, "channels", 0), (ScoreNetConfig, "hidden", 0), (ScoreNetConfig, "hidden", "64"),
-    (ScoreNetConfig, "layers", True), (ScoreNetConfig, "time_embedding", 1), (ScoreNetConfig, "hidden", 16.0),
-    (SolverConfig, "method", "rk5"), (SolverConfig, "steps", 0), (SolverConfig, "rtol", 0.0),
-    (SolverConfig, "divergence", "trace"), (SolverConfig, "n_probes", 0), (SolverConfig, "t_eps", math.inf),
-    (LocalisationConfig, "method", "magic"), (LocalisationConfig, "hyperintense_only", "yes"),
-    (LocalisationConfig, "hyperintense_contrasts", ("dwi",)), (LocalisationConfig, "t_start", 0.0),
-    (LocalisationConfig, "t_start", 1.5), (LocalisationConfig, "n_reconstructions", 0),
-    (LocalisationConfig, "reconstruction_steps", 0), (LocalisationConfig, "smooth_mm", -1.0),
-    (Calibration, "threshold", math.nan), (Calibration, "threshold", math.inf), (Calibration, "quantile", 1.0),
+    (ScoreNetConfig, "channels", 0),
+    (ScoreNetConfig, "hidden", 0),
+    (ScoreNetConfig, "hidden", "64"),
+    (ScoreNetConfig, "layers", True),
+    (ScoreNetConfig, "time_embedding", 1),
+    (ScoreNetConfig, "hidden", 16.0),
+    (SolverConfig, "method", "rk5"),
+    (SolverConfig, "steps", 0),
+    (SolverConfig, "rtol", 0.0),
+    (SolverConfig, "divergence", "trace"),
+    (SolverConfig, "n_probes", 0),
+    (SolverConfig, "t_eps", math.inf),
+    (LocalisationConfig, "method", "magic"),
+    (LocalisationConfig, "hyperintense_only", "yes"),
+    (LocalisationConfig, "hyperintense_contrasts", ("dwi",)),
+    (LocalisationConfig, "t_start", 0.0),
+    (LocalisationConfig, "t_start", 1.5),
+    (LocalisationConfig, "n_reconstructions", 0),
+    (LocalisationConfig, "reconstruction_steps", 0),
+    (LocalisationConfig, "smooth_mm", -1.0),
+    (Calibration, "threshold", math.nan),
+    (Calibration, "threshold", math.inf),
+    (Calibration, "quantile", 1.0),
 ]
 
 
-@pytest.mark.parametrize("cls,name,value", BAD_VALUES, ids=[f"{c.__name__}.{n}={v!r}" for c, n, v in BAD_VALUES])
+@pytest.mark.parametrize(
+    "cls,name,value", BAD_VALUES, ids=[f"{c.__name__}.{n}={v!r}" for c, n, v in BAD_VALUES]
+)
 def test_every_config_refuses_a_bad_value_naming_the_field(cls, name, value):
     with pytest.raises(ValueError, match=rf"^{name} must be"):
         cls(**{name: value})
 
 
 def test_defaults_are_valid_and_boundaries_accepted():
-    for cls in (PreprocessConfig, FeatureConfig, SDEConfig, SolverConfig, LocalisationConfig, Calibration, ModelConfig):
+    for cls in (
+        PreprocessConfig,
+        FeatureConfig,
+        SDEConfig,
+        SolverConfig,
+        LocalisationConfig,
+        Calibration,
+        ModelConfig,
+    ):
         cls()
     LocalisationConfig(t_start=1.0, smooth_mm=0.0, hyperintense_contrasts=())
     FeatureConfig(scales_mm=(0.0,))
@@ -88,12 +120,14 @@ def test_score_net_widths_are_derived_from_the_features():
     data = to_dict(cfg)
     assert "channels" not in data["score_net"] and "cond_channels" not in data["score_net"]
     assert from_dict(ModelConfig, data) == cfg
-    assert dataclasses.replace(cfg, features=FeatureConfig()).score_net.channels == 3   # follows the features
+    assert dataclasses.replace(cfg, features=FeatureConfig()).score_net.channels == 3  # follows the features
 
 
 def test_model_config_has_no_solver_and_calibration_no_slice_scores():
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    assert "solver" not in fields and "slice_score_mean_bpd" not in {f.name for f in dataclasses.fields(Calibration)}
+    assert "solver" not in fields and "slice_score_mean_bpd" not in {
+        f.name for f in dataclasses.fields(Calibration)
+    }
     assert SDEConfig().t_eps == SolverConfig().t_eps == 1e-3
 
 
@@ -114,15 +148,15 @@ def test_migrate_v1_to_current():
     meta = v1_meta()
     meta["config"]["solver"]["t_eps"] = 2e-3
     out = migrate(meta)
-    assert meta["format_version"] == 1 and "solver" in meta["config"]      # the input is not changed
+    assert meta["format_version"] == 1 and "solver" in meta["config"]  # the input is not changed
     assert out["format_version"] == FORMAT_VERSION == 3
     assert out["config"]["sde"] == {**meta["config"]["sde"], "t_eps": 2e-3}
     assert "solver" not in out["config"]
     assert set(out["config"]["calibration"]) == {"threshold", "quantile"}
-    assert out["config"]["score_net"] == meta["config"]["score_net"]      # checked against the features on load
+    assert out["config"]["score_net"] == meta["config"]["score_net"]  # checked against the features on load
     cfg = from_dict(ModelConfig, out["config"], "config")
     assert cfg.sde.t_eps == 2e-3 and cfg.score_net.channels == cfg.features.channels
-    assert migrate(out) == out                                           # the current format passes through
+    assert migrate(out) == out  # the current format passes through
 
 
 def test_migrate_v2_to_v3_drops_the_slice_quantile():
@@ -130,14 +164,15 @@ def test_migrate_v2_to_v3_drops_the_slice_quantile():
     meta = migrate(v1_meta())
     meta["format_version"] = 2
     meta["config"]["localisation"]["slice_quantile"] = 0.9
-    with pytest.raises(ValueError, match="slice_quantile"):       # not a field of the current config
+    with pytest.raises(ValueError, match="slice_quantile"):  # not a field of the current config
         from_dict(ModelConfig, meta["config"], "config")
     out = migrate(meta)
     assert out["format_version"] == 3 and "slice_quantile" not in out["config"]["localisation"]
-    assert meta["config"]["localisation"]["slice_quantile"] == 0.9      # the input is not changed
+    assert meta["config"]["localisation"]["slice_quantile"] == 0.9  # the input is not changed
     cfg = from_dict(ModelConfig, out["config"], "config")
     assert cfg.localisation.slice_area_mm2 == LocalisationConfig().slice_area_mm2 == 100.0
     assert cfg.localisation.brightness_quantile is None and LocalisationConfig().brightness_quantile == 0.75
+
 
 def test_a_v1_bundle_loads_and_saves_as_current(tmp_path):
     model = load_model(V1_BUNDLE)
@@ -146,8 +181,9 @@ def test_a_v1_bundle_loads_and_saves_as_current(tmp_path):
     assert model.config.calibration.threshold == meta["config"]["calibration"]["threshold"]
     # older bundles keep their unscaled intensity product (their thresholds were calibrated on it)
     assert model.config.localisation.brightness_quantile is None
-    assert model.config.localisation == from_dict(LocalisationConfig, {**meta["config"]["localisation"],
-                                                                       "brightness_quantile": None})
+    assert model.config.localisation == from_dict(
+        LocalisationConfig, {**meta["config"]["localisation"], "brightness_quantile": None}
+    )
     again = load_model(save_model(model, tmp_path / "v2"))
     assert json.loads((tmp_path / "v2" / "model.json").read_text())["format_version"] == FORMAT_VERSION
     assert again.config == model.config
@@ -160,7 +196,7 @@ def test_stored_network_widths_are_ignored_in_favour_of_the_features(tmp_path):
     meta = v1_meta()
     meta["config"]["score_net"]["channels"] = 5
     (tmp_path / "b" / "model.json").write_text(json.dumps(meta))
-    assert from_dict(ModelConfig, migrate(meta)["config"]).score_net.channels == 3    # derived, not read
+    assert from_dict(ModelConfig, migrate(meta)["config"]).score_net.channels == 3  # derived, not read
     assert load_model(tmp_path / "b").config.score_net.channels == 3
 
 
@@ -176,8 +212,14 @@ def test_unknown_format_versions_are_refused(version, tmp_path):
 def test_a_later_field_needs_one_table_row(monkeypatch):
     """How a v4 would add a field whose default differs from what v3 bundles computed: one "default" row."""
     monkeypatch.setattr(bundle, "FORMAT_VERSION", 4)
-    monkeypatch.setitem(bundle.MIGRATIONS, 3, (("default", "config.features.new_field", 7),
-                                               ("move", "config.preprocess.clip_z", "config.features.clip_z")))
+    monkeypatch.setitem(
+        bundle.MIGRATIONS,
+        3,
+        (
+            ("default", "config.features.new_field", 7),
+            ("move", "config.preprocess.clip_z", "config.features.clip_z"),
+        ),
+    )
     out = migrate(v1_meta())
     assert out["format_version"] == 4
     assert out["config"]["features"]["new_field"] == 7 and "t_eps" in out["config"]["sde"]
@@ -185,23 +227,30 @@ def test_a_later_field_needs_one_table_row(monkeypatch):
     assert "clip_z" not in out["config"]["preprocess"]
     done = {**v1_meta(), "format_version": 3}
     done["config"]["features"]["new_field"] = 3
-    assert migrate(done)["config"]["features"]["new_field"] == 3    # present values are kept
+    assert migrate(done)["config"]["features"]["new_field"] == 3  # present values are kept
 
 
-@pytest.mark.parametrize("section,field,bad", [
-    ("preprocess", "intensity_reference", "median"),
-    ("features", "slice_position", 1),
-    ("features", "regional_scale_mm", -1.0),
-    ("features", "regional_clip", float("nan")),
-    ("localisation", "residual_scales", "coarse"),
-    ("localisation", "slice_area_mm2", 0.0),
-    ("localisation", "intensity_product", "yes"),
-])
+@pytest.mark.parametrize(
+    "section,field,bad",
+    [
+        ("preprocess", "intensity_reference", "median"),
+        ("features", "slice_position", 1),
+        ("features", "regional_scale_mm", -1.0),
+        ("features", "regional_clip", float("nan")),
+        ("localisation", "residual_scales", "coarse"),
+        ("localisation", "slice_area_mm2", 0.0),
+        ("localisation", "intensity_product", "yes"),
+    ],
+)
 def test_generalisation_fields_are_validated(section, field, bad):
     import dataclasses as dc
 
     from AnoDODELib import config as C
 
-    cls = {"preprocess": C.PreprocessConfig, "features": C.FeatureConfig, "localisation": C.LocalisationConfig}[section]
+    cls = {
+        "preprocess": C.PreprocessConfig,
+        "features": C.FeatureConfig,
+        "localisation": C.LocalisationConfig,
+    }[section]
     with pytest.raises(ValueError, match=field):
         dc.replace(cls(), **{field: bad})

@@ -1,4 +1,5 @@
 """Several contrasts as feature channels: config, features, alignment, maps, readers, CLI and training."""
+
 from __future__ import annotations
 
 import csv
@@ -66,12 +67,16 @@ def test_location_scores_read_only_hyperintense_contrasts_one_sided():
     bpd = torch.tensor([2.0, 0.5])
     # FLAIR counts where brighter only, T1ce both ways: [0 + 4, 9 + 1]
     assert location_scores(bpd, residual, loc, hyper).tolist() == [4.0, 10.0]
-    assert location_scores(bpd, residual, dataclasses.replace(loc, hyperintense_only=False), hyper).tolist() == \
-        [5.0, 10.0]
+    assert location_scores(
+        bpd, residual, dataclasses.replace(loc, hyperintense_only=False), hyper
+    ).tolist() == [5.0, 10.0]
     # the likelihood is gated by the FLAIR intensity channel, the combined map scaled by it
     lik = dataclasses.replace(loc, method="likelihood")
     assert location_scores(bpd, residual, lik, hyper).tolist() == [0.0, 0.5]
-    assert location_scores(bpd, residual, dataclasses.replace(loc, method="combined"), hyper).tolist() == [0.0, 1.5]
+    assert location_scores(bpd, residual, dataclasses.replace(loc, method="combined"), hyper).tolist() == [
+        0.0,
+        1.5,
+    ]
     # a T1-primary model: the gate is the first hyperintense channel (FLAIR, second here)
     t1_first = hyperintense_channels(FeatureConfig(contrasts=("t1", "flair"), scales_mm=(0.0,)), loc)
     assert location_scores(bpd, residual.flip(1), lik, t1_first).tolist() == [0.0, 0.5]
@@ -123,15 +128,23 @@ def phantom():
 
 def test_prepare_volume_with_a_second_contrast(phantom):
     img = sitk.Cast(phantom.image, sitk.sitkFloat32)
-    bright = img * 3.0 + 7.0        # an affine intensity change: identical after the z-score
+    bright = img * 3.0 + 7.0  # an affine intensity change: identical after the z-score
     p = prepare_volume(img, FLAIR_T1CE, other_contrasts={"t1ce": bright})
     assert p.features.shape[1] == 6
     torch.testing.assert_close(p.features[:, 3:], p.features[:, :3], rtol=0, atol=1e-4)
-    single = prepare_volume(img, model_config(("flair",)))     # the same preprocessing, one contrast
+    single = prepare_volume(img, model_config(("flair",)))  # the same preprocessing, one contrast
     assert torch.equal(p.features[:, :3], single.features) and torch.equal(p.context, single.context)
     # the same contrast on a finer grid of the same space: resampled onto the primary, nearly identical
-    finer = sitk.Resample(bright, [2 * s for s in bright.GetSize()], sitk.Transform(), sitk.sitkLinear,
-                          bright.GetOrigin(), [s / 2 for s in bright.GetSpacing()], bright.GetDirection(), 0.0)
+    finer = sitk.Resample(
+        bright,
+        [2 * s for s in bright.GetSize()],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        bright.GetOrigin(),
+        [s / 2 for s in bright.GetSpacing()],
+        bright.GetDirection(),
+        0.0,
+    )
     q = prepare_volume(img, FLAIR_T1CE, other_contrasts={"t1ce": finer})
     a, b = q.features[:, 3][q.grid_mask], p.features[:, 3][p.grid_mask]
     assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.95
@@ -158,13 +171,16 @@ def _write_brats2021(root: Path, phantom, contrasts=("flair", "t1", "t1ce", "t2"
 
 def test_readers_carry_the_extra_contrasts(tmp_path, phantom):
     _write_brats2021(tmp_path / "b", phantom)
-    _write_brats2021(tmp_path / "c", phantom, contrasts=("flair", "t1"), n=1)   # no t1ce: left out
+    _write_brats2021(tmp_path / "c", phantom, contrasts=("flair", "t1"), n=1)  # no t1ce: left out
     cases = read_brats2021(tmp_path / "b", "flair,t1ce") + read_brats2021(tmp_path / "c", ["flair", "t1ce"])
     assert len(cases) == 2 and cases[0].contrasts == ("flair", "t1ce")
-    assert cases[0].extra[0][1].name.endswith("_t1ce.nii.gz") and cases[0].extra[0][1] in cases[0].input_files()
+    assert (
+        cases[0].extra[0][1].name.endswith("_t1ce.nii.gz") and cases[0].extra[0][1] in cases[0].input_files()
+    )
     primary, others = read_case_images(cases[0])
-    np.testing.assert_allclose(sitk.GetArrayFromImage(others["t1ce"]), 3 * sitk.GetArrayFromImage(primary),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        sitk.GetArrayFromImage(others["t1ce"]), 3 * sitk.GetArrayFromImage(primary), rtol=1e-5
+    )
     assert parse_contrasts(" FLAIR, t2 ") == ("flair", "t2")
     with pytest.raises(ValueError, match="distinct"):
         parse_contrasts("flair,flair")
@@ -175,15 +191,20 @@ def test_readers_carry_the_extra_contrasts(tmp_path, phantom):
     (m,) = read_msd(tmp_path / "msd", "t2,flair")
     assert (m.contrast, m.channel, m.extra) == ("t2", 3, (("flair", m.flair, 0),))
     primary, others = read_case_images(m)
-    np.testing.assert_allclose(sitk.GetArrayFromImage(primary), 4 * sitk.GetArrayFromImage(others["flair"]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        sitk.GetArrayFromImage(primary), 4 * sitk.GetArrayFromImage(others["flair"]), rtol=1e-5
+    )
     # CSV: one column per contrast; a row without one of them is left out
     table = tmp_path / "list.csv"
     d = tmp_path / "b" / "BraTS2021_00000"
     with open(table, "w", newline="") as f:
-        csv.writer(f).writerows([["name", "flair", "t1ce"], ["a", d / f"{d.name}_flair.nii.gz",
-                                                              d / f"{d.name}_t1ce.nii.gz"],
-                                 ["b", d / f"{d.name}_flair.nii.gz", ""]])
+        csv.writer(f).writerows(
+            [
+                ["name", "flair", "t1ce"],
+                ["a", d / f"{d.name}_flair.nii.gz", d / f"{d.name}_t1ce.nii.gz"],
+                ["b", d / f"{d.name}_flair.nii.gz", ""],
+            ]
+        )
     assert [c.name for c in read_csv(table, "flair,t1ce")] == ["a"]
     with pytest.raises(ValueError, match="no 't2' column"):
         read_csv(table, "flair,t2")
@@ -200,7 +221,11 @@ def test_shared_brats_family_contrasts():
     assert [c.name for c in both] == [c.name for c in brats_family_cases()]
     # the deepmedic cases have no T2
     assert {c.name for c in brats_family_cases(contrasts=("flair", "t2"))} == {
-        "brats_tcia_pat222", "BRATS_HG0015", "TCGA-DU-7294", "OtherEXampleFromTCIA"}
+        "brats_tcia_pat222",
+        "BRATS_HG0015",
+        "TCGA-DU-7294",
+        "OtherEXampleFromTCIA",
+    }
 
 
 def test_train_score_and_evaluate_a_two_contrast_model(tmp_path, phantom):
@@ -210,32 +235,92 @@ def test_train_score_and_evaluate_a_two_contrast_model(tmp_path, phantom):
 
     _write_brats2021(tmp_path / "data", phantom)
     model_dir = tmp_path / "model"
-    assert train.main(["--output", str(model_dir), "--data", str(tmp_path / "data"), "--contrast", "flair,t1ce",
-                       "--steps", "20", "--batch-size", "256", "--hidden", "16", "--run-dir", str(tmp_path / "run"),
-                       "--checkpoint-every", "0"]) == 0
+    assert (
+        train.main(
+            [
+                "--output",
+                str(model_dir),
+                "--data",
+                str(tmp_path / "data"),
+                "--contrast",
+                "flair,t1ce",
+                "--steps",
+                "20",
+                "--batch-size",
+                "256",
+                "--hidden",
+                "16",
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--checkpoint-every",
+                "0",
+            ]
+        )
+        == 0
+    )
     model = load_model(model_dir)
     assert model.config.features.contrasts == ("flair", "t1ce") and model.config.score_net.channels == 6
     assert model.metadata["training"]["contrast"] == "FLAIR+T1CE"
     case = tmp_path / "data" / "BraTS2021_00000"
     flair, t1ce = case / "BraTS2021_00000_flair.nii.gz", case / "BraTS2021_00000_t1ce.nii.gz"
     out = tmp_path / "out"
-    common = ["--model", str(model_dir), "--output-dir", str(out), "--device", "cpu", "--preset", "fast", "--quiet"]
+    common = [
+        "--model",
+        str(model_dir),
+        "--output-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--preset",
+        "fast",
+        "--quiet",
+    ]
     assert cli(["score", str(flair), "--contrast", f"t1ce={t1ce}", *common]) == 0
     report = json.loads((out / "BraTS2021_00000_flair_report.json").read_text())
     assert report["contrasts"] == {"flair": str(flair), "t1ce": str(t1ce)}
-    assert report["volume_score_bpd"] == report["volume_score_bpd"]       # finite, not NaN
+    assert report["volume_score_bpd"] == report["volume_score_bpd"]  # finite, not NaN
     out2 = tmp_path / "out2"
     common2 = [*common[:2], "--output-dir", str(out2), *common[4:]]
-    for argv in (["score", str(flair)],                                               # missing t1ce
-                 ["score", str(flair), "--contrast", f"t1ce={t1ce}", "--contrast", f"t2={t1ce}"],   # unused
-                 ["score", str(flair), "--contrast", "t1ce"],                          # not NAME=PATH
-                 ["score", str(flair), str(flair), "--contrast", f"t1ce={t1ce}"]):     # once per input
+    for argv in (
+        ["score", str(flair)],  # missing t1ce
+        ["score", str(flair), "--contrast", f"t1ce={t1ce}", "--contrast", f"t2={t1ce}"],  # unused
+        ["score", str(flair), "--contrast", "t1ce"],  # not NAME=PATH
+        ["score", str(flair), str(flair), "--contrast", f"t1ce={t1ce}"],
+    ):  # once per input
         assert cli([*argv, *common2]) == 2
     assert not out2.exists()
     ev = tmp_path / "eval"
-    assert evaluate.main(["--model", str(model_dir), "--output", str(ev), "--data", str(tmp_path / "data"),
-                          "--preset", "fast", "--worst", "0"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--model",
+                str(model_dir),
+                "--output",
+                str(ev),
+                "--data",
+                str(tmp_path / "data"),
+                "--preset",
+                "fast",
+                "--worst",
+                "0",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((ev / "results.json").read_text())["rows"]
     assert {r["case"] for r in rows} >= {"BraTS2021_00000", "BraTS2021_00001", "POOLED"}
-    assert evaluate.main(["--model", str(model_dir), "--output", str(tmp_path / "ev2"), "--data",
-                          str(tmp_path / "data"), "--contrast", "flair"]) == 2
+    assert (
+        evaluate.main(
+            [
+                "--model",
+                str(model_dir),
+                "--output",
+                str(tmp_path / "ev2"),
+                "--data",
+                str(tmp_path / "data"),
+                "--contrast",
+                "flair",
+            ]
+        )
+        == 2
+    )

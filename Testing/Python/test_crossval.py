@@ -1,5 +1,6 @@
 """The evaluation harness on tiny generated cases: no held-out case leaks into its fold's training, and the
 baselines' sign, voxel set and pooling are right on cases whose brain mask is not the whole image."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,25 +46,31 @@ def test_fold_indices():
 def test_no_held_out_case_reaches_its_fold_training(cv, cases):
     tc, rows, folds = cv
     names = [lc.case.name for lc in cases]
-    assert sorted(i for f in folds for i in f.held) == list(range(len(cases)))   # every case held out once
+    assert sorted(i for f in folds for i in f.held) == list(range(len(cases)))  # every case held out once
     for f in folds:
         held = {names[i] for i in f.held}
         train_set = [lc for lc in cases if lc.case.name not in held]
         assert held.isdisjoint(f.trained) and set(f.trained) | held == set(names)
-        assert [c["name"] for c in f.model.metadata["training"]["cases"]] == [lc.case.name for lc in train_set]
+        assert [c["name"] for c in f.model.metadata["training"]["cases"]] == [
+            lc.case.name for lc in train_set
+        ]
         # the standardiser is the mean/std of the normal vectors of the training cases, computed here
         feats, ctx = train.normal_vectors(train_set, f.model.config, tc)
         torch.testing.assert_close(f.model.standardiser.mean, feats.mean(0))
         torch.testing.assert_close(f.model.standardiser.std, feats.std(0).clamp_min(1e-6))
         # the Gaussian baseline is fitted on the same vectors
         with torch.no_grad():
-            ref = GaussianBaseline.fit(f.model.standardiser(feats).numpy(), ctx.numpy(),
-                                      positions=position_columns(f.model.config.features))
+            ref = GaussianBaseline.fit(
+                f.model.standardiser(feats).numpy(),
+                ctx.numpy(),
+                positions=position_columns(f.model.config.features),
+            )
         np.testing.assert_allclose(f.gaussian.mean, ref.mean, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(f.gaussian.precision, ref.precision, rtol=1e-4, atol=1e-4)
         # the threshold is calibrated on the first calibration case(s) of the training cases
-        expected = train.calibrate(f.model, train_set[: tc.calibration_cases], tc.calibration_quantile,
-                                   torch.device("cpu"))
+        expected = train.calibrate(
+            f.model, train_set[: tc.calibration_cases], tc.calibration_quantile, torch.device("cpu")
+        )
         assert f.model.config.calibration.threshold == pytest.approx(expected.threshold, rel=1e-6)
         # only the held-out cases are scored in the fold
         assert {r["case"] for r in rows if r["fold"] == f.index} == held
@@ -84,9 +91,11 @@ def test_zscore_baselines_rank_a_bright_lesion_first(cases, tiny_model_dir):
     perfectly over the brain voxels; the smoothed one nearly so."""
     model = load_model(tiny_model_dir)
     lc = cases[0]
-    assert (~lc.prepared.brain).sum() > lc.prepared.brain.sum() / 2   # much of the image is not brain
+    assert (~lc.prepared.brain).sum() > lc.prepared.brain.sum() / 2  # much of the image is not brain
     res, out = evaluate.evaluate_loaded(model, lc, preset="fast")
-    assert res["flair_zscore"]["voxel_auroc"] == 1.0 and res["flair_zscore"]["best_dice"] == pytest.approx(1.0)
+    assert res["flair_zscore"]["voxel_auroc"] == 1.0 and res["flair_zscore"]["best_dice"] == pytest.approx(
+        1.0
+    )
     assert res["flair_zscore_smoothed"]["voxel_auroc"] > 0.95
     for name in ("flair_zscore", "flair_zscore_smoothed"):
         m = out["baseline_maps"][name]
@@ -115,8 +124,12 @@ def test_pooled_metrics_concatenate_the_brain_voxels_of_all_cases(cases):
     for lc in (a, b):
         truth = lc.tumour & lc.prepared.brain
         noisy = rng.normal(size=truth.shape).astype(np.float32) + 1.5 * truth
-        maps.append({"flair_zscore": np.where(lc.prepared.brain, noisy, -np.inf).astype(np.float32),
-                     "anodode": np.where(lc.prepared.brain, -noisy, 0.0).astype(np.float32)})
+        maps.append(
+            {
+                "flair_zscore": np.where(lc.prepared.brain, noisy, -np.inf).astype(np.float32),
+                "anodode": np.where(lc.prepared.brain, -noisy, 0.0).astype(np.float32),
+            }
+        )
     pool = evaluate.pooled(maps, [a, b])
     t = np.concatenate([(lc.tumour & lc.prepared.brain)[lc.prepared.brain] for lc in (a, b)])
     for name in ("flair_zscore", "anodode"):
@@ -133,12 +146,23 @@ def test_evaluate_pools_the_saved_brain_voxel_scores(cases, tiny_model_dir, tmp_
 
     model = load_model(tiny_model_dir)
     a, b = cases[0], cases[1]
-    evaluate.score_cases(model, [a, b], tmp_path / "voxels", tmp_path / "montages", None, "fast", None, "cpu", 0,
-                         progress=False)
+    evaluate.score_cases(
+        model,
+        [a, b],
+        tmp_path / "voxels",
+        tmp_path / "montages",
+        None,
+        "fast",
+        None,
+        "cpu",
+        0,
+        progress=False,
+    )
     pooled_vox, pooled_slice, _ = evaluate.merge(tmp_path / "voxels", ["case0", "case1"])
     t = np.concatenate([(lc.tumour & lc.prepared.brain)[lc.prepared.brain] for lc in (a, b)])
-    s = np.concatenate([flair_zscore_map(lc.prepared.normalised, lc.prepared.brain)[lc.prepared.brain]
-                        for lc in (a, b)])
+    s = np.concatenate(
+        [flair_zscore_map(lc.prepared.normalised, lc.prepared.brain)[lc.prepared.brain] for lc in (a, b)]
+    )
     assert pooled_vox["flair_zscore"]["voxel_auroc"] == pytest.approx(metrics.auroc(s, t), abs=1e-12) == 1.0
     assert pooled_vox["flair_zscore"]["best_dice"] == pytest.approx(metrics.best_dice(s, t)[0], abs=1e-9)
     assert pooled_slice["flair_zscore"]["slice_auroc"] > 0.9

@@ -1,5 +1,6 @@
 """Training loop: equals the engine's DSM loop, resumes bit for bit, and DDP (gloo, 2 CPU processes)
 gives the single-process weights for the same global batch."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,19 +60,33 @@ def test_resume_gives_identical_weights(tmp_path):
     full = new_model()
     fit(full, feats, ctx, TC, torch.device("cpu"), progress=False)
     half = new_model()
-    fit(half, feats, ctx, TC, torch.device("cpu"), progress=False,
-        run=RunOptions(tmp_path, checkpoint_every=0, stop_after=TC.steps // 2))
+    fit(
+        half,
+        feats,
+        ctx,
+        TC,
+        torch.device("cpu"),
+        progress=False,
+        run=RunOptions(tmp_path, checkpoint_every=0, stop_after=TC.steps // 2),
+    )
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ck["step"] == TC.steps // 2
-    torch.manual_seed(12345)      # a fresh process: the RNG state must come from the checkpoint
+    torch.manual_seed(12345)  # a fresh process: the RNG state must come from the checkpoint
     resumed = AnoDODEModel(CFG)
     fit(resumed, feats, ctx, TC, torch.device("cpu"), progress=False, run=RunOptions(tmp_path, resume=True))
     a, b = weights(full), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     other = dataclasses.replace(TC, lr=1e-3)
     with pytest.raises(ValueError, match="different training config"):
-        fit(AnoDODEModel(CFG), feats, ctx, other, torch.device("cpu"), progress=False,
-            run=RunOptions(tmp_path, resume=True))
+        fit(
+            AnoDODEModel(CFG),
+            feats,
+            ctx,
+            other,
+            torch.device("cpu"),
+            progress=False,
+            run=RunOptions(tmp_path, resume=True),
+        )
 
 
 def _free_port() -> int:
@@ -104,7 +119,7 @@ def test_ddp_two_processes_match_one(tmp_path):
     ref = weights(single)
     for k in ref:
         torch.testing.assert_close(ddp[k], ref[k], rtol=1e-4, atol=1e-5)
-    assert any(not torch.equal(ref[k], weights(new_model())[k]) for k in ref)   # it did train
+    assert any(not torch.equal(ref[k], weights(new_model())[k]) for k in ref)  # it did train
 
 
 def test_batch_must_divide_across_ranks(monkeypatch):

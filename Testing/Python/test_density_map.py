@@ -11,6 +11,7 @@ voxel is one scored location and each value can be written down:
 
 No data, no trained network: the maps read only the per-location scores and the model's config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,16 +27,26 @@ from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import LocalisationConfig, ModelConfig
 from AnoDODELib.volume_io import SliceGeometry
 
-SHIPPED = LocalisationConfig(method="combined", smooth_mm=2.0, intensity_product=True,   # the bundled model's
-                             brightness_quantile=0.75)
+SHIPPED = LocalisationConfig(
+    method="combined",
+    smooth_mm=2.0,
+    intensity_product=True,  # the bundled model's
+    brightness_quantile=0.75,
+)
 
 
 def model_with(**loc) -> AnoDODEModel:
     return AnoDODEModel(ModelConfig(localisation=dataclasses.replace(SHIPPED, **loc)))
 
 
-def prepared_volume(brain: np.ndarray, normalised: np.ndarray | None = None, *, spacing=(3.0, 2.0, 2.0),
-                    axes=(0, 1, 2), flips=(False, False, False)) -> pipeline.PreparedVolume:
+def prepared_volume(
+    brain: np.ndarray,
+    normalised: np.ndarray | None = None,
+    *,
+    spacing=(3.0, 2.0, 2.0),
+    axes=(0, 1, 2),
+    flips=(False, False, False),
+) -> pipeline.PreparedVolume:
     """A volume whose model grid is its full-resolution canonical grid (``brain``, (S, H, W)); the input
     layout is the canonical one permuted by ``axes`` and flipped by ``flips``."""
     shape = [0, 0, 0]
@@ -45,9 +56,15 @@ def prepared_volume(brain: np.ndarray, normalised: np.ndarray | None = None, *, 
     if normalised is None:
         normalised = np.zeros(brain.shape, np.float32)
     s = brain.shape[0]
-    return pipeline.PreparedVolume(geometry, normalised.astype(np.float32), brain.astype(bool),
-                                   torch.zeros(s, 3, *brain.shape[1:]), torch.zeros(s, 1, *brain.shape[1:]),
-                                   torch.from_numpy(brain.astype(bool)), float(spacing[1]))
+    return pipeline.PreparedVolume(
+        geometry,
+        normalised.astype(np.float32),
+        brain.astype(bool),
+        torch.zeros(s, 3, *brain.shape[1:]),
+        torch.zeros(s, 1, *brain.shape[1:]),
+        torch.from_numpy(brain.astype(bool)),
+        float(spacing[1]),
+    )
 
 
 def brain_mask() -> np.ndarray:
@@ -63,8 +80,14 @@ def hand_scores(n: int) -> pipeline.LocationScores:
     """Per-location bpd from -1 to 3 and a residual whose finest channel takes both signs and 0."""
     k = torch.arange(n, dtype=torch.float32)
     bpd = -1.0 + 4.0 * k / (n - 1)
-    residual = torch.stack([torch.tensor([0.6, -0.4, 0.0, 1.5])[k.long() % 4] * (1 + k / n),
-                            torch.full((n,), 0.7), -torch.ones(n)], dim=1)
+    residual = torch.stack(
+        [
+            torch.tensor([0.6, -0.4, 0.0, 1.5])[k.long() % 4] * (1 + k / n),
+            torch.full((n,), 0.7),
+            -torch.ones(n),
+        ],
+        dim=1,
+    )
     return pipeline.LocationScores(bpd, residual, 1, 1)
 
 
@@ -76,6 +99,7 @@ def on_brain(brain: np.ndarray, values: torch.Tensor) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the density map
 
+
 def test_combined_density_is_the_positive_bpd_times_the_positive_finest_residual() -> None:
     brain = brain_mask()
     p, s = prepared_volume(brain), hand_scores(int(brain.sum()))
@@ -83,7 +107,7 @@ def test_combined_density_is_the_positive_bpd_times_the_positive_finest_residual
     got = pipeline.density_map(p, s, model)
     want = on_brain(brain, s.bpd.clamp_min(0) * s.residual[:, 0].clamp_min(0))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    assert got[brain].max() > 0 and np.count_nonzero(got[brain]) < brain.sum()    # both branches occur
+    assert got[brain].max() > 0 and np.count_nonzero(got[brain]) < brain.sum()  # both branches occur
 
 
 def test_hand_computed_voxels() -> None:
@@ -91,9 +115,12 @@ def test_hand_computed_voxels() -> None:
     brain = np.zeros((1, 1, 4), bool)
     brain[0, 0, :] = True
     p = prepared_volume(brain, np.array([[[4.0, 1.0, 9.0, -2.0]]]))
-    s = pipeline.LocationScores(torch.tensor([2.0, 0.5, -1.0, 3.0]),
-                                torch.tensor([[0.5, 1.0, 1.0], [-0.2, 1.0, 1.0], [0.8, 1.0, 1.0], [0.0, 1.0, 1.0]]),
-                                1, 1)
+    s = pipeline.LocationScores(
+        torch.tensor([2.0, 0.5, -1.0, 3.0]),
+        torch.tensor([[0.5, 1.0, 1.0], [-0.2, 1.0, 1.0], [0.8, 1.0, 1.0], [0.0, 1.0, 1.0]]),
+        1,
+        1,
+    )
     combined = model_with(smooth_mm=0.0, intensity_product=False)
     np.testing.assert_allclose(pipeline.density_map(p, s, combined)[0, 0], [1.0, 0.0, 0.0, 0.0], atol=1e-7)
     likelihood = model_with(method="likelihood", smooth_mm=0.0, intensity_product=False)
@@ -101,10 +128,13 @@ def test_hand_computed_voxels() -> None:
     # the shipped map: sqrt(1) * 4 / b at the first voxel, 0 where the density is 0 (whatever the intensity);
     # b: the 0.75 quantile of the brain's intensities (-2, 1, 4, 9): 4 + 0.25 * (9 - 4) = 5.25
     shipped = model_with(smooth_mm=0.0)
-    np.testing.assert_allclose(pipeline.maps_from_scores(p, s, shipped)[0, 0], [4.0 / 5.25, 0.0, 0.0, 0.0],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        pipeline.maps_from_scores(p, s, shipped)[0, 0], [4.0 / 5.25, 0.0, 0.0, 0.0], atol=1e-6
+    )
     unscaled = model_with(smooth_mm=0.0, brightness_quantile=None)
-    np.testing.assert_allclose(pipeline.maps_from_scores(p, s, unscaled)[0, 0], [4.0, 0.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(
+        pipeline.maps_from_scores(p, s, unscaled)[0, 0], [4.0, 0.0, 0.0, 0.0], atol=1e-6
+    )
 
 
 def test_likelihood_density_is_the_positive_bpd_where_brighter() -> None:
@@ -120,9 +150,13 @@ def test_the_localisation_argument_overrides_the_models() -> None:
     p, s = prepared_volume(brain), hand_scores(int(brain.sum()))
     model = model_with(smooth_mm=0.0)
     as_likelihood = dataclasses.replace(model.config.localisation, method="likelihood")
-    np.testing.assert_array_equal(pipeline.density_map(p, s, model, as_likelihood),
-                                  pipeline.density_map(p, s, model_with(method="likelihood", smooth_mm=0.0)))
-    assert not np.array_equal(pipeline.density_map(p, s, model, as_likelihood), pipeline.density_map(p, s, model))
+    np.testing.assert_array_equal(
+        pipeline.density_map(p, s, model, as_likelihood),
+        pipeline.density_map(p, s, model_with(method="likelihood", smooth_mm=0.0)),
+    )
+    assert not np.array_equal(
+        pipeline.density_map(p, s, model, as_likelihood), pipeline.density_map(p, s, model)
+    )
 
 
 def test_combined_density_is_smoothed_by_smooth_mm_on_the_model_grid() -> None:
@@ -132,14 +166,16 @@ def test_combined_density_is_smoothed_by_smooth_mm_on_the_model_grid() -> None:
     p = prepared_volume(brain, spacing=(4.0, 2.5, 2.5))
     n = int(brain.sum())
     bpd, residual = torch.zeros(n), torch.zeros(n, 3)
-    index = int(brain.ravel()[: np.ravel_multi_index((1, 7, 7), brain.shape)].sum())   # locations before it
+    index = int(brain.ravel()[: np.ravel_multi_index((1, 7, 7), brain.shape)].sum())  # locations before it
     bpd[index], residual[index, 0] = 2.0, 0.5
     got = pipeline.density_map(p, pipeline.LocationScores(bpd, residual, 1, 1), model_with(smooth_mm=5.0))
     assert np.count_nonzero(got[0]) == 0 and np.count_nonzero(got[2]) == 0
     centre = got[1, 7, 7]
-    assert centre == pytest.approx(1.0 / (2 * math.pi * 4.0), rel=0.02)      # unit mass, sigma 2 px
+    assert centre == pytest.approx(1.0 / (2 * math.pi * 4.0), rel=0.02)  # unit mass, sigma 2 px
     for dr, dc in ((0, 1), (1, 1), (2, 0)):
-        assert got[1, 7 + dr, 7 + dc] / centre == pytest.approx(math.exp(-(dr * dr + dc * dc) / 8.0), rel=1e-4)
+        assert got[1, 7 + dr, 7 + dc] / centre == pytest.approx(
+            math.exp(-(dr * dr + dc * dc) / 8.0), rel=1e-4
+        )
 
 
 def test_skipped_slices_of_the_combined_density_are_interpolated() -> None:
@@ -151,8 +187,9 @@ def test_skipped_slices_of_the_combined_density_are_interpolated() -> None:
     bpd = torch.tensor([4.0] * 4 + [8.0] * 4)
     residual = torch.zeros(8, 3)
     residual[:, 0] = 0.5
-    got = pipeline.density_map(p, pipeline.LocationScores(bpd, residual, 1, 1), model_with(smooth_mm=0.0),
-                               scored=keep)
+    got = pipeline.density_map(
+        p, pipeline.LocationScores(bpd, residual, 1, 1), model_with(smooth_mm=0.0), scored=keep
+    )
     np.testing.assert_allclose(got[1][brain[1]], 2.0)
     np.testing.assert_allclose(got[2][brain[2]], 3.0)
     np.testing.assert_allclose(got[3][brain[3]], 4.0)
@@ -161,11 +198,12 @@ def test_skipped_slices_of_the_combined_density_are_interpolated() -> None:
 
 # ----------------------------------------------------------------------------- the weighted (shipped) map
 
+
 def test_weighted_map_is_sqrt_density_times_the_positive_intensity_on_the_brain() -> None:
     brain = brain_mask()
     rng = np.random.default_rng(1)
     intensity = rng.normal(size=brain.shape).astype(np.float32)
-    density = rng.normal(0.5, 1.0, size=brain.shape).astype(np.float32)       # negatives and values < 1 too
+    density = rng.normal(0.5, 1.0, size=brain.shape).astype(np.float32)  # negatives and values < 1 too
     p = prepared_volume(brain, intensity)
     loc = dataclasses.replace(SHIPPED, smooth_mm=0.0, brightness_quantile=None)
     got = pipeline.weighted_map(p, density, loc)
@@ -210,6 +248,7 @@ def test_maps_from_scores_is_the_weighted_density_in_the_input_layout(flips) -> 
 
 # ----------------------------------------------------------------------------- slice scores
 
+
 def top_mean(values: np.ndarray, k: int) -> float:
     return float(np.sort(values)[-k:].mean())
 
@@ -219,7 +258,7 @@ def test_canonical_slice_scores_are_the_top_area_mean_of_the_density(area, k) ->
     """Pixels of 2 x 2 mm: 12 mm^2 of brain are the k = 3 largest voxels, 4 mm^2 the largest one, 9 mm^2
     rounds to 2; 100 mm^2 (25 voxels) is more than each slice holds (6, 12, 4): the slice's mean."""
     brain = brain_mask()
-    intensity = np.full(brain.shape, 9.0, np.float32)           # the intensity weighting must not count
+    intensity = np.full(brain.shape, 9.0, np.float32)  # the intensity weighting must not count
     p, s = prepared_volume(brain, intensity), hand_scores(int(brain.sum()))
     model = model_with(smooth_mm=0.0, slice_area_mm2=area)
     d = on_brain(brain, s.bpd.clamp_min(0) * s.residual[:, 0].clamp_min(0))
@@ -267,7 +306,9 @@ def test_slice_scores_follow_the_input_order_of_the_axial_axis(flip) -> None:
     amap = np.where(brain, np.arange(1.0, 5.0)[:, None, None], 0.0).astype(np.float32)
     rank = [None, 2.0, 3.0, 4.0]
     for area in (4.0, 100.0):
-        assert pipeline.slice_map_scores(p, p.geometry.from_canonical(amap), area) == (rank[::-1] if flip else rank)
+        assert pipeline.slice_map_scores(p, p.geometry.from_canonical(amap), area) == (
+            rank[::-1] if flip else rank
+        )
 
 
 def test_slice_map_scores_take_the_top_area_mean_over_the_brain() -> None:
@@ -275,8 +316,9 @@ def test_slice_map_scores_take_the_top_area_mean_over_the_brain() -> None:
     rng = np.random.default_rng(4)
     amap = rng.gamma(2.0, size=brain.shape).astype(np.float32)
     p = prepared_volume(brain, axes=(0, 2, 1), flips=(True, True, False))
-    got = pipeline.slice_map_scores(p, p.geometry.from_canonical(amap), 8.0)              # 2 voxels
-    assert got[-1] is None and got[:-1] == pytest.approx([top_mean(amap[j][brain[j]], 2) for j in (3, 2, 1)],
-                                                         rel=1e-6)
-    default = pipeline.slice_map_scores(p, p.geometry.from_canonical(amap))               # 100 mm^2: all
+    got = pipeline.slice_map_scores(p, p.geometry.from_canonical(amap), 8.0)  # 2 voxels
+    assert got[-1] is None and got[:-1] == pytest.approx(
+        [top_mean(amap[j][brain[j]], 2) for j in (3, 2, 1)], rel=1e-6
+    )
+    default = pipeline.slice_map_scores(p, p.geometry.from_canonical(amap))  # 100 mm^2: all
     assert default[:-1] == pytest.approx([float(amap[j][brain[j]].mean()) for j in (3, 2, 1)], rel=1e-6)

@@ -1,4 +1,5 @@
 """The Gaussian baseline, and train -> evaluate end to end through the command lines on tiny phantoms."""
+
 from __future__ import annotations
 
 import csv
@@ -22,7 +23,7 @@ def test_gaussian_baseline_hand_computed():
 def test_gaussian_baseline_cells_by_position():
     rng = np.random.default_rng(0)
     ctx = np.c_[np.zeros(4000), rng.uniform(-1, 1, (4000, 3))]
-    y = rng.normal(size=(4000, 2)) * 0.1 + (ctx[:, 1:2] > 0) * 5.0     # the right half is brighter
+    y = rng.normal(size=(4000, 2)) * 0.1 + (ctx[:, 1:2] > 0) * 5.0  # the right half is brighter
     g = GaussianBaseline.fit(y, ctx, cells=2, min_count=10)
     left, right = np.array([[0.0, -0.5, 0, 0]]), np.array([[0.0, 0.5, 0, 0]])
     assert g.score([[5.0, 5.0]], right)[0] < 1.5 < g.score([[5.0, 5.0]], left)[0]
@@ -48,17 +49,51 @@ def test_train_then_evaluate_cli(tmp_path, csv_cases):
     from training import evaluate, train
 
     model, run = tmp_path / "model", tmp_path / "run"
-    args = ["--output", str(model), "--data", f"csv:{csv_cases}", "--steps", "30", "--batch-size", "256",
-            "--hidden", "16", "--run-dir", str(run), "--cache", str(tmp_path / "cache"), "--checkpoint-every", "10"]
+    args = [
+        "--output",
+        str(model),
+        "--data",
+        f"csv:{csv_cases}",
+        "--steps",
+        "30",
+        "--batch-size",
+        "256",
+        "--hidden",
+        "16",
+        "--run-dir",
+        str(run),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--checkpoint-every",
+        "10",
+    ]
     assert train.main(args) == 0
     assert (model / "model.json").is_file() and (run / "gaussian_baseline.npz").is_file()
     cfg = json.loads((run / "run_config.json").read_text())
     assert cfg["train_config"]["steps"] == 30 and [c["name"] for c in cfg["cases"]] == ["p0", "p1"]
     assert (run / "checkpoint.pt").is_file()
     out = tmp_path / "eval"
-    assert evaluate.main(["--model", str(model), "--output", str(out), "--data", str(csv_cases),
-                          "--gaussian", str(run / "gaussian_baseline.npz"), "--preset", "fast",
-                          "--cache", str(tmp_path / "cache"), "--worst", "1"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--model",
+                str(model),
+                "--output",
+                str(out),
+                "--data",
+                str(csv_cases),
+                "--gaussian",
+                str(run / "gaussian_baseline.npz"),
+                "--preset",
+                "fast",
+                "--cache",
+                str(tmp_path / "cache"),
+                "--worst",
+                "1",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     methods = {(r["case"], r["method"]) for r in res["rows"]}
     for m in ("anodode", "flair_zscore", "gaussian"):
@@ -82,8 +117,10 @@ def test_evaluate_refuses_a_missing_case_file_with_one_line(tmp_path, capsys):
     table = tmp_path / "cases.csv"
     table.write_text("name,flair,seg\nx,missing.nii.gz,\n")
     out = tmp_path / "eval"
-    assert evaluate.main(["--model", str(default_model_dir()), "--output", str(out),
-                          "--data", f"csv:{table}"]) == 2
+    assert (
+        evaluate.main(["--model", str(default_model_dir()), "--output", str(out), "--data", f"csv:{table}"])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "missing.nii.gz" in err[0]
     assert not out.exists()
@@ -91,15 +128,17 @@ def test_evaluate_refuses_a_missing_case_file_with_one_line(tmp_path, capsys):
 
 def _case(brain, tumour, spacing=(1.0, 1.0, 1.0)):
     from types import SimpleNamespace
-    return SimpleNamespace(tumour=np.asarray(tumour, bool),
-                           prepared=SimpleNamespace(brain=np.asarray(brain, bool),
-                                                    geometry=SimpleNamespace(spacing_mm=spacing)))
+
+    return SimpleNamespace(
+        tumour=np.asarray(tumour, bool),
+        prepared=SimpleNamespace(brain=np.asarray(brain, bool), geometry=SimpleNamespace(spacing_mm=spacing)),
+    )
 
 
 def test_pooled_voxel_and_slice_metrics_hand_computed():
     from training.evaluate import pooled
 
-    a = _case(np.ones((2, 1, 2)), [[[1, 0]], [[0, 0]]])          # tumour in slice 0 of case a only
+    a = _case(np.ones((2, 1, 2)), [[[1, 0]], [[0, 0]]])  # tumour in slice 0 of case a only
     b = _case(np.ones((1, 1, 2)), [[[0, 0]]])
     maps = [{"m": np.array([[[0.9, 0.1]], [[0.2, 0.3]]])}, {"m": np.array([[[0.95, 0.4]]])}]
     r = pooled(maps, [a, b], slice_bpd=[[5.0, 1.0], [2.0]])
@@ -122,9 +161,9 @@ def test_pooled_slices_rank_by_the_reports_top_area_mean():
     a = _case(np.ones((2, 1, 2)), [[[1, 0]], [[0, 0]]])
     b = _case(np.ones((1, 1, 2)), [[[0, 0]]])
     maps = [{"m": np.array([[[0.9, 0.1]], [[0.6, 0.6]]])}, {"m": np.array([[[0.7, 0.7]]])}]
-    assert pooled(maps, [a, b], area_mm2=1.0)["m"]["slice_auroc"] == pytest.approx(1.0)     # 0.9 > 0.6, 0.7
-    assert pooled(maps, [a, b], area_mm2=2.0)["m"]["slice_auroc"] == pytest.approx(0.0)     # 0.5 < 0.6, 0.7
-    coarse = [_case(np.ones((2, 1, 2)), [[[1, 0]], [[0, 0]]], (1.0, 1.0, 2.0)), b]        # 2 mm^2 voxels
+    assert pooled(maps, [a, b], area_mm2=1.0)["m"]["slice_auroc"] == pytest.approx(1.0)  # 0.9 > 0.6, 0.7
+    assert pooled(maps, [a, b], area_mm2=2.0)["m"]["slice_auroc"] == pytest.approx(0.0)  # 0.5 < 0.6, 0.7
+    coarse = [_case(np.ones((2, 1, 2)), [[[1, 0]], [[0, 0]]], (1.0, 1.0, 2.0)), b]  # 2 mm^2 voxels
     assert pooled(maps, coarse, area_mm2=2.0)["m"]["slice_auroc"] == pytest.approx(1.0)
 
 
@@ -135,12 +174,22 @@ def test_calibrated_threshold_is_scored_on_the_models_own_variant(monkeypatch):
     from training import evaluate
 
     cfg = ModelConfig()
-    model = type("M", (), {"config": dataclasses.replace(
-        cfg, calibration=dataclasses.replace(cfg.calibration, threshold=0.5))})()
+    model = type(
+        "M",
+        (),
+        {"config": dataclasses.replace(cfg, calibration=dataclasses.replace(cfg.calibration, threshold=0.5))},
+    )()
     lc = _case(np.ones((1, 1, 4)), [[[1, 1, 0, 0]]])
-    m = np.array([[[0.9, 0.8, 0.7, 0.1]]])       # above 0.5: three voxels, two of them tumour -> Dice 0.8
-    monkeypatch.setattr(evaluate, "case_maps", lambda *a, **k: {
-        "maps": {n: m for n in variants}, "baseline_maps": {"flair_zscore": m}, "slice_bpd": [1.0]})
+    m = np.array([[[0.9, 0.8, 0.7, 0.1]]])  # above 0.5: three voxels, two of them tumour -> Dice 0.8
+    monkeypatch.setattr(
+        evaluate,
+        "case_maps",
+        lambda *a, **k: {
+            "maps": {n: m for n in variants},
+            "baseline_maps": {"flair_zscore": m},
+            "slice_bpd": [1.0],
+        },
+    )
     variants = evaluate.localisation_variants(cfg.localisation)
     res, _ = evaluate.evaluate_loaded(model, lc, variants)
     with_thr = [n for n, r in res.items() if "dice_at_threshold" in r]
@@ -152,10 +201,18 @@ def test_calibrated_threshold_is_scored_on_the_models_own_variant(monkeypatch):
 def test_markdown_report_keeps_the_baseline_beside_the_method(tmp_path):
     from training.report import main, markdown_table
 
-    rows = [{"case": "c1", "dataset": "d", "method": "anodode", "voxel_auprc": 0.81234, "best_dice": float("nan")},
-            {"case": "POOLED", "dataset": "all", "method": "flair_zscore", "voxel_auprc": 0.7},
-            {"case": "c1", "dataset": "d", "method": "flair_zscore", "voxel_auprc": 0.6},
-            {"case": "c1", "dataset": "d", "method": "gaussian", "voxel_auprc": 0.5}]
+    rows = [
+        {
+            "case": "c1",
+            "dataset": "d",
+            "method": "anodode",
+            "voxel_auprc": 0.81234,
+            "best_dice": float("nan"),
+        },
+        {"case": "POOLED", "dataset": "all", "method": "flair_zscore", "voxel_auprc": 0.7},
+        {"case": "c1", "dataset": "d", "method": "flair_zscore", "voxel_auprc": 0.6},
+        {"case": "c1", "dataset": "d", "method": "gaussian", "voxel_auprc": 0.5},
+    ]
     lines = markdown_table(rows, ["anodode"]).splitlines()
     assert lines[2].startswith("| c1 | d | anodode | 0.812 | – |")
     assert lines[3].startswith("| c1 | d | **flair_zscore** | 0.600 |")
@@ -170,11 +227,11 @@ def test_zscore_baseline_is_the_brain_z_score():
     raw = rng.normal(300, 20, (3, 10, 10))
     brain = np.zeros(raw.shape, bool)
     brain[:, 2:8, 2:8] = True
-    raw[~brain] = 5000.0                                    # background must not enter the statistics
+    raw[~brain] = 5000.0  # background must not enter the statistics
     z = flair_zscore_map(raw, brain)
     assert z[brain].mean() == pytest.approx(0.0, abs=1e-5) and z[brain].std() == pytest.approx(1.0, rel=1e-5)
     assert np.isneginf(z[~brain]).all()
-    assert np.argmax(np.where(brain, z, -1e9)) == np.argmax(np.where(brain, raw, -1e9))   # brighter = higher
+    assert np.argmax(np.where(brain, z, -1e9)) == np.argmax(np.where(brain, raw, -1e9))  # brighter = higher
 
 
 def test_smoothed_zscore_baseline_is_a_3d_normalised_convolution_of_2mm_in_physical_units():
@@ -191,8 +248,8 @@ def test_smoothed_zscore_baseline_is_a_3d_normalised_convolution_of_2mm_in_physi
     brain = np.zeros((9, 31, 31), bool)
     brain[1:8, 3:28, 3:28] = True
     raw = np.where(brain, 10.0, 0.0)
-    raw[4, 15, 15] = 20.0                                   # one bright voxel at the centre
-    spacing = (4.0, 1.0, 1.0)                               # 4 mm slices, 1 mm in-plane
+    raw[4, 15, 15] = 20.0  # one bright voxel at the centre
+    spacing = (4.0, 1.0, 1.0)  # 4 mm slices, 1 mm in-plane
     out = smoothed_zscore_map(raw, brain, spacing)
     z = zscore(raw, brain)
     base, spike = float(z[brain & (raw == 10.0)][0]), float(z[4, 15, 15])
@@ -202,11 +259,11 @@ def test_smoothed_zscore_baseline_is_a_3d_normalised_convolution_of_2mm_in_physi
     assert out[5, 15, 15] - base == pytest.approx(out[4, 15, 19] - base, rel=1e-4)
     assert np.isneginf(out[~brain]).all()
     const = np.where(brain, 3.0, -50.0)
-    const[4, 4, 4] = 3.0 + 1e-3                             # not constant, so the z-score exists
+    const[4, 4, 4] = 3.0 + 1e-3  # not constant, so the z-score exists
     sm = smoothed_zscore_map(const, brain, spacing)
     zc = zscore(const, brain)
     far = brain.copy()
-    far[:, :13, :] = False                                  # beyond the kernel radius (8) of the perturbed voxel
+    far[:, :13, :] = False  # beyond the kernel radius (8) of the perturbed voxel
     assert np.allclose(sm[far], float(np.median(zc[brain])), atol=1e-5)  # the brain edge is not darkened
 
 
@@ -215,8 +272,21 @@ def test_train_refuses_too_few_steps(tmp_path, csv_cases, capsys):
     from training import train
 
     out = tmp_path / "model"
-    assert train.main(["--output", str(out), "--data", f"csv:{csv_cases}", "--steps", "5",
-                       "--run-dir", str(tmp_path / "run")]) == 2
+    assert (
+        train.main(
+            [
+                "--output",
+                str(out),
+                "--data",
+                f"csv:{csv_cases}",
+                "--steps",
+                "5",
+                "--run-dir",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     assert "at least 10" in capsys.readouterr().err and not out.exists() and not (tmp_path / "run").exists()
 
 
@@ -227,8 +297,27 @@ def test_recalibrate_reproduces_the_training_threshold(tmp_path, csv_cases):
     from training import calibrate, train
 
     model = tmp_path / "model"
-    assert train.main(["--output", str(model), "--data", f"csv:{csv_cases}", "--steps", "20", "--batch-size", "256",
-                       "--hidden", "16", "--run-dir", str(tmp_path / "run"), "--checkpoint-every", "0"]) == 0
+    assert (
+        train.main(
+            [
+                "--output",
+                str(model),
+                "--data",
+                f"csv:{csv_cases}",
+                "--steps",
+                "20",
+                "--batch-size",
+                "256",
+                "--hidden",
+                "16",
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--checkpoint-every",
+                "0",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((model / "model.json").read_text())
     trained = meta["config"]["calibration"]["threshold"]
     weights = hashlib.sha256((model / "weights.pt").read_bytes()).hexdigest()
@@ -237,7 +326,11 @@ def test_recalibrate_reproduces_the_training_threshold(tmp_path, csv_cases):
     assert calibrate.main(["--model", str(model), "--data", f"csv:{csv_cases}"]) == 0
     again = json.loads((model / "model.json").read_text())
     assert again["config"]["calibration"]["threshold"] == pytest.approx(trained, rel=1e-5)
-    assert again["weights"]["sha256"] == weights == hashlib.sha256((model / "weights.pt").read_bytes()).hexdigest()
+    assert (
+        again["weights"]["sha256"]
+        == weights
+        == hashlib.sha256((model / "weights.pt").read_bytes()).hexdigest()
+    )
     assert calibrate.main(["--model", str(model), "--data", str(tmp_path / "nowhere")]) == 2
 
 
@@ -251,4 +344,7 @@ def test_gaussian_baseline_cells_use_only_the_position_columns():
     assert GaussianBaseline.cell_index(ctx, 2, positions=2).tolist() == [0 * 2 + 1, 1 * 2 + 0]
     assert GaussianBaseline.cell_index(ctx, 2, positions=0).tolist() == [0, 0]
     assert position_columns(FeatureConfig(slice_position=False, regional_scale_mm=16.0)) == 2
-    assert position_columns(FeatureConfig()) == 3 and position_columns(FeatureConfig(position_context=False)) == 0
+    assert (
+        position_columns(FeatureConfig()) == 3
+        and position_columns(FeatureConfig(position_context=False)) == 0
+    )

@@ -1,4 +1,5 @@
 """Multi-scale features and anatomical context."""
+
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ def test_gaussian_kernel_is_normalised_with_right_variance():
     k = gaussian_kernel1d(2.0)
     x = torch.arange(k.numel(), dtype=torch.float32) - k.numel() // 2
     assert float(k.sum()) == pytest.approx(1.0, abs=1e-6)
-    assert float((k * x ** 2).sum()) == pytest.approx(4.0, rel=0.02)
+    assert float((k * x**2).sum()) == pytest.approx(4.0, rel=0.02)
 
 
 def test_masked_smooth_keeps_constant_inside_mask_up_to_the_edge():
@@ -25,18 +26,18 @@ def test_masked_smooth_keeps_constant_inside_mask_up_to_the_edge():
     mask[..., 8:24, 8:24] = 1
     img = torch.full_like(mask, 3.0)
     out = masked_smooth(img, mask, 3.0)
-    assert torch.allclose(out[mask > 0], torch.tensor(3.0), atol=1e-5)   # no darkening at the brain edge
+    assert torch.allclose(out[mask > 0], torch.tensor(3.0), atol=1e-5)  # no darkening at the brain edge
     assert torch.all(out[mask == 0] == 0)
 
 
 def test_edge_depth_counts_erosions():
     mask = torch.zeros(1, 1, 11, 11)
-    mask[..., 1:10, 1:10] = 1            # 9x9 square: its centre survives 4 erosions (9->7->5->3->1)
+    mask[..., 1:10, 1:10] = 1  # 9x9 square: its centre survives 4 erosions (9->7->5->3->1)
     d = edge_depth(mask, max_px=10)
     assert float(d[0, 0, 5, 5]) == 4.0
-    assert float(d[0, 0, 1, 1]) == 0.0   # edge pixel
+    assert float(d[0, 0, 1, 1]) == 0.0  # edge pixel
     assert float(d[0, 0, 2, 5]) == 1.0
-    assert float(edge_depth(mask, max_px=2)[0, 0, 5, 5]) == 2.0   # capped
+    assert float(edge_depth(mask, max_px=2)[0, 0, 5, 5]) == 2.0  # capped
 
 
 def test_brain_box_coordinates_span_minus_one_to_one():
@@ -59,7 +60,7 @@ def test_extract_features_shapes(scales, position):
     assert f.shape == (3, cfg.channels, 20, 24)
     assert c.shape == (3, cfg.cond_channels, 20, 24)
     assert torch.all(f[:, :, ~m[0]] == 0) and torch.all(c[:, :, ~m[0]] == 0)
-    assert torch.allclose(f[:, 0][m], s[m])     # scale 0 is the intensity itself
+    assert torch.allclose(f[:, 0][m], s[m])  # scale 0 is the intensity itself
 
 
 def test_standardiser_round_trip():
@@ -89,7 +90,7 @@ def test_context_channels_follow_the_config():
     _, c2 = extract_features(s, m, pos, 2.0, no_z)
     assert torch.equal(c2, c[:, :3])
     same = s.clone()
-    same[:] = s[0]                        # identical slices: with no z the context is identical per slice
+    same[:] = s[0]  # identical slices: with no z the context is identical per slice
     _, c3 = extract_features(same, m, pos, 2.0, no_z)
     assert all(torch.equal(c3[0], c3[i]) for i in range(4))
     assert FeatureConfig(position_context=False, regional_scale_mm=4.0).cond_channels == 2

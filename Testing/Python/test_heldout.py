@@ -1,5 +1,6 @@
 """The three-group held-out evaluation (training/heldout.py): no scored case is trained on, metrics and tables
 against hand-computed values."""
+
 import json
 
 import numpy as np
@@ -21,21 +22,27 @@ def test_plan_never_trains_on_a_scored_case_and_scores_every_case_once(train_wmh
     assert sorted(scored) == sorted(c.name for c in brats + wmh + isles)
     for train, targets in runs:
         assert not set(train) & {n for _, n in targets}
-        assert not any(n.startswith("i") for n in train)            # ISLES is never trained on
+        assert not any(n.startswith("i") for n in train)  # ISLES is never trained on
         assert any(n.startswith("w") for n in train) == train_wmh
     groups = {n: g for _, targets in runs for g, n in targets}
     assert all(groups[c.name] == "brats" for c in brats) and all(groups[c.name] == "wmh" for c in wmh)
     assert len(runs) == (4 + 3 + 1 if train_wmh else 4 + 1)
-    assert [n for _, n in runs[1][1]] == ["b1", "b5"]                 # fold k scores cases k, k + folds
+    assert [n for _, n in runs[1][1]] == ["b1", "b5"]  # fold k scores cases k, k + folds
 
 
 def _case_scores(name, truth, anodode, z, slices_truth, thr):
     truth = np.asarray(truth, bool)
-    vox = {"anodode": np.asarray(anodode, float), "gaussian": np.asarray(z, float),
-           "flair_zscore": np.asarray(z, float), "flair_zscore_smoothed": np.asarray(z, float)}
+    vox = {
+        "anodode": np.asarray(anodode, float),
+        "gaussian": np.asarray(z, float),
+        "flair_zscore": np.asarray(z, float),
+        "flair_zscore_smoothed": np.asarray(z, float),
+    }
     sl = {k: np.array([v.max(), v.min()]) for k, v in vox.items()}
     q99 = {k: np.array([v.min(), v.max()]) for k, v in vox.items()}
-    return heldout.CaseScores(name, "g", truth, vox, sl, q99, np.asarray(slices_truth, bool), {"anodode": thr})
+    return heldout.CaseScores(
+        name, "g", truth, vox, sl, q99, np.asarray(slices_truth, bool), {"anodode": thr}
+    )
 
 
 def test_case_metrics_pool_voxels_and_slices_and_use_each_case_threshold():
@@ -43,7 +50,9 @@ def test_case_metrics_pool_voxels_and_slices_and_use_each_case_threshold():
     b = _case_scores("b", [0, 1], [0.3, 0.7], [0.3, 0.2], [False, True], 0.25)
     m = heldout.case_metrics([a, b])
     # AnoDODE ranks all three lesion voxels above every normal one: AUPRC 1, best Dice 1
-    assert m["anodode"]["voxel_auprc"] == pytest.approx(1.0) and m["anodode"]["best_dice"] == pytest.approx(1.0)
+    assert m["anodode"]["voxel_auprc"] == pytest.approx(1.0) and m["anodode"]["best_dice"] == pytest.approx(
+        1.0
+    )
     # calibrated labels: a > 0.5 -> [1, 1, 0, 0]; b > 0.25 -> [1, 1]; TP 3, FP 1, FN 0 -> Dice 6 / 7
     assert m["anodode"]["dice_at_threshold"] == pytest.approx(6 / 7)
     assert "dice_at_threshold" not in m["flair_zscore"]
@@ -56,7 +65,9 @@ def test_case_metrics_pool_voxels_and_slices_and_use_each_case_threshold():
 
 def test_markdown_and_json_are_strict(tmp_path):
     a = _case_scores("a", [1, 0], [0.9, 0.1], [0.2, 0.8], [True, False], 0.5)
-    res = {"groups": {"brats": {"cases": {"a": heldout.case_metrics([a])}, "pooled": heldout.case_metrics([a])}}}
+    res = {
+        "groups": {"brats": {"cases": {"a": heldout.case_metrics([a])}, "pooled": heldout.case_metrics([a])}}
+    }
     md = heldout.markdown(res)
     assert "| a | 1.000 / 0.500 / 0.500 |" in md
     assert "| brats | gaussian |" in md
@@ -66,8 +77,10 @@ def test_markdown_and_json_are_strict(tmp_path):
 
 def test_paired_comparison_by_hand():
     """Differences +0.1, -0.05, +0.2 on three cases: mean 0.0833, 2 wins of 3, interval inside [min, max]."""
-    cases = {n: {"anodode": {"voxel_auprc": a}, "flair_zscore_smoothed": {"voxel_auprc": z}}
-             for n, a, z in (("a", 0.6, 0.5), ("b", 0.45, 0.5), ("c", 0.9, 0.7))}
+    cases = {
+        n: {"anodode": {"voxel_auprc": a}, "flair_zscore_smoothed": {"voxel_auprc": z}}
+        for n, a, z in (("a", 0.6, 0.5), ("b", 0.45, 0.5), ("c", 0.9, 0.7))
+    }
     r = heldout.paired({"groups": {"wmh": {"cases": cases}}}, "wmh", "voxel_auprc")
     assert r["mean"] == pytest.approx(0.25 / 3) and r["wins"] == 2 and r["n"] == 3
     assert -0.05 - 1e-12 <= r["low"] <= r["mean"] <= r["high"] <= 0.2 + 1e-12

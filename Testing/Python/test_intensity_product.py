@@ -1,4 +1,5 @@
 """The intensity-weighted map (LocalisationConfig.intensity_product) against its definition, computed by hand."""
+
 import dataclasses
 
 import numpy as np
@@ -19,7 +20,7 @@ def test_product_is_sqrt_density_times_the_smoothed_bright_intensity(phantom_fil
     gen = torch.Generator().manual_seed(0)
     scores = pipeline.LocationScores(torch.rand(n, generator=gen), torch.randn(n, 3, generator=gen), 0)
     model = AnoDODEModel(cfg)
-    density = pipeline.maps_from_scores(prepared, scores, model)                 # input layout
+    density = pipeline.maps_from_scores(prepared, scores, model)  # input layout
     prod_cfg = dataclasses.replace(cfg.localisation, intensity_product=True, brightness_quantile=None)
     got = pipeline.maps_from_scores(prepared, scores, model, prod_cfg)
     g = prepared.geometry
@@ -49,8 +50,12 @@ def test_the_brightness_is_in_units_of_the_scans_own_quantile(phantom_file):
     bright = smooth_in_mask(prepared.normalised, prepared.brain, g.spacing_mm, cfg.localisation.smooth_mm)
     unit = float(np.quantile(bright[prepared.brain], 0.75))
     assert unit > pipeline.BRIGHTNESS_SCALE_FLOOR
-    np.testing.assert_allclose(pipeline.weighted_map(prepared, density, scaled),
-                               pipeline.weighted_map(prepared, density, plain) / unit, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        pipeline.weighted_map(prepared, density, scaled),
+        pipeline.weighted_map(prepared, density, plain) / unit,
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 def test_brightness_scale_by_hand():
@@ -60,7 +65,7 @@ def test_brightness_scale_by_hand():
     assert pipeline.brightness_scale(bright, brain, 0.75) == np.float64(0.6).item()
     assert pipeline.brightness_scale(bright, brain, None) == 1.0
     assert pipeline.brightness_scale(bright, brain, 0.25) == pytest.approx(0.2)
-    assert pipeline.brightness_scale(bright, brain, 0.1) == pipeline.BRIGHTNESS_SCALE_FLOOR   # -0.52 -> floor
+    assert pipeline.brightness_scale(bright, brain, 0.1) == pipeline.BRIGHTNESS_SCALE_FLOOR  # -0.52 -> floor
     assert pipeline.brightness_scale(bright * 0 - 3, brain, 0.75) == pipeline.BRIGHTNESS_SCALE_FLOOR
     assert pipeline.brightness_scale(bright, np.zeros_like(brain), 0.75) == 1.0
 
@@ -72,5 +77,7 @@ def test_a_site_with_twice_the_contrast_gets_the_same_brightness_factor():
     rng = np.random.default_rng(0)
     bright = rng.normal(0.3, 0.5, (4, 8, 8))
     brain = rng.random((4, 8, 8)) > 0.2
-    factor = [np.maximum(c * bright, 0) / pipeline.brightness_scale(c * bright, brain, 0.75) for c in (1.0, 2.5)]
+    factor = [
+        np.maximum(c * bright, 0) / pipeline.brightness_scale(c * bright, brain, 0.75) for c in (1.0, 2.5)
+    ]
     np.testing.assert_allclose(factor[0], factor[1], rtol=1e-12)

@@ -1,4 +1,5 @@
 """Probability-flow ODE likelihood against closed forms, and Hutchinson against the exact trace."""
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,7 @@ class GaussianData:
 
     def marginal(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.sde.alpha(torch.as_tensor(t, dtype=DT))
-        return a * self.mu, a * a * self.s ** 2 + 1 - a * a
+        return a * self.mu, a * a * self.s**2 + 1 - a * a
 
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         m, v = self.marginal(t)
@@ -66,9 +67,14 @@ def gauss() -> GaussianData:
 def points(gauss: GaussianData) -> torch.Tensor:
     """The mean, a typical point and two outliers (4 sd, and far off)."""
     mu, s = gauss.mu, gauss.s
-    return torch.stack([mu, mu + s * torch.tensor([1.0, -1.0, 0.5], dtype=DT),
-                        mu + 4 * s * torch.tensor([1.0, 1.0, -1.0], dtype=DT),
-                        torch.tensor([-3.0, 3.0, 5.0], dtype=DT)])
+    return torch.stack(
+        [
+            mu,
+            mu + s * torch.tensor([1.0, -1.0, 0.5], dtype=DT),
+            mu + 4 * s * torch.tensor([1.0, 1.0, -1.0], dtype=DT),
+            torch.tensor([-3.0, 3.0, 5.0], dtype=DT),
+        ]
+    )
 
 
 def test_gaussian_nll_matches_closed_form_accurate_solver(gauss: GaussianData, points: torch.Tensor) -> None:
@@ -122,17 +128,26 @@ def test_multidimensional_samples_flatten(gauss: GaussianData) -> None:
 def test_rows_are_independent_samples(gauss: GaussianData, points: torch.Tensor) -> None:
     batch = log_likelihood(gauss.score, gauss.sde, points)
     for i in range(points.shape[0]):
-        alone = log_likelihood(gauss.score, gauss.sde, points[i:i + 1])
-        torch.testing.assert_close(alone.nll_nats, batch.nll_nats[i:i + 1], rtol=1e-12, atol=1e-12)
+        alone = log_likelihood(gauss.score, gauss.sde, points[i : i + 1])
+        torch.testing.assert_close(alone.nll_nats, batch.nll_nats[i : i + 1], rtol=1e-12, atol=1e-12)
 
 
-def test_rademacher_hutchinson_is_exact_for_a_diagonal_jacobian(gauss: GaussianData, points: torch.Tensor) -> None:
+def test_rademacher_hutchinson_is_exact_for_a_diagonal_jacobian(
+    gauss: GaussianData, points: torch.Tensor
+) -> None:
     """The Gaussian score has a diagonal Jacobian, and e^T J e = tr J when e_i^2 = 1."""
     exact = log_likelihood(gauss.score, gauss.sde, points)
-    rad = log_likelihood(gauss.score, gauss.sde, points, divergence="hutchinson",
-                         generator=torch.Generator().manual_seed(0))
-    gau = log_likelihood(gauss.score, gauss.sde, points, divergence="hutchinson", noise="gaussian",
-                         generator=torch.Generator().manual_seed(0))
+    rad = log_likelihood(
+        gauss.score, gauss.sde, points, divergence="hutchinson", generator=torch.Generator().manual_seed(0)
+    )
+    gau = log_likelihood(
+        gauss.score,
+        gauss.sde,
+        points,
+        divergence="hutchinson",
+        noise="gaussian",
+        generator=torch.Generator().manual_seed(0),
+    )
     torch.testing.assert_close(rad.nll_nats, exact.nll_nats, rtol=0.0, atol=1e-10)
     assert (gau.nll_nats - exact.nll_nats).abs().max() > 1e-3
 
@@ -141,10 +156,22 @@ def test_option_strings_are_compared_by_value(gauss: GaussianData, points: torch
     """Options built at run time (read from a file, joined) are new string objects, not the interned
     literals: "gaussian" probes must still be Gaussian, so their estimate differs from Rademacher's exact one."""
     noise = "".join(["gauss", "ian"])
-    a = log_likelihood(gauss.score, gauss.sde, points, divergence="hutchinson", noise=noise,
-                       generator=torch.Generator().manual_seed(0))
-    b = log_likelihood(gauss.score, gauss.sde, points, divergence="hutchinson", noise="gaussian",
-                       generator=torch.Generator().manual_seed(0))
+    a = log_likelihood(
+        gauss.score,
+        gauss.sde,
+        points,
+        divergence="hutchinson",
+        noise=noise,
+        generator=torch.Generator().manual_seed(0),
+    )
+    b = log_likelihood(
+        gauss.score,
+        gauss.sde,
+        points,
+        divergence="hutchinson",
+        noise="gaussian",
+        generator=torch.Generator().manual_seed(0),
+    )
     torch.testing.assert_close(a.nll_nats, b.nll_nats, rtol=0.0, atol=0.0)
 
 
@@ -161,7 +188,9 @@ def mixture(n: int, gen: torch.Generator) -> torch.Tensor:
 def trained() -> tuple[PointwiseScoreNet, VPSDE]:
     torch.manual_seed(0)
     sde = VPSDE()
-    net = PointwiseScoreNet(ScoreNetConfig(channels=2, cond_channels=1, hidden=32, layers=2, time_embedding=8))
+    net = PointwiseScoreNet(
+        ScoreNetConfig(channels=2, cond_channels=1, hidden=32, layers=2, time_embedding=8)
+    )
     net = net.double()
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -173,7 +202,9 @@ def trained() -> tuple[PointwiseScoreNet, VPSDE]:
     return net.eval(), sde
 
 
-TOY_POINTS = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [0.0, 0.0], [1.0, -1.0], [2.5, 0.5], [-3.0, 3.0]], dtype=DT)
+TOY_POINTS = torch.tensor(
+    [[1.0, 1.0], [-1.0, -1.0], [0.0, 0.0], [1.0, -1.0], [2.5, 0.5], [-3.0, 3.0]], dtype=DT
+)
 
 
 def _fn(net: PointwiseScoreNet, sde: VPSDE, n: int):
@@ -197,8 +228,14 @@ def test_hutchinson_is_unbiased_for_the_exact_trace(trained, noise: str) -> None
     net, sde = trained
     n, reps = TOY_POINTS.shape[0], 200
     exact = log_likelihood(_fn(net, sde, n), sde, TOY_POINTS)
-    hutch = log_likelihood(_fn(net, sde, n * reps), sde, TOY_POINTS.repeat_interleave(reps, 0),
-                           divergence="hutchinson", noise=noise, generator=torch.Generator().manual_seed(1))
+    hutch = log_likelihood(
+        _fn(net, sde, n * reps),
+        sde,
+        TOY_POINTS.repeat_interleave(reps, 0),
+        divergence="hutchinson",
+        noise=noise,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert hutch.nfe == exact.nfe == 32
     est = hutch.nll_nats.reshape(n, reps)
     spread = est.std(1)
@@ -210,17 +247,33 @@ def test_hutchinson_is_unbiased_for_the_exact_trace(trained, noise: str) -> None
 def test_more_probes_reduce_the_spread(trained) -> None:
     net, sde = trained
     x = TOY_POINTS[2:3].repeat(100, 1)
-    spreads = [log_likelihood(_fn(net, sde, 100), sde, x, divergence="hutchinson", n_probes=k,
-                              generator=torch.Generator().manual_seed(2)).nll_nats.std().item() for k in (1, 8)]
-    assert spreads[1] < 0.6 * spreads[0], spreads   # ~ 1/sqrt(8) = 0.35 expected
+    spreads = [
+        log_likelihood(
+            _fn(net, sde, 100),
+            sde,
+            x,
+            divergence="hutchinson",
+            n_probes=k,
+            generator=torch.Generator().manual_seed(2),
+        )
+        .nll_nats.std()
+        .item()
+        for k in (1, 8)
+    ]
+    assert spreads[1] < 0.6 * spreads[0], spreads  # ~ 1/sqrt(8) = 0.35 expected
 
 
 def test_hutchinson_reproducible_with_a_seed(trained) -> None:
     net, sde = trained
 
     def run(seed: int) -> torch.Tensor:
-        return log_likelihood(_fn(net, sde, 6), sde, TOY_POINTS, divergence="hutchinson",
-                              generator=torch.Generator().manual_seed(seed)).nll_nats
+        return log_likelihood(
+            _fn(net, sde, 6),
+            sde,
+            TOY_POINTS,
+            divergence="hutchinson",
+            generator=torch.Generator().manual_seed(seed),
+        ).nll_nats
 
     assert torch.equal(run(3), run(3))
     assert not torch.equal(run(3), run(4))
@@ -259,15 +312,18 @@ def test_adaptive_methods_use_tolerances(gauss: GaussianData, points: torch.Tens
     assert err < 1e-4
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"method": "rk5"}, "rk4"),
-    ({"method": "scipy_solver"}, "dopri5"),
-    ({"divergence": "hessian"}, "exact, hutchinson"),
-    ({"divergence": "hutchinson", "noise": "uniform"}, "rademacher, gaussian"),
-    ({"noise": "uniform"}, "rademacher"),
-    ({"divergence": "hutchinson", "n_probes": 0}, "n_probes"),
-    ({"method": "euler", "steps": 0}, "steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"method": "rk5"}, "rk4"),
+        ({"method": "scipy_solver"}, "dopri5"),
+        ({"divergence": "hessian"}, "exact, hutchinson"),
+        ({"divergence": "hutchinson", "noise": "uniform"}, "rademacher, gaussian"),
+        ({"noise": "uniform"}, "rademacher"),
+        ({"divergence": "hutchinson", "n_probes": 0}, "n_probes"),
+        ({"method": "euler", "steps": 0}, "steps"),
+    ],
+)
 def test_bad_options_raise(gauss: GaussianData, points: torch.Tensor, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         log_likelihood(gauss.score, gauss.sde, points, **kwargs)
@@ -283,10 +339,18 @@ def test_method_lists_are_torchdiffeq_solvers() -> None:
 
 
 def test_solver_kwargs(gauss: GaussianData, points: torch.Tensor) -> None:
-    cfg = SolverConfig(method="euler", steps=3, rtol=1e-4, atol=1e-6, divergence="hutchinson", n_probes=2,
-                       t_eps=1e-2)
+    cfg = SolverConfig(
+        method="euler", steps=3, rtol=1e-4, atol=1e-6, divergence="hutchinson", n_probes=2, t_eps=1e-2
+    )
     kw = solver_kwargs(cfg)
-    assert kw == {"method": "euler", "steps": 3, "rtol": 1e-4, "atol": 1e-6, "divergence": "hutchinson",
-                  "n_probes": 2, "t_eps": 1e-2}
+    assert kw == {
+        "method": "euler",
+        "steps": 3,
+        "rtol": 1e-4,
+        "atol": 1e-6,
+        "divergence": "hutchinson",
+        "n_probes": 2,
+        "t_eps": 1e-2,
+    }
     assert log_likelihood(gauss.score, gauss.sde, points, **kw).nfe == 3
     assert log_likelihood(gauss.score, gauss.sde, points, **solver_kwargs(SolverConfig())).nfe == 32

@@ -8,6 +8,7 @@
 - the bundled model finds the demo phantom's lesion, and ``anodode demo`` fails when it does not.
 These assert behaviour, not today's numbers: the bundled model may be retrained.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,7 @@ from AnoDODELib.pipeline import (
     scored_slices,
 )
 
-BRIGHT, DARK = (-28.0, -20.0, 10.0), (28.0, -20.0, 10.0)   # mirror-symmetric about the mid-sagittal plane
+BRIGHT, DARK = (-28.0, -20.0, 10.0), (28.0, -20.0, 10.0)  # mirror-symmetric about the mid-sagittal plane
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,9 @@ def tiny(tiny_model_dir):
     return load_model(tiny_model_dir)
 
 
-def unit_residual_scores(n: int, channels: int, hot: int | torch.Tensor, value: float = 1.0) -> LocationScores:
+def unit_residual_scores(
+    n: int, channels: int, hot: int | torch.Tensor, value: float = 1.0
+) -> LocationScores:
     """Scores whose reconstruction map is ``value``**2 at the ``hot`` location(s) and 0 elsewhere (the
     default localisation: sum of squared positive residuals)."""
     residual = torch.zeros(n, channels)
@@ -55,6 +58,7 @@ def unit_residual_scores(n: int, channels: int, hot: int | torch.Tensor, value: 
 
 # ----------------------------------------------------------------------------- bright vs dark
 
+
 def test_bright_blob_scores_higher_than_a_dark_one(bundled):
     fn = flair_like([(BRIGHT, 9.0, 190.0), (DARK, 9.0, 10.0)])
     image = scan(fn, np.diag([-1.0, -1.0, 1.0]), (2.0, 2.0, 4.0))
@@ -63,8 +67,13 @@ def test_bright_blob_scores_higher_than_a_dark_one(bundled):
     amap.CopyInformation(image)
 
     def mean_in(centre) -> float:
-        sphere = scan(lambda x, y, z: ((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2
-                                       < 6.0 ** 2).astype(np.float32), np.diag([-1.0, -1.0, 1.0]), (2.0, 2.0, 4.0))
+        sphere = scan(
+            lambda x, y, z: (
+                (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 < 6.0**2
+            ).astype(np.float32),
+            np.diag([-1.0, -1.0, 1.0]),
+            (2.0, 2.0, 4.0),
+        )
         return float(res.anomaly_map[sitk.GetArrayFromImage(sphere) > 0].mean())
 
     bright, dark = mean_in(BRIGHT), mean_in(DARK)
@@ -86,8 +95,13 @@ def test_the_density_alone_scores_the_bright_blob_higher(bundled, method):
     density = maps_from_scores(prepared, scores, bundled, loc, scored)
 
     def mean_in(centre) -> float:
-        sphere = scan(lambda x, y, z: ((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2
-                                       < 6.0 ** 2).astype(np.float32), np.diag([-1.0, -1.0, 1.0]), (2.0, 2.0, 4.0))
+        sphere = scan(
+            lambda x, y, z: (
+                (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 < 6.0**2
+            ).astype(np.float32),
+            np.diag([-1.0, -1.0, 1.0]),
+            (2.0, 2.0, 4.0),
+        )
         return float(density[sitk.GetArrayFromImage(sphere) > 0].mean())
 
     bright, dark = mean_in(BRIGHT), mean_in(DARK)
@@ -95,6 +109,7 @@ def test_the_density_alone_scores_the_bright_blob_higher(bundled, method):
 
 
 # ----------------------------------------------------------------------------- smoothing, interpolation
+
 
 @pytest.fixture(scope="module")
 def grid_aligned(tiny):
@@ -123,21 +138,21 @@ def test_map_is_smoothed_by_a_gaussian_of_smooth_mm(grid_aligned, tiny, smooth_m
     loc = dataclasses.replace(tiny.config.localisation, smooth_mm=smooth_mm)
     canon = canonical_map(p, unit_residual_scores(n, 3, hot), tiny, loc)
     sl = canon[s]
-    assert np.count_nonzero(canon[np.arange(canon.shape[0]) != s]) == 0     # in-plane only: no slice mixing
+    assert np.count_nonzero(canon[np.arange(canon.shape[0]) != s]) == 0  # in-plane only: no slice mixing
     if smooth_mm == 0:
         assert sl[r, c] == 1.0 and np.count_nonzero(sl) == 1
         return
     sigma_px = smooth_mm / p.spacing_mm
     # a separable Gaussian of sigma_px pixels: neighbour ratios exp(-d^2 / (2 sigma^2)), unit mass
     for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (2, 0)):
-        expected = math.exp(-(dr * dr + dc * dc) / (2 * sigma_px ** 2))
+        expected = math.exp(-(dr * dr + dc * dc) / (2 * sigma_px**2))
         assert sl[r + dr, c + dc] / sl[r, c] == pytest.approx(expected, rel=1e-4), (dr, dc)
     assert sl.sum() == pytest.approx(1.0, abs=2e-3)
     assert np.argmax(sl) == np.ravel_multi_index((r, c), sl.shape)
 
 
 def test_skipped_slices_are_linear_interpolations_of_scored_neighbours(tiny):
-    image = scan(flair_like(), np.eye(3), (2.0, 2.0, 1.0))     # 1 mm slices: standard scores every second
+    image = scan(flair_like(), np.eye(3), (2.0, 2.0, 1.0))  # 1 mm slices: standard scores every second
     p = prepare_volume(image, tiny.config)
     keep = scored_slices(p.grid_mask, p.geometry.spacing_mm[0], PRESETS["standard"].slice_spacing_mm)
     kept = torch.nonzero(keep).flatten()
@@ -166,16 +181,16 @@ def test_skipped_slices_are_linear_interpolations_of_scored_neighbours(tiny):
 
 # ----------------------------------------------------------------------------- geometry round trip
 
-HOT = (-25.0, 30.0, 12.0)     # left, posterior, superior of the centre: every mirror moves it >= 24 mm
+HOT = (-25.0, 30.0, 12.0)  # left, posterior, superior of the centre: every mirror moves it >= 24 mm
 
 
 @pytest.fixture(scope="module")
 def stored_scans():
     base = flair_like()
 
-    def fn(x, y, z):   # a smooth peak (sigma 2.5 mm, below the z-score clip) at HOT: one brightest location
+    def fn(x, y, z):  # a smooth peak (sigma 2.5 mm, below the z-score clip) at HOT: one brightest location
         d2 = (x - HOT[0]) ** 2 + (y - HOT[1]) ** 2 + (z - HOT[2]) ** 2
-        return np.where(base(x, y, z) > 0, base(x, y, z) + 15.0 * np.exp(-d2 / (2 * 2.5 ** 2)), 0.0)
+        return np.where(base(x, y, z) > 0, base(x, y, z) + 15.0 * np.exp(-d2 / (2 * 2.5**2)), 0.0)
 
     return {name: scan(fn, d, (1.5, 2.5, 3.0)) for name, d in orientations()}
 
@@ -188,20 +203,22 @@ def test_hot_grid_location_comes_back_at_its_physical_place(stored_scans, tiny, 
     keep = scored_slices(p.grid_mask, p.geometry.spacing_mm[0], PRESETS[preset].slice_spacing_mm)
     where = p.grid_mask & keep[:, None, None]
     feats, _ = p.locations(where)
-    hot = int(torch.argmax(feats[:, 0]))          # the scored model-grid location of the bright blob
+    hot = int(torch.argmax(feats[:, 0]))  # the scored model-grid location of the bright blob
     n = feats.shape[0]
     amap = maps_from_scores(p, unit_residual_scores(n, feats.shape[1], hot), tiny, scored=keep)
     assert amap.shape == sitk.GetArrayFromImage(image).shape
     peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
     error = physical_point(image, peak) - np.array(HOT)
     # along S within the scored-slice step; in-plane within a model-grid pixel (2 mm) plus an input voxel
-    step = p.geometry.spacing_mm[0] * max(1, math.floor(PRESETS[preset].slice_spacing_mm / p.geometry.spacing_mm[0]
-                                                          + 1e-6))
+    step = p.geometry.spacing_mm[0] * max(
+        1, math.floor(PRESETS[preset].slice_spacing_mm / p.geometry.spacing_mm[0] + 1e-6)
+    )
     assert abs(error[2]) <= step + 1e-3, (orientation, preset, error)
     assert np.hypot(error[0], error[1]) <= 2.0 + max(p.geometry.spacing_mm[1:]), (orientation, preset, error)
 
 
 # ----------------------------------------------------------------------------- the bundled model, the demo
+
 
 def test_bundled_model_finds_the_demo_phantom_lesion(bundled):
     ph = demo.make_phantom()
@@ -214,7 +231,7 @@ def test_bundled_model_finds_the_demo_phantom_lesion(bundled):
 def test_demo_fails_when_the_map_misses_the_lesion(tmp_path, monkeypatch, capsys):
     real = demo.make_phantom
 
-    def moved_lesion(*args, **kwargs):   # the truth mask mirrored left-right: the map's peak is not in it
+    def moved_lesion(*args, **kwargs):  # the truth mask mirrored left-right: the map's peak is not in it
         ph = real(*args, **kwargs)
         lesion = sitk.GetImageFromArray(sitk.GetArrayFromImage(ph.lesion)[:, :, ::-1].copy())
         lesion.CopyInformation(ph.lesion)

@@ -10,6 +10,7 @@ spreads as a sampled Gaussian: neighbour ratio exp(-d^2 / (2 sigma_i^2)) along a
 smooth_on_grid (the density map, in-plane, model grid): G * grid (sigma_mm / spacing_mm pixels), times the
 mask, not renormalised.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,15 +23,16 @@ from scipy import ndimage
 from AnoDODELib.anomaly_map import smooth_in_mask, smooth_on_grid
 
 
-def ball(shape: tuple[int, int, int], centre: tuple[float, float, float], radius: tuple[float, float, float]
-         ) -> np.ndarray:
+def ball(
+    shape: tuple[int, int, int], centre: tuple[float, float, float], radius: tuple[float, float, float]
+) -> np.ndarray:
     idx = np.indices(shape).astype(float)
     return sum(((idx[i] - centre[i]) / radius[i]) ** 2 for i in range(3)) < 1.0
 
 
 def test_a_constant_field_stays_constant_inside_the_mask_and_zero_outside() -> None:
     mask = ball((12, 20, 18), (5.5, 9.0, 8.0), (4.5, 7.0, 6.0))
-    values = np.where(mask, 3.0, 100.0)                  # whatever lies outside must not leak in
+    values = np.where(mask, 3.0, 100.0)  # whatever lies outside must not leak in
     out = smooth_in_mask(values, mask, (3.0, 1.0, 1.5), sigma_mm=2.0)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out[mask], 3.0, rtol=1e-5)
@@ -52,11 +54,21 @@ def test_a_point_spreads_as_a_gaussian_of_sigma_mm_along_each_axis() -> None:
         for d in (1, 2):
             q = list(c)
             q[axis] += d
-            assert out[tuple(q)] / out[c] == pytest.approx(math.exp(-d * d / (2 * s * s)), rel=1e-4), (axis, d)
+            assert out[tuple(q)] / out[c] == pytest.approx(math.exp(-d * d / (2 * s * s)), rel=1e-4), (
+                axis,
+                d,
+            )
     # separable unit-mass kernel sampled at the integers: the peak is the product of the 1-D peaks
-    peak = np.prod([1.0 / sum(math.exp(-k * k / (2 * (sigma_mm / sp) ** 2))
-                              for k in range(-int(4 * sigma_mm / sp + 0.5), int(4 * sigma_mm / sp + 0.5) + 1))
-                    for sp in spacing])
+    peak = np.prod(
+        [
+            1.0
+            / sum(
+                math.exp(-k * k / (2 * (sigma_mm / sp) ** 2))
+                for k in range(-int(4 * sigma_mm / sp + 0.5), int(4 * sigma_mm / sp + 0.5) + 1)
+            )
+            for sp in spacing
+        ]
+    )
     assert out[c] == pytest.approx(peak, rel=1e-4)
 
 
@@ -79,7 +91,7 @@ def test_edge_voxels_are_not_darkened_and_an_empty_mask_gives_zeros() -> None:
     mask = np.zeros((3, 9, 9), bool)
     mask[1, 2:7, 2:7] = True
     out = smooth_in_mask(np.ones(mask.shape), mask, (1.0, 1.0, 1.0), 3.0)
-    np.testing.assert_allclose(out[mask], 1.0, rtol=1e-5)          # a plain blur would give ~0.2 at corners
+    np.testing.assert_allclose(out[mask], 1.0, rtol=1e-5)  # a plain blur would give ~0.2 at corners
     empty = smooth_in_mask(np.ones(mask.shape), np.zeros(mask.shape, bool), (1.0, 1.0, 1.0), 3.0)
     assert empty.shape == mask.shape and not empty.any()
 
@@ -92,11 +104,12 @@ def test_smooth_on_grid_is_an_in_plane_gaussian_in_mm_cut_to_the_mask() -> None:
     mask[:, :, :12] = True
     out = smooth_on_grid(grid, mask, sigma_mm=5.0, spacing_mm=2.5)
     assert torch.all(out[~mask] == 0)
-    assert torch.all(out[0] == 0) and torch.all(out[2] == 0)            # no through-plane mixing
+    assert torch.all(out[0] == 0) and torch.all(out[2] == 0)  # no through-plane mixing
     g = out[1]
     for dr, dc in ((1, 0), (0, 1), (2, 0), (1, -1), (0, -3)):
-        assert float(g[10 + dr, 10 + dc] / g[10, 10]) == pytest.approx(math.exp(-(dr * dr + dc * dc) / 8.0),
-                                                                       rel=1e-4)
+        assert float(g[10 + dr, 10 + dc] / g[10, 10]) == pytest.approx(
+            math.exp(-(dr * dr + dc * dc) / 8.0), rel=1e-4
+        )
     # not renormalised at the mask's edge: the mass cut off by the mask is lost
     full = smooth_on_grid(grid, torch.ones_like(mask), sigma_mm=5.0, spacing_mm=2.5)
     assert float(full.sum()) == pytest.approx(1.0, abs=1e-4)

@@ -1,4 +1,5 @@
 """Metrics against hand-computed values."""
+
 import math
 
 import numpy as np

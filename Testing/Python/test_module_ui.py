@@ -1,5 +1,6 @@
 """Static consistency of the Slicer module (no Slicer, no Qt needed): .ui <-> parameter node wrapper, the
 widgets the code uses, the CMake file lists, and the engine/host split."""
+
 from __future__ import annotations
 
 import ast
@@ -16,8 +17,12 @@ MODULE_FILE = MODULE_DIR / "AnoDODE.py"
 CMAKE_FILE = MODULE_DIR / "CMakeLists.txt"
 
 # parameter node field (annotation, unwrapped) -> the widget class the .ui must use for it
-WIDGET_FOR_TYPE = {"str": "QComboBox", "bool": "QCheckBox", "float": "ctkSliderWidget",
-                   "pathlib.Path": "ctkPathLineEdit"}
+WIDGET_FOR_TYPE = {
+    "str": "QComboBox",
+    "bool": "QCheckBox",
+    "float": "ctkSliderWidget",
+    "pathlib.Path": "ctkPathLineEdit",
+}
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +112,14 @@ def test_custom_widgets_are_declared(ui):
     custom = {c for c in used if c.startswith(("ctk", "qMRML", "qSlicer"))}
     assert custom <= declared, custom - declared
     # every node selector gets the scene from the top-level qMRMLWidget
-    receivers = {c.findtext("receiver") for c in ui.iter("connection") if c.findtext("slot") ==
-                 "setMRMLScene(vtkMRMLScene*)"}
-    mrml_widgets = {w.get("name") for w in ui.iter("widget") if w.get("class") in ("qMRMLNodeComboBox",
-                                                                                    "qMRMLTableView")}
+    receivers = {
+        c.findtext("receiver")
+        for c in ui.iter("connection")
+        if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    mrml_widgets = {
+        w.get("name") for w in ui.iter("widget") if w.get("class") in ("qMRMLNodeComboBox", "qMRMLTableView")
+    }
     assert mrml_widgets <= receivers, mrml_widgets - receivers
 
 
@@ -122,21 +131,29 @@ def test_code_uses_only_widgets_that_exist(ui, module_ast):
 
 
 def test_template_structure(module_ast):
-    bases = {c.name: [ast.unparse(b) for b in c.bases] for c in module_ast.body if isinstance(c, ast.ClassDef)}
+    bases = {
+        c.name: [ast.unparse(b) for b in c.bases] for c in module_ast.body if isinstance(c, ast.ClassDef)
+    }
     assert bases["AnoDODE"] == ["ScriptedLoadableModule"]
     assert bases["AnoDODEWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
     assert bases["AnoDODELogic"] == ["ScriptedLoadableModuleLogic"]
     assert bases["AnoDODETest"] == ["ScriptedLoadableModuleTest"]
-    test_methods = [f.name for f in class_def(module_ast, "AnoDODETest").body if isinstance(f, ast.FunctionDef)]
+    test_methods = [
+        f.name for f in class_def(module_ast, "AnoDODETest").body if isinstance(f, ast.FunctionDef)
+    ]
     assert "runTest" in test_methods and any(m.startswith("test_") for m in test_methods)
-    assert len(MODULE_FILE.read_text().splitlines()) < 850   # glue only: the work is in AnoDODESlicerLib
+    # glue only, the work is in AnoDODESlicerLib (the bound is for ruff-formatted code)
+    assert len(MODULE_FILE.read_text().splitlines()) < 1000
 
 
 def test_choices_match_the_engine(module_ast):
     values = {}
     for node in module_ast.body:
-        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-                and node.targets[0].id in ("DEVICES", "PRESETS")):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id in ("DEVICES", "PRESETS")
+        ):
             values[node.targets[0].id] = ast.literal_eval(node.value)
     from AnoDODELib import worker
 
@@ -148,6 +165,7 @@ def test_choices_match_the_engine(module_ast):
 
 # ----------------------------------------------------------------------------- CMake
 
+
 def cmake_list(text: str, variable: str) -> list[str]:
     match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.DOTALL)
     assert match, f"{variable} not found in {CMAKE_FILE}"
@@ -155,16 +173,21 @@ def cmake_list(text: str, variable: str) -> list[str]:
 
 
 def shipped_files(folder: Path) -> set[str]:
-    return {p.relative_to(MODULE_DIR).as_posix() for p in folder.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")}
+    return {
+        p.relative_to(MODULE_DIR).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
+    }
 
 
 def test_cmake_lists_every_script():
     scripts = cmake_list(CMAKE_FILE.read_text(), "MODULE_PYTHON_SCRIPTS")
     assert len(scripts) == len(set(scripts)), "duplicate entries"
     expected = {p.name for p in MODULE_DIR.glob("*.py")} | {
-        p.relative_to(MODULE_DIR).as_posix() for package in ("AnoDODELib", "AnoDODESlicerLib")
-        for p in (MODULE_DIR / package).glob("*.py")}
+        p.relative_to(MODULE_DIR).as_posix()
+        for package in ("AnoDODELib", "AnoDODESlicerLib")
+        for p in (MODULE_DIR / package).glob("*.py")
+    }
     assert set(scripts) == expected
 
 
@@ -179,16 +202,30 @@ def test_cmake_lists_every_resource():
 def test_cmake_module_and_extension_settings():
     module = CMAKE_FILE.read_text()
     assert "slicerMacroBuildScriptedModule(" in module and "WITH_GENERIC_TESTS" in module
-    assert re.search(r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", module, re.DOTALL)
+    assert re.search(
+        r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", module, re.DOTALL
+    )
     assert not re.search(r"file\s*\(\s*GLOB", module, re.IGNORECASE), "list files explicitly"
     top = (REPO / "CMakeLists.txt").read_text()
     assert "project(AnoDODE)" in top
-    for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-                     "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+    for variable in (
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_CATEGORY",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_ICONURL",
+        "EXTENSION_SCREENSHOTURLS",
+        "EXTENSION_DEPENDS",
+    ):
         assert re.search(rf"set\({variable} ", top), variable
     assert 'set(EXTENSION_CATEGORY "Segmentation")' in top
-    order = ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(AnoDODE)",
-             "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"]
+    order = [
+        "find_package(Slicer REQUIRED)",
+        "include(${Slicer_USE_FILE})",
+        "add_subdirectory(AnoDODE)",
+        "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+        "include(${Slicer_EXTENSION_CPACK})",
+    ]
     positions = [top.index(s) for s in order]
     assert positions == sorted(positions)
 
@@ -207,8 +244,15 @@ def test_extension_catalog_metadata():
     top = (REPO / "CMakeLists.txt").read_text()
     entry = json.loads((REPO / "AnoDODE.json").read_text())
     assert entry["$schema"].endswith("/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#")
-    assert set(entry) == {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
-                          "scm_url", "tier"}
+    assert set(entry) == {
+        "$schema",
+        "build_dependencies",
+        "build_subdirectory",
+        "category",
+        "scm_revision",
+        "scm_url",
+        "tier",
+    }
     assert entry["category"] == cmake_value(top, "EXTENSION_CATEGORY")
     assert entry["build_dependencies"] == cmake_value(top, "EXTENSION_DEPENDS").split(";") == ["PyTorch"]
     assert cmake_value(top, "EXTENSION_HOMEPAGE").startswith(entry["scm_url"])
@@ -217,7 +261,9 @@ def test_extension_catalog_metadata():
     for variable in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
         for url in cmake_value(top, variable).split():
             assert url.startswith(raw), url
-            assert (REPO / url[len(raw):]).is_file(), f"{variable}: {url[len(raw):]} is not in the repository"
+            assert (REPO / url[len(raw) :]).is_file(), (
+                f"{variable}: {url[len(raw) :]} is not in the repository"
+            )
     for contributor in cmake_value(top, "EXTENSION_CONTRIBUTORS").split(", "):
         assert re.fullmatch(r"[^()]+ \([^()]+\)", contributor), f"not 'Name (Organisation)': {contributor}"
     license_text = (REPO / "LICENSE").read_text()
@@ -226,6 +272,7 @@ def test_extension_catalog_metadata():
 
 
 # ----------------------------------------------------------------------------- host/engine split
+
 
 def imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())

@@ -1,4 +1,5 @@
 """Intensity normalisation references (volume_io.intensity_reference / normalise_intensity)."""
+
 import numpy as np
 import pytest
 
@@ -30,7 +31,7 @@ def test_wm_peak_reference_finds_the_mode_and_its_spread():
 def test_wm_peak_reference_barely_moves_with_a_bright_lesion_where_the_mean_does():
     rng = np.random.default_rng(2)
     normal = rng.normal(100.0, 5.0, 200_000)
-    lesion = rng.normal(160.0, 5.0, 30_000)       # 13 % of the brain, very bright
+    lesion = rng.normal(160.0, 5.0, 30_000)  # 13 % of the brain, very bright
     c0, s0 = volume_io.intensity_reference(normal, "wm_peak")
     c1, s1 = volume_io.intensity_reference(np.concatenate([normal, lesion]), "wm_peak")
     m0, _ = volume_io.intensity_reference(normal, "mean")

@@ -7,6 +7,7 @@ Its ``slice_scores`` and ``slice_anomaly_scores`` were rewritten when the slice 
 quantile and again when slice scores became the mean over the slice's most anomalous 100 mm^2 (issue 11);
 the maps and every other value are the 7ddeb52 ones.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,7 +55,7 @@ def as_referenced(report: dict) -> dict:
     return {k: v for k, v in stable(report).items() if k not in ADDED}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")   # the reference was written with one torch thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the reference was written with one torch thread
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +84,9 @@ def test_phantom_matches_the_reference(reference_model, phantom_path, tmp_path):
     assert got.keys() == want.keys()
     for key, value in want.items():
         if key in ("volume_score_bpd", "slice_scores", "slice_anomaly_scores"):
-            assert np.allclose(np.array(got[key], float), np.array(value, float), rtol=1e-5, atol=MAP_ATOL,
-                               equal_nan=True), key
+            assert np.allclose(
+                np.array(got[key], float), np.array(value, float), rtol=1e-5, atol=MAP_ATOL, equal_nan=True
+            ), key
         elif key != "anomalous_voxels":
             assert got[key] == value, key
     assert abs(got["anomalous_voxels"] - want["anomalous_voxels"]) <= int(near.sum())
@@ -104,10 +106,37 @@ def test_real_scan_is_bit_identical_to_the_reference(reference_model, tmp_path):
 
 def test_cli_and_worker_write_the_same_set_and_report(phantom_path, tmp_path, capsys):
     model_dir = str(REFERENCE / "model_v1")
-    assert cli.main(["score", str(phantom_path), "--model", model_dir, "--output-dir", str(tmp_path / "c"),
-                     "--device", "cpu", "--quiet"]) == 0
-    assert worker.main(["--input", str(phantom_path), "--model", model_dir, "--output-dir", str(tmp_path / "w"),
-                        "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "score",
+                str(phantom_path),
+                "--model",
+                model_dir,
+                "--output-dir",
+                str(tmp_path / "c"),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        worker.main(
+            [
+                "--input",
+                str(phantom_path),
+                "--model",
+                model_dir,
+                "--output-dir",
+                str(tmp_path / "w"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.splitlines()[-1] == "DONE"
     plain = OutputSet.plain(tmp_path / "w")
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == sorted(plain.names.values())
@@ -137,9 +166,11 @@ def test_map_units_follow_the_localisation():
 
     assert units(method="combined") == "bits/dim × residual (z)"
     assert units(method="combined", intensity_product=True) == (
-        "√(bits/dim × residual (z)) × brightness / the scan's brain Q0.75")
+        "√(bits/dim × residual (z)) × brightness / the scan's brain Q0.75"
+    )
     assert units(method="likelihood", intensity_product=True, brightness_quantile=None) == (
-        "√(bits/dim) × normalised brightness")
+        "√(bits/dim) × normalised brightness"
+    )
     shipped = load_model()
     assert map_units(shipped) == units(**dataclasses.asdict(shipped.config.localisation))
     assert "√" in map_units(shipped)

@@ -1,5 +1,6 @@
 """Solver presets and the batched scoring path (issue 5): presets are valid, the fast evaluator computes
 what the torchdiffeq path computes, fast/standard agree with exact, and CUDA out-of-memory falls back."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,7 @@ from AnoDODELib.probability_flow import METHODS
 from AnoDODELib.reconstruction import reconstruct
 from AnoDODELib.score_model import score_fn
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")   # small problems: no OpenMP barrier stalls
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small problems: no OpenMP barrier stalls
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +44,14 @@ def test_presets_are_valid():
     # cost ordering: fast <= standard, and the exact preset is adaptive and tight and scores every slice
     nfe = {"euler": 1, "midpoint": 2, "rk4": 4}
     fast, std, exact = PRESETS["fast"], PRESETS["standard"], PRESETS["exact"]
-    assert nfe[fast.likelihood.method] * fast.likelihood.steps <= nfe[std.likelihood.method] * std.likelihood.steps
+    assert (
+        nfe[fast.likelihood.method] * fast.likelihood.steps
+        <= nfe[std.likelihood.method] * std.likelihood.steps
+    )
     assert fast.slice_spacing_mm >= std.slice_spacing_mm
-    assert exact.likelihood.method == "dopri5" and exact.likelihood.rtol <= 1e-5 and exact.slice_spacing_mm == 0
+    assert (
+        exact.likelihood.method == "dopri5" and exact.likelihood.rtol <= 1e-5 and exact.slice_spacing_mm == 0
+    )
 
 
 @pytest.mark.parametrize("method", fast_ode.FAST_METHODS)
@@ -54,8 +60,9 @@ def test_fused_likelihood_matches_torchdiffeq(model, problem, method):
     net = model.score_net.eval()
     want = log_likelihood(score_fn(net, model.sde, c), model.sde, x, method=method, steps=3).bpd
     with torch.inference_mode():
-        got, nfe = fast_ode.likelihood_fixed(fast_ode.PointwiseEvaluator(net, c), model.sde, x, method=method,
-                                             steps=3, t_eps=1e-3)
+        got, nfe = fast_ode.likelihood_fixed(
+            fast_ode.PointwiseEvaluator(net, c), model.sde, x, method=method, steps=3, t_eps=1e-3
+        )
     assert nfe == 3 * {"euler": 1, "midpoint": 2, "rk4": 4}[method]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
@@ -65,11 +72,23 @@ def test_batched_reconstruction_matches_per_draw(model, problem):
     net = model.score_net.eval()
     noise = torch.randn(3, *x.shape, generator=torch.Generator().manual_seed(1))
     fn = score_fn(net, model.sde, c)
-    want = sum(reconstruct(fn, model.sde, x, t_start=0.5, noise=noise[k], method="rk4", steps=4)
-               for k in range(3)) / 3
+    want = (
+        sum(
+            reconstruct(fn, model.sde, x, t_start=0.5, noise=noise[k], method="rk4", steps=4)
+            for k in range(3)
+        )
+        / 3
+    )
     with torch.inference_mode():
-        got, nfe = fast_ode.reconstruct_batched(fast_ode.PointwiseEvaluator(net, c, repeat=3), model.sde, x, noise,
-                                                t_start=0.5, steps=4, t_eps=1e-3)
+        got, nfe = fast_ode.reconstruct_batched(
+            fast_ode.PointwiseEvaluator(net, c, repeat=3),
+            model.sde,
+            x,
+            noise,
+            t_start=0.5,
+            steps=4,
+            t_eps=1e-3,
+        )
     assert nfe == 16
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -110,7 +129,9 @@ def test_cuda_oom_retries_smaller_then_falls_back_to_cpu(model, problem, monkeyp
     monkeypatch.setattr(pipeline, "MIN_CHUNK", 75)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     with caplog.at_level(logging.WARNING, logger="AnoDODELib.pipeline"):
-        got = score_locations(model, x, c, solver=PRESETS["fast"].likelihood, device=torch.device("cuda"), chunk=300)
+        got = score_locations(
+            model, x, c, solver=PRESETS["fast"].likelihood, device=torch.device("cuda"), chunk=300
+        )
     sizes = [n for dev, n in calls if dev == "cuda"]
     assert sizes == [300, 150, 75]
     assert any(dev == "cpu" for dev, _ in calls)
@@ -136,7 +157,7 @@ def test_hutchinson_and_generic_nets_use_the_fallback_path(model, problem):
     got = score_locations(model, x, c, solver=solver)
     ref = score_locations(model, x, c, solver=PRESETS["standard"].likelihood)
     assert got.bpd.shape == ref.bpd.shape and torch.isfinite(got.bpd).all()
-    assert float((got.bpd - ref.bpd).mean().abs()) < 0.5   # unbiased estimator, 300 locations
+    assert float((got.bpd - ref.bpd).mean().abs()) < 0.5  # unbiased estimator, 300 locations
 
 
 def test_resolve_device():
@@ -148,8 +169,8 @@ def test_resolve_device():
 
 def test_scored_slices_every_kth_with_brain_and_the_last():
     mask = torch.zeros(12, 4, 4, dtype=torch.bool)
-    mask[2:10, 1:3, 1:3] = True                     # brain in slices 2..9
-    keep = pipeline.scored_slices(mask, 1.0, 2.0)   # 1 mm slices, >= 2 mm apart: every 2nd, plus the last
+    mask[2:10, 1:3, 1:3] = True  # brain in slices 2..9
+    keep = pipeline.scored_slices(mask, 1.0, 2.0)  # 1 mm slices, >= 2 mm apart: every 2nd, plus the last
     assert torch.nonzero(keep).flatten().tolist() == [2, 4, 6, 8, 9]
     assert torch.nonzero(pipeline.scored_slices(mask, 1.5, 4.0)).flatten().tolist() == [2, 4, 6, 8, 9]
     assert torch.nonzero(pipeline.scored_slices(mask, 5.0, 2.0)).flatten().tolist() == list(range(2, 10))
@@ -159,7 +180,11 @@ def test_scored_slices_every_kth_with_brain_and_the_last():
 def test_interpolate_slices_is_linear_between_scored_neighbours():
     keep = torch.tensor([False, True, False, True, False, False, True, False])
     values = torch.zeros(8, 2)
-    values[1], values[3], values[6] = torch.tensor([1.0, -1.0]), torch.tensor([3.0, 0.0]), torch.tensor([6.0, 3.0])
+    values[1], values[3], values[6] = (
+        torch.tensor([1.0, -1.0]),
+        torch.tensor([3.0, 0.0]),
+        torch.tensor([6.0, 3.0]),
+    )
     got = pipeline.interpolate_slices(values, keep)
     want = torch.tensor([[1.0, -1.0], [1, -1], [2, -0.5], [3, 0], [4, 1], [5, 2], [6, 3], [6, 3]])
     torch.testing.assert_close(got, want)
@@ -180,8 +205,8 @@ def test_slice_scores_of_skipped_slices_are_interpolated(phantom_file):
     keep[::3] = True
     keep[-1] = True
     where = gm & keep[:, None, None]
-    bpd = torch.nonzero(where)[:, 0].float()           # each scored location's slice index
-    scores = pipeline.LocationScores(bpd, torch.ones(bpd.shape[0], 3), 0)   # all brighter than reconstructed
+    bpd = torch.nonzero(where)[:, 0].float()  # each scored location's slice index
+    scores = pipeline.LocationScores(bpd, torch.ones(bpd.shape[0], 3), 0)  # all brighter than reconstructed
     got = pipeline.canonical_slice_scores(prepared, scores, AnoDODEModel(cfg), keep)
     brain = gm.flatten(1).any(1).tolist()
     first, last = brain.index(True), len(brain) - 1 - brain[::-1].index(True)
@@ -211,12 +236,12 @@ def test_slice_score_is_the_top_area_mean_of_the_hyperintense_gated_likelihood_m
     n = int(gm.sum())
     slice_of = torch.nonzero(gm)[:, 0]
     bpd = torch.full((n,), 1.0)
-    residual = -torch.ones(n, 3)                       # every location darker than its reconstruction
+    residual = -torch.ones(n, 3)  # every location darker than its reconstruction
     dark = pipeline.canonical_slice_scores(prepared, pipeline.LocationScores(bpd * 50, residual, 0), model)
     assert all(v is None or v == 0.0 for v in dark)
     target = int(slice_of[len(slice_of) // 2])
     in_target = torch.nonzero(slice_of == target).flatten()
-    spot = in_target[: max(1, len(in_target) // 10)]   # a tenth of the slice: improbable and bright
+    spot = in_target[: max(1, len(in_target) // 10)]  # a tenth of the slice: improbable and bright
     bright = residual.clone()
     bright[spot] = 1.0
     bpd2 = bpd.clone()

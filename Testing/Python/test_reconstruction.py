@@ -1,4 +1,5 @@
 """Reconstruction (noise to t_start, probability-flow ODE back) with the exact score of Gaussian data."""
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,7 @@ def _one_thread():
 def marginal(t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
     """Data N(MU, diag S^2) under the VP-SDE at t: N(alpha MU, alpha^2 S^2 + 1 - alpha^2)."""
     a = SDE.alpha(torch.as_tensor(t, dtype=DT))
-    return a * MU, a * a * S ** 2 + 1 - a * a
+    return a * MU, a * a * S**2 + 1 - a * a
 
 
 def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -83,8 +84,9 @@ def test_large_t_start_pulls_an_outlier_to_the_data() -> None:
     # with noise it is close to a sample of the data distribution, N(MU, S^2), up to the alpha(0.99) = 7e-3
     # memory of x0 that the closed form keeps: mean closed_form(x0, 0), sd sqrt(v_eps / v_s) std(t_s) ~ S
     n = 2000
-    rec = reconstruct(score, SDE, outlier.expand(n, 3), t_start=0.99, generator=torch.Generator().manual_seed(6),
-                      steps=16)
+    rec = reconstruct(
+        score, SDE, outlier.expand(n, 3), t_start=0.99, generator=torch.Generator().manual_seed(6), steps=16
+    )
     _, std_s = SDE.marginal_prob(MU, 0.99)
     sd = torch.sqrt(marginal(T_EPS)[1] / marginal(0.99)[1]) * std_s
     torch.testing.assert_close(sd, S, rtol=0.01, atol=0.0)
@@ -92,7 +94,10 @@ def test_large_t_start_pulls_an_outlier_to_the_data() -> None:
     assert ((rec.mean(0) - rec0[0]).abs() < 4 * stderr).all(), (rec.mean(0), rec0)
     torch.testing.assert_close(rec.std(0), sd, rtol=0.1, atol=0.0)
     # on average the reconstruction is far nearer the data mean than the outlier it started from
-    assert reconstruction_error(outlier.expand(n, 3), rec).mean() > 10 * reconstruction_error(MU.expand(n, 3), rec).mean()
+    assert (
+        reconstruction_error(outlier.expand(n, 3), rec).mean()
+        > 10 * reconstruction_error(MU.expand(n, 3), rec).mean()
+    )
 
 
 def test_generator_reproducible_and_noise_used() -> None:
@@ -105,12 +110,15 @@ def test_generator_reproducible_and_noise_used() -> None:
     assert torch.equal(a, reconstruct(score, SDE, x0, noise=noise))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"t_start": 0.0}, "t_start"),
-    ({"t_start": 1.5}, "t_start"),
-    ({"noise": torch.zeros(2, 3, dtype=DT)}, "noise shape"),
-    ({"method": "rk5"}, "rk4"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"t_start": 0.0}, "t_start"),
+        ({"t_start": 1.5}, "t_start"),
+        ({"noise": torch.zeros(2, 3, dtype=DT)}, "noise shape"),
+        ({"method": "rk5"}, "rk4"),
+    ],
+)
 def test_bad_arguments_raise(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         reconstruct(score, SDE, MU.expand(4, 3), **kwargs)

@@ -1,4 +1,5 @@
 """PointwiseScoreNet, score_fn and dsm_loss."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,14 @@ from AnoDODELib.config import ScoreNetConfig
 from AnoDODELib.score_model import FourierTime, PointwiseScoreNet, dsm_loss, score_fn
 from AnoDODELib.sde import VPSDE
 
-BUNDLE_WEIGHTS = (Path(__file__).resolve().parents[2] / "AnoDODE" / "Resources" / "Models"
-                  / "anodode-flair-brats" / "weights.pt")
+BUNDLE_WEIGHTS = (
+    Path(__file__).resolve().parents[2]
+    / "AnoDODE"
+    / "Resources"
+    / "Models"
+    / "anodode-flair-brats"
+    / "weights.pt"
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -42,8 +49,9 @@ def mixture(n: int, gen: torch.Generator) -> torch.Tensor:
 @pytest.mark.parametrize("channels,cond_channels,n", [(3, 4, 5), (1, 0, 1), (2, 1, 7)])
 @pytest.mark.parametrize("t_kind", ["scalar", "batch", "float"])
 def test_output_shapes(channels: int, cond_channels: int, n: int, t_kind: str) -> None:
-    net = PointwiseScoreNet(ScoreNetConfig(channels=channels, cond_channels=cond_channels, hidden=8, layers=2,
-                                           time_embedding=6))
+    net = PointwiseScoreNet(
+        ScoreNetConfig(channels=channels, cond_channels=cond_channels, hidden=8, layers=2, time_embedding=6)
+    )
     x, c = torch.randn(n, channels), torch.randn(n, cond_channels)
     t = {"scalar": torch.tensor(0.3), "batch": torch.rand(n), "float": 0.3}[t_kind]
     assert net(x, t, c).shape == (n, channels)
@@ -70,7 +78,7 @@ def test_time_embedding_values() -> None:
     assert emb.width == 16
     out = emb(torch.tensor([0.0, 0.25]))
     torch.testing.assert_close(out[0], torch.cat([torch.zeros(8), torch.ones(8)]))
-    f = 2 * math.pi * 10 ** torch.linspace(0.0, math.log10(64.0), 8)   # 2 pi [1 .. 64], log-spaced
+    f = 2 * math.pi * 10 ** torch.linspace(0.0, math.log10(64.0), 8)  # 2 pi [1 .. 64], log-spaced
     torch.testing.assert_close(out[1], torch.cat([torch.sin(0.25 * f), torch.cos(0.25 * f)]))
 
 
@@ -91,9 +99,14 @@ def test_rows_are_independent() -> None:
 
 def test_score_fn_is_minus_eps_over_std() -> None:
     sde = VPSDE()
-    net = perturbed(PointwiseScoreNet(ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2)).double())
+    net = perturbed(
+        PointwiseScoreNet(ScoreNetConfig(channels=3, cond_channels=4, hidden=16, layers=2)).double()
+    )
     gen = torch.Generator().manual_seed(2)
-    x, c = torch.randn(4, 3, generator=gen, dtype=torch.float64), torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    x, c = (
+        torch.randn(4, 3, generator=gen, dtype=torch.float64),
+        torch.randn(4, 4, generator=gen, dtype=torch.float64),
+    )
     t = 0.37
     std = math.sqrt(1 - math.exp(-(0.1 * t + 0.5 * 19.9 * t * t)))
     expected = -net(x, torch.tensor(t, dtype=torch.float64), c) / std
@@ -112,17 +125,21 @@ def test_dsm_loss_matches_its_definition() -> None:
     gen = torch.Generator().manual_seed(4)
     t = 0.01 + 0.99 * torch.rand(10, generator=gen)
     eps = torch.randn(10, 2, generator=gen)
-    a = torch.exp(-0.5 * (0.1 * t + 0.5 * 19.9 * t ** 2))[:, None]
-    xt = a * x0 + torch.sqrt(1 - a ** 2) * eps
+    a = torch.exp(-0.5 * (0.1 * t + 0.5 * 19.9 * t**2))[:, None]
+    xt = a * x0 + torch.sqrt(1 - a**2) * eps
     expected = ((net(xt, t, c) - eps) ** 2).sum(1).mean() / 2
     torch.testing.assert_close(loss, expected)
-    assert torch.equal(loss, dsm_loss(net, sde, x0, c, t_eps=0.01, generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(
+        loss, dsm_loss(net, sde, x0, c, t_eps=0.01, generator=torch.Generator().manual_seed(4))
+    )
 
 
 def test_dsm_loss_decreases_with_training() -> None:
     torch.manual_seed(0)
     sde = VPSDE()
-    net = PointwiseScoreNet(ScoreNetConfig(channels=2, cond_channels=1, hidden=32, layers=2, time_embedding=8))
+    net = PointwiseScoreNet(
+        ScoreNetConfig(channels=2, cond_channels=1, hidden=32, layers=2, time_embedding=8)
+    )
     gen = torch.Generator().manual_seed(5)
     x_eval, c_eval = mixture(4096, gen), torch.zeros(4096, 1)
 
@@ -131,7 +148,7 @@ def test_dsm_loss_decreases_with_training() -> None:
             return dsm_loss(net, sde, x_eval, c_eval, generator=torch.Generator().manual_seed(6)).item()
 
     before = eval_loss()
-    assert before == pytest.approx(1.0, abs=0.05)   # zero init: eps_hat = 0, loss = E eps^2
+    assert before == pytest.approx(1.0, abs=0.05)  # zero init: eps_hat = 0, loss = E eps^2
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(100):
         loss = dsm_loss(net, sde, mixture(256, gen), torch.zeros(256, 1), generator=gen)
@@ -147,7 +164,7 @@ def test_bundled_weights_load_strictly() -> None:
     if not BUNDLE_WEIGHTS.exists():
         pytest.skip(f"no bundled weights at {BUNDLE_WEIGHTS}")
     state = torch.load(BUNDLE_WEIGHTS, weights_only=True)
-    net_state = {k[len("score_net."):]: v for k, v in state.items() if k.startswith("score_net.")}
+    net_state = {k[len("score_net.") :]: v for k, v in state.items() if k.startswith("score_net.")}
     net = PointwiseScoreNet(ScoreNetConfig(channels=3, cond_channels=4))
     net.load_state_dict(net_state, strict=True)
     torch.testing.assert_close(net_state["time.freqs"], FourierTime(16).freqs)

@@ -1,4 +1,5 @@
 """VPSDE against closed forms and a Monte-Carlo simulation of the SDE itself."""
+
 from __future__ import annotations
 
 import math
@@ -72,17 +73,17 @@ def test_marginal_prob_batched_time_broadcasts() -> None:
     mean, std = sde.marginal_prob(x, t)
     assert mean.shape == x.shape and std.shape == (4, 1, 1)
     for i in range(4):
-        mi, si = sde.marginal_prob(x[i:i + 1], float(t[i]))
-        torch.testing.assert_close(mean[i:i + 1], mi)
+        mi, si = sde.marginal_prob(x[i : i + 1], float(t[i]))
+        torch.testing.assert_close(mean[i : i + 1], mi)
         torch.testing.assert_close(std[i], si.reshape(1, 1))
     a = torch.tensor([closed_alpha(float(ti), 0.2, 12.0) for ti in t], dtype=DT)
-    torch.testing.assert_close(std.flatten(), torch.sqrt(1 - a ** 2))
+    torch.testing.assert_close(std.flatten(), torch.sqrt(1 - a**2))
 
 
 def test_std_accurate_near_zero() -> None:
     sde = VPSDE()
     t = 1e-7
-    expected = math.sqrt(sde.beta_min * t)   # 1 - alpha^2 ~ int beta for small t
+    expected = math.sqrt(sde.beta_min * t)  # 1 - alpha^2 ~ int beta for small t
     assert sde.marginal_std(torch.tensor(t, dtype=DT)).item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -113,7 +114,7 @@ def test_marginals_match_euler_maruyama_simulation() -> None:
     mean, std = sde.marginal_prob(x0[None], t_end)
     torch.testing.assert_close(x.mean(0), mean[0], atol=0.03, rtol=0.0)
     var = x.var(0)
-    assert torch.allclose(var, std ** 2 * torch.ones(2, dtype=DT), rtol=0.05), (var, std ** 2)
+    assert torch.allclose(var, std**2 * torch.ones(2, dtype=DT), rtol=0.05), (var, std**2)
 
 
 def test_prior_logp() -> None:
@@ -129,7 +130,7 @@ def test_probability_flow_drift_is_sde_drift_minus_half_g2_score() -> None:
     score = torch.randn(3, 4, dtype=DT, generator=torch.Generator().manual_seed(4))
     t = torch.tensor([0.1, 0.5, 0.9], dtype=DT)
     f, g = sde.sde(x, t)
-    torch.testing.assert_close(drift_of(sde, x, t, score), f - 0.5 * g ** 2 * score)
+    torch.testing.assert_close(drift_of(sde, x, t, score), f - 0.5 * g**2 * score)
 
 
 def test_probability_flow_transports_gaussian_marginals() -> None:
@@ -158,7 +159,9 @@ def test_eps_form_of_the_drift_and_divergence_is_the_score_form() -> None:
     eps = torch.randn(64, 3, generator=torch.Generator().manual_seed(6))
     for t in (1e-3, 0.3, 1.0):
         beta, std = pf.coefficients(sde, t)
-        assert beta == pytest.approx(0.1 + 19.9 * t) and std == pytest.approx(math.sqrt(1 - closed_alpha(t) ** 2))
+        assert beta == pytest.approx(0.1 + 19.9 * t) and std == pytest.approx(
+            math.sqrt(1 - closed_alpha(t) ** 2)
+        )
         assert torch.equal(pf.eps_drift(x, eps, beta, std), (-0.5 * beta) * (x - eps / std))
         assert torch.equal(pf.eps_drift(x, eps, beta, std), (-0.5 * beta) * (x + (-(eps / std))))
         tr = torch.randn(64, generator=torch.Generator().manual_seed(7))
@@ -171,12 +174,14 @@ def test_exact_trace_of_a_linear_map_and_the_time_grid() -> None:
     a = torch.tensor([[2.0, 1.0, 0.0], [0.5, -3.0, 1.0], [0.0, 4.0, 0.25]], dtype=DT)
     x = torch.randn(5, 3, dtype=DT, generator=torch.Generator().manual_seed(8))
     with torch.inference_mode():
-        out, tr = pf.exact_trace(lambda v: v @ a.T + v ** 2, x)   # Jacobian A + diag(2 x)
-    torch.testing.assert_close(out, x @ a.T + x ** 2)
+        out, tr = pf.exact_trace(lambda v: v @ a.T + v**2, x)  # Jacobian A + diag(2 x)
+    torch.testing.assert_close(out, x @ a.T + x**2)
     torch.testing.assert_close(tr, torch.full((5,), float(a.trace()), dtype=DT) + 2 * x.sum(1))
     grid = pf.time_grid(1e-3, 1.0, 4, torch.zeros(1))
     assert grid.dtype == torch.float32 and grid.tolist() == torch.linspace(1e-3, 1.0, 5).tolist()
-    ts, kw = pf.ode_schedule("dopri5", 0.5, 1e-3, steps=4, rtol=1e-4, atol=1e-6, like=torch.zeros(1, dtype=DT))
+    ts, kw = pf.ode_schedule(
+        "dopri5", 0.5, 1e-3, steps=4, rtol=1e-4, atol=1e-6, like=torch.zeros(1, dtype=DT)
+    )
     assert ts.tolist() == [0.5, 1e-3] and kw == {"method": "dopri5", "rtol": 1e-4, "atol": 1e-6}
     with pytest.raises(ValueError, match="unknown ODE method"):
         pf.ode_schedule("leapfrog", 0, 1, steps=1, rtol=1, atol=1, like=x)

@@ -1,4 +1,5 @@
 """Slice scores: the mean of a map over the slice's most anomalous area of brain (``slice_top_area_scores``)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,8 @@ def test_top_area_mean_by_hand():
     b[2, 0, :2] = True
     # pixel 0.5 x 0.5 mm = 0.25 mm^2; 0.75 mm^2 -> k = 3: (8 + 9 + 10) / 3 = 9; slice 2 has only 2: (2 + 6) / 2
     assert slice_top_area_scores(m, b, 0.25, 0.75) == [9.0, None, 4.0]
-    assert slice_top_area_scores(m, b, 0.25, 0.1) == [10.0, None, 6.0]        # below one pixel: the maximum
-    assert slice_top_area_scores(m, b, 0.25, 100.0) == [5.5, None, 4.0]      # more than the slice: its mean
+    assert slice_top_area_scores(m, b, 0.25, 0.1) == [10.0, None, 6.0]  # below one pixel: the maximum
+    assert slice_top_area_scores(m, b, 0.25, 100.0) == [5.5, None, 4.0]  # more than the slice: its mean
 
 
 def test_the_score_is_the_same_at_any_in_plane_resolution():

@@ -3,6 +3,7 @@
 The input is deliberately awkward: oblique (rotated IJKToRAS), anisotropic (0.9 x 1.2 x 3.0 mm), off-origin,
 under a rotating + translating parent transform. Outputs must land on exactly its grid.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,8 @@ MODULE_DIR = Path(__file__).resolve().parents[2] / "AnoDODE"
 sys.path.insert(0, str(MODULE_DIR))
 from AnoDODESlicerLib import mrml as M
 
-SHAPE = (10, 13, 16)           # numpy (K, J, I)
-SPACING = (0.9, 1.2, 3.0)      # I, J, K
+SHAPE = (10, 13, 16)  # numpy (K, J, I)
+SPACING = (0.9, 1.2, 3.0)  # I, J, K
 
 
 def rotation(axis, degrees):
@@ -49,7 +50,7 @@ PARENT[:3, 3] = [5.0, -3.0, 11.0]
 @pytest.fixture
 def scene():
     s = slicer.vtkMRMLScene()
-    for name in ("Red", "Yellow", "Green"):   # what Slicer's layout would have
+    for name in ("Red", "Yellow", "Green"):  # what Slicer's layout would have
         composite = s.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
         composite.SetLayoutName(name)
     return s
@@ -71,14 +72,23 @@ def volume(scene):
 def known_map(seed=1):
     rng = np.random.default_rng(seed)
     m = np.abs(rng.standard_normal(SHAPE)).astype(np.float32)
-    m[:, :3] = 0.0                       # "outside the brain"
+    m[:, :3] = 0.0  # "outside the brain"
     return m
 
 
 def report_for(threshold, scores=None):
     scores = scores if scores is not None else [None, 1.5, 2.0] + [1.0 + 0.1 * i for i in range(SHAPE[0] - 3)]
-    return {"threshold": threshold, "slice_scores": scores, "slice_axis": 0, "volume_score_bpd": 1.25,
-            "model": "test", "device": "cpu", "preset": "fast", "seconds": 0.5, "nfe": 4}
+    return {
+        "threshold": threshold,
+        "slice_scores": scores,
+        "slice_axis": 0,
+        "volume_score_bpd": 1.25,
+        "model": "test",
+        "device": "cpu",
+        "preset": "fast",
+        "seconds": 0.5,
+        "nfe": 4,
+    }
 
 
 def ijk_to_ras(node) -> np.ndarray:
@@ -90,7 +100,8 @@ def export_segment(scene, segmentation_node, reference):
     ids = vtk.vtkStringArray()
     ids.InsertNextValue(M.ANOMALY_SEGMENT_ID)
     assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-        segmentation_node, ids, labelmap, reference)
+        segmentation_node, ids, labelmap, reference
+    )
     out = slicer.util.arrayFromVolume(labelmap).copy()
     scene.RemoveNode(labelmap)
     return out
@@ -109,12 +120,17 @@ def assert_unchanged(node, before):
 
 # ----------------------------------------------------------------------------- outputs on the input grid
 
+
 def test_heatmap_is_on_the_input_grid(scene, volume):
     before = snapshot(volume)
     anomaly = known_map()
     out = M.applyResults(scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, 1.0), report_for(1.0))
     heat = out["heatmap"]
-    assert heat is not volume and heat.IsA("vtkMRMLScalarVolumeNode") and not heat.IsA("vtkMRMLLabelMapVolumeNode")
+    assert (
+        heat is not volume
+        and heat.IsA("vtkMRMLScalarVolumeNode")
+        and not heat.IsA("vtkMRMLLabelMapVolumeNode")
+    )
     assert heat.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
     np.testing.assert_allclose(ijk_to_ras(heat), IJK_TO_RAS, atol=1e-9)
     np.testing.assert_array_equal(ijk_to_ras(heat), ijk_to_ras(volume))
@@ -142,7 +158,9 @@ def test_segmentation_exports_back_to_the_label(scene, volume):
 def test_display_settings(scene, volume):
     anomaly = known_map()
     threshold = 1.0
-    out = M.applyResults(scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, threshold), report_for(threshold))
+    out = M.applyResults(
+        scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, threshold), report_for(threshold)
+    )
     display = out["heatmap"].GetDisplayNode()
     color = display.GetColorNode()
     assert color is not None and color.GetName() == M.HEAT_COLOR_NAME and color.GetNumberOfColors() == 256
@@ -170,16 +188,33 @@ def test_repeated_runs_reuse_and_replace(scene, volume):
     # a user segment added between runs must survive
     brain = np.zeros(SHAPE, np.uint8)
     brain[2:8, 4:10, 5:12] = 1
-    user_id = seg.AddSegmentFromBinaryLabelmapRepresentation(M.orientedImageFromArray(brain, volume), "Brain",
-                                                             [0.0, 1.0, 0.0])
-    counts = {c: scene.GetNumberOfNodesByClass(c) for c in (
-        "vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLTableNode", "vtkMRMLPlotChartNode",
-        "vtkMRMLPlotSeriesNode", "vtkMRMLColorTableNode")}
+    user_id = seg.AddSegmentFromBinaryLabelmapRepresentation(
+        M.orientedImageFromArray(brain, volume), "Brain", [0.0, 1.0, 0.0]
+    )
+    counts = {
+        c: scene.GetNumberOfNodesByClass(c)
+        for c in (
+            "vtkMRMLScalarVolumeNode",
+            "vtkMRMLSegmentationNode",
+            "vtkMRMLTableNode",
+            "vtkMRMLPlotChartNode",
+            "vtkMRMLPlotSeriesNode",
+            "vtkMRMLColorTableNode",
+        )
+    }
 
     second = known_map(2) * 3.0
     label2 = M.labelFromAnomalyMap(second, 2.0)
-    again = M.applyResults(scene, volume, second, label2, report_for(2.0, [0.5] * SHAPE[0]),
-                           heatmapNode=out["heatmap"], segmentationNode=seg, tableNode=out["table"])
+    again = M.applyResults(
+        scene,
+        volume,
+        second,
+        label2,
+        report_for(2.0, [0.5] * SHAPE[0]),
+        heatmapNode=out["heatmap"],
+        segmentationNode=seg,
+        tableNode=out["table"],
+    )
     for key in ("heatmap", "segmentation", "table", "plot"):
         assert again[key] is out[key], key
     assert counts == {c: scene.GetNumberOfNodesByClass(c) for c in counts}
@@ -235,7 +270,7 @@ def test_score_table_and_plot(scene, volume):
     assert [table.GetTable().GetValue(r, 0).ToInt() for r in range(SHAPE[0])] == list(range(SHAPE[0]))
     assert table.GetColumnName(3) == M.POSITION_COLUMN
     centre = [(d - 1) / 2 for d in reversed(SHAPE)]
-    for r in (0, 4, SHAPE[0] - 1):   # slice axis 0 = IJK k: the world S of the slice centre, 0.01 mm
+    for r in (0, 4, SHAPE[0] - 1):  # slice axis 0 = IJK k: the world S of the slice centre, 0.01 mm
         expected = world_of_ijk([centre[0], centre[1], r])[2]
         assert table.GetTable().GetValue(r, 3).ToDouble() == pytest.approx(expected, abs=0.006)
     assert float(table.GetAttribute("AnoDODE.volume_score_bpd")) == 1.25
@@ -247,6 +282,7 @@ def test_score_table_and_plot(scene, volume):
 
 
 # ----------------------------------------------------------------------------- geometry helpers
+
 
 def world_of_ijk(ijk):
     return (PARENT @ IJK_TO_RAS @ np.append(np.asarray(ijk, float), 1.0))[:3]
@@ -275,7 +311,9 @@ def test_sitk_image_keeps_world_geometry(volume):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), slicer.util.arrayFromVolume(volume))
     lps = np.diag([-1.0, -1.0, 1.0])
     for ijk in [(0, 0, 0), (15, 0, 0), (0, 12, 9), (7, 5, 3)]:
-        np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(ijk), lps @ world_of_ijk(ijk), atol=1e-6)
+        np.testing.assert_allclose(
+            image.TransformIndexToPhysicalPoint(ijk), lps @ world_of_ijk(ijk), atol=1e-6
+        )
     np.testing.assert_allclose(image.GetSpacing(), SPACING, atol=1e-9)
 
 
@@ -298,10 +336,10 @@ def test_brain_mask_from_labelmap_and_segmentation(scene, volume):
     np.testing.assert_array_equal(M.maskArrayForInput(shifted, volume), brain)
     # a segmentation (all segments together)
     seg = M.updateSegmentationNode(scene, volume, brain)
-    scene.GetSubjectHierarchyNode()   # created on demand by the export; make it exist before counting
+    scene.GetSubjectHierarchyNode()  # created on demand by the export; make it exist before counting
     before_nodes = scene.GetNumberOfNodes()
     np.testing.assert_array_equal(M.maskArrayForInput(seg, volume), brain)
-    assert scene.GetNumberOfNodes() == before_nodes   # the temporary label map and its colours are gone
+    assert scene.GetNumberOfNodes() == before_nodes  # the temporary label map and its colours are gone
     empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
     with pytest.raises(ValueError, match="no segments"):
         M.maskArrayForInput(empty, volume)
@@ -309,32 +347,33 @@ def test_brain_mask_from_labelmap_and_segmentation(scene, volume):
 
 # ----------------------------------------------------------------------------- results <-> input, plot, legend
 
+
 def test_results_remember_their_input(scene, volume):
     anomaly = known_map()
     out = M.applyResults(scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, 1.0), report_for(1.0))
-    assert not M.resultsMatchInput(out["heatmap"], volume)    # not marked yet
+    assert not M.resultsMatchInput(out["heatmap"], volume)  # not marked yet
     M.markResultsInput(volume, out["heatmap"], out["segmentation"], None)
     assert M.resultsMatchInput(out["heatmap"], volume)
     other = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "another scan")
     slicer.util.updateVolumeFromArray(other, np.zeros(SHAPE, np.float32))
     other.SetIJKToRASMatrix(vtk_matrix(IJK_TO_RAS))
-    assert not M.resultsMatchInput(out["heatmap"], other)      # same grid, different scan
+    assert not M.resultsMatchInput(out["heatmap"], other)  # same grid, different scan
     assert not M.resultsMatchInput(out["heatmap"], None) and not M.resultsMatchInput(None, volume)
     moved = IJK_TO_RAS.copy()
     moved[0, 3] += 1.0
-    volume.SetIJKToRASMatrix(vtk_matrix(moved))                # the input's grid changed after the run
+    volume.SetIJKToRASMatrix(vtk_matrix(moved))  # the input's grid changed after the run
     assert not M.resultsMatchInput(out["heatmap"], volume)
 
 
 def test_show_chart_switches_to_a_layout_with_a_plot_view(scene, volume):
     layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
-    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)   # Slicer's default: no plot
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)  # Slicer's default: no plot
     view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode")
     plots = slicer.vtkSlicerPlotsLogic()
     plots.SetMRMLScene(scene)
     table = M.updateScoreTable(scene, volume, report_for(1.0))
     chart = M.updateScorePlot(scene, table)
-    M.showChart(scene, plots, chart)   # Slicer's own vtkSlicerPlotsLogic.ShowChartInLayout
+    M.showChart(scene, plots, chart)  # Slicer's own vtkSlicerPlotsLogic.ShowChartInLayout
     arrangement = layout.GetViewArrangement()
     assert arrangement != slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView
     assert arrangement == plots.GetLayoutWithPlot(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
@@ -366,9 +405,12 @@ def test_threshold_is_shown_on_the_legend_and_chart(scene, volume):
     legend = colors.GetColorLegendDisplayNode(out["heatmap"])
     assert legend is not None and "1.25" in legend.GetTitleText()
     assert "1.25" in out["plot"].GetTitle()
-    M.markThreshold(scene, colors, out["heatmap"], out["plot"], 2.5)   # re-threshold: same legend, new title
+    M.markThreshold(scene, colors, out["heatmap"], out["plot"], 2.5)  # re-threshold: same legend, new title
     assert colors.GetNumberOfColorLegendDisplayNodes(out["heatmap"]) == 1
-    assert "2.5" in colors.GetColorLegendDisplayNode(out["heatmap"]).GetTitleText() and "2.5" in out["plot"].GetTitle()
+    assert (
+        "2.5" in colors.GetColorLegendDisplayNode(out["heatmap"]).GetTitleText()
+        and "2.5" in out["plot"].GetTitle()
+    )
 
 
 def test_worker_inputs_are_written_on_the_world_geometry(scene, volume, tmp_path):
@@ -381,7 +423,9 @@ def test_worker_inputs_are_written_on_the_world_geometry(scene, volume, tmp_path
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), slicer.util.arrayFromVolume(volume))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), brain)
     lps = np.diag([-1.0, -1.0, 1.0])
-    np.testing.assert_allclose(mask.TransformIndexToPhysicalPoint((3, 4, 5)), lps @ world_of_ijk((3, 4, 5)), atol=1e-5)
+    np.testing.assert_allclose(
+        mask.TransformIndexToPhysicalPoint((3, 4, 5)), lps @ world_of_ijk((3, 4, 5)), atol=1e-5
+    )
     assert others == {"t1ce": tmp_path / "contrast_t1ce.nrrd"} and others["t1ce"].is_file()
     with pytest.raises(ValueError, match="t1ce"):
         M.writeWorkerInputs(tmp_path, volume, None, {"t1ce": None})
@@ -391,13 +435,13 @@ def test_most_anomalous_row(scene, volume):
     report = report_for(1.0, [None, 1.5, 2.0] + [1.0] * (SHAPE[0] - 3))
     report["slice_anomaly_scores"] = [None, 0.2, 0.1, 0.9] + [0.3] * (SHAPE[0] - 4)
     table = M.updateScoreTable(scene, volume, report)
-    assert M.mostAnomalousRow(table) == 3          # by the heat map's p99, as the scan figure ranks slices
+    assert M.mostAnomalousRow(table) == 3  # by the heat map's p99, as the scan figure ranks slices
     report["slice_anomaly_scores"] = [None] * SHAPE[0]
-    assert M.mostAnomalousRow(M.updateScoreTable(scene, volume, report, table)) == 2   # else by bpd
+    assert M.mostAnomalousRow(M.updateScoreTable(scene, volume, report, table)) == 2  # else by bpd
     report["slice_scores"] = [None] * SHAPE[0]
     assert M.mostAnomalousRow(M.updateScoreTable(scene, volume, report, table)) is None
 
 
 def test_slice_spacing(volume):
-    for axis, spacing in ((0, SPACING[2]), (1, SPACING[1]), (2, SPACING[0])):   # numpy (K, J, I)
+    for axis, spacing in ((0, SPACING[2]), (1, SPACING[1]), (2, SPACING[0])):  # numpy (K, J, I)
         assert M.sliceSpacingMm(volume, axis) == pytest.approx(spacing)

@@ -2,6 +2,7 @@
 slider's range, engine warnings (from a real worker run on a real scan), the device line; the widget's own
 threshold and input-change methods on Slicer's real parameter node; and the module's self-test
 (AnoDODETest, Slicer's ScriptedLoadableModuleTest) run with the bundled model on a real BraTS FLAIR."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,12 +24,16 @@ MODELS = REPO / "AnoDODE" / "Resources" / "Models"
 
 # ----------------------------------------------------------------------------- model facts
 
+
 def test_bundled_model_info_agrees_with_the_engine():
     from AnoDODELib.bundle import load_model
 
     info = panel.readModelInfo(None, MODELS)
     model = load_model(None)
-    assert info.folder.resolve() == MODELS.joinpath(info.name).resolve() or (info.folder / "model.json").is_file()
+    assert (
+        info.folder.resolve() == MODELS.joinpath(info.name).resolve()
+        or (info.folder / "model.json").is_file()
+    )
     assert info.threshold == pytest.approx(model.config.calibration.threshold)
     assert info.contrasts == tuple(model.config.features.contrasts)
     assert info.extraContrasts == info.contrasts[1:]
@@ -38,8 +43,14 @@ def test_bundled_model_info_agrees_with_the_engine():
 def test_model_info_of_a_two_contrast_model_and_bad_folders(tmp_path):
     folder = tmp_path / "two"
     folder.mkdir()
-    (folder / "model.json").write_text(json.dumps({"name": "two", "config": {
-        "features": {"contrasts": ["flair", "t1ce"]}, "calibration": {"threshold": 2.5}}}))
+    (folder / "model.json").write_text(
+        json.dumps(
+            {
+                "name": "two",
+                "config": {"features": {"contrasts": ["flair", "t1ce"]}, "calibration": {"threshold": 2.5}},
+            }
+        )
+    )
     info = panel.readModelInfo(folder, MODELS)
     assert (info.contrasts, info.extraContrasts, info.threshold) == (("flair", "t1ce"), ("t1ce",), 2.5)
     (folder / "model.json").write_text(json.dumps({"name": "uncalibrated", "config": {"calibration": {}}}))
@@ -53,8 +64,10 @@ def test_model_info_of_a_two_contrast_model_and_bad_folders(tmp_path):
         panel.readModelInfo(".", tmp_path / "empty")
 
 
-@pytest.mark.parametrize(("threshold", "mapMax", "top"), [(3.8, None, 7.6), (0.2, None, 1.0), (3.8, 41.2, 41.2),
-                                                         (3.8, 5.0, 7.6), (3.8, float("nan"), 7.6)])
+@pytest.mark.parametrize(
+    ("threshold", "mapMax", "top"),
+    [(3.8, None, 7.6), (0.2, None, 1.0), (3.8, 41.2, 41.2), (3.8, 5.0, 7.6), (3.8, float("nan"), 7.6)],
+)
 def test_threshold_slider_range(threshold, mapMax, top):
     got_top, step = panel.thresholdSliderRange(threshold, mapMax)
     assert got_top == pytest.approx(top) and step == pytest.approx(top / 500)
@@ -62,14 +75,23 @@ def test_threshold_slider_range(threshold, mapMax, top):
 
 # ----------------------------------------------------------------------------- warnings and device line
 
+
 def test_engine_warnings_parse_and_deduplicate():
-    lines = ["[INFO] reading", "[WARNING] thick slices (6.5 mm vs 0.9 mm in-plane): small lesions may be missed",
-             "ERROR: x", "[WARNING] scan does not look skull-stripped", "[WARNING] scan does not look skull-stripped"]
-    assert panel.engineWarnings(lines) == ["thick slices (6.5 mm vs 0.9 mm in-plane): small lesions may be missed",
-                                           "scan does not look skull-stripped"]
+    lines = [
+        "[INFO] reading",
+        "[WARNING] thick slices (6.5 mm vs 0.9 mm in-plane): small lesions may be missed",
+        "ERROR: x",
+        "[WARNING] scan does not look skull-stripped",
+        "[WARNING] scan does not look skull-stripped",
+    ]
+    assert panel.engineWarnings(lines) == [
+        "thick slices (6.5 mm vs 0.9 mm in-plane): small lesions may be missed",
+        "scan does not look skull-stripped",
+    ]
     assert "<li>a &lt;b&gt;</li>" in panel.warningsHtml(["a <b>"]) and panel.warningsHtml([]) == ""
-    assert panel.summary({"volume_score_bpd": 1.5, "threshold": 3.8, "seconds": 2.0, "device": "cpu"}, 2).endswith(
-        "2 warnings: see below.")
+    assert panel.summary(
+        {"volume_score_bpd": 1.5, "threshold": 3.8, "seconds": 2.0, "device": "cpu"}, 2
+    ).endswith("2 warnings: see below.")
 
 
 def test_gpu_fallback_warning():
@@ -83,8 +105,11 @@ def test_gpu_fallback_warning():
 
 def test_describe_device():
     assert "no usable GPU, auto uses the CPU" in panel.describeDevice(
-        {"torch": "2.3.0", "cuda_build": None, "cuda_available": False, "gpus": []})
-    line = panel.describeDevice({"torch": "2.3.0", "cuda_build": "12.1", "cuda_available": True, "gpus": ["H100"]})
+        {"torch": "2.3.0", "cuda_build": None, "cuda_available": False, "gpus": []}
+    )
+    line = panel.describeDevice(
+        {"torch": "2.3.0", "cuda_build": "12.1", "cuda_available": True, "gpus": ["H100"]}
+    )
     assert "CUDA 12.1" in line and "H100" in line
     assert panel.describeDevice(None, "ImportError: x").startswith("torch cannot be used")
 
@@ -98,14 +123,19 @@ def test_real_scan_warnings_reach_the_panel(tmp_path, tiny_model_dir):
     from AnoDODELib.worker import build_command
 
     scan = require_data("pyradiomics", "brain1_image.nrrd")
-    command = build_command(sys.executable, scan, tmp_path / "out", model=tiny_model_dir, device="cpu", preset="fast")
-    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, env=workerEnvironment())
+    command = build_command(
+        sys.executable, scan, tmp_path / "out", model=tiny_model_dir, device="cpu", preset="fast"
+    )
+    proc = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=600, env=workerEnvironment()
+    )
     warnings = panel.engineWarnings(proc.stderr.splitlines())
     assert any("thick slices" in w for w in warnings), proc.stderr
     assert any("skull-stripped" in w for w in warnings), proc.stderr
 
 
 # ----------------------------------------------------------------------------- sample data and self-test checks
+
 
 def test_sample_checksum_matches_a_copy_of_the_same_file():
     local = require_data("brats2023_noGT", "BraTS-GLI-00001-000", sample_data.FLAIR_SAMPLE.fileName)
@@ -115,7 +145,8 @@ def test_sample_checksum_matches_a_copy_of_the_same_file():
     fake = types.SimpleNamespace(registerCustomSampleDataSource=lambda **kw: calls.append(kw))
     sample_data.register(fake, "icon.png")
     assert calls[0]["uris"] == [sample_data.FLAIR_SAMPLE.uri] and calls[0]["checksums"] == [
-        sample_data.FLAIR_SAMPLE.checksum()]
+        sample_data.FLAIR_SAMPLE.checksum()
+    ]
 
 
 def test_peak_and_hyperintense_region():
@@ -133,6 +164,7 @@ def test_peak_and_hyperintense_region():
 
 
 # ----------------------------------------------------------------------------- the widget's methods
+
 
 class Slider:
     decimals = 4
@@ -153,8 +185,9 @@ def bare_widget(module, parameterNode, calibrated=3.8):
     widget.setStatus = widget.statusTexts.append
     widget.showMessages = lambda messages, error=False: None
     widget._checkCanApply = lambda *a: None
-    widget.ui = types.SimpleNamespace(thresholdSliderWidget=Slider(),
-                                      scoreTableView=types.SimpleNamespace(setMRMLTableNode=lambda n: None))
+    widget.ui = types.SimpleNamespace(
+        thresholdSliderWidget=Slider(), scoreTableView=types.SimpleNamespace(setMRMLTableNode=lambda n: None)
+    )
     return widget
 
 
@@ -162,13 +195,13 @@ def test_moving_the_slider_unticks_calibrated_but_code_does_not(anodode_module):
     module, scene, slicer, wrapper = anodode_module
     p = module.AnoDODELogic().getParameterNode()
     widget = bare_widget(module, p)
-    widget.setThresholdQuietly(3.8)              # e.g. the model's calibrated threshold before the first run
-    widget.onThresholdChanged(3.8)               # the slider echoing a value set from code
+    widget.setThresholdQuietly(3.8)  # e.g. the model's calibrated threshold before the first run
+    widget.onThresholdChanged(3.8)  # the slider echoing a value set from code
     assert p.autoThreshold and p.threshold == pytest.approx(3.8)
-    widget.onThresholdChanged(5.0)               # the user drags it
+    widget.onThresholdChanged(5.0)  # the user drags it
     assert not p.autoThreshold
     p.autoThreshold = True
-    widget.onAutoThresholdToggled(True)          # ticking it again goes back to the calibrated value
+    widget.onAutoThresholdToggled(True)  # ticking it again goes back to the calibrated value
     assert p.threshold == pytest.approx(3.8) and p.autoThreshold
     widget._updateThresholdRange(3.8)
     assert widget.ui.thresholdSliderWidget.maximum == pytest.approx(7.6)
@@ -183,25 +216,31 @@ def test_changing_the_input_detaches_old_results(anodode_module):
     slicer.util.updateVolumeFromArray(first, np.ones((4, 5, 6), np.float32))
     p.inputVolume = first
     anomaly = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
-    out = mrml.applyResults(scene, first, anomaly, mrml.labelFromAnomalyMap(anomaly, 0.5),
-                            {"threshold": 0.5, "slice_scores": [1.0] * 4, "slice_axis": 0})
+    out = mrml.applyResults(
+        scene,
+        first,
+        anomaly,
+        mrml.labelFromAnomalyMap(anomaly, 0.5),
+        {"threshold": 0.5, "slice_scores": [1.0] * 4, "slice_axis": 0},
+    )
     mrml.markResultsInput(first, out["heatmap"], out["segmentation"], out["table"])
     p.outputHeatmap, p.outputSegmentation, p.outputTable = out["heatmap"], out["segmentation"], out["table"]
     widget = bare_widget(module, p)
     assert widget.hasResults()
-    widget.onParameterNodeModified()             # nothing changed: results stay attached
+    widget.onParameterNodeModified()  # nothing changed: results stay attached
     assert p.outputHeatmap is out["heatmap"]
     second = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "second")
     slicer.util.updateVolumeFromArray(second, np.ones((7, 5, 6), np.float32))
     p.inputVolume = second
     widget.onParameterNodeModified()
     assert p.outputHeatmap is None and p.outputSegmentation is None and p.outputTable is None
-    assert scene.GetNodeByID(out["heatmap"].GetID()) is out["heatmap"]        # kept in the scene, untouched
+    assert scene.GetNodeByID(out["heatmap"].GetID()) is out["heatmap"]  # kept in the scene, untouched
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(out["heatmap"]), anomaly)
     assert "detached" in widget.statusTexts[-1] and not widget.hasResults()
 
 
 # ----------------------------------------------------------------------------- the module's self-test
+
 
 def test_module_self_test_runs_the_bundled_model_on_a_real_flair(anodode_module, monkeypatch):
     """AnoDODETest.runTest() as Slicer runs it, with the bundled model on BRATS_HG0015 and its expert lesion."""
@@ -212,20 +251,21 @@ def test_module_self_test_runs_the_bundled_model_on_a_real_flair(anodode_module,
     monkeypatch.setenv("ANODODE_SELFTEST_LESION", str(lesion))
     monkeypatch.setattr(slicer.util, "loadVolume", loadVolumeWithSimpleITK, raising=False)
     messages = []
-    monkeypatch.setattr(slicer.util, "delayDisplay", lambda message, msec=None: messages.append(message),
-                        raising=False)
+    monkeypatch.setattr(
+        slicer.util, "delayDisplay", lambda message, msec=None: messages.append(message), raising=False
+    )
     module.AnoDODETest().runTest()
     assert any("lies in the lesion mask" in m for m in messages), messages
     assert messages[-1] == "Test passed"
     image = sitk.ReadImage(str(flair))
-    assert image.GetSize()   # the scan really was read
+    assert image.GetSize()  # the scan really was read
 
 
 def test_partial_coverage_warning():
     report = {"slice_scores": [None] * 10 + [1.0] * 20 + [None] * 5}
-    assert panel.coverageWarnings(report, 5.0) == []          # 20 slices x 5 mm = 100 mm: enough
-    warning = panel.coverageWarnings(report, 3.0)             # 60 mm: a slab
+    assert panel.coverageWarnings(report, 5.0) == []  # 20 slices x 5 mm = 100 mm: enough
+    warning = panel.coverageWarnings(report, 3.0)  # 60 mm: a slab
     assert len(warning) == 1 and "60 mm" in warning[0] and "partial brain coverage" in warning[0]
     assert panel.coverageWarnings({"slice_scores": [None, None]}, 1.0) == []
     assert panel.coverageWarnings({"slice_scores": [1.0, None, 1.0]}, 0.0) == []
-    assert "3 mm" in panel.coverageWarnings({"slice_scores": [1.0, None, 1.0]}, 1.0)[0]   # first to last slice
+    assert "3 mm" in panel.coverageWarnings({"slice_scores": [1.0, None, 1.0]}, 1.0)[0]  # first to last slice

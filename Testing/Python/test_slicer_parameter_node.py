@@ -4,6 +4,7 @@ A fresh parameter node must build (every default must be writable: a node parame
 Union cannot be), every node parameter must take each node class it allows and go back to None, and each
 parameter's widget in the .ui must get a connector from Slicer's own GUI-connector registry.
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -16,15 +17,17 @@ UI_FILE = MODULE_DIR / "Resources" / "UI" / "AnoDODE.ui"
 
 def node_parameters(wrapper, parameterClass) -> dict[str, tuple[str, ...]]:
     """Parameter name -> the MRML class names it accepts, by Slicer's own reading of the annotation."""
-    return {name: tuple(wrapper.getNodeTypes(info.unalteredType))
-            for name, info in parameterClass.allParameters.items()
-            if wrapper.isNodeOrUnionOfNodes(info.unalteredType)}
+    return {
+        name: tuple(wrapper.getNodeTypes(info.unalteredType))
+        for name, info in parameterClass.allParameters.items()
+        if wrapper.isNodeOrUnionOfNodes(info.unalteredType)
+    }
 
 
 def test_fresh_parameter_node_builds_with_defaults(anodode_module):
     module, scene, slicer, wrapper = anodode_module
     logic = module.AnoDODELogic()
-    p = logic.getParameterNode()   # Slicer's ScriptedLoadableModuleLogic: a new vtkMRMLScriptedModuleNode
+    p = logic.getParameterNode()  # Slicer's ScriptedLoadableModuleLogic: a new vtkMRMLScriptedModuleNode
     assert isinstance(p.parameterNode, slicer.vtkMRMLScriptedModuleNode)
     assert p.parameterNode.GetScene() is scene
     nodes = node_parameters(wrapper, type(p))

@@ -1,6 +1,7 @@
 """Child processes of the Slicer module (AnoDODESlicerLib/child_process.py) and the worker's --device-info:
 undecodable output does not kill a reader thread, cancel returns at once and escalates to a kill from poll(),
 the temporary folder is removed only after the process has exited."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ def drain(process: C.WorkerProcess, timeout: float = 30.0) -> list[tuple[str, st
 
 
 def test_undecodable_bytes_are_replaced_not_fatal():
-    code = ("import sys; b = b'ok1\\n\\xff\\xfe\\x80 bad \\xe9t\\xe9\\nok2\\n'; "
-            "sys.stdout.buffer.write(b); sys.stdout.flush(); sys.stderr.buffer.write(b); sys.stderr.flush()")
+    code = (
+        "import sys; b = b'ok1\\n\\xff\\xfe\\x80 bad \\xe9t\\xe9\\nok2\\n'; "
+        "sys.stdout.buffer.write(b); sys.stdout.flush(); sys.stderr.buffer.write(b); sys.stderr.flush()"
+    )
     process = C.WorkerProcess(python(code))
     lines = drain(process)
     assert process.returncode == 0
@@ -48,17 +51,19 @@ def test_undecodable_bytes_are_replaced_not_fatal():
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals; Windows uses taskkill /T")
 def test_request_cancel_returns_at_once_and_poll_kills_after_the_grace():
-    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "print('ready', flush=True); time.sleep(60)")
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
     process = C.WorkerProcess(python(code))
     while not any(line == "ready" for _, line in process.poll()):
         time.sleep(0.02)
     t0 = time.monotonic()
     process.requestCancel(grace=0.5)
     assert time.monotonic() - t0 < 0.2, "requestCancel blocked"
-    assert process.proc.poll() is None and process.cancelled   # ignores SIGTERM: still running
+    assert process.proc.poll() is None and process.cancelled  # ignores SIGTERM: still running
     drain(process, timeout=10)
-    assert process.returncode == -9 and 0.4 < time.monotonic() - t0 < 8   # killed by poll() after the grace
+    assert process.returncode == -9 and 0.4 < time.monotonic() - t0 < 8  # killed by poll() after the grace
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
@@ -81,7 +86,9 @@ def test_run_cleanup_removes_the_folder_only_after_the_process_exited(tmp_path, 
         time.sleep(0.02)
     seen = []
     real = C.shutil.rmtree
-    monkeypatch.setattr(C.shutil, "rmtree", lambda path, **kw: (seen.append(process.proc.poll()), real(path, **kw)))
+    monkeypatch.setattr(
+        C.shutil, "rmtree", lambda path, **kw: (seen.append(process.proc.poll()), real(path, **kw))
+    )
     C.WorkerRun(None, folder, process).cleanup()
     assert seen and seen[0] is not None, "the folder was removed while the process was running"
     assert not folder.exists()
@@ -89,9 +96,15 @@ def test_run_cleanup_removes_the_folder_only_after_the_process_exited(tmp_path, 
 
 def test_device_info_request(tmp_path):
     torch = pytest.importorskip("torch")
-    proc = subprocess.run(build_device_info_command(sys.executable), check=False, capture_output=True, text=True,
-                          timeout=300,
-                          env=C.workerEnvironment(), cwd=str(tmp_path))
+    proc = subprocess.run(
+        build_device_info_command(sys.executable),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=C.workerEnvironment(),
+        cwd=str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     info = parse_device_info(proc.stdout.splitlines())
     assert info is not None and json.loads(proc.stdout.strip().splitlines()[-1]) == info

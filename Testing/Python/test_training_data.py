@@ -1,4 +1,5 @@
 """Readers for BraTS 2021 / 2023, MSD Task01 and CSV tables, and the preprocessing cache."""
+
 from __future__ import annotations
 
 import csv
@@ -43,8 +44,10 @@ def vols():
 def write_brats(root: Path, vols, layout: str, n: int = 2) -> list[str]:
     contrasts, seg = vols
     names = []
-    suffix = {"2021": {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2"},
-              "2023": {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}}[layout]
+    suffix = {
+        "2021": {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2"},
+        "2023": {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"},
+    }[layout]
     for i in range(n):
         name = f"BraTS2021_{i:05d}" if layout == "2021" else f"BraTS-GLI-{i:05d}-000"
         sep = "_" if layout == "2021" else "-"
@@ -97,7 +100,7 @@ def test_brats2023_layout_on_real_data():
 def test_msd_reader_extracts_the_channel(tmp_path, vols):
     contrasts, seg = vols
     arrays = [sitk.GetArrayFromImage(contrasts[k]) for k in ("flair", "t1", "t1ce", "t2")]
-    four = sitk.JoinSeries([contrasts[k] for k in ("flair", "t1", "t1ce", "t2")])   # 4-D, channel last
+    four = sitk.JoinSeries([contrasts[k] for k in ("flair", "t1", "t1ce", "t2")])  # 4-D, channel last
     (tmp_path / "imagesTr").mkdir()
     (tmp_path / "labelsTr").mkdir()
     sitk.WriteImage(four, str(tmp_path / "imagesTr" / "BRATS_001.nii.gz"))
@@ -108,11 +111,15 @@ def test_msd_reader_extracts_the_channel(tmp_path, vols):
     img = read_case_image(cases[0])
     assert img.GetDimension() == 3
     np.testing.assert_array_equal(sitk.GetArrayFromImage(img), arrays[0])
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_case_image(read_msd(tmp_path, "t2")[0])), arrays[3])
-    lc = load_case(cases[0], ModelConfig())          # the label lies on the extracted channel's grid
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(read_case_image(read_msd(tmp_path, "t2")[0])), arrays[3]
+    )
+    lc = load_case(cases[0], ModelConfig())  # the label lies on the extracted channel's grid
     assert lc.tumour.any()
     # dataset.json's modality order wins over the default
-    (tmp_path / "dataset.json").write_text('{"modality": {"0": "T2w", "1": "T1w", "2": "t1gd", "3": "FLAIR"}}')
+    (tmp_path / "dataset.json").write_text(
+        '{"modality": {"0": "T2w", "1": "T1w", "2": "t1gd", "3": "FLAIR"}}'
+    )
     assert read_msd(tmp_path)[0].channel == 3
     assert detect_layout(tmp_path) == "msd"
 
@@ -169,8 +176,11 @@ def test_seg_on_another_grid_is_refused_or_resampled_by_physical_position(tmp_pa
     x = -20.0 + np.arange(40)
     y = -15.0 + np.arange(30)
     z = -30.0 + 5.0 * np.arange(12)
-    want = ((z >= -20.5) & (z < 9.5))[:, None, None] & ((y >= -10.5) & (y < 1.5))[None, :, None] \
+    want = (
+        ((z >= -20.5) & (z < 9.5))[:, None, None]
+        & ((y >= -10.5) & (y < 1.5))[None, :, None]
         & ((x >= -12.5) & (x < -0.5))[None, None, :]
+    )
     assert got.shape == (12, 30, 40) and want.sum() > 0
     np.testing.assert_array_equal(got, want)
     assert cache.case_key(case, "d") != cache.case_key(dataclasses.replace(case, resample_seg=True), "d")
@@ -190,8 +200,8 @@ def test_cache_reuse_and_invalidation(tmp_path, two_cases):
     files = {p: p.stat().st_mtime_ns for p in d.glob("*.npz")}
     second = cache.build_cache(two_cases, cfg, d, progress=False)
     assert sorted(second.reused) == sorted(c.name for c in two_cases) and not second.built
-    assert {p: p.stat().st_mtime_ns for p in d.glob("*.npz")} == files        # untouched
-    other = dataclasses.replace(cfg, preprocess=PreprocessConfig(clip_z=5.0))   # config change
+    assert {p: p.stat().st_mtime_ns for p in d.glob("*.npz")} == files  # untouched
+    other = dataclasses.replace(cfg, preprocess=PreprocessConfig(clip_z=5.0))  # config change
     third = cache.build_cache(two_cases, other, d, progress=False)
     assert sorted(third.built) == sorted(c.name for c in two_cases)
     # an input file changed (mtime) invalidates that case only
@@ -214,18 +224,21 @@ def test_cache_round_trip_is_exact(tmp_path, two_cases):
             assert pa.geometry == pb.geometry and pa.spacing_mm == pb.spacing_mm
             assert np.array_equal(pa.normalised, pb.normalised) and np.array_equal(pa.brain, pb.brain)
             assert torch.equal(pa.features, pb.features) and torch.equal(pa.context, pb.context)
-            assert torch.equal(a.healthy_grid, b.healthy_grid) and np.array_equal(a.healthy_full, b.healthy_full)
+            assert torch.equal(a.healthy_grid, b.healthy_grid) and np.array_equal(
+                a.healthy_full, b.healthy_full
+            )
             assert np.array_equal(a.tumour, b.tumour)
         fa, ca = training_vectors(direct, 500, torch.Generator().manual_seed(0))
-        fb, cb = training_vectors_cached([rep.entries[c.name] for c in two_cases], healthy, 6.0, 500,
-                                         torch.Generator().manual_seed(0))
+        fb, cb = training_vectors_cached(
+            [rep.entries[c.name] for c in two_cases], healthy, 6.0, 500, torch.Generator().manual_seed(0)
+        )
         assert torch.equal(fa, fb) and torch.equal(ca, cb)
     assert len(load_cases(two_cases, cfg, cache_dir=tmp_path / "c", progress=False)) == 2
 
 
 def test_cache_skips_a_failing_case(tmp_path, two_cases):
     bad = tmp_path / "bad.nii.gz"
-    sitk.WriteImage(sitk.Image([8, 8, 8], sitk.sitkFloat32), str(bad))      # constant: rejected
+    sitk.WriteImage(sitk.Image([8, 8, 8], sitk.sitkFloat32), str(bad))  # constant: rejected
     cases = [*two_cases, Case("bad", "x", bad, None)]
     rep = cache.build_cache(cases, ModelConfig(), tmp_path / "c", progress=False)
     assert set(rep.entries) == {c.name for c in two_cases} and "constant" in rep.failed["bad"]

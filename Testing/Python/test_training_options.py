@@ -1,4 +1,5 @@
 """The training CLIs' shared options (training/options.py), the one device resolver and the pooled metrics."""
+
 from __future__ import annotations
 
 import shutil
@@ -18,19 +19,27 @@ def cli_args(name: str, tmp_path) -> list[str]:
     """The required arguments of each training CLI, and one that stops it early (a missing --data folder,
     too many folds) should an option that ought to be refused get through."""
     model = tmp_path / "model"
-    if not model.exists():   # calibrate rewrites its model: a copy of the bundled one
+    if not model.exists():  # calibrate rewrites its model: a copy of the bundled one
         shutil.copytree(default_model_dir(), model)
     nowhere = ["--data", str(tmp_path / "nowhere")]
-    return {"train": ["--output", str(tmp_path / "out"), *nowhere],
-            "evaluate": ["--model", str(model), "--output", str(tmp_path / "out"), *nowhere],
-            "calibrate": ["--model", str(model), *nowhere],
-            "crossval": ["--output", str(tmp_path / "out"), "--folds", "999"],
-            "heldout": ["--output", str(tmp_path / "out"), "--folds", "999"],
-            "report": [str(tmp_path / "results.json")]}[name]
+    return {
+        "train": ["--output", str(tmp_path / "out"), *nowhere],
+        "evaluate": ["--model", str(model), "--output", str(tmp_path / "out"), *nowhere],
+        "calibrate": ["--model", str(model), *nowhere],
+        "crossval": ["--output", str(tmp_path / "out"), "--folds", "999"],
+        "heldout": ["--output", str(tmp_path / "out"), "--folds", "999"],
+        "report": [str(tmp_path / "results.json")],
+    }[name]
 
 
-MAINS = {"train": train.main, "evaluate": evaluate.main, "calibrate": calibrate.main, "crossval": crossval.main,
-         "heldout": heldout.main, "report": report.main}
+MAINS = {
+    "train": train.main,
+    "evaluate": evaluate.main,
+    "calibrate": calibrate.main,
+    "crossval": crossval.main,
+    "heldout": heldout.main,
+    "report": report.main,
+}
 WITH_DEVICE = ("train", "evaluate", "calibrate")
 WITH_DATA = ("train", "evaluate", "calibrate")
 
@@ -66,8 +75,18 @@ def test_the_shared_options_parse_and_a_bad_data_source_is_one_line_and_exit_2(c
     """Every shared option is accepted; the run then stops at the missing --data folder, nothing written."""
     shared = ["--device", "auto"]
     if name != "calibrate":
-        shared += ["--cases", "a", "b", "--exclude", "c", "--resample-seg", "--cache", str(tmp_path / "cache"),
-                   "--workers", "2"]
+        shared += [
+            "--cases",
+            "a",
+            "b",
+            "--exclude",
+            "c",
+            "--resample-seg",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--workers",
+            "2",
+        ]
     if name == "train":
         shared += ["--contrast", "flair,t1ce"]
     if name == "evaluate":
@@ -132,8 +151,9 @@ def test_pooled_metrics_pool_the_cases_items_not_their_metrics():
 def test_pooled_slice_metrics_leave_out_slices_without_a_score():
     """A NaN slice score (no score) is left out: the positive 0.9 above the negative 0.1 alone gives 1, 1
     (counted, the NaN positive would rank last: AUROC 1/2)."""
-    got = metrics.pooled_metrics([np.array([0.9, np.nan]), np.array([0.1])],
-                                 [np.array([True, True]), np.array([False])], "slice")
+    got = metrics.pooled_metrics(
+        [np.array([0.9, np.nan]), np.array([0.1])], [np.array([True, True]), np.array([False])], "slice"
+    )
     assert got == {"slice_auroc": 1.0, "slice_auprc": 1.0}
     with pytest.raises(ValueError, match="unknown kind"):
         metrics.pooled_metrics([np.zeros(1)], [np.zeros(1, bool)], "volume")

@@ -1,4 +1,5 @@
 """volume_io: reading/validation errors, slice geometry, brain masks, resampling, atomic writes."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,14 @@ def rot_z(deg: float) -> np.ndarray:
     return np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
 
 
-def make_image(size=(9, 7, 5), spacing=(0.9, 1.1, 3.0), direction=None, origin=(-20.0, 31.5, -7.25),
-               array: np.ndarray | None = None, pixel=sitk.sitkFloat32) -> sitk.Image:
+def make_image(
+    size=(9, 7, 5),
+    spacing=(0.9, 1.1, 3.0),
+    direction=None,
+    origin=(-20.0, 31.5, -7.25),
+    array: np.ndarray | None = None,
+    pixel=sitk.sitkFloat32,
+) -> sitk.Image:
     if array is None:
         array = np.random.default_rng(0).normal(size=tuple(reversed(size))).astype(np.float32)
     img = sitk.GetImageFromArray(array)
@@ -61,9 +68,9 @@ def assert_one_line(exc: pytest.ExceptionInfo, *needles: str) -> None:
 
 # Direction matrices (LPS; column j = physical direction of index axis j) with the numpy axes of
 # (axial, A-P, L-R) and flips known by construction.
-SAGITTAL = np.array([[0, 0, 1], [1, 0, 0], [0, -1, 0]], float)   # i -> +P, j -> -S (rows go down), k -> +L
-CORONAL = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], float)    # i -> +L, j -> -S, k -> +P
-RAS = np.diag([-1.0, -1.0, 1.0])                                 # NIfTI-style RAS storage
+SAGITTAL = np.array([[0, 0, 1], [1, 0, 0], [0, -1, 0]], float)  # i -> +P, j -> -S (rows go down), k -> +L
+CORONAL = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], float)  # i -> +L, j -> -S, k -> +P
+RAS = np.diag([-1.0, -1.0, 1.0])  # NIfTI-style RAS storage
 OBLIQUE = rot_z(20) @ rot_x(20)
 GEOMETRY_CASES = {
     #  name: (direction, axes, flips)
@@ -112,7 +119,7 @@ def test_canonical_round_trip_is_exact(name):
 def test_canonical_axes_run_toward_superior_posterior_left(name):
     img = make_image(direction=GEOMETRY_CASES[name][0])
     geo = vio.slice_geometry(img)
-    x, y, z = (geo.to_canonical(g) for g in physical_grids(img))   # L, P, S coordinates in mm
+    x, y, z = (geo.to_canonical(g) for g in physical_grids(img))  # L, P, S coordinates in mm
     assert (np.diff(z, axis=0) > 0).all(), "slices must step toward +S"
     assert (np.diff(y, axis=1) > 0).all(), "rows must step toward +P"
     assert (np.diff(x, axis=2) > 0).all(), "columns must step toward +L"
@@ -124,8 +131,12 @@ def test_canonical_axes_run_toward_superior_posterior_left(name):
 
 @pytest.mark.parametrize("name", list(GEOMETRY_CASES))
 def test_physical_marker_lands_where_expected(name):
-    img = make_image(size=(21, 21, 21), spacing=(1.0, 1.2, 2.0), direction=GEOMETRY_CASES[name][0],
-                     array=np.zeros((21, 21, 21), np.float32))
+    img = make_image(
+        size=(21, 21, 21),
+        spacing=(1.0, 1.2, 2.0),
+        direction=GEOMETRY_CASES[name][0],
+        array=np.zeros((21, 21, 21), np.float32),
+    )
     centre = np.array(img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img.GetSize()]))
     geo = vio.slice_geometry(img)
 
@@ -142,7 +153,7 @@ def test_physical_marker_lands_where_expected(name):
         offset[axis_phys] = 4.0
         c1 = canonical_index(centre + offset)
         assert c1[canon_axis] > c0[canon_axis], (axis_phys, c0, c1)
-        if name in ("lps", "ras", "all_flipped", "sagittal", "coronal"):   # axis-aligned: no cross-talk
+        if name in ("lps", "ras", "all_flipped", "sagittal", "coronal"):  # axis-aligned: no cross-talk
             others = [a for a in range(3) if a != canon_axis]
             assert np.array_equal(c1[others], c0[others])
 
@@ -167,7 +178,9 @@ def test_real_sagittally_acquired_ixi_geometry():
 # ----------------------------------------------------------------------------------------- writing
 
 
-def write_map(array: np.ndarray, ref: sitk.Image, path, pixel_type: int = sitk.sitkFloat32, protect=()) -> None:
+def write_map(
+    array: np.ndarray, ref: sitk.Image, path, pixel_type: int = sitk.sitkFloat32, protect=()
+) -> None:
     """``array`` on ``ref``'s grid through the one atomic writer, as ``outputs.score_to_files`` writes maps."""
     image = vio.image_like(array, ref, pixel_type)
     atomic_write.write_file(path, lambda tmp: vio.write_image(image, tmp), protect)
@@ -224,7 +237,7 @@ def test_protect_refuses_to_overwrite_inputs(tmp_path, monkeypatch):
         assert_one_line(exc, "refusing to overwrite")
         with pytest.raises(OutputError):
             atomic_write.write_bytes(target, b"{}", protect=[str(inp)])
-    with pytest.raises(OutputError):   # protect given as the symlink, target the real file
+    with pytest.raises(OutputError):  # protect given as the symlink, target the real file
         atomic_write.write_bytes(inp, b"{}", protect=[link])
     assert inp.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.nii.gz", "link.nii.gz", "sub"]
@@ -233,7 +246,7 @@ def test_protect_refuses_to_overwrite_inputs(tmp_path, monkeypatch):
 def test_atomic_write_cleans_up_after_success_and_failure(tmp_path, monkeypatch):
     out = tmp_path / "report.json"
     atomic_write.write_bytes(out, b'{"a": 1}')
-    atomic_write.write_bytes(out, b'{"a": 2}')          # overwriting an earlier output is fine
+    atomic_write.write_bytes(out, b'{"a": 2}')  # overwriting an earlier output is fine
     assert out.read_bytes() == b'{"a": 2}'
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
@@ -251,7 +264,7 @@ def test_atomic_write_cleans_up_after_success_and_failure(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError):
         write_map(arr * 2, ref, img_out)
     monkeypatch.undo()
-    assert img_out.read_bytes() == before               # the old output is untouched
+    assert img_out.read_bytes() == before  # the old output is untouched
 
     def failing_replace(src, dst):
         raise OSError("simulated rename failure")
@@ -335,8 +348,14 @@ def test_validate_intensities_returns_float32_sitk_layout():
 def _mask_for(ref: sitk.Image, case: str) -> sitk.Image:
     a = np.zeros(tuple(reversed(ref.GetSize())), np.uint8)
     a[2, 3, 4] = 1
-    m = make_image(size=ref.GetSize(), spacing=ref.GetSpacing(), origin=ref.GetOrigin(),
-                   direction=np.array(ref.GetDirection()).reshape(3, 3), array=a, pixel=sitk.sitkUInt8)
+    m = make_image(
+        size=ref.GetSize(),
+        spacing=ref.GetSpacing(),
+        origin=ref.GetOrigin(),
+        direction=np.array(ref.GetDirection()).reshape(3, 3),
+        array=a,
+        pixel=sitk.sitkUInt8,
+    )
     if case == "spacing":
         m.SetSpacing((0.9, 1.1, 2.5))
     elif case == "origin":
@@ -348,7 +367,7 @@ def _mask_for(ref: sitk.Image, case: str) -> sitk.Image:
         m.CopyInformation(make_image(size=(9, 7, 6)))
     elif case == "empty":
         m = m * 0
-    elif case == "float_noise":       # NIfTI float32 round-off must not count as another grid
+    elif case == "float_noise":  # NIfTI float32 round-off must not count as another grid
         m.SetOrigin(tuple(np.add(ref.GetOrigin(), 1e-6)))
         m.SetSpacing(tuple(np.multiply(ref.GetSpacing(), 1 + 1e-7)))
     return m
@@ -396,13 +415,19 @@ def _write_dicom_series(folder: Path, volume: sitk.Image, series_uid: str) -> No
     for k in range(volume.GetDepth()):
         sl = volume[:, :, k]
         tags = {
-            "0008|0060": "MR", "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
-            "0010|0010": "Phantom^Test", "0010|0020": "ANODODE-TEST",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": series_uid,
-            "0008|0018": f"{series_uid}.{k + 1}", "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
-            "0020|0013": str(k + 1), "0020|0037": orientation,
+            "0008|0060": "MR",
+            "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
+            "0010|0010": "Phantom^Test",
+            "0010|0020": "ANODODE-TEST",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": series_uid,
+            "0008|0018": f"{series_uid}.{k + 1}",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
+            "0020|0013": str(k + 1),
+            "0020|0037": orientation,
             "0020|0032": "\\".join(f"{v:.6f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0028|0030": f"{sy:.6f}\\{sx:.6f}", "0018|0050": f"{sz:.6f}",
+            "0028|0030": f"{sy:.6f}\\{sx:.6f}",
+            "0018|0050": f"{sz:.6f}",
         }
         for key, value in tags.items():
             sl.SetMetaData(key, value)
@@ -413,12 +438,18 @@ def _write_dicom_series(folder: Path, volume: sitk.Image, series_uid: str) -> No
 def test_dicom_folder_reads_largest_series_as_3d_volume(tmp_path):
     rng = np.random.default_rng(3)
     a = rng.integers(0, 1000, size=(6, 12, 16)).astype(np.int16)
-    vol = make_image(size=(16, 12, 6), spacing=(0.8, 0.7, 2.5), direction=rot_x(20), origin=(-10.0, 20.0, 30.0),
-                     array=a, pixel=sitk.sitkInt16)
+    vol = make_image(
+        size=(16, 12, 6),
+        spacing=(0.8, 0.7, 2.5),
+        direction=rot_x(20),
+        origin=(-10.0, 20.0, 30.0),
+        array=a,
+        pixel=sitk.sitkInt16,
+    )
     folder = tmp_path / "dicom"
     _write_dicom_series(folder, vol, "1.2.826.0.1.3680043.2.1125.2.100")
     small = make_image(size=(16, 12, 2), spacing=(1, 1, 1), array=a[:2], pixel=sitk.sitkInt16)
-    _write_dicom_series(folder, small, "1.2.826.0.1.3680043.2.1125.2.200")   # a distractor series
+    _write_dicom_series(folder, small, "1.2.826.0.1.3680043.2.1125.2.200")  # a distractor series
 
     img = vio.read_image(folder)
     assert img.GetDimension() == 3 and img.GetSize() == (16, 12, 6)
@@ -432,12 +463,15 @@ def test_dicom_folder_reads_largest_series_as_3d_volume(tmp_path):
 # --------------------------------------------------------------------------------------- resampling
 
 
-@pytest.mark.parametrize("shape,spacing_in,spacing_out,expected", [
-    ((2, 240, 200), (1.0, 1.2), 2.0, (2, 120, 120)),
-    ((3, 100, 64), (0.9375, 0.9375), 2.0, (3, 47, 30)),
-    ((1, 20, 30), (3.0, 3.0), 2.0, (1, 30, 45)),
-    ((4, 50, 50), (2.0, 2.0), 2.0, (4, 50, 50)),
-])
+@pytest.mark.parametrize(
+    "shape,spacing_in,spacing_out,expected",
+    [
+        ((2, 240, 200), (1.0, 1.2), 2.0, (2, 120, 120)),
+        ((3, 100, 64), (0.9375, 0.9375), 2.0, (3, 47, 30)),
+        ((1, 20, 30), (3.0, 3.0), 2.0, (1, 30, 45)),
+        ((4, 50, 50), (2.0, 2.0), 2.0, (4, 50, 50)),
+    ],
+)
 def test_resample_shape_arithmetic_and_back(shape, spacing_in, spacing_out, expected):
     x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
     y = vio.resample_slices(x, spacing_in, spacing_out)
@@ -450,7 +484,7 @@ def test_resample_shape_arithmetic_and_back(shape, spacing_in, spacing_out, expe
 @pytest.mark.parametrize("spacing_in", [(0.9, 1.1), (3.0, 2.5)])
 def test_constant_stays_constant(order, spacing_in):
     x = np.full((3, 37, 41), 2.5, np.float32)
-    x[1] = -1.0                                     # slices are never mixed
+    x[1] = -1.0  # slices are never mixed
     y = vio.resample_slices(x, spacing_in, 2.0, order=order)
     z = vio.resample_back(y, x.shape[1:], order=order)
     for arr in (y, z):
@@ -467,7 +501,7 @@ def test_mask_resampling_with_order_0_stays_binary():
 
 def test_downsampling_is_anti_aliased():
     r, c = np.indices((90, 90))
-    checker = ((r + c) % 2).astype(np.float32)[None]        # 1-pixel pattern, far above the new Nyquist
+    checker = ((r + c) % 2).astype(np.float32)[None]  # 1-pixel pattern, far above the new Nyquist
     y = vio.resample_slices(checker, (0.9, 0.9), 2.0, order=1)
     assert abs(float(y.mean()) - 0.5) < 0.02
     assert float(y[:, 2:-2, 2:-2].std()) < 0.05
@@ -477,22 +511,26 @@ def _centroid_mm(img2d: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray
     """Centroid (mm from the field of view's corner) with pixel centres at (i + 0.5) * pixel size."""
     w = np.clip(img2d, 0, None)
     r, c = np.indices(w.shape)
-    return np.array([((r + 0.5) * w).sum() / w.sum() * pixel_mm[0], ((c + 0.5) * w).sum() / w.sum() * pixel_mm[1]])
+    return np.array(
+        [((r + 0.5) * w).sum() / w.sum() * pixel_mm[0], ((c + 0.5) * w).sum() / w.sum() * pixel_mm[1]]
+    )
 
 
 def test_blob_centroid_preserved_in_mm():
     H, W, sp = 180, 150, (0.9, 1.1)
     r, c = np.indices((H, W))
     centre_mm = (61.3, 97.9)
-    blob = np.exp(-(((r + 0.5) * sp[0] - centre_mm[0]) ** 2 + ((c + 0.5) * sp[1] - centre_mm[1]) ** 2) / (2 * 6.0**2))
+    blob = np.exp(
+        -(((r + 0.5) * sp[0] - centre_mm[0]) ** 2 + ((c + 0.5) * sp[1] - centre_mm[1]) ** 2) / (2 * 6.0**2)
+    )
     x = blob[None].astype(np.float32)
     y = vio.resample_slices(x, sp, 2.0)
-    eff = (H * sp[0] / y.shape[1], W * sp[1] / y.shape[2])      # model-grid pixel size (mm)
+    eff = (H * sp[0] / y.shape[1], W * sp[1] / y.shape[2])  # model-grid pixel size (mm)
     assert eff[0] == pytest.approx(2.0, rel=0.02) and eff[1] == pytest.approx(2.0, rel=0.02)
     assert np.allclose(_centroid_mm(y[0], eff), centre_mm, atol=0.1)
     z = vio.resample_back(y, (H, W))
     assert np.allclose(_centroid_mm(z[0], sp), centre_mm, atol=0.1)
-    assert np.abs(z[0] - blob).max() < 0.05                    # smooth blob survives down+up
+    assert np.abs(z[0] - blob).max() < 0.05  # smooth blob survives down+up
 
 
 # ---------------------------------------------------------------------------- masks and normalisation
@@ -506,7 +544,7 @@ def _phantom(background: float, noise_background: bool = False) -> np.ndarray:
     # an enclosed cavity at the background value, too large for slice-wise small-hole filling
     cavity = ((z - 20) / 5) ** 2 + ((y - 30) / 12) ** 2 + ((x - 25) / 9) ** 2 <= 1
     a[cavity] = background
-    a[2, 2, 2] = 5.0                                # a speck outside the brain
+    a[2, 2, 2] = 5.0  # a speck outside the brain
     if noise_background:
         a[~brain] = np.abs(rng.normal(0, 0.5, (~brain).sum()))
     return a, brain
@@ -524,7 +562,7 @@ def test_brain_mask_on_constant_nonzero_background(background):
 def test_noisy_background_does_not_look_skull_stripped():
     a, brain = _phantom(0.0, noise_background=True)
     assert not vio.looks_skull_stripped(a, vio.brain_mask_from_image(a))
-    assert not vio.looks_skull_stripped(a, brain)      # even with a good (user) brain mask
+    assert not vio.looks_skull_stripped(a, brain)  # even with a good (user) brain mask
 
 
 def test_normalise_intensity():
@@ -532,7 +570,7 @@ def test_normalise_intensity():
     brain = np.zeros((20, 30, 30), bool)
     brain[3:17, 5:25, 4:26] = True
     a = np.where(brain, rng.normal(400, 50, brain.shape), -7.0).astype(np.float32)
-    a[10, 10, 10] = 1e6                              # an outlier must not inflate the std
+    a[10, 10, 10] = 1e6  # an outlier must not inflate the std
     z = vio.normalise_intensity(a, brain, clip_z=4.0)
     assert z.dtype == np.float32 and z.shape == a.shape
     assert (z[~brain] == 0).all()
@@ -563,7 +601,7 @@ def test_brain_mask_matches_given_mask_on_constant_nonzero_background_brats():
     img = vio.read_image(case / "Flair_subtrMeanDivStd.nii.gz")
     a = vio.validate_intensities(img, "flair")
     given = vio.read_mask(case / "brainmask.nii.gz", img)
-    assert float(np.median(a[~given])) != 0.0           # the background really is non-zero here
+    assert float(np.median(a[~given])) != 0.0  # the background really is non-zero here
     mask = vio.brain_mask_from_image(a, slice_axis=vio.axial_axis(img))
     dice = 2 * (mask & given).sum() / (mask.sum() + given.sum())
     assert dice > 0.98, dice
@@ -578,6 +616,8 @@ def test_not_skull_stripped_scan_is_detected():
 
 
 def test_brats_flair_looks_skull_stripped():
-    img = vio.read_image(require_data("brats2023_noGT", "BraTS-GLI-00001-000", "BraTS-GLI-00001-000-t2f.nii.gz"))
+    img = vio.read_image(
+        require_data("brats2023_noGT", "BraTS-GLI-00001-000", "BraTS-GLI-00001-000-t2f.nii.gz")
+    )
     a = vio.validate_intensities(img, "t2f")
     assert vio.looks_skull_stripped(a, vio.brain_mask_from_image(a))

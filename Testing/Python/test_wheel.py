@@ -5,6 +5,7 @@ The wheel is built from a copy of the packaged files without build isolation (th
 setuptools, nothing downloaded); the fresh venv gets only the wheel (``--no-deps``) and sees the running
 environment's installed dependencies through a path file, not its editable AnoDODE.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,30 +31,64 @@ def test_wheel_install_scores_with_the_bundled_model(tmp_path, phantom_file):
     shutil.copytree(REPO / "AnoDODE" / "Resources" / "Models", src / "AnoDODE" / "Resources" / "Models")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
-    built = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                 tmp_path / "dist", src], cwd=tmp_path)
+    built = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            tmp_path / "dist",
+            src,
+        ],
+        cwd=tmp_path,
+    )
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("anodode-*.whl")
 
     venv = tmp_path / "fresh"
     assert run([sys.executable, "-m", "venv", "--without-pip", venv]).returncode == 0
     py = venv / "bin" / "python"
-    site_dir = Path(run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    site_dir = Path(
+        run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    )
     (site_dir / "running_env_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    installed = run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", "--no-index", wheel])
+    installed = run(
+        [sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", "--no-index", wheel]
+    )
     assert installed.returncode == 0, installed.stderr
 
-    where = run([py, "-c", "import AnoDODELib.bundle as b; print(b.__file__); print(b.default_model_dir())"],
-                cwd=tmp_path)
+    where = run(
+        [py, "-c", "import AnoDODELib.bundle as b; print(b.__file__); print(b.default_model_dir())"],
+        cwd=tmp_path,
+    )
     module_file, model_dir = where.stdout.split()
     assert Path(module_file).is_relative_to(venv) and Path(model_dir).is_relative_to(venv), where.stdout
     assert (Path(model_dir) / "model.json").is_file() and (Path(model_dir) / "weights.pt").is_file()
 
     out = tmp_path / "out"
-    scored = run([venv / "bin" / "anodode", "score", phantom_file, "--output-dir", out, "--device", "cpu",
-                  "--preset", "fast", "--quiet"], cwd=tmp_path)
+    scored = run(
+        [
+            venv / "bin" / "anodode",
+            "score",
+            phantom_file,
+            "--output-dir",
+            out,
+            "--device",
+            "cpu",
+            "--preset",
+            "fast",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+    )
     assert scored.returncode == 0, scored.stderr
     report = json.loads((out / "phantom_report.json").read_text())
-    shipped = json.loads((REPO / "AnoDODE" / "Resources" / "Models" / "anodode-flair-brats" / "model.json").read_text())
+    shipped = json.loads(
+        (REPO / "AnoDODE" / "Resources" / "Models" / "anodode-flair-brats" / "model.json").read_text()
+    )
     assert report["threshold"] == shipped["config"]["calibration"]["threshold"]
     assert (out / "phantom_anomaly.nii.gz").is_file()

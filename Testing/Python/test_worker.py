@@ -2,6 +2,7 @@
 grid, cancel by killing the process group, one-line errors. Runs the real engine with a tiny model: on a small
 real scan (a downsampled BraTS FLAIR built at test time from ../shared/data) where the anatomy matters, on a
 generated phantom slab (conftest ``small_scan``) where it does not, so those run without ../shared."""
+
 from __future__ import annotations
 
 import itertools
@@ -32,9 +33,15 @@ def worker_env() -> dict:
 
 
 def run_worker(args, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "AnoDODELib.worker", *map(str, args)], check=False,
-                          capture_output=True,
-                          text=True, timeout=timeout, env=worker_env(), cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "AnoDODELib.worker", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=worker_env(),
+        cwd=REPO,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +52,7 @@ def small_flair(tmp_path_factory) -> Path:
     image = sitk.ReadImage(str(source), sitk.sitkFloat32)
     image = sitk.Shrink(image, [3, 3, 2])
     size = list(image.GetSize())
-    axial = int(np.argmax(np.abs(np.array(image.GetDirection()).reshape(3, 3)[2])))   # index axis nearest S
+    axial = int(np.argmax(np.abs(np.array(image.GetDirection()).reshape(3, 3)[2])))  # index axis nearest S
     start = [0, 0, 0]
     start[axial] = size[axial] // 2 - 6
     size[axial] = 12
@@ -65,6 +72,7 @@ def error_lines(stderr: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- protocol helpers (no engine)
 
+
 def test_protocol_helpers():
     assert parse_line("PROGRESS 0.2500 scoring slices\n") == ("progress", 0.25, "scoring slices")
     assert parse_line("PROGRESS 1.7 x").fraction == 1.0
@@ -73,11 +81,14 @@ def test_protocol_helpers():
     assert parse_line("hello").text == "hello"
     assert error_from_stderr("[WARNING] x\nERROR: it broke\n") == "it broke"
     assert error_from_stderr("[INFO] fine") is None
-    cmd = build_command("py", "in.nrrd", "out", mask="m.nrrd", model="dir", device="cpu", preset="fast",
-                        threshold=0.5)
+    cmd = build_command(
+        "py", "in.nrrd", "out", mask="m.nrrd", model="dir", device="cpu", preset="fast", threshold=0.5
+    )
     assert cmd[:3] == ["py", "-m", "AnoDODELib.worker"]
     assert cmd[cmd.index("--threshold") + 1] == "0.5" and cmd[cmd.index("--mask") + 1] == "m.nrrd"
-    assert "--threshold" not in build_command("py", "a", "b") and "--model" not in build_command("py", "a", "b")
+    assert "--threshold" not in build_command("py", "a", "b") and "--model" not in build_command(
+        "py", "a", "b"
+    )
 
 
 def test_worker_environment_puts_the_module_folder_on_the_path():
@@ -88,10 +99,23 @@ def test_worker_environment_puts_the_module_folder_on_the_path():
 
 # ----------------------------------------------------------------------------- real runs
 
+
 def test_worker_scores_a_real_scan(small_flair, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    proc = run_worker(["--input", small_flair, "--output-dir", out, "--model", tiny_model_dir,
-                       "--device", "cpu", "--preset", "fast"])
+    proc = run_worker(
+        [
+            "--input",
+            small_flair,
+            "--output-dir",
+            out,
+            "--model",
+            tiny_model_dir,
+            "--device",
+            "cpu",
+            "--preset",
+            "fast",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     assert error_lines(proc.stderr) == []
     lines = proc.stdout.splitlines()
@@ -111,7 +135,17 @@ def test_worker_scores_a_real_scan(small_flair, tiny_model_dir, tmp_path):
         np.testing.assert_allclose(result.GetOrigin(), image.GetOrigin(), atol=1e-4)
         np.testing.assert_allclose(result.GetDirection(), image.GetDirection(), atol=1e-6)
     report = json.loads((out / "report.json").read_text())
-    for key in ("volume_score_bpd", "slice_axis", "slice_scores", "slice_anomaly_scores", "threshold", "model", "device", "seconds", "nfe"):
+    for key in (
+        "volume_score_bpd",
+        "slice_axis",
+        "slice_scores",
+        "slice_anomaly_scores",
+        "threshold",
+        "model",
+        "device",
+        "seconds",
+        "nfe",
+    ):
         assert key in report, key
     a, lab = sitk.GetArrayFromImage(anomaly), sitk.GetArrayFromImage(label)
     assert set(np.unique(lab)) <= {0, 1}
@@ -119,7 +153,7 @@ def test_worker_scores_a_real_scan(small_flair, tiny_model_dir, tmp_path):
     assert len(report["slice_scores"]) == a.shape[report["slice_axis"]]
     assert report["device"] == "cpu" and report["model"] == "tiny-test-model"
     assert np.isfinite(report["volume_score_bpd"])
-    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)   # no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)  # no temporary files left
 
 
 def test_worker_threshold_and_mask(small_scan, tiny_model_dir, tmp_path):
@@ -128,13 +162,29 @@ def test_worker_threshold_and_mask(small_scan, tiny_model_dir, tmp_path):
     mask_path = tmp_path / "mask.nrrd"
     sitk.WriteImage(mask, str(mask_path))
     out = tmp_path / "out"
-    proc = run_worker(["--input", small_scan, "--output-dir", out, "--model", tiny_model_dir, "--device", "cpu",
-                       "--preset", "fast", "--threshold", "0.123", "--mask", mask_path])
+    proc = run_worker(
+        [
+            "--input",
+            small_scan,
+            "--output-dir",
+            out,
+            "--model",
+            tiny_model_dir,
+            "--device",
+            "cpu",
+            "--preset",
+            "fast",
+            "--threshold",
+            "0.123",
+            "--mask",
+            mask_path,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["threshold"] == pytest.approx(0.123)
     a = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "anomaly.nrrd")))
-    assert not a[sitk.GetArrayFromImage(mask) == 0].any()   # nothing outside the given brain mask
+    assert not a[sitk.GetArrayFromImage(mask) == 0].any()  # nothing outside the given brain mask
 
 
 def test_cancel_kills_the_process_group_and_leaves_no_outputs(small_scan, tiny_model_dir, tmp_path):
@@ -149,13 +199,13 @@ def test_cancel_kills_the_process_group_and_leaves_no_outputs(small_scan, tiny_m
         seen += worker.poll()
         time.sleep(0.02)
     assert any(line.startswith("PROGRESS") for _, line in seen), seen
-    assert os.getpgid(worker.pid) == worker.pid   # its own process group: the parent can kill the tree
+    assert os.getpgid(worker.pid) == worker.pid  # its own process group: the parent can kill the tree
     t0 = time.monotonic()
     worker.cancel(grace=5.0)
     assert time.monotonic() - t0 < 10
     assert worker.proc.poll() is not None and worker.proc.returncode != 0
     with pytest.raises(ProcessLookupError):
-        os.killpg(worker.pid, 0)   # nothing of the group survives
+        os.killpg(worker.pid, 0)  # nothing of the group survives
     leftovers = list(out.iterdir()) if out.exists() else []
     assert leftovers == []
 
@@ -163,8 +213,9 @@ def test_cancel_kills_the_process_group_and_leaves_no_outputs(small_scan, tiny_m
 def test_sigterm_exits_promptly_with_one_error_line(small_scan, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     cmd = build_command(sys.executable, small_scan, out, model=tiny_model_dir, device="cpu", preset="exact")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env(),
-                            cwd=REPO)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env(), cwd=REPO
+    )
     first = proc.stdout.readline()
     assert first.startswith("PROGRESS"), first
     proc.send_signal(signal.SIGTERM)
@@ -179,6 +230,7 @@ def test_sigterm_exits_promptly_with_one_error_line(small_scan, tiny_model_dir, 
 
 
 # ----------------------------------------------------------------------------- error path
+
 
 def assert_one_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
@@ -200,8 +252,9 @@ def test_missing_input(tmp_path, tiny_model_dir):
 
 def test_2d_image(tmp_path, tiny_model_dir):
     path = tmp_path / "slice.nrrd"
-    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((32, 32)).astype(np.float32)),
-                    str(path))
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.random.default_rng(0).random((32, 32)).astype(np.float32)), str(path)
+    )
     proc = run_worker(["--input", path, "--output-dir", tmp_path / "out", "--model", tiny_model_dir])
     assert_one_error(proc, "2-D")
     assert not (tmp_path / "out").exists()
@@ -212,7 +265,7 @@ def test_bad_model_message_is_verbatim(small_scan, tmp_path):
     empty.mkdir()
     proc = run_worker(["--input", small_scan, "--output-dir", tmp_path / "out", "--model", empty])
     line = assert_one_error(proc, "model.json")
-    assert not line.startswith("ERROR: BundleError")   # user-facing messages are not prefixed by a type
+    assert not line.startswith("ERROR: BundleError")  # user-facing messages are not prefixed by a type
 
 
 def test_usage_error_is_one_line(tmp_path):
@@ -223,6 +276,7 @@ def test_usage_error_is_one_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the module's Logic, end to end
+
 
 @pytest.fixture
 def module_with_stubbed_gui(monkeypatch, tmp_path):
@@ -287,12 +341,23 @@ def test_module_logic_runs_the_worker_and_loads_results(module_with_stubbed_gui,
     assert table.GetNumberOfRows() == before.shape[report["slice_axis"]]
     assert "bpd" in logic.summary(report)
     # the worker read the node's geometry: its grid equals the file's
-    assert report["slice_axis"] == int(np.argmax(np.abs(np.array(image.GetDirection()).reshape(3, 3)[2])[::-1]))
-    assert list(temp.iterdir()) == []   # temporary input/output folder removed
+    assert report["slice_axis"] == int(
+        np.argmax(np.abs(np.array(image.GetDirection()).reshape(3, 3)[2])[::-1])
+    )
+    assert list(temp.iterdir()) == []  # temporary input/output folder removed
 
     # second run with a segmentation as brain mask, a fixed threshold, outputs reused
-    again = logic.runBlocking(node, maskNode=seg, modelPath=tiny_model_dir, device="cpu", preset="fast",
-                              threshold=0.2, heatmapNode=heat, segmentationNode=seg, tableNode=table)
+    again = logic.runBlocking(
+        node,
+        maskNode=seg,
+        modelPath=tiny_model_dir,
+        device="cpu",
+        preset="fast",
+        threshold=0.2,
+        heatmapNode=heat,
+        segmentationNode=seg,
+        tableNode=table,
+    )
     assert again["heatmap"] is heat and again["segmentation"] is seg and again["table"] is table
     assert again["report"]["threshold"] == pytest.approx(0.2)
     logic_label = logic.rethreshold(node, heat, seg, 0.3)
@@ -311,11 +376,14 @@ def two_contrast_model_dir(tmp_path_factory) -> Path:
     from AnoDODELib.config import Calibration, FeatureConfig, ModelConfig, ScoreNetConfig
 
     torch.manual_seed(0)
-    cfg = ModelConfig(features=FeatureConfig(contrasts=("flair", "t1ce")),
-                      score_net=ScoreNetConfig(channels=6, cond_channels=4, hidden=16, layers=2),
-                      calibration=Calibration(threshold=0.05))
-    return save_model(AnoDODEModel(cfg, metadata={"name": "tiny-flair-t1ce"}),
-                      tmp_path_factory.mktemp("models") / "tiny2")
+    cfg = ModelConfig(
+        features=FeatureConfig(contrasts=("flair", "t1ce")),
+        score_net=ScoreNetConfig(channels=6, cond_channels=4, hidden=16, layers=2),
+        calibration=Calibration(threshold=0.05),
+    )
+    return save_model(
+        AnoDODEModel(cfg, metadata={"name": "tiny-flair-t1ce"}), tmp_path_factory.mktemp("models") / "tiny2"
+    )
 
 
 def test_worker_other_contrasts(small_scan, tiny_model_dir, two_contrast_model_dir, tmp_path):
@@ -324,15 +392,18 @@ def test_worker_other_contrasts(small_scan, tiny_model_dir, two_contrast_model_d
     base = ["--input", small_scan, "--device", "cpu", "--preset", "fast"]
     proc = run_worker([*base, "--output-dir", tmp_path / "a", "--model", two_contrast_model_dir])
     assert_one_error(proc, "no t1ce image")
-    proc = run_worker([*base, "--output-dir", tmp_path / "b", "--model", tiny_model_dir,
-                       "--contrast", f"t1ce={small_scan}"])
+    proc = run_worker(
+        [*base, "--output-dir", tmp_path / "b", "--model", tiny_model_dir, "--contrast", f"t1ce={small_scan}"]
+    )
     assert_one_error(proc, "does not use t1ce")
     proc = run_worker([*base, "--output-dir", tmp_path / "c", "--contrast", "t1ce"])
     assert_one_error(proc, "NAME=PATH")
     assert not any((tmp_path / d).exists() for d in "abc")
 
 
-def test_module_logic_scores_a_two_contrast_model(module_with_stubbed_gui, small_flair, two_contrast_model_dir):
+def test_module_logic_scores_a_two_contrast_model(
+    module_with_stubbed_gui, small_flair, two_contrast_model_dir
+):
     import slicer
 
     module, scene, temp = module_with_stubbed_gui
@@ -340,16 +411,29 @@ def test_module_logic_scores_a_two_contrast_model(module_with_stubbed_gui, small
     # the T1ce stand-in: the FLAIR on a 2x coarser grid of the same field of view (its first voxel covers the
     # FLAIR's first 2x2x2 voxels, so its centre sits half a FLAIR voxel in), as another node
     origin = image.TransformContinuousIndexToPhysicalPoint([0.5, 0.5, 0.5])
-    coarse = sitk.Resample(image, [(s + 1) // 2 for s in image.GetSize()], sitk.Transform(), sitk.sitkLinear,
-                           origin, [2 * s for s in image.GetSpacing()], image.GetDirection(), 0.0)
+    coarse = sitk.Resample(
+        image,
+        [(s + 1) // 2 for s in image.GetSize()],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        origin,
+        [2 * s for s in image.GetSpacing()],
+        image.GetDirection(),
+        0.0,
+    )
     coarse_path = temp.parent / "t1ce.nrrd"
     sitk.WriteImage(coarse, str(coarse_path))
     other, _ = volume_node_from_file(scene, coarse_path)
     logic = module.AnoDODELogic()
     with pytest.raises(RuntimeError, match="no t1ce image"):
         logic.runBlocking(node, modelPath=two_contrast_model_dir, device="cpu", preset="fast")
-    out = logic.runBlocking(node, modelPath=two_contrast_model_dir, device="cpu", preset="fast",
-                            otherContrastNodes={"t1ce": other})
+    out = logic.runBlocking(
+        node,
+        modelPath=two_contrast_model_dir,
+        device="cpu",
+        preset="fast",
+        otherContrastNodes={"t1ce": other},
+    )
     assert set(out["report"]["contrasts"]) == {"flair", "t1ce"}
     assert slicer.util.arrayFromVolume(out["heatmap"]).shape == slicer.util.arrayFromVolume(node).shape
     assert list(temp.iterdir()) == []
