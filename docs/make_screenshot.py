@@ -1,12 +1,12 @@
-"""Render docs/screenshot.png (the extension catalog's screenshot) from a real ``anodode score`` output.
+"""Render docs/screenshot.png (the extension catalog's screenshot) from an ``anodode score`` output.
 
 Not a screen capture of Slicer: a matplotlib rendering of what the module shows after a run, drawn with the
 module's own display rules (heat colours, window and display floor from ``AnoDODESlicerLib.mrml``): the scan
 with the heat map over it in three views through the map's peak, the "Anomaly" segment outlined, the
 slice-score plot with the most anomalous slice marked, and the top rows of the slice-score table.
 
-    anodode score SCAN --output-dir OUT
-    python docs/make_screenshot.py SCAN OUT docs/screenshot.png
+    anodode demo --output-dir OUT        # the synthetic phantom: no patient data in the repository
+    python docs/make_screenshot.py OUT/phantom_flair.nii.gz OUT docs/screenshot.png
 
 Needs matplotlib (the ``train`` extra) and slicer-core (the ``test`` extra).
 """
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("scan", type=Path)
     p.add_argument("score_dir", type=Path, help="the --output-dir of `anodode score`")
     p.add_argument("output", type=Path)
+    p.add_argument("--title", default="the synthetic demo phantom", help="what the scan is, for the title")
     args = p.parse_args(argv)
     import matplotlib
 
@@ -98,14 +99,11 @@ def main(argv=None) -> int:
         ax.imshow(s, cmap="gray", vmin=lo, vmax=hi, extent=extent, interpolation="bilinear")
         ax.imshow(heat_rgba(a, threshold), extent=extent, interpolation="bilinear")
         if lab.any():
-            ax.contour(
-                lab,
-                levels=[0.5],
-                colors=[mrml.ANOMALY_COLOR],
-                linewidths=1.0,
-                extent=(extent[0], extent[1], extent[3], extent[2]) if extent[2] > extent[3] else extent,
-                origin="upper" if extent[2] > extent[3] else "lower",
-            )
+            # pixel centres where imshow (origin "upper", extent (left, right, bottom, top)) draws them
+            left, right, bottom, top = extent
+            xs = left + (np.arange(lab.shape[1]) + 0.5) * (right - left) / lab.shape[1]
+            ys = top + (np.arange(lab.shape[0]) + 0.5) * (bottom - top) / lab.shape[0]
+            ax.contour(xs, ys, lab, levels=[0.5], colors=[mrml.ANOMALY_COLOR], linewidths=1.0)
         ax.set_title(title, color="w", fontsize=10)
         ax.set_xticks([]), ax.set_yticks([])
         for x, y, text in (
@@ -147,15 +145,15 @@ def main(argv=None) -> int:
     )
     table = panel.table(
         cellText=rows,
-        colLabels=["Slice", "Score (bpd)", "Anomaly (p99)"],
+        colLabels=["Slice", "Score (bpd)", mrml.MAP_SCORE_COLUMN],
         loc="lower left",
         bbox=[0.0, 0.02, 1.0, 0.74],
     )
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     fig.suptitle(
-        "AnoDODE in 3D Slicer: heat map, 'Anomaly' segment, slice scores (BraTS 2023 glioma FLAIR; "
-        "rendered from a real `anodode score` run)",
+        f"AnoDODE in 3D Slicer: heat map, 'Anomaly' segment, slice scores ({args.title}; "
+        "rendered from an `anodode score` run)",
         color="w",
         fontsize=10,
     )
