@@ -387,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("terminated (SIGTERM); nothing of the unfinished scan was written", 128 + signal.SIGTERM)
     except KeyboardInterrupt:
         return _fail("interrupted; nothing of the unfinished scan was written", 130)
+    except BrokenPipeError:
+        # the reader of stdout went away (``anodode info | head``): stop quietly, as shell tools do; what was
+        # written is complete (outputs are atomic) and later writes to stdout go nowhere
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
     finally:
         signal.signal(signal.SIGTERM, previous)
 

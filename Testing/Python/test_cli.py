@@ -434,3 +434,28 @@ def test_figure_without_matplotlib_is_plain_with_one_notice(phantom_file, tiny_m
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and b"Matplotlib" not in png
     img = sitk.ReadImage(str(out / "phantom_figure.png"))
     assert img.GetNumberOfComponentsPerPixel() == 3 and img.GetSize()[0] > img.GetSize()[1] / 4
+
+
+def test_a_closed_stdout_pipe_ends_quietly():
+    """``anodode info | head -c 0``: the reader is gone before anything is printed; the command stops with
+    128 + SIGPIPE and no traceback (it used to print BrokenPipeError's)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # nobody will read: the first write to stdout fails with EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "from AnoDODELib import cli; cli.run()", "info"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
