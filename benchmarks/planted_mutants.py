@@ -232,8 +232,8 @@ MUTANTS = [
     Mutant(
         "slice score: slice_area_mm2 ignored (100 mm^2 always)",
         f"{LIB}/pipeline.py",
-        "density, prepared.brain, pixel_area_mm2(prepared), model.config.localisation.slice_area_mm2",
-        "density, prepared.brain, pixel_area_mm2(prepared), 100.0",
+        "return map_slice_scores(prepared, density, model.config.localisation.slice_area_mm2)",
+        "return map_slice_scores(prepared, density, 100.0)",
         (DENSITY,),
     ),
     Mutant(
@@ -246,9 +246,9 @@ MUTANTS = [
     Mutant(
         "slice score of the weighted map, not the density",
         f"{LIB}/pipeline.py",
-        "        density = density_map(prepared, scores, model, scored=scored)\n    return slice_top_area_scores",
+        "        density = density_map(prepared, scores, model, scored=scored)\n    return map_slice_scores",
         "        density = weighted_map(prepared, density_map(prepared, scores, model, scored=scored),\n"
-        "                               model.config.localisation)\n    return slice_top_area_scores",
+        "                               model.config.localisation)\n    return map_slice_scores",
         (DENSITY,),
     ),
     Mutant(

@@ -29,14 +29,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from AnoDODELib.anomaly_map import scatter_to_grid, slice_top_area_scores, smooth_on_grid
+from AnoDODELib.anomaly_map import scatter_to_grid, smooth_on_grid
 from AnoDODELib.bundle import AnoDODEModel
 from AnoDODELib.config import LocalisationConfig
 from AnoDODELib.pipeline import (
     PreparedVolume,
     canonical_map,
     canonical_slice_scores,
-    pixel_area_mm2,
+    map_slice_scores,
     score_prepared,
 )
 
@@ -115,14 +115,6 @@ def case_maps(
     return {"maps": maps, "baseline_maps": baselines, "slice_bpd": bpd_slices, "nfe": scores.nfe}
 
 
-def map_slice_scores(
-    voxel_map: np.ndarray, lc: LoadedCase, area_mm2: float = LocalisationConfig.slice_area_mm2
-) -> list[float | None]:
-    """A canonical map's slice ranking, as the report's ``slice_anomaly_scores`` rank AnoDODE's map: its mean
-    over each slice's most anomalous ``area_mm2`` of brain (None without brain)."""
-    return slice_top_area_scores(voxel_map, lc.prepared.brain, pixel_area_mm2(lc.prepared), area_mm2)
-
-
 def voxel_metrics(
     score: np.ndarray, truth: np.ndarray, brain: np.ndarray, threshold: float | None = None
 ) -> dict[str, float]:
@@ -166,14 +158,14 @@ def evaluate_loaded(
     ]  # the threshold was calibrated on this map only
     for name, m in out["maps"].items():
         r = voxel_metrics(m, truth, brain, thr if name in own else None)
-        r.update(slice_metrics(map_slice_scores(m, lc, area), truth, brain))
+        r.update(slice_metrics(map_slice_scores(lc.prepared, m, area), truth, brain))
         res[name] = r
     res["slice_bpd"] = slice_metrics(out["slice_bpd"], truth, brain)
     if gaussian is not None:
         out["baseline_maps"]["gaussian"] = gaussian_map(model, lc.prepared, gaussian)
     for name, m in out["baseline_maps"].items():
         res[name] = voxel_metrics(m, truth, brain)
-        res[name].update(slice_metrics(map_slice_scores(m, lc, area), truth, brain))
+        res[name].update(slice_metrics(map_slice_scores(lc.prepared, m, area), truth, brain))
     return res, out
 
 
@@ -185,7 +177,7 @@ def pooled(
 ) -> dict[str, dict[str, float]]:
     """Voxel metrics over the brain voxels of all cases together, and slice metrics over all their
     brain slices together (a slice's score is its map's mean over the slice's most anomalous ``area_mm2``,
-    ``map_slice_scores``; ``slice_bpd``, one list per case in canonical order, the report's ``slice_scores``,
+    ``pipeline.map_slice_scores``; ``slice_bpd``, one list per case in canonical order, the report's ``slice_scores``,
     adds the ``slice_bpd`` row), per method name."""
     names = per_case_maps[0].keys()
     res = {}
@@ -204,7 +196,9 @@ def pooled(
         s = np.concatenate([m[name][lc.prepared.brain] for m, lc in zip(per_case_maps, cases)])
         res[name] = {
             **metrics.pooled_metrics(s, truth),
-            **slice_pool([map_slice_scores(m[name], lc, area_mm2) for m, lc in zip(per_case_maps, cases)]),
+            **slice_pool(
+                [map_slice_scores(lc.prepared, m[name], area_mm2) for m, lc in zip(per_case_maps, cases)]
+            ),
         }
     if slice_bpd is not None:
         res["slice_bpd"] = slice_pool(slice_bpd)
@@ -274,7 +268,7 @@ def score_cases(
         for name, m in maps.items():
             slice_sc[name] = [
                 v if v is not None else float("nan")
-                for v in map_slice_scores(m, lc, model.config.localisation.slice_area_mm2)
+                for v in map_slice_scores(lc.prepared, m, model.config.localisation.slice_area_mm2)
             ]
         np.savez(
             voxel_dir / f"{lc.case.name}.npz",

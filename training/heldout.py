@@ -41,7 +41,6 @@ import torch
 from AnoDODELib.anomaly_map import (
     scatter_to_grid,
     slice_quantile_scores,
-    slice_top_area_scores,
     smooth_on_grid,
 )
 from AnoDODELib.bundle import AnoDODEModel, load_model, save_model
@@ -50,7 +49,7 @@ from AnoDODELib.pipeline import (
     canonical_map,
     canonical_slice_scores,
     density_map,
-    pixel_area_mm2,
+    map_slice_scores,
     score_prepared,
     weighted_map,
 )
@@ -162,14 +161,14 @@ def score_case(
     brain = p.brain
     has = brain.reshape(brain.shape[0], -1).any(1)
     truth = lc.tumour & brain
-    area, px = model.config.localisation.slice_area_mm2, pixel_area_mm2(p)
+    area = model.config.localisation.slice_area_mm2
 
     def per_slice(values: list[float | None]) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in values])[has]
 
     # every map ranks slices alike: its mean over the slice's most anomalous ``area`` mm^2 (the report's
     # slice_anomaly_scores for AnoDODE's map), and, the earlier protocol, its 99th percentile in the slice
-    slices = {k: per_slice(slice_top_area_scores(m, brain, px, area)) for k, m in maps.items()}
+    slices = {k: per_slice(map_slice_scores(p, m, area)) for k, m in maps.items()}
     q99 = {k: per_slice(slice_quantile_scores(m, brain)) for k, m in maps.items()}
     slices["anodode_map"] = slices["anodode"]  # the map's own ranking (the report's slice_anomaly_scores)
     density = density_map(p, scores, model, scored=scored)

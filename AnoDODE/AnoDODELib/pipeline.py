@@ -555,15 +555,23 @@ def canonical_slice_scores(
     map (``density_map`` with the model's localisation) when the caller has it already."""
     if density is None:
         density = density_map(prepared, scores, model, scored=scored)
-    return slice_top_area_scores(
-        density, prepared.brain, pixel_area_mm2(prepared), model.config.localisation.slice_area_mm2
-    )
+    return map_slice_scores(prepared, density, model.config.localisation.slice_area_mm2)
 
 
 def pixel_area_mm2(prepared: PreparedVolume) -> float:
     """In-plane voxel area of the input (mm^2)."""
     _, dy, dx = prepared.geometry.spacing_mm
     return float(dy * dx)
+
+
+def map_slice_scores(
+    prepared: PreparedVolume, canonical: np.ndarray, area_mm2: float = LocalisationConfig.slice_area_mm2
+) -> list[float | None]:
+    """Per canonical slice, a canonical voxel map's mean over the slice's most anomalous ``area_mm2`` of
+    brain (``anomaly_map.slice_top_area_scores`` at the input's in-plane voxel area); None without brain.
+    The one slice ranking of every map: the density map (``slice_scores``), the anomaly map
+    (``slice_anomaly_scores``) and, in training/, the baselines'."""
+    return slice_top_area_scores(canonical, prepared.brain, pixel_area_mm2(prepared), area_mm2)
 
 
 def slice_scores(
@@ -585,9 +593,7 @@ def slice_map_scores(
     of brain (``anomaly_map.slice_top_area_scores``), in the input's index order along the axial axis; None
     where a slice has no brain. It ranks slices by their most anomalous region, where the slice bpd
     averages it away (see docs/method.md)."""
-    out = slice_top_area_scores(
-        prepared.geometry.to_canonical(anomaly_map), prepared.brain, pixel_area_mm2(prepared), area_mm2
-    )
+    out = map_slice_scores(prepared, prepared.geometry.to_canonical(anomaly_map), area_mm2)
     return input_slice_order(prepared.geometry, out)
 
 
@@ -633,9 +639,7 @@ def score_image(
         time.perf_counter() - t0,
         str(dev),
         scores.nfe_reconstruction * model.config.localisation.n_reconstructions,
-        slice_top_area_scores(
-            anomaly, prepared.brain, pixel_area_mm2(prepared), model.config.localisation.slice_area_mm2
-        ),
+        map_slice_scores(prepared, anomaly, model.config.localisation.slice_area_mm2),
     )
     report(1.0, "done")
     return result
