@@ -12,6 +12,10 @@ label      uint8 0/1: anomaly > threshold, same grid
 figure     PNG: the most anomalous axial slices with the map and label, colour bar, slice curve (figure.py)
 report     JSON (strict: no NaN/Infinity), see :func:`build_report`; written last, it marks the set complete
 =========  ===========================================================================================
+
+A caller adds files of its own to the set as :class:`ExtraOutput` writers (e.g. a DICOM input's DICOM SEG,
+dicom_seg.py; a BIDS derivative's mask sidecar, bids.py): written after the maps and the figure, before the
+report, so they appear with the set or not at all.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,8 +98,27 @@ class OutputSet:
         return {k: self.folder / self.names[k] for k in OUTPUT_KINDS}
 
 
+@dataclass(frozen=True)
+class ExtraOutput:
+    """One more file of a scan's output set, beside the ``OUTPUT_KINDS``: ``name`` (a bare file name) in the
+    set's folder, listed in the report's ``outputs`` as ``kind``. ``write(path, image, result, report)``
+    writes it to ``path`` (in the staging folder) from the scan read, its :class:`ScoreResult` and its report;
+    an exception fails the whole set. ``reads``: files it reads (protected like the scan's inputs)."""
+
+    kind: str
+    name: str
+    write: Callable[[Path, sitk.Image, ScoreResult, Mapping[str, Any]], None]
+    reads: tuple[Path, ...] = ()
+
+
 def build_report(
-    inputs: ScanInputs, image: sitk.Image, result: ScoreResult, model: Any, preset: str, outputs: OutputSet
+    inputs: ScanInputs,
+    image: sitk.Image,
+    result: ScoreResult,
+    model: Any,
+    preset: str,
+    outputs: OutputSet,
+    extras: Sequence[ExtraOutput] = (),
 ) -> dict[str, Any]:
     """The report of one scored scan (JSON-ready: floats, ints, strings, lists, None).
 
@@ -104,7 +127,8 @@ def build_report(
     slice_anomaly_scores: the anomaly map's mean over each slice's most anomalous 100 mm^2 of brain; threshold: the
     label threshold (anomaly map units, ``map_units``); anomalous_volume_ml, map_max, map_p99,
     most_anomalous_slices: see ``summary.map_statistics``; nfe / nfe_reconstruction: score-network
-    evaluations per location; seconds: scoring wall time (s); model_version: ``summary.model_version``.
+    evaluations per location; seconds: scoring wall time (s); model_version: ``summary.model_version``;
+    outputs: the path of each file of the set, the ``extras`` after the ``OUTPUT_KINDS``.
     """
     paths = outputs.paths()
     primary = model.config.features.contrasts[0]
@@ -138,7 +162,10 @@ def build_report(
         "anomalous_voxels": int(np.count_nonzero(result.canonical_label)),
         **stats,
         "anodode_version": __version__,
-        "outputs": {k: str(paths[k]) for k in _REPORT_ORDER},
+        "outputs": {
+            **{k: str(paths[k]) for k in _REPORT_ORDER},
+            **{e.kind: str(outputs.folder / e.name) for e in extras},
+        },
     }
 
 
@@ -197,6 +224,8 @@ def score_to_files(
     preset: str = "standard",
     callback: Callback | None = None,
     protect: Iterable[Path] = (),
+    extras: Sequence[ExtraOutput] = (),
+    report_fields: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read, validate and score one scan with a loaded model, and write its output set; returns the report.
 
@@ -209,6 +238,9 @@ def score_to_files(
     unusable output folder), ``ValueError`` (a bad preset, a non-finite threshold, an unavailable device),
     each with a one-line message. A mask covering a lesion-sized part of the scan is scored with a warning.
 
+    ``extras``: more files of the set (:class:`ExtraOutput`), written before the report. ``report_fields``:
+    keys added to the report (e.g. a BIDS sidecar's ``Sources``); ``ValueError`` for one the report has.
+
     ``callback(fraction, message)``: progress in [0, 1], non-decreasing.
     """
     if preset not in PRESETS:
@@ -216,8 +248,12 @@ def score_to_files(
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"the threshold must be a finite number, got {threshold}")
     report_progress = callback or (lambda fraction, message: None)
-    protected = [*inputs.files(), *protect]
-    for path in outputs.paths().values():
+    protected = [*inputs.files(), *protect, *(p for e in extras for p in e.reads)]
+    kinds = [*OUTPUT_KINDS, *(e.kind for e in extras)]
+    files = [*outputs.names.values(), *(e.name for e in extras)]
+    if len(set(kinds)) != len(kinds) or len(set(files)) != len(files):
+        raise ValueError(f"an output kind or file name repeats in the set: {kinds}, {files}")
+    for path in [*outputs.paths().values(), *(outputs.folder / e.name for e in extras)]:
         check_protect(path, protected)
         if path.is_dir():
             raise OutputError(f"{path}: a folder is in the way of this output")
@@ -244,7 +280,11 @@ def score_to_files(
             other_contrasts=others,
         )
         report_progress(0.96, "writing results")
-        report = build_report(inputs, image, result, model, preset, outputs)
+        report = build_report(inputs, image, result, model, preset, outputs, extras)
+        clash = sorted(set(report_fields or {}) & report.keys())
+        if clash:
+            raise ValueError(f"report_fields {clash} would replace the report's own keys")
+        report.update(report_fields or {})
         names = outputs.names
         volume_io.write_image(
             volume_io.image_like(result.anomaly_map.astype(np.float32), image, sitk.sitkFloat32),
@@ -255,6 +295,8 @@ def score_to_files(
             staged.path(names["label"]),
         )
         staged.path(names["figure"]).write_bytes(figure_png(image, result, report))
+        for extra in extras:
+            extra.write(staged.path(extra.name), image, result, report)
         staged.path(names["report"]).write_bytes(report_bytes(report))
         staged.commit()
     report_progress(1.0, "done")

@@ -78,6 +78,20 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
+def dicom_series_files(folder: PathLike) -> list[Path]:
+    """The files of the DICOM series that :func:`read_image` reads from ``folder`` (the series with the most
+    files, GDCM's choice and order, the reader's slice order); [] when the folder holds no DICOM series.
+
+    For writers that refer back to the source instances (dicom_seg.py); the selection mirrors
+    ``_read_dicom_folder``, and such a writer checks each file's position against the image it was read into.
+    """
+    reader = sitk.ImageSeriesReader()
+    with _native_output_silenced():
+        series = reader.GetGDCMSeriesIDs(str(folder))
+        lists = [reader.GetGDCMSeriesFileNames(str(folder), s) for s in series]
+    return [Path(f) for f in max(lists, key=len)] if lists else []
+
+
 #: NIfTI datatype code -> numpy element type (the formats' scalar types; others are left to the reader).
 _NIFTI_TYPES = {
     2: "u1",
