@@ -8,13 +8,14 @@
 INPUT is an image file, a DICOM series folder, or a folder of NIfTI/NRRD/MetaImage files (every image in
 it). For each input ``score`` writes <stem>_anomaly.nii.gz (float32), <stem>_label.nii.gz (uint8),
 <stem>_figure.png (figure.py) and <stem>_report.json (inputs with the same file name are told apart by
-their folder: <folder>_<stem>); after each input, summary.csv and summary.json list every input of the
-batch (summary.py: status ``ok``, the one-line error, or ``pending``). A multi-contrast model reads INPUT as
+their folder: <folder>_<stem>), and for a DICOM series folder <stem>_seg.dcm, the label as a DICOM SEG
+(dicom_seg.py; needs highdicom, ``pip install "anodode[dicom]"``); after each input, summary.csv and
+summary.json list every input of the batch (summary.py: status ``ok``, the one-line error, or ``pending``). A multi-contrast model reads INPUT as
 its primary contrast and takes each other contrast as ``--contrast NAME=PATH``, repeated once per input in
 input order (as ``--mask``). Exit code 0 when every input was scored; otherwise a one-line error per failure
 and 1 (a bad input: unreadable, truncated, NaN/inf voxels, too small to be a head), 2 (bad usage, a bad
 model bundle, an unusable output folder, --device cuda without a GPU), 130 (SIGINT) or 143 (SIGTERM). Each
-input's four files appear together or not at all (outputs.py).
+input's files appear together or not at all (outputs.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from . import __version__, process_tuning, summary, volume_io
+from . import __version__, dicom_seg, process_tuning, summary, volume_io
 from .atomic_write import OutputError, StagedWrite
 from .bundle import BundleError, default_model_dir, load_model
 from .outputs import OutputSet, ScanInputs, score_to_files
@@ -109,7 +110,13 @@ def parse_contrast_args(values: list[str] | None) -> dict[str, list[Path]]:
 
 
 def _score_one(
-    inputs: ScanInputs, model, args: argparse.Namespace, outputs: OutputSet, protect: list[Path], stem: str
+    inputs: ScanInputs,
+    model,
+    args: argparse.Namespace,
+    outputs: OutputSet,
+    protect: list[Path],
+    stem: str,
+    **extra,
 ) -> dict:
     bar = tqdm(
         total=100,
@@ -135,13 +142,31 @@ def _score_one(
             preset=args.preset,
             callback=progress,
             protect=protect,
+            **extra,
         )
     finally:
         bar.close()
 
 
+def _scoring_model(args: argparse.Namespace):
+    """The model to score with after checking ``--preset``, ``--threshold`` and ``--device``; or the exit
+    code 2 (after one error line) for a bad one of these or a bad model bundle."""
+    if args.preset not in PRESETS:
+        return _fail(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}", 2)
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        return _fail(f"--threshold must be a finite number, got {args.threshold}", 2)
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    try:
+        return load_model(args.model)
+    except BundleError as exc:
+        return _fail(str(exc), 2)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
-    """``anodode score``: score each input and write its four files and the batch summary.
+    """``anodode score``: score each input and write its output set and the batch summary.
 
     Returns the exit code: 0 when every input was scored, 1 when any input failed (the others are still
     scored), 2 for bad usage, a bad model bundle or an unusable output folder (nothing scored)."""
@@ -157,18 +182,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         return _fail(
             f"--mask was given {len(masks)} time(s) for {len(inputs)} input(s); give one per input", 2
         )
-    if args.preset not in PRESETS:
-        return _fail(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}", 2)
-    if args.threshold is not None and not math.isfinite(args.threshold):
-        return _fail(f"--threshold must be a finite number, got {args.threshold}", 2)
-    try:
-        resolve_device(args.device)
-    except ValueError as exc:
-        return _fail(str(exc), 2)
-    try:
-        model = load_model(args.model)
-    except BundleError as exc:
-        return _fail(str(exc), 2)
+    model = _scoring_model(args)
+    if isinstance(model, int):
+        return model
     try:
         others = parse_contrast_args(args.contrast)
     except ValueError as exc:
@@ -204,8 +220,15 @@ def cmd_score(args: argparse.Namespace) -> int:
             inputs_i = ScanInputs(
                 path, masks[i] if masks else None, {c: paths[i] for c, paths in others.items()}
             )
+            seg = dicom_seg.seg_output(path, f"{stems[i]}{dicom_seg.SUFFIX}") if path.is_dir() else None
             report = _score_one(
-                inputs_i, model, args, OutputSet.with_stem(out_dir, stems[i]), protect, stems[i]
+                inputs_i,
+                model,
+                args,
+                OutputSet.with_stem(out_dir, stems[i]),
+                protect,
+                stems[i],
+                extras=[seg] if seg else [],
             )
             rows[i] = summary.summary_row(path, report)
             if not args.quiet:

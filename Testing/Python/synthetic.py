@@ -7,7 +7,9 @@ direction matrix and spacing, so the same anatomy can be stored axially, sagitta
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import locale
 
 import numpy as np
 import SimpleITK as sitk
@@ -122,3 +124,82 @@ def loaded_case(
     )
     lc.raw = prepared.geometry.to_canonical(sitk.GetArrayFromImage(image))  # no file: the baselines read this
     return lc
+
+
+def write_dicom_series(
+    image: sitk.Image,
+    folder,
+    series_uid: str = "1.2.826.0.1.3680043.2.1125.2.100",
+    study_uid: str = "1.2.826.0.1.3680043.2.1125.1",
+    frame_of_reference_uid: str = "1.2.826.0.1.3680043.2.1125.3",
+    names: str = "IM{k:04d}.dcm",
+    shuffle_names: bool = False,
+) -> list:
+    """``image`` (cast to int16) as a single-frame MR Image Storage series, one file per slice along index
+    axis 2 in ``folder``, with the tags a reader needs to rebuild the volume (positions, orientation, pixel
+    spacing, slice thickness and spacing) and a SEG writer needs to reference it (study, series, instance
+    and frame-of-reference UIDs, patient). ``shuffle_names``: file names in reverse slice order (so name order
+    is not slice order). Returns the files, in slice order."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    volume = sitk.Cast(image, sitk.sitkInt16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    d = np.array(volume.GetDirection()).reshape(3, 3)
+    orientation = "\\".join(f"{v:.6f}" for v in (*d[:, 0], *d[:, 1]))
+    sx, sy, sz = volume.GetSpacing()
+    depth = volume.GetDepth()
+    files = []
+    with _locale_kept():  # GDCM's writer leaves the process in the "C" locale (ASCII text I/O) otherwise
+        for k in range(depth):
+            files.append(
+                _write_slice(
+                    writer,
+                    volume,
+                    k,
+                    folder / names.format(k=(depth - 1 - k) if shuffle_names else k),
+                    {
+                        "0008|0018": f"{series_uid}.{k + 1}",
+                        "0020|000d": study_uid,
+                        "0020|000e": series_uid,
+                        "0020|0052": frame_of_reference_uid,
+                        "0020|0037": orientation,
+                        "0028|0030": f"{sy:.6f}\\{sx:.6f}",
+                        "0018|0050": f"{sz:.6f}",
+                        "0018|0088": f"{sz:.6f}",
+                    },
+                )
+            )
+    return files
+
+
+@contextlib.contextmanager
+def _locale_kept():
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slice(writer, volume: sitk.Image, k: int, path, tags: dict):
+    """Slice ``k`` of ``volume`` as one MR Image Storage file at ``path`` with the series' ``tags`` and its
+    own instance number and position."""
+    sl = volume[:, :, k]
+    common = {
+        "0008|0060": "MR",
+        "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
+        "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
+        "0010|0010": "Phantom^Test",
+        "0010|0020": "ANODODE-TEST",
+        "0020|0011": "7",
+        "0020|0013": str(k + 1),
+        "0020|0032": "\\".join(f"{v:.6f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, k))),
+    }
+    for key, value in {**common, **tags}.items():
+        sl.SetMetaData(key, value)
+    writer.SetFileName(str(path))
+    writer.Execute(sl)
+    return path
