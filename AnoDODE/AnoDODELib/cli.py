@@ -2,6 +2,8 @@
 
     anodode score INPUT [INPUT ...] [--mask MASK] [--contrast NAME=PATH] [--model DIR] [--output-dir DIR]
                   [--device auto|cpu|cuda] [--threshold T] [--preset fast|standard|exact]
+    anodode bids  BIDS_DIR OUTPUT_DIR participant|group [--participant-label L ...] [--session S ...]
+                  [--model DIR] [--device ...] [--threshold T] [--preset ...]   the BIDS-App (bids.py)
     anodode demo  [--output-dir DIR]     score a synthetic phantom with the bundled model (offline)
     anodode info  [--model DIR]          model, torch build and device
 
@@ -34,7 +36,7 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from . import __version__, dicom_seg, process_tuning, summary, volume_io
+from . import __version__, bids, dicom_seg, process_tuning, summary, volume_io
 from .atomic_write import OutputError, StagedWrite
 from .bundle import BundleError, default_model_dir, load_model
 from .outputs import OutputSet, ScanInputs, score_to_files
@@ -248,6 +250,77 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_bids(args: argparse.Namespace) -> int:
+    """``anodode bids BIDS_DIR OUTPUT_DIR participant|group``: the BIDS-App (bids.py).
+
+    ``participant`` scores each selected FLAIR into the derivative dataset; ``group`` writes the batch
+    summary across the participants' outputs. Returns the exit code: 0 when every selected FLAIR was scored
+    (group: has its outputs), 1 when any was not, 2 for an invalid dataset, selection, output folder, usage
+    or model bundle. A participant without a FLAIR gets a warning line, not an error."""
+    bids_dir, out_dir = Path(args.bids_dir), Path(args.output_dir)
+    try:
+        selection = bids.select(bids_dir, args.participant_label, args.session)
+        bids.check_output_dir(bids_dir, out_dir)
+    except bids.BidsError as exc:
+        return _fail(str(exc), 2)
+    protect = [s.path for s in selection.scans]
+
+    def list_without_flair() -> None:  # after the fatal checks, so that a fatal error is the only line
+        for subject in selection.without_flair:
+            print(f"anodode: warning: {subject}: no FLAIR (*_FLAIR.nii.gz) found; skipped", file=sys.stderr)
+
+    if args.analysis_level == "group":
+        if not (out_dir / "dataset_description.json").is_file():
+            return _fail(f"{out_dir}: no AnoDODE derivatives; run the participant level first", 2)
+        list_without_flair()
+        rows = bids.group_rows(selection, out_dir)
+        try:
+            paths = bids.write_group_summary(rows, selection.without_flair, out_dir, protect)
+        except (ValueError, OSError) as exc:
+            return _fail(f"could not write the group summary in {out_dir}: {exc}", 2)
+        failed = [r for r in rows if r["status"] != summary.OK]
+        for row in failed:
+            _fail(f"{row['input']}: {row['status']}", 1)
+        if not args.quiet:
+            print(f"{len(rows) - len(failed)} of {len(rows)} FLAIR(s) scored -> {paths[0]}, {paths[1]}")
+        return 1 if failed else 0
+    model = _scoring_model(args)
+    if isinstance(model, int):
+        return model
+    primary, *others = model.config.features.contrasts
+    if primary != "flair" or others:
+        return _fail(
+            f"model {model.name} reads {'+'.join(model.config.features.contrasts)}; bids scores FLAIR", 2
+        )
+    try:
+        bids.write_dataset_files(out_dir, bids_dir, model)
+    except (bids.BidsError, OutputError) as exc:
+        return _fail(str(exc), 2)
+    list_without_flair()
+    failures = 0
+    for scan in selection.scans:
+        try:
+            report = _score_one(
+                ScanInputs(scan.path),
+                model,
+                args,
+                scan.outputs(out_dir),
+                protect,
+                scan.source,
+                extras=[bids.mask_sidecar(scan)],
+                report_fields=bids.report_fields(scan),
+            )
+            if not args.quiet:
+                print(
+                    f"{scan.relative}: volume score {report['volume_score_bpd']:.4f} bpd, "
+                    f"{report['anomalous_volume_ml']:.2f} mL anomalous -> {scan.folder(out_dir)}"
+                )
+        except (volume_io.InputError, ValueError, RuntimeError, OSError) as exc:
+            failures += 1
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
+    return 1 if failures else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``anodode demo``: write the synthetic phantom (``demo.make_phantom``), score it as ``score`` does, and
     check that the map finds its lesion (peak inside, best-possible Dice >= ``demo.MIN_BEST_DICE``).
@@ -335,7 +408,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``anodode`` argument parser: the ``score``, ``demo`` and ``info`` subcommands (module docstring),
+    """The ``anodode`` argument parser: the ``score``, ``bids``, ``demo`` and ``info`` subcommands (module docstring),
     each with its handler as ``func``."""
     ap = argparse.ArgumentParser(
         prog="anodode",
@@ -376,6 +449,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-dir", default="anodode_output", metavar="DIR")
     common(s)
     s.set_defaults(func=cmd_score)
+    b = sub.add_parser(
+        "bids",
+        help="BIDS-App: score a BIDS dataset's FLAIRs into BIDS derivatives (participant), summarise (group)",
+    )
+    b.add_argument("bids_dir", metavar="BIDS_DIR", help="the BIDS dataset (raw)")
+    b.add_argument("output_dir", metavar="OUTPUT_DIR", help="the derivative dataset (created)")
+    b.add_argument("analysis_level", choices=bids.LEVELS, help="participant: score; group: the summary")
+    b.add_argument(
+        "--participant-label",
+        "--participant_label",
+        nargs="+",
+        default=None,
+        metavar="L",
+        help="participants to analyse (sub-<L> folders; default: all)",
+    )
+    b.add_argument("--session", nargs="+", default=None, metavar="S", help="sessions (default: all)")
+    common(b)
+    b.set_defaults(func=cmd_bids)
     d = sub.add_parser("demo", help="score a synthetic phantom with the bundled model (offline)")
     d.add_argument("--output-dir", default="demo_output", metavar="DIR")
     common(d)

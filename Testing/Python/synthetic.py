@@ -175,6 +175,25 @@ def write_dicom_series(
     return files
 
 
+def write_bids_dataset(root, files: dict, image: sitk.Image, name: str = "synthetic") -> dict:
+    """A raw BIDS dataset in ``root``: ``dataset_description.json`` and, for each BIDS-relative path of
+    ``files`` (e.g. ``"sub-01/anat/sub-01_FLAIR.nii.gz"``), ``image`` shifted by the mapped intensity offset
+    (so each scan's content differs). Returns {relative path: absolute Path}."""
+    import json
+    from pathlib import Path
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": name, "BIDSVersion": "1.10.0"}))
+    out = {}
+    for relative, offset in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32) + float(offset), str(path))
+        out[relative] = path
+    return out
+
+
 @contextlib.contextmanager
 def _locale_kept():
     saved = locale.setlocale(locale.LC_ALL)
