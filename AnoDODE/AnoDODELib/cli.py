@@ -57,10 +57,27 @@ def output_stem(path: Path) -> str:
     return name
 
 
+def anodode_outputs(folder: Path) -> set[Path]:
+    """The files in ``folder`` that an earlier AnoDODE run wrote there: every output named in a report
+    (``*_report.json`` or ``report.json`` holding ``anodode_version`` and ``outputs``) found in the folder."""
+    found: set[Path] = set()
+    for report in folder.glob("*report.json"):
+        try:
+            data = json.loads(report.read_text())
+        except (OSError, ValueError):
+            continue
+        outputs = data.get("outputs") if isinstance(data, dict) and "anodode_version" in data else None
+        if isinstance(outputs, dict):
+            found.update(folder / Path(str(v)).name for v in outputs.values())
+    return found
+
+
 def expand_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     """The inputs with each folder that holds NIfTI/NRRD/MetaImage files (``FOLDER_IMAGE_SUFFIXES``, hidden
     files skipped, not recursive) replaced by those files sorted by name; a folder without any (a DICOM
-    series folder) and every file stay as given. Returns (inputs, the folders that were expanded)."""
+    series folder) and every file stay as given. Files an earlier run wrote into the folder (its maps,
+    listed in its reports: ``anodode_outputs``) are not scans and are left out, with a warning, so a folder
+    scored into itself can be scored again. Returns (inputs, the folders that were expanded)."""
     out: list[Path] = []
     expanded: list[Path] = []
     for path in paths:
@@ -75,6 +92,20 @@ def expand_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
             if path.is_dir()
             else []
         )
+        if images:
+            ours = anodode_outputs(path)
+            scans = [p for p in images if p not in ours]
+            if len(scans) < len(images):
+                logger.warning(
+                    "%s: left out %d file(s) an earlier AnoDODE run wrote there (listed in its reports)",
+                    path,
+                    len(images) - len(scans),
+                )
+            if not scans:
+                raise volume_io.InputError(
+                    f"{path}: the folder holds only AnoDODE outputs of an earlier run, no scan to score"
+                )
+            images = scans
         out.extend(images or [path])
         if images:
             expanded.append(path)
@@ -155,8 +186,8 @@ def _scoring_model(args: argparse.Namespace):
     code 2 (after one error line) for a bad one of these or a bad model bundle."""
     if args.preset not in PRESETS:
         return _fail(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}", 2)
-    if args.threshold is not None and not math.isfinite(args.threshold):
-        return _fail(f"--threshold must be a finite number, got {args.threshold}", 2)
+    if args.threshold is not None and not (math.isfinite(args.threshold) and args.threshold >= 0):
+        return _fail(threshold_problem(args.threshold), 2)
     try:
         resolve_device(args.device)
     except ValueError as exc:
@@ -172,7 +203,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     Returns the exit code: 0 when every input was scored, 1 when any input failed (the others are still
     scored), 2 for bad usage, a bad model bundle or an unusable output folder (nothing scored)."""
-    inputs, folders = expand_inputs([Path(p) for p in args.inputs])
+    if not str(args.output_dir).strip():
+        return _fail("--output-dir must name a folder (got an empty string)", 2)
+    try:
+        inputs, folders = expand_inputs([Path(p) for p in args.inputs])
+    except volume_io.InputError as exc:
+        return _fail(str(exc), 2)
     if folders and (args.mask or args.contrast):
         return _fail(
             f"{folders[0]} is a folder of images: --mask and --contrast need the inputs named one by "
@@ -233,16 +269,17 @@ def cmd_score(args: argparse.Namespace) -> int:
                 extras=[seg] if seg else [],
             )
             rows[i] = summary.summary_row(path, report)
-            if not args.quiet:
-                print(
+        except (volume_io.InputError, ValueError, RuntimeError, OSError, MemoryError) as exc:
+            failures += 1
+            message = input_error_message(path, exc)
+            rows[i] = summary.summary_row(path, error=message)
+            _fail(message, 1)
+        else:
+            if not args.quiet:  # a closed stdout does not make a scored input fail (_say)
+                _say(
                     f"{path}: volume score {report['volume_score_bpd']:.4f} bpd, "
                     f"{report['anomalous_volume_ml']:.2f} mL anomalous -> {out_dir}"
                 )
-        except (volume_io.InputError, ValueError, RuntimeError, OSError) as exc:
-            failures += 1
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            rows[i] = summary.summary_row(path, error=message)
-            _fail(message, 1)
         try:
             summary.write_summary(rows, out_dir, protect=protect)
         except (ValueError, OSError) as exc:
@@ -310,15 +347,53 @@ def cmd_bids(args: argparse.Namespace) -> int:
                 extras=[bids.mask_sidecar(scan)],
                 report_fields=bids.report_fields(scan),
             )
+        except (volume_io.InputError, ValueError, RuntimeError, OSError, MemoryError) as exc:
+            failures += 1
+            _fail(input_error_message(scan.path, exc), 1)
+        else:
             if not args.quiet:
-                print(
+                _say(
                     f"{scan.relative}: volume score {report['volume_score_bpd']:.4f} bpd, "
                     f"{report['anomalous_volume_ml']:.2f} mL anomalous -> {scan.folder(out_dir)}"
                 )
-        except (volume_io.InputError, ValueError, RuntimeError, OSError) as exc:
-            failures += 1
-            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
     return 1 if failures else 0
+
+
+def threshold_problem(threshold: float) -> str:
+    """Why ``threshold`` is not a usable ``--threshold``: it must be finite and >= 0, since every anomaly map
+    is >= 0 (0 where nothing is anomalous) and a negative threshold would label the whole brain."""
+    if not math.isfinite(threshold):
+        return f"--threshold must be a finite number, got {threshold}"
+    return (
+        f"--threshold must be >= 0, got {threshold:g}: the anomaly map is >= 0 everywhere (0: nothing "
+        "anomalous), so a negative threshold would label the whole brain"
+    )
+
+
+def input_error_message(path: Path, exc: BaseException) -> str:
+    """The one-line error of an input that failed: the exception's first line, starting with the input's path
+    when the message does not name it already (a full disk, a constant brain, an allocation failure)."""
+    text = " ".join((str(exc).splitlines() or [""])[0].split())
+    if isinstance(exc, MemoryError):
+        text = f"out of memory while scoring ({text or 'MemoryError'})"
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        text = f"{exc.strerror}{where}"
+    elif isinstance(exc, RuntimeError) and "itk" in text.lower():  # SimpleITK: the C++ location is noise
+        text = volume_io._sitk_reason(exc)
+    text = text or type(exc).__name__
+    return text if str(path) in text else f"{path}: {text}"
+
+
+def _say(line: str) -> None:
+    """Print ``line`` on stdout; when stdout's reader has gone (``anodode score ... | head -c 0``) stdout is
+    pointed at /dev/null and scoring goes on: the files are the results, the line is a courtesy."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -334,6 +409,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load_model(args.model)  # a bad model fails before the phantom is written
     except BundleError as exc:
         return _fail(str(exc), 2)
+    if not str(args.output_dir).strip():
+        return _fail("--output-dir must name a folder (got an empty string)", 2)
     out_dir = Path(args.output_dir)
     phantom = demo.make_phantom()
     flair, lesion = out_dir / "phantom_flair.nii.gz", out_dir / "phantom_lesion.nii.gz"
@@ -477,6 +554,33 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(value: str) -> int:
+    """The logging level named by ``$ANODODE_LOG``: one of ``LOG_LEVELS`` (any case) or a number; "" is
+    WARNING. ValueError (one line) for anything else."""
+    text = value.strip().upper()
+    if not text:
+        return logging.WARNING
+    if text.isdigit():
+        return int(text)
+    if text in LOG_LEVELS:
+        return getattr(logging, text)
+    raise ValueError(f"ANODODE_LOG must be one of {', '.join(LOG_LEVELS)} or a number (got {value!r})")
+
+
+class _ProgressSafeHandler(logging.Handler):
+    """Log lines on stderr through ``tqdm.write``: a warning raised while a progress bar is drawn gets a line
+    of its own, and the bar is redrawn below it (plain writes would land on the bar's line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt so the same cleanup runs."""
 
@@ -491,9 +595,13 @@ def main(argv: list[str] | None = None) -> int:
     Returns the exit code; SIGTERM gives 143 and Ctrl-C 130, with one error line and no partial outputs.
     Log level from ``$ANODODE_LOG`` (default WARNING)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("ANODODE_LOG", "WARNING"), format="anodode: %(levelname)s: %(message)s"
-    )
+    try:
+        level = log_level(os.environ.get("ANODODE_LOG", ""))
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    handler = _ProgressSafeHandler()
+    handler.setFormatter(logging.Formatter("anodode: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)

@@ -32,6 +32,25 @@ LOCALISATIONS = ("likelihood", "reconstruction", "combined")
 RESIDUAL_SCALES = ("all", "finest")
 INTENSITY_REFERENCES = ("mean", "wm_peak")
 
+# Bounds on the numbers a model.json may hold: beyond them a run would not finish or not fit in memory (a
+# hand-edited or corrupt bundle fails to load with one line naming the field, instead of scoring for hours).
+#: the model grid's in-plane pixel size (mm)
+MIN_GRID_SPACING_MM, MAX_GRID_SPACING_MM = 0.25, 10.0
+#: Gaussian sigmas and physical scales (mm): a few head widths at most
+MAX_SCALE_MM = 200.0
+#: feature scales per contrast
+MAX_SCALES = 16
+#: score-network width, depth and time-embedding width
+MAX_HIDDEN, MAX_LAYERS, MAX_TIME_EMBEDDING = 4096, 64, 1024
+#: fixed ODE steps (likelihood solver and reconstruction) and reconstruction noise draws
+MAX_ODE_STEPS, MAX_RECONSTRUCTIONS = 1000, 64
+#: Hutchinson probes per likelihood evaluation
+MAX_PROBES = 1000
+#: the slice score's area (mm^2): 100 cm^2 is most of an axial slice
+MAX_SLICE_AREA_MM2 = 10000.0
+#: the VP-SDE's noise schedule: exp(-integral of beta) underflows float32 far below this
+MAX_BETA = 1000.0
+
 
 def _real(
     value: Any,
@@ -55,9 +74,11 @@ def _real(
             raise ValueError(f"{name} must be {words} {bound:g} (got {value!r})")
 
 
-def _integer(value: Any, name: str, at_least: int) -> None:
+def _integer(value: Any, name: str, at_least: int, at_most: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < at_least:
         raise ValueError(f"{name} must be an integer >= {at_least} (got {value!r})")
+    if at_most is not None and value > at_most:
+        raise ValueError(f"{name} must be an integer <= {at_most} (got {value!r})")
 
 
 def _flag(value: Any, name: str) -> None:
@@ -90,8 +111,10 @@ def _show(value: Any) -> str:
 class PreprocessConfig:
     """How a volume becomes model-grid slices.
 
-    in_plane_spacing_mm: physical pixel size (mm) of the grid every axial slice is resampled to.
-    clip_z: normalised intensities (z-scores within the brain) are clipped to [-clip_z, clip_z].
+    in_plane_spacing_mm: physical pixel size (mm) of the grid every axial slice is resampled to, in
+        [``MIN_GRID_SPACING_MM``, ``MAX_GRID_SPACING_MM``] (a finer grid multiplies the work by the square of
+        the ratio: 0.001 mm would ask for terabytes).
+    clip_z: normalised intensities (z-scores within the brain) are clipped to [-clip_z, clip_z] (at most 100).
     intensity_reference: what a normalised intensity of 0 and 1 mean (see ``volume_io.normalise_intensity``):
         "mean": the robust mean and standard deviation of the brain (the historical z-score);
         "wm_peak": the mode of the brain's intensity histogram (normal-appearing white matter on FLAIR) and
@@ -103,8 +126,13 @@ class PreprocessConfig:
     intensity_reference: str = "mean"
 
     def __post_init__(self) -> None:
-        _real(self.in_plane_spacing_mm, "in_plane_spacing_mm", above=0.0)
-        _real(self.clip_z, "clip_z", above=0.0)
+        _real(
+            self.in_plane_spacing_mm,
+            "in_plane_spacing_mm",
+            at_least=MIN_GRID_SPACING_MM,
+            at_most=MAX_GRID_SPACING_MM,
+        )
+        _real(self.clip_z, "clip_z", above=0.0, at_most=100.0)
         _choice(self.intensity_reference, "intensity_reference", INTENSITY_REFERENCES)
 
 
@@ -143,14 +171,16 @@ class FeatureConfig:
 
     def __post_init__(self) -> None:
         _names(self.contrasts, "contrasts", CONTRASTS)
-        if not isinstance(self.scales_mm, tuple) or not self.scales_mm:
-            raise ValueError(f"scales_mm must be a non-empty list of numbers (got {_show(self.scales_mm)})")
+        if not isinstance(self.scales_mm, tuple) or not 1 <= len(self.scales_mm) <= MAX_SCALES:
+            raise ValueError(
+                f"scales_mm must be a list of 1 to {MAX_SCALES} numbers (got {_show(self.scales_mm)})"
+            )
         for sigma in self.scales_mm:
-            _real(sigma, "scales_mm", at_least=0.0)
-        _real(self.edge_scale_mm, "edge_scale_mm", above=0.0)
+            _real(sigma, "scales_mm", at_least=0.0, at_most=MAX_SCALE_MM)
+        _real(self.edge_scale_mm, "edge_scale_mm", above=0.0, at_most=MAX_SCALE_MM)
         _flag(self.position_context, "position_context")
         _flag(self.slice_position, "slice_position")
-        _real(self.regional_scale_mm, "regional_scale_mm", at_least=0.0)
+        _real(self.regional_scale_mm, "regional_scale_mm", at_least=0.0, at_most=MAX_SCALE_MM)
         if self.regional_clip is not None:
             _real(self.regional_clip, "regional_clip")
 
@@ -183,8 +213,8 @@ class SDEConfig:
     t_eps: float = 1e-3
 
     def __post_init__(self) -> None:
-        _real(self.beta_min, "beta_min", above=0.0)
-        _real(self.beta_max, "beta_max", above=self.beta_min)
+        _real(self.beta_min, "beta_min", above=0.0, at_most=MAX_BETA)
+        _real(self.beta_max, "beta_max", above=self.beta_min, at_most=MAX_BETA)
         _real(self.t_eps, "t_eps", above=0.0, below=1.0)
 
 
@@ -209,9 +239,9 @@ class ScoreNetConfig:
             _integer(self.channels, "channels", 1)
         if self.cond_channels is not None:
             _integer(self.cond_channels, "cond_channels", 0)
-        _integer(self.hidden, "hidden", 1)
-        _integer(self.layers, "layers", 1)
-        _integer(self.time_embedding, "time_embedding", 2)
+        _integer(self.hidden, "hidden", 1, MAX_HIDDEN)
+        _integer(self.layers, "layers", 1, MAX_LAYERS)
+        _integer(self.time_embedding, "time_embedding", 2, MAX_TIME_EMBEDDING)
 
 
 @dataclass(frozen=True)
@@ -235,11 +265,11 @@ class SolverConfig:
 
     def __post_init__(self) -> None:
         _choice(self.method, "method", SOLVER_METHODS)
-        _integer(self.steps, "steps", 1)
-        _real(self.rtol, "rtol", above=0.0)
-        _real(self.atol, "atol", above=0.0)
+        _integer(self.steps, "steps", 1, MAX_ODE_STEPS)
+        _real(self.rtol, "rtol", above=0.0, at_most=1.0)
+        _real(self.atol, "atol", above=0.0, at_most=1.0)
         _choice(self.divergence, "divergence", DIVERGENCES)
-        _integer(self.n_probes, "n_probes", 1)
+        _integer(self.n_probes, "n_probes", 1, MAX_PROBES)
         _real(self.t_eps, "t_eps", above=0.0, below=1.0)
 
 
@@ -290,11 +320,11 @@ class LocalisationConfig:
         _flag(self.hyperintense_only, "hyperintense_only")
         _names(self.hyperintense_contrasts, "hyperintense_contrasts", CONTRASTS, allow_empty=True)
         _real(self.t_start, "t_start", above=0.0, at_most=1.0)
-        _integer(self.n_reconstructions, "n_reconstructions", 1)
-        _integer(self.reconstruction_steps, "reconstruction_steps", 1)
-        _real(self.smooth_mm, "smooth_mm", at_least=0.0)
+        _integer(self.n_reconstructions, "n_reconstructions", 1, MAX_RECONSTRUCTIONS)
+        _integer(self.reconstruction_steps, "reconstruction_steps", 1, MAX_ODE_STEPS)
+        _real(self.smooth_mm, "smooth_mm", at_least=0.0, at_most=MAX_SCALE_MM)
         _choice(self.residual_scales, "residual_scales", RESIDUAL_SCALES)
-        _real(self.slice_area_mm2, "slice_area_mm2", above=0.0)
+        _real(self.slice_area_mm2, "slice_area_mm2", above=0.0, at_most=MAX_SLICE_AREA_MM2)
         _flag(self.intensity_product, "intensity_product")
         if self.brightness_quantile is not None:
             _real(self.brightness_quantile, "brightness_quantile", above=0.0, below=1.0)

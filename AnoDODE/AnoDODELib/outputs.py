@@ -245,8 +245,10 @@ def score_to_files(
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-    if threshold is not None and not math.isfinite(threshold):
-        raise ValueError(f"the threshold must be a finite number, got {threshold}")
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(
+            f"the threshold must be a finite number >= 0 (the anomaly map is >= 0), got {threshold}"
+        )
     report_progress = callback or (lambda fraction, message: None)
     protected = [*inputs.files(), *protect, *(p for e in extras for p in e.reads)]
     kinds = [*OUTPUT_KINDS, *(e.kind for e in extras)]
@@ -261,6 +263,7 @@ def score_to_files(
     report_progress(0.0, "reading input")
     image = volume_io.read_image(inputs.image)
     volume_io.check_head_size(image, str(inputs.image))
+    volume_io.check_scan_geometry(image, str(inputs.image), model.config.preprocess.in_plane_spacing_mm)
     mask = volume_io.read_mask(inputs.mask, image) if inputs.mask else None
     if mask is not None:
         warning = volume_io.mask_coverage_warning(sitk.GetArrayViewFromImage(image), mask, str(inputs.mask))
@@ -278,6 +281,7 @@ def score_to_files(
             callback=lambda f, m: report_progress(0.05 + 0.9 * min(1.0, max(0.0, f)), m),
             name=str(inputs.image),
             other_contrasts=others,
+            other_names={c: str(p) for c, p in inputs.contrasts.items()},
         )
         report_progress(0.96, "writing results")
         report = build_report(inputs, image, result, model, preset, outputs, extras)

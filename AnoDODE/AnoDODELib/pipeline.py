@@ -121,15 +121,18 @@ def prepare_volume(
     mask: np.ndarray | None = None,
     name: str = "input",
     other_contrasts: Mapping[str, sitk.Image] | None = None,
+    other_names: Mapping[str, str] | None = None,
 ) -> PreparedVolume:
     """Validate, canonicalise, normalise and featurise a 3-D scan (mask in the image's array layout).
 
     ``image`` is the model's primary contrast (``cfg.features.contrasts[0]``); a multi-contrast model
     also needs ``other_contrasts``: every other contrast it reads, by name, aligned with ``image`` (on its
     grid, or resampled onto it by physical position, see ``volume_io.align_to``). Each contrast is
-    z-scored within the primary's brain mask.
+    z-scored within the primary's brain mask. ``name`` and ``other_names`` (by contrast; default
+    "<name> (<contrast>)") name the files in messages.
     """
     check_contrasts(cfg, other_contrasts, name)
+    volume_io.check_scan_geometry(image, name, cfg.preprocess.in_plane_spacing_mm)  # before any allocation
     array = volume_io.validate_intensities(image, name)
     for warning in volume_io.spacing_warnings(image):
         logger.warning(warning)
@@ -147,17 +150,22 @@ def prepare_volume(
     brain = geometry.to_canonical(mask.astype(bool))
     sp = cfg.preprocess.in_plane_spacing_mm
 
-    def normalised_on_grid(canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def normalised_on_grid(canonical: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
         z = volume_io.normalise_intensity(
-            canonical, brain, clip_z=cfg.preprocess.clip_z, reference=cfg.preprocess.intensity_reference
+            canonical,
+            brain,
+            clip_z=cfg.preprocess.clip_z,
+            reference=cfg.preprocess.intensity_reference,
+            name=source,
         )
         return z, volume_io.resample_slices(z, geometry.spacing_mm[1:], sp, order=1)
 
-    normalised, grid_img = normalised_on_grid(geometry.to_canonical(array))
+    normalised, grid_img = normalised_on_grid(geometry.to_canonical(array), name)
     grids = [grid_img]
     for contrast in cfg.features.contrasts[1:]:
-        other = volume_io.align_to(other_contrasts[contrast], image, f"{name} ({contrast})", region=mask)
-        grids.append(normalised_on_grid(geometry.to_canonical(other))[1])
+        source = (other_names or {}).get(contrast, f"{name} ({contrast})")
+        other = volume_io.align_to(other_contrasts[contrast], image, source, region=mask)
+        grids.append(normalised_on_grid(geometry.to_canonical(other), source)[1])
     grid_mask = (
         volume_io.resample_slices(brain.astype(np.float32), geometry.spacing_mm[1:], sp, order=1) > 0.5
     )
@@ -608,16 +616,20 @@ def score_image(
     callback: Callback | None = None,
     name: str = "input",
     other_contrasts: Mapping[str, sitk.Image] | None = None,
+    other_names: Mapping[str, str] | None = None,
 ) -> ScoreResult:
     """Score a 3-D scan with a loaded model; see ``ScoreResult`` for the outputs. ``image`` is the model's
-    primary contrast; ``other_contrasts`` its other contrasts by name (see ``prepare_volume``)."""
+    primary contrast; ``other_contrasts`` its other contrasts by name, ``other_names`` their file names for
+    messages (see ``prepare_volume``)."""
     if isinstance(preset, str) and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     dev = resolve_device(device)
     t0 = time.perf_counter()
     report = callback or (lambda fraction, message: None)
     report(0.0, "preprocessing")
-    prepared = prepare_volume(image, model.config, mask, name=name, other_contrasts=other_contrasts)
+    prepared = prepare_volume(
+        image, model.config, mask, name=name, other_contrasts=other_contrasts, other_names=other_names
+    )
     report(0.1, "scoring")
     scores, scored = score_prepared(
         model, prepared, preset, device=dev, callback=lambda f, m: report(0.1 + 0.8 * f, m)
@@ -630,7 +642,7 @@ def score_image(
     result = ScoreResult(
         prepared.geometry,
         anomaly,
-        (anomaly > thr).astype(np.uint8),
+        ((anomaly > thr) & prepared.brain).astype(np.uint8),  # never outside the brain, whatever thr
         prepared.brain,
         float(scores.bpd.mean()),
         slices,

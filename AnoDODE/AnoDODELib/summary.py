@@ -1,5 +1,5 @@
-"""Per-scan statistics for the report, and the batch summary: one row per input in summary.csv and
-summary.json in the output folder.
+"""Per-scan statistics for the report, and the folder's summary: one row per input scored into the output
+folder, in summary.csv and summary.json (see ``write_summary``).
 
 A row holds the input's path and its status (``ok`` or the one-line error), and for a scored input the
 values of its report: the volume score (bits/dim), the anomalous volume (mL, the label's voxels at the
@@ -11,11 +11,12 @@ weights' SHA-256, which changes whenever the weights do).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +129,68 @@ def write_summary(
     rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, protect: Iterable[str | os.PathLike] = ()
 ) -> tuple[Path, Path]:
     """Write summary.csv and summary.json into ``out_dir`` (created), each atomically (a reader sees the
-    previous or the new file, never a part); never over one of ``protect`` (the inputs)."""
+    previous or the new file, never a part); never over one of ``protect`` (the inputs).
+
+    The summary lists every input scored into the folder, not only this batch: ``rows`` replace the rows of
+    the same inputs (the latest run of an input wins, in place) and rows of other inputs, e.g. of another run
+    into the same folder, are kept. The read-merge-write is done holding an exclusive lock on the folder
+    (``flock``, POSIX), so two runs writing at once never drop each other's rows."""
     out = Path(out_dir)
     protect = list(protect)
+    out.mkdir(parents=True, exist_ok=True)
     paths = (out / SUMMARY_FILES[0], out / SUMMARY_FILES[1])
-    atomic_write.write_bytes(paths[0], to_csv(rows).encode(), protect, create_folder=True)
-    atomic_write.write_bytes(paths[1], to_json(rows).encode(), protect, create_folder=True)
+    with _folder_lock(out):
+        merged = merge_rows(read_rows(paths[1]), rows)
+        atomic_write.write_bytes(paths[0], to_csv(merged).encode(), protect, create_folder=True)
+        atomic_write.write_bytes(paths[1], to_json(merged).encode(), protect, create_folder=True)
     return paths
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a summary.json, [] when there is none or it is not one (an unreadable file is replaced)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        return []
+    return [dict(r) for r in rows if isinstance(r, dict) and isinstance(r.get("input"), str)]
+
+
+def merge_rows(
+    previous: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """``previous`` with each row of the same input replaced by the one in ``rows`` (in place), then the rows
+    of ``rows`` whose input was not there, in their order."""
+    new = {str(r["input"]): r for r in rows}
+    merged = [new.pop(str(r["input"]), r) for r in previous]
+    placed = {str(r["input"]) for r in merged}
+    return merged + [r for r in rows if str(r["input"]) not in placed]
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``folder`` (``flock`` on the folder itself, so no lock file is left
+    behind); a no-op where the platform has no ``fcntl`` (Windows) or the folder cannot be locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _csv_value(value: Any) -> Any:

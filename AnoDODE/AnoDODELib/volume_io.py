@@ -151,9 +151,11 @@ def _gunzip_whole(path: Path) -> bytes:
     return b"".join(out)
 
 
-def _nifti_header(head: bytes, path: Path) -> tuple[str, int, tuple[int, ...], int, str] | None:
-    """(endianness, datatype, dims, vox_offset, magic) of a NIfTI-1/2 (or Analyze 7.5) header; None when
-    ``head`` does not start with one (left to the reader). InputError for a header too short to hold one."""
+def _nifti_header(
+    head: bytes, path: Path
+) -> tuple[str, int, tuple[int, ...], int, str, tuple[float, ...]] | None:
+    """(endianness, datatype, dims, vox_offset, magic, pixdim) of a NIfTI-1/2 (or Analyze 7.5) header; None
+    when ``head`` does not start with one (left to the reader). InputError for a header too short to hold one."""
     import struct
 
     for end in "<>":
@@ -165,7 +167,8 @@ def _nifti_header(head: bytes, path: Path) -> tuple[str, int, tuple[int, ...], i
             datatype = struct.unpack(end + "h", head[70:72])[0]
             vox_offset = int(struct.unpack(end + "f", head[108:112])[0] or 0)
             magic = head[344:348].rstrip(b"\0").decode("latin-1")
-            return end, datatype, tuple(int(v) for v in dims), vox_offset, magic
+            pixdim = struct.unpack(end + "8f", head[76:108])
+            return end, datatype, tuple(int(v) for v in dims), vox_offset, magic, pixdim
         if size == 540:
             if len(head) < 540:
                 raise InputError(f"{path}: truncated NIfTI-2 header ({len(head)} of 540 bytes)")
@@ -173,7 +176,8 @@ def _nifti_header(head: bytes, path: Path) -> tuple[str, int, tuple[int, ...], i
             dims = struct.unpack(end + "8q", head[16:80])
             vox_offset = struct.unpack(end + "q", head[168:176])[0]
             magic = head[4:8].rstrip(b"\0").decode("latin-1")
-            return end, datatype, tuple(int(v) for v in dims), int(vox_offset), magic
+            pixdim = struct.unpack(end + "8d", head[104:168])
+            return end, datatype, tuple(int(v) for v in dims), int(vox_offset), magic, pixdim
     return None
 
 
@@ -181,8 +185,8 @@ def check_nifti(path: PathLike) -> None:
     """Refuse a NIfTI-1/2 file (.nii, .nii.gz, or an .hdr/.img pair) whose content is not what its header says.
 
     SimpleITK's NIfTI reader scores files it should refuse: a gzip stream cut short or with a wrong CRC, voxel
-    data shorter than the header's dimensions and datatype imply (the missing voxels read as 0), and NaN or
-    infinite float voxels (read as 0). This reads the file once, decompressing it whole, and raises
+    data shorter than the header's dimensions and datatype imply (the missing voxels read as 0), NaN or
+    infinite float voxels (read as 0), and a spatial voxel size (pixdim[1..3]) of 0 or NaN (read as 1 mm). This reads the file once, decompressing it whole, and raises
     :class:`InputError` (one line naming the path) for each of these. A header it does not recognise is left
     to the reader.
     """
@@ -193,10 +197,16 @@ def check_nifti(path: PathLike) -> None:
     parsed = _nifti_header(raw[:540], p)
     if parsed is None:
         return
-    end, datatype, dims, vox_offset, magic = parsed
+    end, datatype, dims, vox_offset, magic, pixdim = parsed
     ndim = dims[0]
     if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1 : ndim + 1]):
         raise InputError(f"{p}: invalid NIfTI dimensions {list(dims[: max(1, min(ndim, 7)) + 1])}")
+    unknown = [k for k in range(1, min(ndim, 3) + 1) if not (math.isfinite(pixdim[k]) and pixdim[k] != 0)]
+    if unknown:  # ITK reads these as 1 mm, silently
+        raise InputError(
+            f"{p}: the NIfTI header's voxel size pixdim[{unknown[0]}] is {pixdim[unknown[0]]:g}: the voxel "
+            "size is unknown (fix the header)"
+        )
     if datatype not in _NIFTI_TYPES:
         return
     count = math.prod(dims[1 : ndim + 1])
@@ -368,6 +378,61 @@ def check_head_size(image: sitk.Image, name: str) -> None:
         )
 
 
+#: Voxel spacing (mm) AnoDODE scores: finer than MIN_SPACING_MM is a header error (no MRI resolves 50 um), an
+#: in-plane pixel coarser than MAX_IN_PLANE_SPACING_MM would be upsampled more than 4x per axis onto a 2 mm
+#: model grid, a slice thicker than MAX_SLICE_SPACING_MM holds no usable anatomy.
+MIN_SPACING_MM, MAX_IN_PLANE_SPACING_MM, MAX_SLICE_SPACING_MM = 0.05, 8.0, 30.0
+#: The largest physical extent (mm) along any axis: a head is about 250 mm long, a torso field of view 500 mm.
+MAX_EXTENT_MM = 600.0
+#: The most model-grid locations a scan may have (slices x rows x columns at the model's in-plane spacing):
+#: about 1 GB of features and context; a whole-brain 1 mm scan on the 2 mm grid has about 2.5 million.
+MAX_GRID_LOCATIONS = 1 << 25
+
+
+def check_scan_geometry(image: sitk.Image, name: str, grid_spacing_mm: float | None = None) -> None:
+    """:class:`InputError` (one line naming ``name``) unless ``image``'s header describes a plausible scan,
+    checked from the header alone, before anything is allocated for scoring:
+
+    * every spacing finite and at least ``MIN_SPACING_MM``; in-plane spacing at most
+      ``MAX_IN_PLANE_SPACING_MM``, slice spacing at most ``MAX_SLICE_SPACING_MM`` (canonical axes);
+    * the extent (size x spacing, mm) along every axis at most ``MAX_EXTENT_MM``;
+    * with ``grid_spacing_mm`` (the model grid's in-plane pixel, mm), at most ``MAX_GRID_LOCATIONS``
+      model-grid locations: n_slices x round(rows x dy / g) x round(cols x dx / g).
+
+    A header with a wrong spacing (1000 mm, 0.001 mm) otherwise makes the resampled grids explode: minutes of
+    work, then an allocation failure."""
+    spacing = np.array(image.GetSpacing(), dtype=float)
+    size = np.array(image.GetSize(), dtype=float)
+    shown = tuple(round(float(v), 4) for v in spacing)
+    if not np.isfinite(spacing).all() or (spacing < MIN_SPACING_MM).any():
+        raise InputError(
+            f"{name}: implausible voxel spacing {shown} mm (each must be at least {MIN_SPACING_MM:g} mm); "
+            "check the file's header"
+        )
+    geometry = slice_geometry(image)
+    slice_mm, dy, dx = geometry.spacing_mm
+    if max(dy, dx) > MAX_IN_PLANE_SPACING_MM or slice_mm > MAX_SLICE_SPACING_MM:
+        raise InputError(
+            f"{name}: implausible voxel spacing {shown} mm for a brain MRI (in-plane at most "
+            f"{MAX_IN_PLANE_SPACING_MM:g} mm, slices at most {MAX_SLICE_SPACING_MM:g} mm); check the header"
+        )
+    extent = size * spacing
+    if extent.max() > MAX_EXTENT_MM:
+        raise InputError(
+            f"{name}: the image spans {tuple(round(float(v)) for v in extent)} mm "
+            f"(size {tuple(int(v) for v in size)} x spacing {shown} mm); a head scan spans at most "
+            f"{MAX_EXTENT_MM:g} mm along each axis: check the header's spacing"
+        )
+    if grid_spacing_mm is not None:
+        n, rows, cols = geometry.canonical_shape
+        h, w = _target_shape((rows, cols), (dy, dx), grid_spacing_mm)
+        if n * h * w > MAX_GRID_LOCATIONS:
+            raise InputError(
+                f"{name}: {n} slices of {h} x {w} pixels on the model's {grid_spacing_mm:g} mm grid are "
+                f"more than the {MAX_GRID_LOCATIONS} locations AnoDODE scores at once"
+            )
+
+
 #: A --mask covering less than this fraction of the image's non-background voxels is probably a lesion mask.
 LESION_SIZED_MASK_FRACTION = 0.1
 
@@ -458,12 +523,18 @@ def align_to(
     return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
 
+#: A --mask on a skull-stripped scan with more than this fraction of its voxels on the scan's constant
+#: background is not a brain mask (an all-ones mask on BraTS: 83%; a brain mask: under 1%).
+MASK_OUTSIDE_FRACTION = 0.5
+
+
 def read_mask(path: PathLike, reference: sitk.Image) -> np.ndarray:
     """A brain mask as a bool array in ``reference``'s sitk array layout (voxels with value > 0.5).
 
     Raises :class:`InputError` when the file cannot be read (see :func:`read_image`), when its grid
-    differs from the reference's (size, spacing, origin, direction; see :func:`same_grid`), or when it
-    is empty.
+    differs from the reference's (size, spacing, origin, direction; see :func:`same_grid`), when it
+    is empty, when it covers every voxel, or when, on a skull-stripped scan (at least 60% of the border
+    faces hold one background value), more than ``MASK_OUTSIDE_FRACTION`` of its voxels lie on that background.
     """
     mask = read_image(path)
     diff = _grid_difference(mask, reference, 1e-4)
@@ -475,6 +546,21 @@ def read_mask(path: PathLike, reference: sitk.Image) -> np.ndarray:
     out = array > 0.5
     if not out.any():
         raise InputError(f"{path}: the mask is empty (no voxel above 0.5)")
+    if out.all():
+        raise InputError(
+            f"{path}: the mask covers every voxel of the image; --mask expects a brain mask (1 in the brain, "
+            "0 outside it)"
+        )
+    scan = sitk.GetArrayViewFromImage(reference)
+    faces = _border_faces(scan)
+    background = _background_value(scan)
+    if float(_is_background(faces, background).mean()) >= 0.6:  # a skull-stripped scan's constant background
+        outside = float(_is_background(scan[out], background).mean())
+        if outside > MASK_OUTSIDE_FRACTION:
+            raise InputError(
+                f"{path}: the mask lies mostly outside the brain ({100 * outside:.0f}% of its voxels hold the "
+                f"scan's background value {background:g}); --mask expects a brain mask"
+            )
     return out
 
 
@@ -691,24 +777,28 @@ def intensity_reference(values: np.ndarray, reference: str = "mean") -> tuple[fl
 
 
 def normalise_intensity(
-    array: np.ndarray, mask: np.ndarray, clip_z: float = 6.0, reference: str = "mean"
+    array: np.ndarray,
+    mask: np.ndarray,
+    clip_z: float = 6.0,
+    reference: str = "mean",
+    name: str = "input",
 ) -> np.ndarray:
     """Normalised intensity within the brain: ``(x - centre) / scale`` with the ``reference``'s robust centre
     and scale (see ``intensity_reference``; "mean" is the z-score). Returns float32, 0 outside the brain,
-    clipped to ``[-clip_z, clip_z]``. Raises :class:`InputError` for an empty mask or constant brain
-    intensities.
+    clipped to ``[-clip_z, clip_z]``. Raises :class:`InputError` (naming ``name``, the image's file) for an
+    empty mask or constant brain intensities.
     """
     if array.shape != mask.shape:
         raise ValueError(f"array {array.shape} and mask {mask.shape} differ in shape")
     mask = mask.astype(bool)
     v = array[mask].astype(np.float64)
     if v.size == 0:
-        raise InputError("the brain mask is empty")
+        raise InputError(f"{name}: the brain mask is empty")
     mean, std = intensity_reference(v, reference)
     if std <= 1e-12 * max(1.0, abs(mean)):
         mean, std = float(v.mean()), float(v.std())  # a mostly-flat brain with a few outliers
     if std <= 1e-12 * max(1.0, abs(mean)):
-        raise InputError("the brain's intensities are constant")
+        raise InputError(f"{name}: the brain's intensities are constant")
     out = np.zeros(array.shape, dtype=np.float32)  # computed at the brain's voxels only (a fifth of a scan)
     out[mask] = np.clip((v - mean) / std, -clip_z, clip_z)
     return out

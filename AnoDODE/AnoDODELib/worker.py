@@ -217,8 +217,10 @@ def _run(args: argparse.Namespace, progress: _Progress) -> None:
 
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}")
-    if args.threshold is not None and not math.isfinite(args.threshold):
-        raise UsageError(f"--threshold must be a finite number, got {args.threshold}")
+    if args.threshold is not None and not (math.isfinite(args.threshold) and args.threshold >= 0):
+        from .cli import threshold_problem
+
+        raise UsageError(threshold_problem(args.threshold))
     try:
         resolve_device(args.device)
     except ValueError as exc:

@@ -322,7 +322,7 @@ def _break(meta: dict, kind: str) -> object:
 BUNDLE_BREAKAGES = {
     "list": "must hold a JSON object",
     "null": "must hold a JSON object",
-    "spacing0": "config.preprocess.in_plane_spacing_mm must be > 0",
+    "spacing0": "config.preprocess.in_plane_spacing_mm must be >= 0.25",
     "reconstructions0": "config.localisation.n_reconstructions must be an integer >= 1",
     "steps0": "config.localisation.reconstruction_steps must be an integer >= 1",
     "threshold_nan": "config.calibration.threshold must be a finite number",
@@ -623,3 +623,202 @@ def test_fuzz_truncations_and_byte_flips(model_dir, tmp_path, capsys):
         assert code == 1 and len(lines) == 1 and lines[0].startswith("anodode: error: "), (i, lines)
         assert listing(tmp_path / f"uo{i}") == []
     assert time.monotonic() - start < 120
+
+
+# ------------------------------------------------------------------------------- implausible geometry
+
+
+def _respaced(src: Path, dst: Path, spacing: tuple[float, float, float]) -> Path:
+    image = sitk.ReadImage(str(src))
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(dst))
+    return dst
+
+
+def test_implausible_spacing_fails_one_input_in_one_line_and_the_batch_goes_on(
+    model_dir, phantom, tmp_path, capsys
+):
+    """A header with a wrong spacing (1000 mm, 50 mm or 12 mm in-plane pixels: a field of view of metres; 0.001
+    mm slices) is refused from the header before any allocation: one line naming the input, its row in the
+    summary, and the next input is scored (it used to be a traceback, or minutes of work then an allocation
+    error that ended the batch without a summary)."""
+    bad = [
+        _respaced(phantom, tmp_path / f"sp{i}.nii.gz", spacing)
+        for i, spacing in enumerate(
+            [(1000.0, 1000.0, 1000.0), (50.0, 50.0, 6.0), (12.0, 12.0, 6.0), (3.0, 3.0, 0.001)]
+        )
+    ]
+    out = tmp_path / "out"
+    code, lines = score(capsys, *bad, phantom, "--model", model_dir, "--output-dir", out)
+    assert code == 1, lines
+    assert len(lines) == len(bad), lines
+    for path, line in zip(bad, lines):
+        assert line.startswith(f"anodode: error: {path}: ") and ("spacing" in line or "spans" in line), line
+    rows = json.loads((out / "summary.json").read_text())
+    assert [r["status"] == "ok" for r in rows["rows"]] == [False] * len(bad) + [True]
+    assert rows["failed"] == len(bad) and rows["ok"] == 1
+    assert listing(out) == sorted(p.name for p in OutputSet.with_stem(out, "phantom").paths().values())
+
+
+def test_scan_geometry_bounds():
+    def image(size, spacing):
+        im = sitk.Image(size, sitk.sitkUInt8)
+        im.SetSpacing(spacing)
+        return im
+
+    volume_io.check_scan_geometry(image((240, 240, 155), (1.0, 1.0, 1.0)), "x", 2.0)  # BraTS
+    volume_io.check_scan_geometry(image((512, 512, 16), (0.47, 0.47, 8.0)), "x", 2.0)  # clinical 2-D FLAIR
+    volume_io.check_scan_geometry(image((256, 256, 24), (0.9, 0.9, 6.5)), "x", 0.25)  # finest model grid
+    for size, spacing, words in [
+        ((240, 240, 155), (1.0, 1.0, 0.01), "implausible voxel spacing"),
+        ((20, 20, 20), (10.0, 10.0, 10.0), "implausible voxel spacing"),
+        ((64, 64, 10), (2.0, 2.0, 40.0), "implausible voxel spacing"),
+        ((240, 240, 155), (3.0, 3.0, 3.0), r"spans \(720, 720, 465\) mm"),
+        ((1000, 1000, 500), (0.5, 0.5, 1.0), "locations"),
+    ]:
+        with pytest.raises(volume_io.InputError, match=words):
+            volume_io.check_scan_geometry(image(size, spacing), "x", 2.0 if words != "locations" else 0.25)
+
+
+# --------------------------------------------------------------------------- masks, thresholds, headers
+
+
+def _mask_like(reference: Path, array: np.ndarray, path: Path) -> Path:
+    ref = sitk.ReadImage(str(reference))
+    mask = sitk.GetImageFromArray(array.astype(np.uint8))
+    mask.CopyInformation(ref)
+    sitk.WriteImage(mask, str(path))
+    return path
+
+
+def test_a_mask_that_is_not_a_brain_mask_is_refused(model_dir, phantom, tmp_path, capsys):
+    """An all-ones --mask (it used to be scored silently: the background counted as brain, 1622 mL
+    "anomalous" on a BraTS scan) and a mask lying mostly on the background of a skull-stripped scan are
+    refused in one line naming the mask."""
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom)))
+    ones = _mask_like(phantom, np.ones(array.shape), tmp_path / "ones.nii.gz")
+    shell = np.ones(array.shape, bool)
+    shell[2:-2, 2:-2, 2:-2] = False  # the border region: background only
+    outside = _mask_like(
+        phantom, shell | (np.arange(array.size).reshape(array.shape) % 50 == 0), tmp_path / "o.nii.gz"
+    )
+    for mask, words in [(ones, "covers every voxel"), (outside, "lies mostly outside the brain")]:
+        out = tmp_path / mask.name.split(".")[0]
+        code, lines = score(capsys, phantom, "--mask", mask, "--model", model_dir, "--output-dir", out)
+        assert_refused(code, lines, 1, str(mask), words)
+        assert listing(out) == []
+    brain = _mask_like(phantom, array > 0, tmp_path / "brain.nii.gz")  # a true brain mask still scores
+    code, lines = score(
+        capsys, phantom, "--mask", brain, "--model", model_dir, "--output-dir", tmp_path / "b"
+    )
+    assert code == 0, lines
+
+
+def test_a_negative_threshold_is_a_usage_error_and_the_label_stays_in_the_brain(
+    model_dir, phantom, tmp_path, capsys
+):
+    """The map is >= 0 everywhere, so a negative --threshold would label the whole volume, background included
+    (it did); it is refused as a usage error by the CLI (exit 2) and the worker. The label is the voxels whose
+    map is above the threshold: not those at it."""
+    out = tmp_path / "neg"
+    code, lines = score(capsys, phantom, "--threshold", "-1", "--model", model_dir, "--output-dir", out)
+    assert_refused(code, lines, 2, "--threshold must be >= 0")
+    assert not out.exists() or listing(out) == []
+    code = worker.main(
+        [
+            "--input",
+            str(phantom),
+            "--threshold",
+            "-0.5",
+            "--model",
+            str(model_dir),
+            "--output-dir",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 1 and "ERROR: usage: --threshold must be >= 0" in capsys.readouterr().err
+    ref = tmp_path / "ref"
+    code, lines = score(capsys, phantom, "--model", model_dir, "--output-dir", ref)
+    assert code == 0, lines
+    amap = sitk.GetArrayFromImage(sitk.ReadImage(str(OutputSet.with_stem(ref, "phantom").paths()["anomaly"])))
+    at = float(np.median(amap[amap > 0]))  # a value the map takes: those voxels are not above it
+    code, lines = score(
+        capsys, phantom, "--threshold", repr(at), "--model", model_dir, "--output-dir", tmp_path / "at"
+    )
+    assert code == 0, lines
+    label = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(OutputSet.with_stem(tmp_path / "at", "phantom").paths()["label"]))
+    )
+    assert np.count_nonzero(amap == np.float32(at)) >= 1
+    np.testing.assert_array_equal(label > 0, amap > np.float32(at))
+
+
+def test_the_label_never_leaves_the_brain_even_below_zero(tiny_model_dir, phantom):
+    """pipeline.score_image: a (calibrated or given) threshold below 0 labels the brain, never the
+    background around it."""
+    from AnoDODELib.bundle import load_model as load
+    from AnoDODELib.pipeline import score_image
+
+    image = sitk.ReadImage(str(phantom))
+    result = score_image(image, load(tiny_model_dir), threshold=-1.0, device="cpu", preset="fast")
+    np.testing.assert_array_equal(result.label.astype(bool), result.brain)
+
+
+@pytest.mark.parametrize("value", [0.0, math.nan])
+def test_a_nifti_voxel_size_of_zero_is_refused(phantom, tmp_path, value):
+    """pixdim[k] = 0 (or NaN) means the voxel size is unknown; SimpleITK reads it as 1 mm without a word."""
+    import struct
+
+    raw = bytearray(gzip.decompress(phantom.read_bytes()))
+    raw[84:88] = struct.pack("<f", value)  # pixdim[2]
+    bad = tmp_path / "pixdim.nii"
+    bad.write_bytes(bytes(raw))
+    assert sitk.ReadImage(str(bad)).GetSpacing()[1] == 1.0  # what the reader alone makes of it
+    with pytest.raises(volume_io.InputError, match=r"pixdim\[2\] is (0|nan): the voxel size is unknown"):
+        volume_io.read_image(bad)
+
+
+def test_every_input_error_names_the_input(phantom, tmp_path):
+    """Errors raised without a path (a full disk, a constant brain, an allocation failure) get the input's
+    path in front; messages that name it already are kept as they are."""
+    import errno
+
+    path = tmp_path / "scan.nii.gz"
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".staging" / "x.nii.gz"))
+    assert cli.input_error_message(path, full).startswith(f"{path}: No space left on device")
+    assert (
+        cli.input_error_message(path, MemoryError()) == f"{path}: out of memory while scoring (MemoryError)"
+    )
+    assert cli.input_error_message(path, volume_io.InputError(f"{path}: bad")) == f"{path}: bad"
+    assert cli.input_error_message(path, RuntimeError("first line\nsecond")) == f"{path}: first line"
+
+
+def test_one_bright_voxel_on_black_is_refused_naming_the_input(model_dir, tmp_path, capsys):
+    array = np.zeros((20, 64, 64), np.float32)
+    array[10, 30, 30] = 1000.0
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((3.0, 3.0, 6.0))
+    path = tmp_path / "dot.nii.gz"
+    sitk.WriteImage(image, str(path))
+    code, lines = score(capsys, path, "--model", model_dir, "--output-dir", tmp_path / "out")
+    assert code == 1 and len(lines) == 1 and lines[0].startswith(f"anodode: error: {path}: "), lines
+
+
+def test_contrast_messages_name_the_contrast_file(tmp_path, phantom, capsys):
+    """A --contrast image that does not cover the brain is named by its own path, not the FLAIR's with
+    "(t1ce)" appended."""
+    two = tmp_path / "two"
+    cfg = ModelConfig(score_net=ScoreNetConfig(hidden=8, layers=1))
+    cfg = ModelConfig(features=type(cfg.features)(contrasts=("flair", "t1ce")), score_net=cfg.score_net)
+    save_model(AnoDODEModel(cfg), two)
+    far = sitk.ReadImage(str(phantom))
+    far.SetOrigin((500.0, 500.0, 500.0))
+    t1ce = tmp_path / "t1ce_far.nii.gz"
+    sitk.WriteImage(far, str(t1ce))
+    code, lines = score(
+        capsys, phantom, "--contrast", f"t1ce={t1ce}", "--model", two, "--output-dir", tmp_path / "o"
+    )
+    assert_refused(code, lines, 1, f"{t1ce}: does not cover")
+    assert "(t1ce)" not in lines[0]

@@ -459,3 +459,110 @@ def test_a_closed_stdout_pipe_ends_quietly():
         os.close(write)
     assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_a_closed_stdout_does_not_fail_a_scored_input(phantom_file, tiny_model_dir, tmp_path):
+    """``anodode score ... | head -c 0``: every file is written and the input's row says ok (it used to say
+    "[Errno 32] Broken pipe", exit 1); the line meant for stdout goes nowhere."""
+    import os
+
+    out = tmp_path / "out"
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "AnoDODELib.cli",
+                "score",
+                str(phantom_file),
+                "--model",
+                str(tiny_model_dir),
+            ]
+            + ["--output-dir", str(out), "--preset", "fast"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["status"] for r in summary["rows"]] == ["ok"] and summary["failed"] == 0
+    assert (out / "phantom_report.json").is_file() and (out / "phantom_anomaly.nii.gz").is_file()
+
+
+def test_a_folder_scored_into_itself_can_be_scored_again(phantom_file, tiny_model_dir, tmp_path):
+    """The second run of ``anodode score study/ --output-dir study/`` scores the scan again and leaves out
+    the maps the first run wrote there (listed in its report); it used to score those as scans and fail the
+    real one with "refusing to overwrite input"."""
+    import shutil
+
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copy(phantom_file, study / "a.nii.gz")
+    for run in range(2):
+        r = run_cli(
+            "score", study, "--model", tiny_model_dir, "--output-dir", study, "--preset", "fast", "--quiet"
+        )
+        assert r.returncode == 0, (run, r.stderr)
+        rows = json.loads((study / "summary.json").read_text())["rows"]
+        assert [(row["input"], row["status"]) for row in rows] == [(str(study / "a.nii.gz"), "ok")], run
+    assert "left out 2 file(s) an earlier AnoDODE run wrote there" in r.stderr
+    assert sorted(p.name for p in study.iterdir()) == sorted(
+        ["a.nii.gz", "a_anomaly.nii.gz", "a_label.nii.gz", "a_figure.png", "a_report.json"]
+        + ["summary.csv", "summary.json"]
+    )
+    # a folder holding nothing but outputs has nothing to score
+    for name in ("a.nii.gz", "summary.csv", "summary.json"):
+        (study / name).unlink()
+    r = run_cli("score", study, "--model", tiny_model_dir, "--output-dir", tmp_path / "o", "--quiet")
+    assert r.returncode == 2 and "holds only AnoDODE outputs" in r.stderr
+
+
+def test_bad_log_level_and_empty_output_dir_are_usage_errors(phantom_file, tiny_model_dir, tmp_path):
+    import os
+
+    env = {**os.environ, "ANODODE_LOG": "loud"}
+    r = subprocess.run(
+        [sys.executable, "-m", "AnoDODELib.cli", "info"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "anodode: error: ANODODE_LOG must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL or a number (got 'loud')"
+    ]
+    for command in (["score", str(phantom_file)], ["demo"]):
+        r = run_cli(*command, "--model", tiny_model_dir, "--output-dir", "", "--quiet")
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+            "anodode: error: --output-dir must name a folder (got an empty string)"
+        ], r.stderr
+
+
+def test_runs_into_one_folder_keep_each_others_rows(tmp_path):
+    """summary.csv/json list every input scored into the folder: runs at the same time (4 processes, 10
+    summary writes each, as a batch writes after every input) never drop each other's rows, and the latest
+    row of an input replaces its earlier one in place."""
+    from AnoDODELib import summary
+
+    out = tmp_path / "out"
+    code = (
+        "import sys; from AnoDODELib import summary\n"
+        "k = sys.argv[1]\n"
+        "for i in range(10):\n"
+        "    rows = [summary.summary_row(f'{k}_{j}.nii.gz') if j > i else summary.summary_row(f'{k}_{j}.nii.gz', error='x')"
+        " for j in range(3)]\n"
+        f"    summary.write_summary(rows, {str(out)!r})\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, name]) for name in "abcd"]
+    assert [p.wait(timeout=300) for p in procs] == [0] * 4
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert sorted(r["input"] for r in rows) == sorted(f"{k}_{j}.nii.gz" for k in "abcd" for j in range(3))
+    assert all(r["status"] == "x" for r in rows)
+    summary.write_summary([summary.summary_row("b_1.nii.gz", error="again")], out)
+    again = json.loads((out / "summary.json").read_text())["rows"]
+    assert [r["input"] for r in again] == [r["input"] for r in rows]
+    assert [r["status"] for r in again if r["input"] == "b_1.nii.gz"] == ["again"]

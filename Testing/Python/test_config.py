@@ -254,3 +254,47 @@ def test_generalisation_fields_are_validated(section, field, bad):
     }[section]
     with pytest.raises(ValueError, match=field):
         dc.replace(cls(), **{field: bad})
+
+
+OVERSIZED = [
+    ("preprocess", "in_plane_spacing_mm", 0.001),
+    ("preprocess", "in_plane_spacing_mm", 50.0),
+    ("preprocess", "clip_z", 1e9),
+    ("features", "scales_mm", [0.0, 1e6]),
+    ("features", "scales_mm", [float(k) for k in range(17)]),
+    ("features", "edge_scale_mm", 1e6),
+    ("features", "regional_scale_mm", 1e6),
+    ("sde", "beta_max", 1e9),
+    ("score_net", "hidden", 10**6),
+    ("score_net", "layers", 10**4),
+    ("score_net", "time_embedding", 10**6),
+    ("localisation", "reconstruction_steps", 10**9),
+    ("localisation", "n_reconstructions", 10**6),
+    ("localisation", "smooth_mm", 1e5),
+    ("localisation", "slice_area_mm2", 1e9),
+]
+
+
+@pytest.mark.parametrize(
+    "section,field,value", OVERSIZED, ids=[f"{s}.{f}={v!r:.12}" for s, f, v in OVERSIZED]
+)
+def test_a_bundle_value_that_would_explode_a_run_is_refused_at_load(
+    tiny_model_dir, tmp_path, section, field, value
+):
+    """Values that pass as numbers but would make a run allocate terabytes or integrate for hours (a 0.001 mm
+    model grid, 10^9 reconstruction steps, a 10^6-wide network) fail at load with one line naming the field."""
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(tiny_model_dir, bundle_dir)
+    meta = json.loads((bundle_dir / "model.json").read_text())
+    meta["config"][section][field] = value
+    (bundle_dir / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=rf"config\.{section}\.{field} must be") as err:
+        load_model(bundle_dir)
+    assert "\n" not in str(err.value)
+
+
+def test_solver_bounds():
+    SolverConfig(steps=1000, n_probes=1000, rtol=1.0)
+    for name, value in [("steps", 10**6), ("n_probes", 10**5), ("rtol", 2.0), ("atol", 10.0)]:
+        with pytest.raises(ValueError, match=rf"^{name} must be"):
+            SolverConfig(**{name: value})
