@@ -20,13 +20,15 @@ report, so they appear with the set or not at all.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,6 +39,41 @@ from .pipeline import PRESETS, ScoreResult, check_contrasts, score_image
 
 logger = logging.getLogger(__name__)
 Callback = Callable[[float, str], None]
+
+F = TypeVar("F", bound=Callable[..., Any])
+#: The warnings logged by the engine while the current scan is scored (``collecting_warnings``), for its report.
+_WARNINGS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("anodode_warnings", default=None)
+
+
+class _WarningList(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(" ".join(record.getMessage().split()))
+
+
+def collecting_warnings(function: F) -> F:
+    """Decorator: while ``function`` runs, every warning the engine logs (the ``AnoDODELib`` loggers: several
+    DICOM series, a scan that does not look skull-stripped, a contrast resampled, ...) is also kept, one line
+    each, for :func:`build_report`'s ``warnings``; they are still logged as before."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        lines: list[str] = []
+        handler = _WarningList(lines)
+        engine = logging.getLogger(__name__.rpartition(".")[0])
+        engine.addHandler(handler)
+        token = _WARNINGS.set(lines)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _WARNINGS.reset(token)
+            engine.removeHandler(handler)
+
+    return wrapper  # type: ignore[return-value]
+
 
 #: The kinds of file in an output set, in the order they are moved into place (the report last).
 OUTPUT_KINDS = ("anomaly", "label", "figure", "report")
@@ -128,7 +165,9 @@ def build_report(
     label threshold (anomaly map units, ``map_units``); anomalous_volume_ml, map_max, map_p99,
     most_anomalous_slices: see ``summary.map_statistics``; nfe / nfe_reconstruction: score-network
     evaluations per location; seconds: scoring wall time (s); model_version: ``summary.model_version``;
-    outputs: the path of each file of the set, the ``extras`` after the ``OUTPUT_KINDS``.
+    outputs: the path of each file of the set, the ``extras`` after the ``OUTPUT_KINDS``;
+    warnings: the warnings logged while the scan was read and scored (inside ``collecting_warnings``), one
+    line each, in order, without repeats.
     """
     paths = outputs.paths()
     primary = model.config.features.contrasts[0]
@@ -161,6 +200,7 @@ def build_report(
         "nfe_reconstruction": int(result.nfe_reconstruction),
         "anomalous_voxels": int(np.count_nonzero(result.canonical_label)),
         **stats,
+        "warnings": list(dict.fromkeys(_WARNINGS.get() or [])),
         "anodode_version": __version__,
         "outputs": {
             **{k: str(paths[k]) for k in _REPORT_ORDER},
@@ -214,6 +254,7 @@ def figure_png(image: sitk.Image, result: ScoreResult, report: Mapping[str, Any]
     return figure.render_png(data)
 
 
+@collecting_warnings
 def score_to_files(
     inputs: ScanInputs,
     outputs: OutputSet,

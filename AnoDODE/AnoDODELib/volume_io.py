@@ -64,18 +64,81 @@ def _sitk_reason(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------- reading
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, list[str]]:
+    """The folder's largest DICOM series, after :func:`check_dicom_slices`; and the warnings to log once the
+    reader's own output is no longer silenced (a log line written while it is would go to /dev/null)."""
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise InputError(f"{folder}: folder holds no DICOM series (pass an image file or a DICOM folder)")
     files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
+    warnings = []
     if len(series) > 1:
-        logger.warning(
-            "%s holds %d DICOM series; reading the largest (%d files)", folder, len(series), len(files)
+        warnings.append(
+            f"{folder} holds {len(series)} DICOM series; reading the largest ({len(files)} files): pass a "
+            "folder holding one series to choose another"
         )
+    check_dicom_slices(folder, list(files))
     reader.SetFileNames(files)
-    return reader.Execute()
+    return reader.Execute(), warnings
+
+
+#: Slice positions of a DICOM series may differ from even steps by this fraction of the step (rounding in the
+#: tags); a larger difference is a missing or extra slice.
+DICOM_STEP_TOLERANCE = 0.1
+
+
+def dicom_slice_positions(files: list[str]) -> np.ndarray | None:
+    """Each file's position (mm) along its slices' normal: ImagePositionPatient (0020,0032) projected on the
+    cross product of the ImageOrientationPatient (0020,0037) row and column directions. None when a file
+    lacks either tag or they do not parse (the reader's own geometry is then all there is)."""
+    positions = []
+    normal = None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            ipp = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            iop = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):
+            return None
+        if len(ipp) != 3 or len(iop) != 6:
+            return None
+        if normal is None:
+            normal = np.cross(iop[:3], iop[3:])
+            if not np.isfinite(normal).all() or np.linalg.norm(normal) < 1e-6:
+                return None
+            normal = normal / np.linalg.norm(normal)
+        positions.append(float(np.dot(ipp, normal)))
+    return np.array(positions)
+
+
+def check_dicom_slices(folder: Path, files: list[str]) -> None:
+    """:class:`InputError` (one line) unless the series' slices are evenly spaced: no two at one position
+    (e.g. two echoes or a repeated acquisition in one series) and no step differing from the median step by
+    more than ``DICOM_STEP_TOLERANCE`` of it (a missing slice). SimpleITK reads such a series with its mean
+    slice spacing, which misplaces every slice after the gap (by up to half a slice)."""
+    positions = dicom_slice_positions(files)
+    if positions is None or positions.size < 3:
+        return
+    order = np.sort(positions)
+    steps = np.diff(order)
+    step = float(np.median(steps))
+    same = int(np.count_nonzero(steps < 1e-3))
+    if same or step <= 0:
+        raise InputError(
+            f"{folder}: {same + 1} DICOM files of the series lie at the same slice position; "
+            "pass a folder holding one acquisition"
+        )
+    off = np.abs(steps - step) > DICOM_STEP_TOLERANCE * step
+    if off.any():
+        k = int(np.argmax(np.abs(steps - step)))
+        raise InputError(
+            f"{folder}: the DICOM series has a gap: its slices are {step:.3g} mm apart but {steps[k]:.3g} mm "
+            f"between slices {k + 1} and {k + 2} of {positions.size} (a missing file?); AnoDODE needs "
+            "evenly spaced slices"
+        )
 
 
 def dicom_series_files(folder: PathLike) -> list[Path]:
@@ -272,7 +335,8 @@ def read_image(path: PathLike) -> sitk.Image:
     """Read a 3-D scalar image.
 
     ``path`` is a file SimpleITK reads (NIfTI, NRRD, MHA, ...) or a folder holding a DICOM series
-    (the series with the most files is read). Raises :class:`InputError` (one line naming the path)
+    (the series with the most files is read, with a warning when there are several; unevenly spaced slices,
+    e.g. a missing file, are refused: :func:`check_dicom_slices`). Raises :class:`InputError` (one line naming the path)
     for a missing path, an unreadable file, a NIfTI file whose content is not what its header says (see
     :func:`check_nifti`: truncated, corrupt gzip, NaN/inf voxels the NIfTI reader would hide), an empty
     image, a 2-D or single-slice image, an image of more than 3 dimensions, a multi-component (vector/RGB)
@@ -285,14 +349,20 @@ def read_image(path: PathLike) -> sitk.Image:
     try:
         if header is not None:
             check_nifti(header)
+        warnings: list[str] = []
         with _native_output_silenced():
-            image = _read_dicom_folder(p) if p.is_dir() else sitk.ReadImage(str(p))
+            if p.is_dir():
+                image, warnings = _read_dicom_folder(p)
+            else:
+                image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
         raise InputError(f"{p}: not a readable image ({_sitk_reason(exc)})") from None
     except (OSError, MemoryError) as exc:
         raise InputError(
             f"{p}: cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})"
         ) from None
+    for warning in warnings:
+        logger.warning(warning)
     dim = image.GetDimension()
     size = image.GetSize()
     if dim == 2:
@@ -307,6 +377,7 @@ def read_image(path: PathLike) -> sitk.Image:
             f"{p}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
             "AnoDODE needs a scalar (grey-value) volume"
         )
+    check_orthogonal(image, str(p))
     if min(size) == 0:
         raise InputError(f"{p}: the image is empty (size {size})")
     if min(size) == 1:
@@ -317,6 +388,31 @@ def read_image(path: PathLike) -> sitk.Image:
         if bad:
             raise InputError(f"{p}: {bad} voxel(s) are NaN or infinite")
     return image
+
+
+#: Direction cosines may depart from an orthonormal matrix by this much (rounding in the header).
+ORTHOGONAL_TOLERANCE = 1e-3
+
+
+def check_orthogonal(image: sitk.Image, name: str) -> None:
+    """:class:`InputError` (one line) unless ``image``'s direction matrix D is orthonormal, max|D^T D - I| <=
+    ``ORTHOGONAL_TOLERANCE``: a sheared grid (NRRD and MetaImage store one) cannot be written back as NIfTI
+    (ITK's writer coerces the direction, with a multi-line warning), so the maps would not lie on the input's
+    grid. Naming the angle between the two most sheared index axes."""
+    if image.GetDimension() != 3:
+        return
+    d = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    gram = d.T @ d
+    if np.isfinite(gram).all() and np.abs(gram - np.eye(3)).max() <= ORTHOGONAL_TOLERANCE:
+        return
+    norms = np.sqrt(np.clip(np.diag(gram), 1e-30, None))
+    cosines = np.abs(gram / np.outer(norms, norms) - np.eye(3))
+    i, j = np.unravel_index(int(np.nanargmax(cosines)), cosines.shape)
+    angle = math.degrees(math.acos(min(1.0, float(cosines[i, j]))))
+    raise InputError(
+        f"{name}: the image grid is sheared (index axes {min(i, j)} and {max(i, j)} at {angle:.1f} degrees, "
+        "not 90): AnoDODE needs an orthogonal grid; resample the scan onto one first"
+    )
 
 
 def _nifti_header_file(p: Path) -> Path | None:

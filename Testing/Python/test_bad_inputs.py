@@ -822,3 +822,35 @@ def test_contrast_messages_name_the_contrast_file(tmp_path, phantom, capsys):
     )
     assert_refused(code, lines, 1, f"{t1ce}: does not cover")
     assert "(t1ce)" not in lines[0]
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_a_sheared_grid_is_refused_in_one_line(model_dir, phantom, tmp_path, suffix):
+    """A non-orthogonal direction matrix (NRRD and MetaImage store one) used to be scored and its maps written
+    as NIfTI with a coerced direction, off the input's grid, and ITK's multi-line warning on stderr."""
+    image = sitk.ReadImage(str(phantom))
+    d = np.eye(3)
+    d[0, 1] = 0.3
+    d[:, 1] /= np.linalg.norm(d[:, 1])
+    image.SetDirection(d.ravel())
+    path = tmp_path / f"sheared{suffix}"
+    sitk.WriteImage(image, str(path))
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "AnoDODELib.cli", "score", str(path)]
+        + ["--model", str(model_dir), "--output-dir", str(out), "--quiet", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"anodode: error: {path}: the image grid is sheared (index axes 0 and 1 at 73.3 degrees, not 90): "
+        "AnoDODE needs an orthogonal grid; resample the scan onto one first"
+    ], r.stderr
+    assert listing(out) == []
+    rotated = sitk.ReadImage(str(phantom))  # an oblique but orthogonal grid is fine
+    c, s = math.cos(0.3), math.sin(0.3)
+    rotated.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    volume_io.check_orthogonal(rotated, "x")

@@ -28,7 +28,15 @@ from AnoDODELib.outputs import OUTPUT_KINDS, OutputSet, ScanInputs, score_to_fil
 REFERENCE = Path(__file__).parent / "data" / "scoring_reference"
 VOLATILE = ("input", "mask", "contrasts", "model_dir", "seconds", "outputs")
 #: Report keys added after the reference was written (issue 15; values tested in test_cli.py).
-ADDED = {"map_units", "model_version", "anomalous_volume_ml", "map_max", "map_p99", "most_anomalous_slices"}
+ADDED = {
+    "map_units",
+    "model_version",
+    "anomalous_volume_ml",
+    "map_max",
+    "map_p99",
+    "most_anomalous_slices",
+    "warnings",
+}
 #: Allowed difference of the phantom's map from the reference where float arithmetic differs (another CPU).
 #: On the machine that wrote the reference the maps are bit-identical (asserted by the real-case test).
 MAP_ATOL = 1e-5

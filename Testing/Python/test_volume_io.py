@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -458,6 +460,65 @@ def test_dicom_folder_reads_largest_series_as_3d_volume(tmp_path):
     assert np.allclose(img.GetDirection(), vol.GetDirection(), atol=1e-4)
     assert np.array_equal(sitk.GetArrayFromImage(img), a)
     assert vio.axial_axis(img) == 0
+
+
+def _dicom_volume(n: int = 10, spacing_z: float = 8.0) -> sitk.Image:
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 1000, size=(n, 24, 20)).astype(np.int16)
+    return make_image(
+        size=(20, 24, n),
+        spacing=(4.0, 4.0, spacing_z),
+        direction=rot_x(10),
+        origin=(-40.0, -48.0, -30.0),
+        array=a,
+        pixel=sitk.sitkInt16,
+    )
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    """A series whose slices are 8 mm apart but for one 16 mm gap (a missing file) used to be read with the
+    mean spacing (8.9 mm here), every slice after the gap misplaced; it is refused in one line naming the
+    folder and where the gap is. Two files at one position (two acquisitions in one series) likewise."""
+    folder = tmp_path / "gap"
+    _write_dicom_series(folder, _dicom_volume(), "1.2.826.0.1.3680043.2.1125.3.100")
+    (folder / "slice_100_004.dcm").unlink()
+    assert sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder))).GetSpacing()[2] != 8.0
+    with pytest.raises(
+        vio.InputError, match=r"gap: its slices are 8 mm apart but 16 mm between slices 4 and 5 of 9"
+    ):
+        vio.read_image(folder)
+    twice = tmp_path / "twice"
+    _write_dicom_series(twice, _dicom_volume(), "1.2.826.0.1.3680043.2.1125.3.200")
+    shutil.copy(twice / "slice_200_003.dcm", twice / "slice_200_003b.dcm")
+    with pytest.raises(vio.InputError, match="2 DICOM files of the series lie at the same slice position"):
+        vio.read_image(twice)
+    even = tmp_path / "even"
+    _write_dicom_series(even, _dicom_volume(), "1.2.826.0.1.3680043.2.1125.3.300")
+    assert vio.read_image(even).GetSpacing()[2] == pytest.approx(8.0, abs=1e-4)
+
+
+def test_the_several_series_warning_reaches_the_user_and_the_report(tmp_path, tiny_model_dir):
+    """The warning used to be logged while the reader's stderr was sent to /dev/null, so nobody saw it; it is
+    on stderr now, and in the report's warnings."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "study"
+    _write_dicom_series(folder, _dicom_volume(n=12, spacing_z=6.0), "1.2.826.0.1.3680043.2.1125.4.100")
+    _write_dicom_series(folder, _dicom_volume(n=3, spacing_z=6.0), "1.2.826.0.1.3680043.2.1125.4.200")
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "AnoDODELib.cli", "score", str(folder), "--model", str(tiny_model_dir)]
+        + ["--output-dir", str(out), "--preset", "fast", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    said = [ln for ln in r.stderr.splitlines() if "holds 2 DICOM series" in ln]
+    assert len(said) == 1 and said[0].startswith("anodode: WARNING: ") and "largest (12 files)" in said[0]
+    report = json.loads((out / "study_report.json").read_text())
+    assert any("holds 2 DICOM series" in w for w in report["warnings"])
 
 
 # --------------------------------------------------------------------------------------- resampling
