@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ import SimpleITK as sitk
 
 from AnoDODELib.config import CONTRASTS
 
+logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -276,15 +278,25 @@ def detect_layout(path: Path) -> str:
 
 def find_cases(source: str | os.PathLike, contrast: str | Sequence[str] = "flair") -> list[Case]:
     """Cases from ``kind:path`` or a path whose layout is detected; ``brats-family``, ``wmh-clinical`` and
-    ``isles22`` are the labelled FLAIRs in the shared data (the last two FLAIR only)."""
+    ``isles22`` are the labelled FLAIRs in the shared data (the last two FLAIR only: asked for other
+    contrasts, their cases are left out, with a warning, as any reader leaves out a case lacking one)."""
     s = str(source)
     kind, _, rest = s.partition(":")
     if s == "brats-family":
         return brats_family_cases(contrasts=parse_contrasts(contrast))
     if s in ("wmh-clinical", "isles22"):
-        if parse_contrasts(contrast) != ("flair",):
-            raise ValueError(f"{s} has FLAIR only")
-        return wmh_clinical_cases() if s == "wmh-clinical" else isles_cases()
+        found = wmh_clinical_cases() if s == "wmh-clinical" else isles_cases()
+        wanted = parse_contrasts(contrast)
+        if wanted != ("flair",):
+            if found:
+                logger.warning(
+                    "%s has FLAIR only: its %d case(s) are left out of a %s model",
+                    s,
+                    len(found),
+                    "+".join(wanted),
+                )
+            return []
+        return found
     if rest and kind in READERS:
         path = Path(rest)
     else:

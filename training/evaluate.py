@@ -5,7 +5,8 @@
 
 Metrics per case and pooled over the brain voxels of all cases: voxel AUROC/AUPRC, best-possible Dice,
 Dice at the model's calibrated threshold, and slice AUROC/AUPRC (a slice is positive when it holds
-tumour; per case from the slice's 99th-percentile voxel score, pooled over all slices). Baselines: the
+tumour; scored by each map's mean over the slice's most anomalous 1 cm² of brain, the model's slice_area_mm2,
+per case and pooled over all slices). Baselines: the
 FLAIR z-score, and the feature-space Gaussian (``--gaussian``, written by training into its run folder).
 Writes results.json, results.csv, roc.png, pr.png, slice_roc.png and montages of the worst cases.
 Under torchrun rank r scores cases r::world and rank 0 merges.

@@ -714,6 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     model = train_vectors(feats, ctx, cases, calib, cfg, tc, dev, progress=True, t0=t0, run=run)
     interrupted = run.stop_after is not None and run.stop_after < tc.steps
     if rank == 0 and not interrupted:
+        model.metadata["name"] = args.output.name  # the bundle is named after its folder, e.g. "brats21"
+        model.name = args.output.name
         save_model(model, args.output)
         GaussianBaseline.fit(
             model.standardiser(feats).detach().numpy(), ctx.numpy(), positions=position_columns(cfg.features)

@@ -421,8 +421,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             staged.commit()
     except OutputError as exc:
         return _fail(str(exc), 2)
-    print(
-        f"synthetic FLAIR-like phantom (not a patient) with a lesion at {phantom.lesion_centre_mm} mm: {flair}"
+    _say(
+        f"synthetic FLAIR-like phantom (not a patient) with a lesion centred at "
+        f"{_mm(phantom.lesion_centre_mm)} (LPS, mm): {flair}"
     )
     args.inputs, args.mask, args.contrast = [str(flair)], None, None
     code = 1
@@ -438,10 +439,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "phantom_flair_label.nii.gz"))) > 0
     found = lesion_found(amap, label, sitk.GetArrayFromImage(phantom.lesion) > 0)
     peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
-    print(
-        f"peak anomaly at voxel {tuple(int(v) for v in peak[::-1])} (x, y, z): "
+    peak_mm = phantom.image.TransformIndexToPhysicalPoint([int(v) for v in peak[::-1]])
+    _say(
+        f"peak anomaly at {_mm(peak_mm)} (LPS, mm): "
         f"{'inside' if found.peak_inside else 'OUTSIDE'} the known lesion; best-possible Dice with the lesion "
         f"{found.best_dice:.2f}, label Dice {found.label_dice:.2f}"
+    )
+    written = OutputSet.with_stem(out_dir, "phantom_flair").paths()
+    _say(
+        f"map {written['anomaly']}, label {written['label']}, figure {written['figure']}, "
+        f"report {written['report']}"
     )
     if not found.ok:
         return _fail(
@@ -479,6 +486,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mm(point: tuple[float, ...] | list[float]) -> str:
+    """A physical point as ``(x, y, z)`` in mm, one decimal."""
+    return "(" + ", ".join(f"{float(v):.1f}" for v in point) + ")"
+
+
 def _fail(message: str, code: int) -> int:
     print(f"anodode: error: {message}", file=sys.stderr)
     return code
@@ -498,16 +510,34 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default=None, help="model bundle folder (default: the bundled model)")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-        p.add_argument("--threshold", type=float, default=None, help="label threshold (default: calibrated)")
+        p.add_argument(
+            "--threshold",
+            type=float,
+            default=None,
+            help="label threshold, >= 0 (default: the calibrated one)",
+        )
         p.add_argument(
             "--preset",
             default="standard",
-            help=f"one of {', '.join(PRESETS)}: solvers and slice density (README, Speed)",
+            help=f"one of {', '.join(PRESETS)}: solvers and slice density (default: %(default)s; "
+            "docs/speed.md)",
         )
         p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
 
-    s = sub.add_parser("score", help="score one or more 3-D scans")
-    s.add_argument("inputs", nargs="+", metavar="INPUT", help="image file or DICOM series folder")
+    s = sub.add_parser(
+        "score",
+        help="score one or more 3-D scans",
+        description="Score each INPUT: a 3-D image file (NIfTI, NRRD, MHA, ...), a DICOM series folder, or a "
+        "folder of NIfTI/NRRD/MHA files (every image in it, not its subfolders). Writes <stem>_anomaly, "
+        "_label, _figure and _report per input and summary.csv/.json into --output-dir (README.md, 'Score "
+        "your own scan').",
+    )
+    s.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image file, DICOM series folder, or folder of NIfTI/NRRD/MHA files",
+    )
     s.add_argument(
         "--mask",
         action="append",
@@ -523,7 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="another contrast of the input for a multi-contrast model (e.g. t1ce=scan_t1ce.nii.gz), "
         "aligned with it; repeat once per input",
     )
-    s.add_argument("--output-dir", default="anodode_output", metavar="DIR")
+    s.add_argument(
+        "--output-dir",
+        default="anodode_output",
+        metavar="DIR",
+        help="folder for the outputs and the summary, created if needed (default: %(default)s)",
+    )
     common(s)
     s.set_defaults(func=cmd_score)
     b = sub.add_parser(
@@ -545,7 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(b)
     b.set_defaults(func=cmd_bids)
     d = sub.add_parser("demo", help="score a synthetic phantom with the bundled model (offline)")
-    d.add_argument("--output-dir", default="demo_output", metavar="DIR")
+    d.add_argument(
+        "--output-dir",
+        default="demo_output",
+        metavar="DIR",
+        help="folder for the phantom and its outputs (default: %(default)s)",
+    )
     common(d)
     d.set_defaults(func=cmd_demo)
     i = sub.add_parser("info", help="show the model, torch build and device")

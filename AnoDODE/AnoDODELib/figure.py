@@ -41,6 +41,9 @@ MAP_UNITS = {
     "reconstruction": "squared residual (z²)",
     "combined": "bits/dim × residual (z)",
 }
+#: The map's units on the figure: arbitrary units (the report's ``map_units`` spells out the formula; what a reader
+#: needs is the threshold marked on the colour bar: docs/method.md, "Reading the map").
+READER_UNITS = "a.u."
 #: Chosen slices are at least this far apart (mm), so the tiles show different parts of the brain.
 MIN_GAP_MM = 5.0
 N_SLICES = 4
@@ -64,6 +67,8 @@ class FigureInput:
     slice_index: (S,) each canonical slice's index along the input's axial array axis.
     slice_position_mm: (S,) superior coordinate (mm) of each slice's centre, or None when unknown.
     pixel_mm: (row, column) in-plane spacing in mm (tiles are drawn with this aspect).
+    units: the map's units as a reader sees them (``READER_UNITS`` for the scoring outputs).
+    slice_area_mm2: the area the slice scores average over (the model's ``slice_area_mm2``), for the legend.
     """
 
     scan: np.ndarray
@@ -78,6 +83,7 @@ class FigureInput:
     units: str
     title: str = ""
     subtitle: str = ""
+    slice_area_mm2: float = 100.0
 
     def __post_init__(self) -> None:
         shape = self.scan.shape
@@ -153,6 +159,7 @@ def canonical_figure_input(
     title: str = "",
     subtitle: str = "",
     slice_position_mm: np.ndarray | None = None,
+    slice_area_mm2: float = 100.0,
 ) -> FigureInput:
     """The figure's input from canonical (S, P, L) arrays of a scan with this ``geometry`` and canonical-order
     ``slice_scores`` (None/NaN without brain); ``slice_position_mm`` None when the image is not at hand."""
@@ -170,6 +177,7 @@ def canonical_figure_input(
         units=units,
         title=title,
         subtitle=subtitle,
+        slice_area_mm2=slice_area_mm2,
     )
 
 
@@ -273,6 +281,21 @@ def _tile_title(data: FigureInput, rank: int, k: int) -> str:
 
 
 def _render_matplotlib(data: FigureInput, chosen: list[int], dpi: int) -> bytes:
+    fig = build_figure(data, chosen, dpi)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def slice_curve_label(area_mm2: float) -> str:
+    """The slice-score curve's legend: what it plots, the report's ``slice_anomaly_scores`` (the map's mean
+    over each slice's most anomalous ``area_mm2`` of brain)."""
+    area = f"{area_mm2 / 100:g} cm²" if area_mm2 >= 100 else f"{area_mm2:g} mm²"
+    return f"slice score: the map's mean over the slice's most anomalous {area}"
+
+
+def build_figure(data: FigureInput, chosen: list[int], dpi: int = DPI):
+    """The matplotlib Figure of ``render_png`` (the chosen canonical slices, most anomalous first)."""
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
@@ -331,7 +354,7 @@ def _render_matplotlib(data: FigureInput, chosen: list[int], dpi: int) -> bytes:
     bar_ax = fig.add_subplot(grid[:n_rows, -1])
     if image is not None:
         bar = fig.colorbar(image, cax=bar_ax)
-        bar.set_label(f"anomaly map ({data.units})", fontsize=9)
+        bar.set_label(f"anomaly score ({data.units})", fontsize=9)
         bar.ax.axhline(data.threshold, color="cyan", linewidth=2)
         span = norm.vmax - norm.vmin
         bar.set_ticks(
@@ -353,7 +376,11 @@ def _render_matplotlib(data: FigureInput, chosen: list[int], dpi: int) -> bytes:
     x = data.slice_position_mm if data.slice_position_mm is not None else data.slice_index.astype(np.float64)
     order = np.argsort(x)
     curve.plot(
-        x[order], data.slice_scores[order], color="0.2", linewidth=1.2, label="slice score (99th percentile)"
+        x[order],
+        data.slice_scores[order],
+        color="0.2",
+        linewidth=1.2,
+        label=slice_curve_label(data.slice_area_mm2),
     )
     curve.axhline(data.threshold, color="cyan", linestyle="--", linewidth=1, label="label threshold")
     for rank, k in enumerate(chosen, start=1):
@@ -373,6 +400,7 @@ def _render_matplotlib(data: FigureInput, chosen: list[int], dpi: int) -> bytes:
         curve.set_xlabel("slice index")
         curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     curve.set_ylabel(f"slice score\n({data.units})", fontsize=9)
+    fig.align_ylabels()
     curve.legend(loc="upper left", fontsize=8, frameon=False)
     fig.text(
         0.995,
@@ -383,9 +411,7 @@ def _render_matplotlib(data: FigureInput, chosen: list[int], dpi: int) -> bytes:
         fontsize=8,
         color="0.3",
     )
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
+    return fig
 
 
 def _render_plain(data: FigureInput, chosen: list[int]) -> bytes:

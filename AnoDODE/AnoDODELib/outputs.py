@@ -230,8 +230,11 @@ def report_bytes(report: Mapping[str, Any]) -> bytes:
     return (json.dumps(report, indent=2, allow_nan=False) + "\n").encode()
 
 
-def figure_png(image: sitk.Image, result: ScoreResult, report: Mapping[str, Any]) -> bytes:
-    """The scan's figure (figure.py) as PNG bytes, titled with the input's name and the report's numbers."""
+def figure_png(
+    image: sitk.Image, result: ScoreResult, report: Mapping[str, Any], slice_area_mm2: float = 100.0
+) -> bytes:
+    """The scan's figure (figure.py) as PNG bytes, titled with the input's name and the report's numbers; the
+    map in ``figure.READER_UNITS``, the slice curve over the model's ``slice_area_mm2``."""
     title = Path(report["input"]).name
     subtitle = (
         f"volume score {report['volume_score_bpd']:.3f} bpd · anomalous volume "
@@ -246,10 +249,11 @@ def figure_png(image: sitk.Image, result: ScoreResult, report: Mapping[str, Any]
         result.canonical_label,
         result.threshold,
         result.canonical_slice_anomaly_scores,
-        report["map_units"],
+        figure.READER_UNITS,
         title,
         subtitle,
         slice_position_mm=figure.slice_positions_mm(image, geo),
+        slice_area_mm2=slice_area_mm2,
     )
     return figure.render_png(data)
 
@@ -339,7 +343,9 @@ def score_to_files(
             volume_io.image_like(result.label.astype(np.uint8), image, sitk.sitkUInt8),
             staged.path(names["label"]),
         )
-        staged.path(names["figure"]).write_bytes(figure_png(image, result, report))
+        staged.path(names["figure"]).write_bytes(
+            figure_png(image, result, report, model.config.localisation.slice_area_mm2)
+        )
         for extra in extras:
             extra.write(staged.path(extra.name), image, result, report)
         staged.path(names["report"]).write_bytes(report_bytes(report))

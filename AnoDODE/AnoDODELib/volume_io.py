@@ -846,14 +846,60 @@ def looks_skull_stripped(array: np.ndarray, mask: np.ndarray) -> bool:
 # --------------------------------------------------------------------------------------- intensities
 
 
+#: The white-matter peak is the mode of a kernel density estimate of the brain's core intensities whose Gaussian
+#: kernel has a standard deviation of the core's range (1st to 99th percentile) over WM_PEAK_BANDWIDTH_DIVISOR.
+WM_PEAK_BANDWIDTH_DIVISOR = 64
+#: Grid cells per kernel standard deviation on which the density is evaluated (linear binning).
+_KDE_CELLS_PER_SIGMA = 16
+
+
+def intensity_mode(core: np.ndarray, lo: float, hi: float) -> float:
+    """The mode of a Gaussian kernel density estimate of ``core`` (values in [lo, hi], 1-D):
+
+        f(x) = sum_i K_h(x - v_i),   K_h the normal density of standard deviation h = (hi - lo) / 64,
+
+    evaluated with linear binning on a grid of h / 16 (each value split between its two nearest grid points in
+    proportion to its distance, so no value is moved), refined by a parabola through the highest grid point
+    and its neighbours.
+
+    Why not a histogram's fullest bin: intensities are quantised (a scan stored as integers, or as floats
+    rounded in an earlier step: 0.01 on the BraTS 2015 FLAIRs), and bins whose width is not a multiple of the
+    quantum hold alternately k and k + 1 levels. On a broad white-matter peak that comb, not the anatomy,
+    decides which bin is fullest: the same scan stored as int16 x 100 moved the peak by 0.16 white-matter
+    spreads, one voxel of mask erosion by 0.05, enough to change the anomalous volume by 11 %. The kernel
+    is wider than a quantum and the binning exact to first order, so f depends on the values, not on how they
+    are stored (benchmarks/bench_storage_invariance.py)."""
+    sigma = (hi - lo) / WM_PEAK_BANDWIDTH_DIVISOR
+    step = sigma / _KDE_CELLS_PER_SIGMA
+    pad = 4 * _KDE_CELLS_PER_SIGMA  # the kernel's reach beyond [lo, hi], in grid cells
+    n = int(round((hi - lo) / step)) + 1 + 2 * pad
+    t = (core - lo) / step + pad  # grid coordinate of each value
+    i = np.clip(np.floor(t).astype(np.int64), 0, n - 2)
+    frac = np.clip(t - i, 0.0, 1.0)
+    weights = np.bincount(i, weights=1.0 - frac, minlength=n) + np.bincount(i + 1, weights=frac, minlength=n)
+    from scipy import ndimage
+
+    density = ndimage.gaussian_filter1d(weights[:n], _KDE_CELLS_PER_SIGMA, mode="constant", truncate=4.0)
+    k = int(np.argmax(density))
+    offset = 0.0
+    if 0 < k < n - 1:
+        a, b, c = density[k - 1], density[k], density[k + 1]
+        curvature = a - 2.0 * b + c
+        if curvature < 0:
+            offset = 0.5 * (a - c) / curvature
+    return float(lo + (k - pad + offset) * step)
+
+
 def intensity_reference(values: np.ndarray, reference: str = "mean") -> tuple[float, float]:
     """(centre, scale) that map brain intensities ``values`` (1-D) to normalised units (x - centre) / scale.
 
     Both use the brain voxels between the 1st and 99th percentiles (the "core"):
     "mean":    centre = mean, scale = standard deviation of the core;
-    "wm_peak": centre = the mode of the core's histogram (128 bins, smoothed by a 5-bin triangle), which
-               on FLAIR is normal-appearing white matter; scale = 1.4826 x the median absolute deviation of
-               the core about that mode (equal to the standard deviation for a Gaussian around the peak).
+    "wm_peak": centre = the mode of the core's intensity density (:func:`intensity_mode`: a Gaussian kernel
+               density estimate, bandwidth 1/64 of the core's range), which on FLAIR is normal-appearing white
+               matter; scale = 1.4826 x the median absolute deviation of the core about that mode (equal to
+               the standard deviation for a Gaussian around the peak).
+    Both are equivariant: values a x + b (a > 0) give centre a c + b and scale a s.
     """
     from .config import INTENSITY_REFERENCES
 
@@ -865,10 +911,7 @@ def intensity_reference(values: np.ndarray, reference: str = "mean") -> tuple[fl
     core = values[(values >= lo) & (values <= hi)]
     if reference == "mean" or hi <= lo:
         return float(core.mean()), float(core.std())
-    hist, edges = np.histogram(core, bins=128, range=(lo, hi))
-    hist = np.convolve(hist.astype(np.float64), np.array([1.0, 2.0, 3.0, 2.0, 1.0]) / 9.0, mode="same")
-    k = int(np.argmax(hist))
-    centre = float(0.5 * (edges[k] + edges[k + 1]))
+    centre = intensity_mode(core.astype(np.float64), float(lo), float(hi))
     return centre, float(1.4826 * np.median(np.abs(core - centre)))
 
 

@@ -87,3 +87,22 @@ def test_bundled_default_model_loads():
     model = load_model()
     assert model.config.calibration.threshold > 0
     assert (default_model_dir() / "weights.pt").stat().st_size < 10 * 2**20
+
+
+def test_readme_says_what_the_bundled_model_was_trained_on():
+    """Scoring one of the bundled model's training cases is in-sample: README.md says which cases they are
+    (all 11 labelled FLAIRs of ../shared/data, 8 BraTS-family and 3 WMH), as model.json lists them."""
+    from pathlib import Path
+
+    from AnoDODELib.bundle import load_model
+
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    cases = load_model().metadata["training"]["cases"]
+    brats = [c for c in cases if "BraTS" in c["dataset"] or "BRATS" in c["dataset"] or "TCGA" in c["dataset"]]
+    wmh = [c for c in cases if c["dataset"] == "WMH clinical"]
+    assert len(brats) + len(wmh) == len(cases)
+    assert (
+        f"**The bundled model was trained on all {len(cases)} labelled FLAIRs of `../shared/data`**" in readme
+    )
+    assert f"(the {len(brats)} BraTS-family cases and the {len(wmh)} clinical WMH cases;" in readme
+    assert "scoring one of those with it is *in-sample*" in readme

@@ -566,3 +566,53 @@ def test_runs_into_one_folder_keep_each_others_rows(tmp_path):
     again = json.loads((out / "summary.json").read_text())["rows"]
     assert [r["input"] for r in again] == [r["input"] for r in rows]
     assert [r["status"] for r in again if r["input"] == "b_1.nii.gz"] == ["again"]
+
+
+def test_help_texts_are_true():
+    """``score --help`` says a folder is an input, what --output-dir defaults to, and points to sections and
+    files that exist (--preset pointed to a README section "Speed" there is none of); ``evaluate --help``
+    names the slice statistic evaluate computes (it said "99th percentile")."""
+    import re
+    from pathlib import Path
+
+    from AnoDODELib.cli import build_parser
+    from training import evaluate
+
+    repo = Path(__file__).resolve().parents[2]
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    text = " ".join(sub.choices["score"].format_help().split())
+    assert "folder of NIfTI/NRRD/MHA files" in text and "(default: anodode_output)" in text
+    readme = (repo / "README.md").read_text()
+    for section in re.findall(r"README(?:\.md)?, '([^']+)'", text):
+        assert f"## {section}\n" in readme, section
+    for doc in re.findall(r"(docs/[\w.]+\.md)", text):
+        assert (repo / doc).is_file(), doc
+    assert "Speed)" not in text
+    assert "99th" not in evaluate.__doc__ and "most anomalous 1 cm²" in " ".join(evaluate.__doc__.split())
+
+
+def test_warnings_get_a_line_of_their_own_beside_the_progress_bar(phantom_file, tiny_model_dir, tmp_path):
+    """A warning logged while the progress bar is drawn starts its own line (tqdm.write): it used to be
+    written onto the bar's line ("phantom (preprocessing) 5%|▍ anodode: WARNING: ...")."""
+    import os
+    import re
+
+    ph = sitk.ReadImage(str(phantom_file))
+    unstripped = sitk.GetArrayFromImage(ph) + 5.0  # no constant background: the "not skull-stripped" warning
+    image = sitk.GetImageFromArray(unstripped + np.random.default_rng(0).normal(0, 1, unstripped.shape))
+    image.CopyInformation(ph)
+    path = tmp_path / "raw.nii.gz"
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32), str(path))
+    env = {**os.environ, "COLUMNS": "100"}
+    r = subprocess.run(
+        [sys.executable, "-m", "AnoDODELib.cli", "score", str(path), "--model", str(tiny_model_dir)]
+        + ["--output-dir", str(tmp_path / "out"), "--preset", "fast"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    pieces = re.split(r"[\r\n]", r.stderr)  # tqdm redraws with \r: each piece is what a line shows
+    warned = [p for p in pieces if "anodode: WARNING:" in p]
+    assert warned and all(p.startswith("anodode: WARNING:") for p in warned), warned

@@ -214,6 +214,23 @@ def test_readers_carry_the_extra_contrasts(tmp_path, phantom):
         load_case(cases[0], ModelConfig())
 
 
+def test_flair_only_sources_are_left_out_of_a_multi_contrast_model(caplog):
+    """As documented (a case lacking a contrast is left out), the FLAIR-only shared sources give no cases for
+    a FLAIR + T1ce model, with a warning, instead of stopping ``training.train --contrast flair,t1ce`` on
+    the default data."""
+    from training.cases import find_cases
+    from training.train import DEFAULT_SOURCES, gather_cases
+
+    wmh = require_data("wmh_clinical")
+    assert wmh.is_dir() and find_cases("wmh-clinical", "flair")
+    with caplog.at_level("WARNING"):
+        assert find_cases("wmh-clinical", "flair,t1ce") == [] and find_cases("isles22", "t1ce") == []
+    assert any("has FLAIR only" in r.getMessage() for r in caplog.records)
+    both = gather_cases(list(DEFAULT_SOURCES), ("flair", "t1ce"), None, [])
+    assert {c.dataset for c in both} == {c.dataset for c in brats_family_cases(contrasts=("flair", "t1ce"))}
+    assert len(both) == 8 and all(c.contrasts == ("flair", "t1ce") for c in both)
+
+
 def test_shared_brats_family_contrasts():
     require_data("deepmedic_brats2015")
     both = brats_family_cases(contrasts=("flair", "t1ce"))
@@ -259,6 +276,7 @@ def test_train_score_and_evaluate_a_two_contrast_model(tmp_path, phantom):
         == 0
     )
     model = load_model(model_dir)
+    assert model.name == "model"  # named after the run's output folder (every bundle was anodode-flair-brats)
     assert model.config.features.contrasts == ("flair", "t1ce") and model.config.score_net.channels == 6
     assert model.metadata["training"]["contrast"] == "FLAIR+T1CE"
     case = tmp_path / "data" / "BraTS2021_00000"

@@ -1,5 +1,6 @@
 """The per-scan figure: slice choice, slice positions, radiological orientation, and both renderers."""
 
+import dataclasses
 import logging
 import sys
 
@@ -148,3 +149,63 @@ def test_figure_input_checks_shapes():
         FigureInput(**{**data.__dict__, "slice_scores": np.zeros(3)})
     with pytest.raises(ValueError, match="same"):
         FigureInput(**{**data.__dict__, "label": np.zeros((1, 2, 3), bool)})
+
+
+def test_the_figure_says_what_it_plots_and_nothing_is_cut_off():
+    """The curve's legend names the statistic plotted (the report's slice_anomaly_scores: the map's mean over
+    each slice's most anomalous 1 cm²; it said "99th percentile"), the colour bar and the curve are in the
+    reader's units (a.u., as the scoring outputs pass them), and every text of the figure (the y-label was cut
+    at the left edge) lies inside it; in each tile the patient's right is marked on the left (radiological)."""
+    pytest.importorskip("matplotlib")
+    data = dataclasses.replace(_data(), units=figure.READER_UNITS, slice_area_mm2=100.0)
+    chosen = most_anomalous_slices(data.slice_scores, 4, data.slice_mm)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figure.build_figure(data, chosen)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width, height = canvas.get_width_height()
+    texts = list(fig.texts) + [fig._suptitle]
+    for ax in fig.axes:
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        texts += list(ax.get_legend().get_texts()) if ax.get_legend() else []
+    texts = [t for t in texts if t is not None and t.get_visible() and t.get_text().strip()]
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        assert box.x0 >= -0.5 and box.y0 >= -0.5 and box.x1 <= width + 0.5 and box.y1 <= height + 0.5, (
+            t.get_text(),
+            box,
+        )
+    legend = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert "slice score: the map's mean over the slice's most anomalous 1 cm²" in legend
+    assert not any("percentile" in t.get_text() for t in texts)
+    labels = {ax.get_ylabel() for ax in fig.axes} | {ax.get_xlabel() for ax in fig.axes}
+    assert "slice score\n(a.u.)" in labels and "anomaly score (a.u.)" in labels
+    tiles = [ax for ax in fig.axes if {t.get_text() for t in ax.texts} >= {"R", "L"}]
+    assert len(tiles) == 2 * len(chosen)
+    for ax in tiles:
+        where = {t.get_text(): t.get_position()[0] for t in ax.texts if t.get_text() in ("R", "L")}
+        assert where["R"] < 0.5 < where["L"]
+    assert (
+        figure.slice_curve_label(36.0) == "slice score: the map's mean over the slice's most anomalous 36 mm²"
+    )
+
+
+def test_the_scoring_figure_is_in_reader_units(phantom_file, tiny_model_dir, tmp_path, monkeypatch):
+    """outputs.figure_png draws the map in figure.READER_UNITS, not the report's formula (√(bits/dim x
+    residual (z)) x brightness / the scan's brain Q0.75 meant nothing to a radiologist)."""
+    from AnoDODELib import outputs
+    from AnoDODELib.bundle import load_model
+
+    seen = []
+    monkeypatch.setattr(figure, "render_png", lambda data, *a, **k: seen.append(data) or b"\x89PNG\r\n\x1a\n")
+    report = outputs.score_to_files(
+        outputs.ScanInputs(phantom_file),
+        outputs.OutputSet.with_stem(tmp_path, "p"),
+        load_model(tiny_model_dir),
+        device="cpu",
+        preset="fast",
+    )
+    assert [d.units for d in seen] == ["a.u."] and seen[0].slice_area_mm2 == 100.0
+    assert report["map_units"] != "a.u."

@@ -242,3 +242,29 @@ def test_demo_fails_when_the_map_misses_the_lesion(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert code == 1, err
     assert "missed" in err and err.count("anodode: error:") == 1
+
+
+def test_quiet_demo_says_where_its_files_went_in_one_unit(tmp_path, capsys):
+    """``anodode demo --quiet`` prints where the map, label, figure and report went (it did not), and gives
+    the lesion's centre and the map's peak both as physical (LPS) positions in mm (the peak was in voxels);
+    the peak it prints is the map's maximum, inside the lesion."""
+    import re
+
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--output-dir", str(out), "--quiet", "--preset", "fast"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    written = {k: out / f"phantom_flair_{k}{s}" for k, s in [("anomaly", ".nii.gz"), ("label", ".nii.gz")]}
+    written |= {"figure": out / "phantom_flair_figure.png", "report": out / "phantom_flair_report.json"}
+    assert lines[-1] == (
+        f"map {written['anomaly']}, label {written['label']}, figure {written['figure']}, "
+        f"report {written['report']}"
+    )
+    assert all(p.is_file() for p in written.values())
+    point = r"\((-?\d+\.\d), (-?\d+\.\d), (-?\d+\.\d)\) \(LPS, mm\)"
+    centre = [float(v) for v in re.search(f"lesion centred at {point}", lines[0]).groups()]
+    peak = [float(v) for v in re.search(f"peak anomaly at {point}: inside", lines[1]).groups()]
+    assert np.allclose(centre, demo.make_phantom().lesion_centre_mm, atol=0.051)
+    amap = sitk.ReadImage(str(written["anomaly"]))
+    index = np.unravel_index(int(np.argmax(sitk.GetArrayFromImage(amap))), amap.GetSize()[::-1])[::-1]
+    assert np.allclose(peak, amap.TransformIndexToPhysicalPoint([int(i) for i in index]), atol=0.051)
+    assert np.linalg.norm(np.subtract(peak, centre)) < 12.0  # inside the 12 mm lesion

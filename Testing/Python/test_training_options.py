@@ -157,3 +157,30 @@ def test_pooled_slice_metrics_leave_out_slices_without_a_score():
     assert got == {"slice_auroc": 1.0, "slice_auprc": 1.0}
     with pytest.raises(ValueError, match="unknown kind"):
         metrics.pooled_metrics([np.zeros(1)], [np.zeros(1, bool)], "volume")
+
+
+def test_the_test_command_in_docs_training_runs_as_written():
+    """docs/training.md's test command, run from the repository root as written, collects its tests (it
+    named ``test_ddp.py`` without its folder: "file or directory not found")."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "docs" / "training.md").read_text()
+    section = text[text.index("## Tests") :]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    command = " ".join(block.replace("\\\n", " ").split())
+    assert command.startswith(".venv/bin/python -m pytest "), command
+    args = command.split()[3:]
+    for arg in args:
+        assert (repo / arg).is_file(), arg
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
