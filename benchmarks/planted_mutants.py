@@ -1,5 +1,6 @@
-"""Plant known bugs one at a time and check that the test suite catches each (issue 16's 20 mutants, and
-28 bugs of the likelihood/combined localisations, the weighted map, the slice scores and the bpd).
+"""Plant known bugs one at a time and check that the test suite catches each (issue 16's 20 mutants, 28 bugs
+of the likelihood/combined localisations, the weighted map, the slice scores and the bpd, and issue 26's ten
+bugs a fault probe planted that the suite let through, with the likelihood's change-of-variables sign).
 
     python benchmarks/planted_mutants.py [--only NAME ...] [--full | --tests FILE ...] [--list]
 
@@ -386,6 +387,93 @@ MUTANTS = [
         "scores.setdefault(k[7:], []).append(z[k])",
         "scores.setdefault(k[7:], []).append(z[k] * 0 if 'zscore' in k else z[k])",
         (f"{T}/test_crossval.py",),
+    ),
+    # ---- issue 26: ten bugs a fault probe planted that the whole suite let through, and the likelihood's sign
+    Mutant(
+        "automatic mask: holes filled along array axis 0, not the axial axis",
+        f"{LIB}/volume_io.py",
+        "moved = np.moveaxis(mask, slice_axis, 0)",
+        "moved = mask",
+        (f"{T}/test_volume_io.py",),
+    ),
+    Mutant(
+        "label: map >= threshold instead of >",
+        f"{LIB}/pipeline.py",
+        "((anomaly > thr) & prepared.brain)",
+        "((anomaly >= thr) & prepared.brain)",
+        (
+            f"{T}/test_bad_inputs.py::test_a_negative_threshold_is_a_usage_error_and_the_label_stays_in_the_brain",
+        ),
+    ),
+    Mutant(
+        "summary.json: pending rows counted as failed",
+        f"{LIB}/summary.py",
+        '"failed": sum(s not in (OK, PENDING) for s in statuses)',
+        '"failed": sum(s != OK for s in statuses)',
+        (f"{T}/test_summary.py",),
+    ),
+    Mutant(
+        "worker: the cancel exception an ordinary Exception (SIGTERM while loading = bundle error)",
+        f"{LIB}/worker.py",
+        "class Cancelled(BaseException):",
+        "class Cancelled(Exception):",
+        (f"{T}/test_worker.py::test_sigterm_while_the_model_loads_is_a_cancel_not_a_bundle_error",),
+    ),
+    Mutant(
+        "figure: R and L letters swapped",
+        f"{LIB}/figure.py",
+        '((0.02, "R", "left"), (0.98, "L", "right"))',
+        '((0.02, "L", "left"), (0.98, "R", "right"))',
+        (f"{T}/test_figure.py",),
+    ),
+    Mutant(
+        "best Dice: the threshold read from the ascending list",
+        "training/metrics.py",
+        "thresholds = np.sort(np.unique(s))[::-1]",
+        "thresholds = np.sort(np.unique(s))",
+        (f"{T}/test_metrics.py",),
+    ),
+    Mutant(
+        "preprocessing cache key ignores the feature configuration (stale features reused)",
+        "training/cache.py",
+        '"features": to_dict(cfg.features),',
+        "",
+        (f"{T}/test_training_data.py::test_cache_reuse_and_invalidation",),
+    ),
+    Mutant(
+        "--mask read as > 0 (a soft mask's fringe becomes brain)",
+        f"{LIB}/volume_io.py",
+        "out = array > 0.5",
+        "out = array > 0",
+        (f"{T}/test_volume_io.py",),
+    ),
+    Mutant(
+        "held-out Gaussian ablation: 'brighter' against 0, not its position cell's mean",
+        "training/heldout.py",
+        "y[:, 0] > gaussian.mean[gaussian.cell_index(ctx.numpy(), gaussian.cells, gaussian.positions), 0]",
+        "y[:, 0] > 0",
+        (f"{T}/test_heldout.py",),
+    ),
+    Mutant(
+        "worker progress may go backwards",
+        f"{LIB}/worker.py",
+        "fraction = max(self.last, min(1.0, float(fraction)))",
+        "fraction = min(1.0, float(fraction))",
+        (f"{T}/test_worker.py::test_progress_never_goes_backwards",),
+    ),
+    Mutant(
+        "likelihood: the divergence integral's sign flipped",
+        f"{LIB}/likelihood.py",
+        "nll = -(sde.prior_logp(z) + int_div)",
+        "nll = -(sde.prior_logp(z) - int_div)",
+        (f"{T}/test_likelihood.py",),
+    ),
+    Mutant(
+        "summary: the rows of other runs into the folder dropped",
+        f"{LIB}/summary.py",
+        "merged = merge_rows(read_rows(paths[1]), rows)",
+        "merged = list(rows)",
+        (f"{T}/test_cli.py::test_runs_into_one_folder_keep_each_others_rows",),
     ),
 ]
 

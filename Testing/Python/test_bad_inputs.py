@@ -588,7 +588,6 @@ def test_fuzz_truncations_and_byte_flips(model_dir, tmp_path, capsys):
     data = intact.read_bytes()
     rng = np.random.default_rng(13)
     outcomes = {"refused": 0, "identical": 0}
-    start = time.monotonic()
     for i in range(60):
         corrupt = bytearray(data)
         if i % 3 == 0:
@@ -622,7 +621,6 @@ def test_fuzz_truncations_and_byte_flips(model_dir, tmp_path, capsys):
         code, lines = score(capsys, bad, "--model", model_dir, "--output-dir", tmp_path / f"uo{i}")
         assert code == 1 and len(lines) == 1 and lines[0].startswith("anodode: error: "), (i, lines)
         assert listing(tmp_path / f"uo{i}") == []
-    assert time.monotonic() - start < 120
 
 
 # ------------------------------------------------------------------------------- implausible geometry

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 
 import pytest
 import torch
@@ -89,22 +88,21 @@ def test_resume_gives_identical_weights(tmp_path):
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, world: int, store: str, out: str) -> None:
+    """One rank. The ranks meet through a file store in the test's folder, not a TCP store on a "free" port:
+    the port could be taken between finding it and binding it (other test runs share the machine), and the
+    TCP store lives in rank 0's process, so rank 0 leaving first could abort rank 1 (SIGABRT, seen once).
+    Every rank waits at a barrier before tearing the group down, so none leaves while another still talks."""
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         feats, ctx = data()
         m = new_model()
         fit(m, feats, ctx, TC, torch.device("cpu"), progress=False)
         if rank == 0:
             torch.save(weights(m), out)
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
@@ -114,7 +112,8 @@ def test_ddp_two_processes_match_one(tmp_path):
     single = new_model()
     fit(single, feats, ctx, TC, torch.device("cpu"), progress=False)
     out = tmp_path / "ddp.pt"
-    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    store = tmp_path / "rendezvous"
+    torch.multiprocessing.spawn(_worker, args=(2, str(store), str(out)), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
     ref = weights(single)
     for k in ref:

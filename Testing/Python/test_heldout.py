@@ -84,3 +84,49 @@ def test_paired_comparison_by_hand():
     r = heldout.paired({"groups": {"wmh": {"cases": cases}}}, "wmh", "voxel_auprc")
     assert r["mean"] == pytest.approx(0.25 / 3) and r["wins"] == 2 and r["n"] == 3
     assert -0.05 - 1e-12 <= r["low"] <= r["mean"] <= r["high"] <= 0.2 + 1e-12
+
+
+def test_the_gaussian_ablation_counts_locations_brighter_than_their_cells_mean():
+    """The per-position Gaussian counts a location where its finest channel is brighter than its position
+    cell's normal mean, as AnoDODE counts brighter-than-reconstructed: with every cell's mean above every
+    location the map is 0; with the means below, it equals the map counting every location. Compared with 0
+    instead, most locations would count in both."""
+    import torch
+    from synthetic import loaded_case
+
+    from AnoDODELib.anomaly_map import scatter_to_grid, smooth_on_grid
+    from AnoDODELib.bundle import AnoDODEModel
+    from AnoDODELib.pipeline import weighted_map
+    from training import train
+    from training.baselines import GaussianBaseline
+    from training.heldout import gaussian_map
+
+    cfg = train.model_config(hidden=8)
+    lc = loaded_case("c", cfg, spacing=(2.0, 2.0, 4.0), axes=(30.0, 36.0, 22.0), extent_mm=(72.0, 84.0, 52.0))
+    model = AnoDODEModel(cfg)
+    feats, _ = lc.prepared.locations()
+    with torch.no_grad():
+        y0 = model.standardiser(feats.float())[:, 0].numpy()
+    assert (y0 > 0).mean() > 0.2  # locations brighter than 0: the test can tell the two readings apart
+    c = cfg.features.channels
+    precision = np.tile(np.eye(c, dtype=np.float32), (8, 1, 1))
+
+    def with_mean(first: float) -> GaussianBaseline:
+        mean = np.zeros((8, c), np.float32)
+        mean[:, 0] = first
+        return GaussianBaseline(mean, precision, cells=2, positions=3)
+
+    above = gaussian_map(model, lc, with_mean(float(y0.max()) + 1.0))
+    assert not above.any()
+    low = with_mean(float(y0.min()) - 1.0)
+    below = gaussian_map(model, lc, low)
+    p, loc = (
+        lc.prepared,
+        cfg.localisation,
+    )  # every location counted: the Mahalanobis distance, smoothed, weighted
+    with torch.no_grad():
+        y = model.standardiser(feats.float()).numpy()
+    d = torch.from_numpy(low.score(y, lc.prepared.locations()[1].numpy()).astype(np.float32))
+    grid = smooth_on_grid(scatter_to_grid(d, p.grid_mask), p.grid_mask, loc.smooth_mm, p.spacing_mm)
+    np.testing.assert_allclose(below, weighted_map(p, p.to_full(grid), loc), rtol=1e-5, atol=1e-6)
+    assert below.any()

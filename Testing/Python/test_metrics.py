@@ -65,3 +65,17 @@ def test_roc_and_pr_curves_hand_computed():
     np.testing.assert_allclose(precision, [1, 0.5, 2 / 3, 0.5, 0.4])
     x, _yy = metrics.thin_curve(np.arange(10.0), np.arange(10.0), n=4)
     assert x[0] == 0 and x[-1] == 9 and len(x) <= 5
+
+
+def test_best_dice_threshold_is_the_one_reaching_it():
+    """The threshold belongs to the best cut, counted from the top score down: with scores 0.9 0.8 0.5 0.3 and
+    truth 1 1 0 0 the best cut is >= 0.8 (Dice 1); the hand-computed case above is symmetric (its best cut is
+    the middle score) and could not tell a threshold read from the wrong end of the list."""
+    s = np.array([0.9, 0.8, 0.5, 0.3])
+    y = np.array([1, 1, 0, 0])
+    assert metrics.best_dice(s, y) == (pytest.approx(1.0), pytest.approx(0.8))
+    rng = np.random.default_rng(4)
+    s, y = rng.random(300), rng.random(300) < 0.2
+    s[y] += 0.4
+    d, t = metrics.best_dice(s, y)
+    assert metrics.dice(s >= t, y) == pytest.approx(d)

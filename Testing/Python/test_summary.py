@@ -85,3 +85,15 @@ def test_write_summary_is_atomic_and_protects_inputs(tmp_path):
 def test_model_version():
     assert summary.model_version("b926302dddb5e187433d7088") == "b926302dddb5"
     assert summary.model_version(None) is None
+
+
+def test_pending_rows_are_counted_as_pending_not_failed():
+    """A batch in progress: one scored, one failed, two not scored yet; summary.json counts 1 / 1 / 2."""
+    rows = [
+        summary_row("a.nii.gz", _report()),
+        summary_row("b.nii.gz", error="b.nii.gz: boom"),
+        summary_row("c.nii.gz"),
+        summary_row("d.nii.gz"),
+    ]
+    data = json.loads(to_json(rows))
+    assert (data["inputs"], data["ok"], data["failed"], data["pending"]) == (4, 1, 1, 2)

@@ -204,12 +204,15 @@ def test_cache_reuse_and_invalidation(tmp_path, two_cases):
     other = dataclasses.replace(cfg, preprocess=PreprocessConfig(clip_z=5.0))  # config change
     third = cache.build_cache(two_cases, other, d, progress=False)
     assert sorted(third.built) == sorted(c.name for c in two_cases)
+    coarser = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, scales_mm=(0.0, 6.0, 12.0)))
+    changed = cache.build_cache(two_cases, coarser, d, progress=False)  # the features too: never stale ones
+    assert sorted(changed.built) == sorted(c.name for c in two_cases) and not changed.reused
     # an input file changed (mtime) invalidates that case only
     st = two_cases[0].flair.stat()
     os.utime(two_cases[0].flair, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     fourth = cache.build_cache(two_cases, cfg, d, progress=False)
     assert fourth.built == [two_cases[0].name] and fourth.reused == [two_cases[1].name]
-    assert cache.prune(d, list(fourth.entries.values())) == 3
+    assert cache.prune(d, list(fourth.entries.values())) == 5
     assert len(list(d.glob("*.npz"))) == 2
 
 

@@ -392,6 +392,22 @@ def test_read_mask_on_grid(tmp_path):
     assert np.argwhere(mask).tolist() == [[2, 3, 4]]
 
 
+def test_a_soft_mask_is_brain_above_one_half(tmp_path):
+    """A soft (probabilistic, or resampled) mask: its fringe below 0.5 is not brain. Read as > 0, the 0.3
+    fringe around a brain became brain."""
+    ref = make_image(size=(20, 20, 10), spacing=(3.0, 3.0, 6.0))
+    soft = np.zeros((10, 20, 20), np.float32)
+    soft[2:8, 4:16, 4:16] = 0.3
+    soft[3:7, 6:14, 6:14] = 1.0
+    soft[5, 10, 10] = 0.5  # exactly one half: not above it
+    image = sitk.GetImageFromArray(soft)
+    image.CopyInformation(ref)
+    path = _write(image, tmp_path / "soft.nrrd")
+    mask = vio.read_mask(path, ref)
+    np.testing.assert_array_equal(mask, soft > 0.5)
+    assert mask.sum() == 4 * 8 * 8 - 1
+
+
 def test_same_grid_tolerance():
     a = make_image()
     b = make_image()
@@ -682,3 +698,31 @@ def test_brats_flair_looks_skull_stripped():
     )
     a = vio.validate_intensities(img, "t2f")
     assert vio.looks_skull_stripped(a, vio.brain_mask_from_image(a))
+
+
+@pytest.mark.parametrize("storage", ["sagittal", "coronal"])
+def test_the_automatic_mask_fills_holes_in_axial_slices_whatever_the_storage(storage):
+    """A thin tunnel of background running superior-inferior through the brain is open in 3-D (the 3-D filling
+    leaves it) but a small hole in every axial slice: the automatic mask fills it along the axial axis, which
+    for a sagittally or coronally stored scan is not array axis 0 (filling along axis 0 left it open)."""
+    canonical = np.zeros((40, 48, 44), np.float32)  # (S, P, L)
+    s, p, c = np.ogrid[:40, :48, :44]
+    brain = ((s - 19.5) / 18) ** 2 + ((p - 23.5) / 21) ** 2 + ((c - 21.5) / 19) ** 2 <= 1
+    canonical[brain] = 100.0 + (s + p + c)[brain]
+    tunnel = np.zeros(canonical.shape, bool)
+    tunnel[:, 22:25, 20:23] = True
+    canonical[tunnel] = 0.0
+    direction = {"sagittal": SAGITTAL, "coronal": CORONAL}[storage]
+    axes, flips = GEOMETRY_CASES[storage][1:]
+    stored = np.transpose(np.flip(canonical, [i for i, f in enumerate(flips) if f]), np.argsort(axes))
+    image = make_image(
+        size=stored.shape[::-1], spacing=(1.0, 1.0, 1.0), direction=direction, array=stored.copy()
+    )
+    geometry = vio.slice_geometry(image)
+    assert geometry.axes == axes and geometry.axes[0] != 0
+    np.testing.assert_array_equal(geometry.to_canonical(sitk.GetArrayFromImage(image)), canonical)
+    mask = vio.brain_mask_from_image(sitk.GetArrayFromImage(image), slice_axis=vio.axial_axis(image))
+    got = geometry.to_canonical(mask)
+    inside = tunnel & brain
+    assert inside.sum() > 100 and got[inside].all()
+    np.testing.assert_array_equal(got, brain | inside)
