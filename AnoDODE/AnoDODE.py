@@ -1,10 +1,8 @@
 """AnoDODE: unsupervised anomaly detection in brain MRI (3D Slicer scripted module).
 
-The model runs in a separate process (``PythonSlicer -m AnoDODELib.worker``) so Slicer stays responsive and a
-run can be cancelled; torch is never imported in Slicer's own process (device facts come from the worker's
-``--device-info``, packages are installed in child processes). This file holds the four template parts; the
-MRML handling, child processes, dependency checks and panel texts are in the package ``AnoDODESlicerLib``
-(Qt-free, tested in CI with slicer-core).
+The four template parts; the work is in ``AnoDODESlicerLib`` (Qt-free, tested with slicer-core and Slicer 5.10's
+own module code): the worker process started with ``launchConsoleProcess`` and ending with Slicer, the MRML
+outputs, the first-run installation the PyTorch extension's way, the panel's texts.
 """
 
 import html
@@ -12,7 +10,6 @@ import importlib
 import logging
 import os
 import pathlib
-import shutil
 import sys
 import tempfile
 from typing import Annotated, Union
@@ -56,12 +53,11 @@ class AnoDODE(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["AnoDODE developers (AnoDODE project)"]
         self.parent.helpText = """
-Unsupervised anomaly detection in brain MRI. A diffusion-ODE density model of healthy-tissue features gives
-every voxel an anomaly score (heat map, shown over the input) and a label (segment "Anomaly"); each axial
-slice gets a score in bits per dimension (table and plot; click a row or a point to go to that slice).
-Select a skull-stripped scan (FLAIR works best; Sample Data has one under "AnoDODE"), optionally a brain
-mask, and click <b>Detect anomalies</b>. The threshold slider re-labels the heat map without re-running the
-model. Not for clinical use.
+Unsupervised anomaly detection in brain MRI: a model of healthy brain tissue gives every voxel an anomaly
+score. Select a FLAIR (Sample Data has one under "AnoDODE") and click <b>Detect anomalies</b>: a heat map is
+shown over the scan, the voxels above the threshold form the segment "Anomaly", and every axial slice gets a
+score (plot and table; click a point or a row to go to that slice). The threshold slider re-labels the heat
+map without running the model again. Research software: not for clinical use.
 """
         self.parent.acknowledgementText = """
 Method after Hu &amp; Jin, "Unsupervised anomaly detection with a diffusion ODE likelihood" (arXiv 2310.06420).
@@ -69,12 +65,21 @@ Module layout after the 3D Slicer scripted-module template. Sample scan: BraTS 2
 for the SlicerMONAIAuto3DSeg extension's testing data.
 """
         slicer.app.connect("startupCompleted()", self.registerSampleData)
+        slicer.app.connect("startupCompleted()", configureTerminology)
 
     def registerSampleData(self) -> None:
         import SampleData
 
         icon = os.path.join(os.path.dirname(self.parent.path), "Resources", "Icons", "AnoDODE.png")
         sample_data.register(SampleData.SampleDataLogic, icon)
+
+
+def configureTerminology() -> None:
+    """Load the "Anomaly" segment's terminology context into Slicer's Terminologies module (once), as
+    TotalSegmentator loads its own at startup."""
+    terminologies = getattr(getattr(slicer, "modules", None), "terminologies", None)
+    if terminologies is not None:
+        mrml.ensureTerminology(terminologies.logic(), child_process.MODULE_DIR / "Resources")
 
 
 #
@@ -94,6 +99,7 @@ class AnoDODEParameterNode:
     preset: Annotated[str, Choice(PRESETS)] = "standard"
     autoThreshold: bool = True
     threshold: Annotated[float, WithinRange(0.0, 1.0e6)] = 1.0
+    heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = mrml.OVERLAY_OPACITY
     outputHeatmap: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
@@ -112,7 +118,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None  # the run in progress (child_process.WorkerRun) or None
-        self._installer = None  # dependencies.Installer while packages are being installed
+        self._installing = False  # the first-run installation is in progress (blocking, PyTorch Utils' way)
         self._deviceQuery = None  # the worker answering --device-info
         self._deviceInfo = None
         self._modelInfo = None
@@ -120,6 +126,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._plotViews = []
         self._lastInputID = None
         self._settingThreshold = False
+        self._thresholdMovedDuringRun = False
         self._pollTimer = None
         self._rethresholdTimer = None
 
@@ -131,6 +138,8 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = AnoDODELogic()
 
+        # only the module's own heat maps can be chosen as the heat-map output: never the input scan
+        self.ui.outputHeatmapSelector.addAttribute("vtkMRMLScalarVolumeNode", mrml.ROLE_ATTRIBUTE, "heatmap")
         self.ui.progressBar.setRange(0, 1000)
         self.ui.progressBar.hide()
         self.showMessages([])
@@ -141,6 +150,8 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.thresholdSliderWidget.connect("valueChanged(double)", self.onThresholdChanged)
         self.ui.autoThresholdCheckBox.connect("toggled(bool)", self.onAutoThresholdToggled)
+        self.ui.heatmapOpacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
+        self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlot)
         self.ui.scoreTableView.connect("clicked(QModelIndex)", self.onTableClicked)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelChanged)
 
@@ -185,7 +196,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.abortWork()
+        self.abortWork()  # a scoring run ends with its scene; a package installation does not (see abortWork)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -219,6 +230,8 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 selector.setCurrentNode(p.parameterNode.GetNodeReference(CONTRAST_REFERENCE + name))
             self._updateThresholdRange()
             self.ui.scoreTableView.setMRMLTableNode(p.outputTable)
+            units = p.outputTable.GetAttribute("AnoDODE.map_units") if p.outputTable else None
+            self.ui.thresholdInfoLabel.text = panel.thresholdExplanation(self._modelInfo, units)
             self._checkCanApply()
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
@@ -234,11 +247,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         untouched), so they are neither re-labelled onto the new grid nor overwritten by the next run."""
         p = self._parameterNode
         heat = p.outputHeatmap if p else None
-        if (
-            heat is None
-            or heat.GetAttribute(mrml.INPUT_ATTRIBUTE) is None
-            or mrml.resultsMatchInput(heat, p.inputVolume)
-        ):
+        if heat is None or mrml.resultsInput(heat) is None or mrml.resultsMatchInput(heat, p.inputVolume):
             return
         with slicer.util.NodeModify(p.parameterNode):
             p.outputHeatmap = p.outputSegmentation = p.outputTable = None
@@ -250,34 +259,26 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        running, installing = self._run is not None, self._installer is not None
-        cancelling = running and self._run.process.cancelled
-        p = self._parameterNode
+        running, p = self._run is not None, self._parameterNode
         missing = [name for name, node in self.selectedContrastNodes().items() if node is None]
-        self.ui.applyButton.text = (
-            "Installing Python packages..."
-            if installing
-            else "Cancelling..."
-            if cancelling
-            else "Cancel"
-            if running
-            else "Detect anomalies"
+        state = panel.applyButtonState(
+            running,
+            running and self._run.process.cancelled,
+            self._installing,
+            bool(p and p.inputVolume),
+            missing,
         )
-        self.ui.applyButton.enabled = (running and not cancelling) or (
-            not installing and not running and bool(p and p.inputVolume) and not missing
-        )
-        self.ui.applyButton.toolTip = (
-            f"Select the {', '.join(missing)} volume first."
-            if missing and not running
-            else "Score the input with the model (runs in a separate process; click again to cancel)."
-        )
+        self.ui.applyButton.text, self.ui.applyButton.enabled, self.ui.applyButton.toolTip = state
         for w in (
             self.ui.inputsCollapsibleButton,
-            self.ui.outputsCollapsibleButton,
+            self.ui.outputHeatmapSelector,
+            self.ui.outputSegmentationSelector,
+            self.ui.outputTableSelector,
+            self.ui.modelPathLineEdit,
             self.ui.deviceComboBox,
             self.ui.presetComboBox,
         ):
-            w.enabled = not running and not installing
+            w.enabled = not running and not self._installing
 
     # --- model, contrasts, device
 
@@ -295,6 +296,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         calibrated = self.calibratedThreshold()
         if p and p.autoThreshold and calibrated is not None and not self.hasResults():
             self.setThresholdQuietly(calibrated)  # before the first run: the model's calibrated threshold
+        self.ui.thresholdInfoLabel.text = panel.thresholdExplanation(self._modelInfo)
         self._updateThresholdRange()
         self._checkCanApply()
 
@@ -340,54 +342,87 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         }
 
     def requestDeviceInfo(self) -> None:
-        """Ask the worker what torch sees (never imported here); the answer arrives through onPoll."""
+        """Ask the worker what torch sees (not imported here); the answer arrives through onPoll."""
         if self._deviceQuery is not None:
             return
-        if dependencies.installedVersion(dependencies.REQUIREMENTS[0]) is None:
+        if dependencies.installedVersion(dependencies.TORCH) is None:
             self.ui.deviceInfoLabel.text = "torch not installed yet (installed on the first run)"
             return
         self.ui.deviceInfoLabel.text = "torch: asking the worker..."
         self._deviceQuery = self.logic.startDeviceQuery()
         self._pollTimer.start()
 
-    # --- running
+    # --- installing the Python packages (first run)
 
     def onApplyButton(self) -> None:
+        if self._installing:
+            return
         if self._run is not None:
             self.cancelRun()
             return
         unmet = self.logic.unmetRequirements()
-        if unmet:
-            self.startInstall(unmet)
+        if unmet and not self.installRequirements(unmet):
             return
         self.startRun()
 
-    def startInstall(self, unmet) -> None:
-        torchHow = (
-            "light-the-torch, as the PyTorch extension does" if self.logic.pyTorchUtilsAvailable() else "pip"
-        )
-        listing = "\n".join(f"  - {r.spec()} ({reason})" for r, reason in unmet)
-        if not slicer.util.confirmOkCancelDisplay(
-            f"AnoDODE needs these Python packages, which will be downloaded and installed now (torch with "
-            f"{torchHow}; this can take several minutes, Slicer stays usable):\n{listing}\n\nContinue?",
-            "AnoDODE: install Python packages",
-        ):
-            self.setStatus("Python packages not installed: nothing was run.")
-            return
-        self.ui.logTextEdit.clear()
-        self.showMessages([])
-        self._installer = self.logic.startInstall([r for r, _ in unmet])
-        self.ui.progressBar.setRange(0, 0)  # busy indicator: pip reports no overall fraction
-        self.ui.progressBar.show()
-        self.setStatus("Installing Python packages...")
-        self._pollTimer.start()
-        self._checkCanApply()
+    def installRequirements(self, unmet) -> bool:
+        """One confirmation (packages, download size, GPU or CPU build), then PyTorch Utils' ``installTorch``
+        and ``slicer.util.pip_install``. Blocking like the reference extensions: those keep the GUI refreshed
+        while pip prints, and nothing the module does (scene close, reload) can interrupt pip half-way."""
+
+        def installing() -> None:  # after the confirmation: a wait cursor while pip works
+            self._installing = True
+            slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+            self._checkCanApply()
+            self.ui.logTextEdit.clear()
+            self.showMessages([])
+            self.setStatus(
+                "Installing Python packages (progress in Advanced > Log); this can take minutes..."
+            )
+
+        self.setStatus("Checking which PyTorch build fits this computer...")
+        try:
+            result = dependencies.installFirstRun(
+                unmet,
+                self.logic.pyTorchUtilsLogic,
+                self.askInstallChoice,
+                slicer.util.pip_install,
+                self.appendLog,
+                installing,
+            )
+        finally:
+            if self._installing:
+                slicer.app.restoreOverrideCursor()
+            self._installing = False
+            self._checkCanApply()
+        self.setStatus(result.status)
+        self.showMessages([result.message] if result.message else [], error=True)
+        if result.ok:
+            self.requestDeviceInfo()
+        return result.ok
+
+    @staticmethod
+    def askInstallChoice(plan):
+        """The confirmation dialog: one button per ``plan.choices()`` (GPU build, CPU-only build) and Cancel;
+        returns the chosen ``dependencies.InstallChoice`` or None."""
+        box = qt.QMessageBox(slicer.util.mainWindow())
+        box.setWindowTitle("AnoDODE: install Python packages")
+        box.setIcon(qt.QMessageBox.Question)
+        box.setText(plan.text())
+        buttons = [(box.addButton(c.label, qt.QMessageBox.AcceptRole), c) for c in plan.choices()]
+        box.addButton(qt.QMessageBox.Cancel)
+        box.setDefaultButton(buttons[0][0])
+        box.exec_()
+        return next((c for button, c in buttons if box.clickedButton() == button), None)
+
+    # --- running
 
     def startRun(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("AnoDODE could not start.", waitCursor=True):
             self.ui.logTextEdit.clear()
             self.showMessages([])
+            self._thresholdMovedDuringRun = False
             threshold = None if p.autoThreshold else p.threshold
             self._run = self.logic.startRun(
                 p.inputVolume,
@@ -397,6 +432,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.preset,
                 threshold,
                 self.selectedContrastNodes(),
+                heatmapNode=p.outputHeatmap,
             )
             self.appendLog("$ " + " ".join(self._run.process.command))
             self.ui.progressBar.setRange(0, 1000)
@@ -409,11 +445,9 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPoll(self) -> None:
         if self._deviceQuery is not None:
             self._pollDeviceQuery()
-        if self._installer is not None:
-            self._pollInstaller()
         if self._run is not None:
             self._pollRun()
-        if self._run is None and self._installer is None and self._deviceQuery is None:
+        if self._run is None and self._deviceQuery is None:
             self._pollTimer.stop()
 
     def _pollDeviceQuery(self) -> None:
@@ -425,41 +459,12 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._deviceInfo, error = self.logic.deviceInfoFromQuery(query)
         self.ui.deviceInfoLabel.text = panel.describeDevice(self._deviceInfo, error)
 
-    def _pollInstaller(self) -> None:
-        installer = self._installer
-        for line in installer.poll():
-            self.appendLog(line)
-        if not installer.finished:
-            self.setStatus(f"Installing Python packages: {installer.description}...")
-            return
-        self._installer = None
-        self.ui.progressBar.hide()
-        importlib.invalidate_caches()
-        needed = installer.needed
-        still = self.logic.unmetRequirements()
-        if installer.failed or still:
-            message = (
-                dependencies.failureMessage(needed, installer.lines, installer.exitCode)
-                if installer.failed
-                else "Still missing after installation: "
-                + ", ".join(f"{r.spec()} ({why})" for r, why in still)
-            )
-            self.setStatus(
-                "The Python packages could not be installed: nothing was run (see the message below)."
-            )
-            self.showMessages([message], error=True)
-        else:
-            self.setStatus("Python packages installed.")
-            self.requestDeviceInfo()
-            self.startRun()
-        self._checkCanApply()
-
     def _pollRun(self) -> None:
         run = self._run
         from AnoDODELib.worker import parse_line
 
-        for stream, line in run.process.poll():
-            if stream == "stdout":
+        for kind, line in run.process.poll():
+            if kind == "stdout":
                 msg = parse_line(line)
                 if msg.kind == "progress":
                     self.ui.progressBar.value = int(1000 * msg.fraction)
@@ -484,35 +489,43 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if error:
                 self.setStatus("Failed: " + error)
                 slicer.util.errorDisplay(
-                    f"AnoDODE failed: {error}", detailedText="\n".join(run.process.stderrLines)
+                    f"AnoDODE failed: {error}", detailedText="\n".join(run.process.logLines)
                 )
                 return
             with slicer.util.tryWithErrorDisplay("AnoDODE could not load the results.", waitCursor=True):
-                outputs = self.logic.loadResults(run, p.outputHeatmap, p.outputSegmentation, p.outputTable)
+                outputs = self.logic.loadResults(
+                    run, p.outputHeatmap, p.outputSegmentation, p.outputTable, opacity=p.heatmapOpacity
+                )
                 with slicer.util.NodeModify(p.parameterNode):
                     p.outputHeatmap = outputs["heatmap"]
                     p.outputSegmentation = outputs["segmentation"]
                     p.outputTable = outputs["table"]
                 threshold = float(run.report["threshold"])
-                self._updateThresholdRange(threshold)  # before setting it, so the slider does not clamp it
-                self.setThresholdQuietly(threshold)
+                mine = self.thresholdAfterRun(threshold)  # a threshold moved during the run is kept
+                self._updateThresholdRange(max(threshold, mine))  # first, so the slider does not clamp it
+                self.setThresholdQuietly(mine)
                 self.ui.scoreTableView.setMRMLTableNode(outputs["table"])
+                self.ui.thresholdInfoLabel.text = panel.thresholdExplanation(
+                    self._modelInfo, run.report.get("map_units")
+                )
                 self.showPlot(outputs["plot"])
                 top = mrml.mostAnomalousRow(outputs["table"])
-                if top is not None:  # like the scan figure: show the most anomalous slice first
+                position = None
+                if top is not None:  # like the scan figure and the plot's peak: the most anomalous slice
                     self.ui.scoreTableView.selectRow(top)
                     self.jumpToRow(top)
-                axis = int(run.report.get("slice_axis", 0))
-                warnings = (
-                    panel.engineWarnings(run.process.stderrLines)
-                    + panel.deviceWarnings(run.device, run.report, self._deviceInfo)
-                    + panel.coverageWarnings(run.report, mrml.sliceSpacingMm(run.inputNode, axis))
+                    position = (
+                        outputs["table"].GetTable().GetValueByName(top, mrml.POSITION_COLUMN).ToDouble()
+                    )
+                spacing = mrml.sliceSpacingMm(run.inputNode, int(run.report.get("slice_axis", 0)))
+                warnings = panel.runWarnings(
+                    run.process.logLines, run.report, spacing, run.device, self._deviceInfo
                 )
                 self.showMessages(warnings)
-                self.setStatus(
-                    panel.summary(run.report, len(warnings))
-                    + (f" Showing slice {top}, the most anomalous." if top is not None else "")
-                )
+                status = panel.summary(run.report, len(warnings), top, position)
+                if mine != threshold:
+                    status += " " + self.relabel(mine)
+                self.setStatus(status)
         finally:
             run.cleanup()
             self.ui.progressBar.hide()
@@ -527,17 +540,19 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     def abortWork(self) -> None:
-        """Stop everything now (scene close, module cleanup, reload): a short blocking cancel."""
-        if self._installer is not None:
-            self._installer.cancel()
-            self._installer = None
+        """Stop a scoring run now (scene close, module cleanup, reload): a short blocking cancel. A package
+        installation is never interrupted: it is a blocking call of PyTorch Utils / pip_install that ends on
+        its own, so no torch is left half-installed."""
         if self._run is not None:
             self._run.process.cancel(grace=1.0)
             self.finishRun()
+        if self._deviceQuery is not None:
+            self._deviceQuery.cancel(grace=1.0)
+            self._deviceQuery = None
         if self._pollTimer is not None:
             self._pollTimer.stop()
 
-    # --- threshold and slice navigation
+    # --- threshold, display and slice navigation
 
     def calibratedThreshold(self):
         return self._modelInfo.threshold if self._modelInfo else None
@@ -554,6 +569,14 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._settingThreshold = False
 
+    def thresholdAfterRun(self, reportThreshold: float) -> float:
+        """The threshold to show after a run: the one the slider was moved to during the run (a user choice,
+        applied to the new heat map), else the run's."""
+        p = self._parameterNode
+        if self._thresholdMovedDuringRun and p and not p.autoThreshold:
+            return float(p.threshold)
+        return float(reportThreshold)
+
     def onThresholdChanged(self, value) -> None:
         if self._settingThreshold:
             return
@@ -562,6 +585,8 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         tolerance = 0.5 * 10.0**-self.ui.thresholdSliderWidget.decimals + 1e-12  # slider rounding
         if p and p.autoThreshold and (calibrated is None or abs(value - calibrated) > tolerance):
             p.autoThreshold = False  # the user chose a threshold: it is no longer the calibrated one
+        if self._run is not None:
+            self._thresholdMovedDuringRun = True  # applied to the new results when the run ends
         self._rethresholdTimer.start()
 
     def onAutoThresholdToggled(self, checked) -> None:
@@ -569,6 +594,8 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if checked and calibrated is not None and self._parameterNode:
             self._updateThresholdRange(calibrated)
             self.setThresholdQuietly(calibrated)
+            if self._run is not None:
+                self._thresholdMovedDuringRun = False
             self._rethresholdTimer.start()
 
     def applyThreshold(self) -> None:
@@ -579,12 +606,14 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         tolerance = 0.5 * 10.0**-self.ui.thresholdSliderWidget.decimals + 1e-12
         if current is not None and abs(float(current) - p.threshold) <= tolerance:
             return
-        label = self.logic.rethreshold(p.inputVolume, p.outputHeatmap, p.outputSegmentation, p.threshold)
-        chart = p.outputTable.GetNodeReference(mrml.PLOT_REFERENCE) if p.outputTable else None
-        self.logic.markThreshold(p.outputHeatmap, chart, p.threshold)
-        self.setStatus(
-            f"Threshold {p.threshold:.4g}: {int(label.sum())} anomalous voxels (model not re-run)."
-        )
+        self.setStatus(self.relabel(p.threshold))
+
+    def relabel(self, threshold: float) -> str:
+        """Re-label the current heat map at ``threshold`` (the model is not run); returns the status text."""
+        p = self._parameterNode
+        label = self.logic.rethreshold(p.inputVolume, p.outputHeatmap, p.outputSegmentation, threshold)
+        self.logic.markThreshold(p.outputHeatmap, self.currentChart(), threshold)
+        return panel.thresholdStatus(threshold, float(label.sum()) * mrml.voxelVolumeMl(p.inputVolume))
 
     def _updateThresholdRange(self, threshold=None) -> None:
         p = self._parameterNode
@@ -602,12 +631,26 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._settingThreshold = False
 
+    def onOpacityChanged(self, value) -> None:
+        p = self._parameterNode
+        if p and p.outputHeatmap is not None:
+            mrml.setHeatmapOpacity(slicer.mrmlScene, p.outputHeatmap, float(value))
+
+    def currentChart(self):
+        p = self._parameterNode
+        return p.outputTable.GetNodeReference(mrml.PLOT_REFERENCE) if p and p.outputTable else None
+
+    def onShowPlot(self) -> None:
+        chart = self.currentChart()
+        self.showPlot(chart) if chart else self.setStatus(
+            "No slice scores yet: click 'Detect anomalies' first."
+        )
+
     def onTableClicked(self, index) -> None:
         self.jumpToRow(index.row())
 
     def onPlotDataSelected(self, seriesIDs, selections) -> None:
-        p = self._parameterNode
-        chart = p.outputTable.GetNodeReference(mrml.PLOT_REFERENCE) if p and p.outputTable else None
+        chart = self.currentChart()
         if chart is None or chart.GetNumberOfPlotSeriesNodes() == 0:
             return
         row = mrml.rowFromPlotSelection(seriesIDs, selections, chart.GetNthPlotSeriesNode(0).GetID())
@@ -636,7 +679,7 @@ class AnoDODEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = text
 
     def showMessages(self, messages, error: bool = False) -> None:
-        """The visible message area under the status line: engine warnings or an installation problem."""
+        """The visible message area under the status line: run warnings or an installation problem."""
         self.ui.messageLabel.text = (
             panel.warningsHtml(messages) if not error else "<br>".join(html.escape(m) for m in messages)
         )
@@ -662,47 +705,39 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return AnoDODEParameterNode(super().getParameterNode())
 
-    # --- dependencies and environment (torch is never imported in this process)
+    # --- dependencies and environment
 
     @staticmethod
     def unmetRequirements() -> list:
         return dependencies.unmetRequirements()
 
     @staticmethod
-    def pyTorchUtilsAvailable() -> bool:
-        """Whether the PyTorch extension (EXTENSION_DEPENDS) is installed: torch is then installed its way."""
-        return importlib.util.find_spec("PyTorchUtils") is not None
-
-    def startInstall(self, needed) -> dependencies.Installer:
-        plan = dependencies.installPlan(
-            child_process.pythonSlicerExecutable(), needed, self.pyTorchUtilsAvailable()
-        )
-        installer = dependencies.Installer(plan)
-        installer.needed = list(needed)
-        return installer
+    def pyTorchUtilsLogic():
+        """PyTorch Utils' logic (the PyTorch extension, EXTENSION_DEPENDS), or None when it is not installed."""
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            return None
+        return PyTorchUtils.PyTorchUtilsLogic()
 
     @staticmethod
-    def startDeviceQuery() -> child_process.WorkerProcess:
+    def launch(command):
+        """Start a child process the Slicer way: ``slicer.util.launchConsoleProcess`` in Slicer's startup
+        environment (PythonSlicer sets up Slicer's Python itself) with the module folder on PYTHONPATH."""
+        startup = slicer.util.startupEnvironment()
+        return slicer.util.launchConsoleProcess(
+            command,
+            useStartupEnvironment=True,
+            updateEnvironment=child_process.workerEnvironmentUpdate(startup.get("PYTHONPATH", "")),
+        )
+
+    def startDeviceQuery(self) -> child_process.WorkerProcess:
         from AnoDODELib.worker import build_device_info_command
 
-        return child_process.WorkerProcess(build_device_info_command(child_process.pythonSlicerExecutable()))
+        command = build_device_info_command(child_process.pythonSlicerExecutable())
+        return child_process.WorkerProcess(command, launch=self.launch)
 
-    @staticmethod
-    def deviceInfoFromQuery(query: child_process.WorkerProcess):
-        """(info dict or None, error text or None) from a finished ``startDeviceQuery`` process."""
-        from AnoDODELib.worker import error_from_stderr, parse_device_info
-
-        stdout = []
-        for stream, line in query.poll():
-            if stream == "stdout":
-                stdout.append(line)
-        query.stdoutLines = getattr(query, "stdoutLines", []) + stdout
-        info = parse_device_info(query.stdoutLines)
-        if info is not None and query.returncode == 0:
-            return info, None
-        return None, error_from_stderr(
-            "\n".join(query.stderrLines)
-        ) or f"the worker exited with {query.returncode}"
+    deviceInfoFromQuery = staticmethod(child_process.deviceInfoFromQuery)
 
     # --- running
 
@@ -715,58 +750,42 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
         preset="standard",
         threshold=None,
         otherContrastNodes=None,
+        heatmapNode=None,
     ) -> child_process.WorkerRun:
         """Write the input (and mask) to a temporary folder and start the worker; returns at once.
 
         otherContrastNodes: for a multi-contrast model, its other contrasts as {name: volume node}, e.g.
-        {"t1ce": node}; each is written with its own geometry and resampled onto the input by position."""
-        from AnoDODELib.worker import build_command
+        {"t1ce": node}; each is written with its own geometry and resampled onto the input by position.
+        heatmapNode: the heat-map output the results will go to (refused here if it is the input)."""
+        mrml.checkOutputNodes(inputNode, heatmapNode)
+        return child_process.startWorkerRun(
+            slicer.app.temporaryPath,
+            inputNode,
+            lambda folder: mrml.writeWorkerInputs(folder, inputNode, maskNode, otherContrastNodes),
+            self.launch,
+            modelPath=modelPath,
+            device=device,
+            preset=preset,
+            threshold=threshold,
+            parentPid=os.getpid(),  # the worker ends with Slicer
+        )
 
-        tempDir = pathlib.Path(tempfile.mkdtemp(prefix="AnoDODE-", dir=slicer.app.temporaryPath))
-        try:
-            inputPath, maskPath, others = mrml.writeWorkerInputs(
-                tempDir, inputNode, maskNode, otherContrastNodes
-            )
-            model = str(modelPath) if modelPath and str(modelPath) not in ("", ".") else None
-            command = build_command(
-                child_process.pythonSlicerExecutable(),
-                inputPath,
-                tempDir / "output",
-                mask=maskPath,
-                model=model,
-                device=device,
-                preset=preset,
-                threshold=threshold,
-                other_contrasts=others,
-            )
-            process = child_process.WorkerProcess(command)
-        except BaseException:
-            shutil.rmtree(tempDir, ignore_errors=True)
-            raise
-        return child_process.WorkerRun(inputNode, tempDir, process, device)
-
-    @staticmethod
-    def runError(run: child_process.WorkerRun):
-        """None when the run succeeded, else one readable message."""
-        from AnoDODELib.worker import error_from_stderr
-
-        code = run.process.returncode
-        if code == 0 and run.done:
-            return None
-        message = error_from_stderr("\n".join(run.process.stderrLines))
-        if message:
-            return message
-        tail = [line for line in run.process.stderrLines if line.strip()][-3:]
-        return f"the worker ended with exit code {code}" + (": " + " | ".join(tail) if tail else "")
+    runError = staticmethod(child_process.runError)  # None when a run succeeded, else one readable message
 
     def loadResults(
-        self, run: child_process.WorkerRun, heatmapNode=None, segmentationNode=None, tableNode=None
+        self,
+        run: child_process.WorkerRun,
+        heatmapNode=None,
+        segmentationNode=None,
+        tableNode=None,
+        opacity=None,
     ) -> dict:
         """Read the worker's outputs into (reused or new) nodes on the input's geometry."""
         import json
 
         import SimpleITK as sitk
 
+        configureTerminology()
         report = json.loads((run.outputDir / "report.json").read_text())
         anomaly = sitk.GetArrayFromImage(sitk.ReadImage(str(run.outputDir / "anomaly.nrrd")))
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(run.outputDir / "label.nrrd")))
@@ -781,7 +800,8 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
             segmentationNode=segmentationNode,
             tableNode=tableNode,
         )
-        mrml.markResultsInput(run.inputNode, outputs["heatmap"], outputs["segmentation"], outputs["table"])
+        if opacity is not None:
+            mrml.setHeatmapOpacity(slicer.mrmlScene, outputs["heatmap"], float(opacity))
         self.markThreshold(outputs["heatmap"], outputs["plot"], float(report["threshold"]))
         return outputs
 
@@ -800,20 +820,21 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
         otherContrastNodes=None,
     ) -> dict:
         """Score ``inputNode`` and wait; returns the output nodes plus the report. Raises RuntimeError."""
-        run = self.startRun(inputNode, maskNode, modelPath, device, preset, threshold, otherContrastNodes)
+        run = self.startRun(
+            inputNode, maskNode, modelPath, device, preset, threshold, otherContrastNodes, heatmapNode
+        )
         try:
             run.process.wait(timeout)
-            for stream, line in run.process.poll():
-                if stream == "stdout" and line == "DONE":
+            for kind, line in run.process.poll():
+                if kind == "stdout" and line == "DONE":
                     run.done = True
             error = self.runError(run)
             if error:
                 raise RuntimeError(f"AnoDODE failed: {error}")
             outputs = self.loadResults(run, heatmapNode, segmentationNode, tableNode)
             outputs["report"] = run.report
-            outputs["warnings"] = panel.engineWarnings(run.process.stderrLines) + panel.coverageWarnings(
-                run.report, mrml.sliceSpacingMm(inputNode, int(run.report.get("slice_axis", 0)))
-            )
+            spacing = mrml.sliceSpacingMm(inputNode, int(run.report.get("slice_axis", 0)))
+            outputs["warnings"] = panel.runWarnings(run.process.logLines, run.report, spacing)
             return outputs
         finally:
             run.cleanup()
@@ -852,8 +873,9 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
 class AnoDODETest(ScriptedLoadableModuleTest):
     """Runs inside Slicer (Developer mode > Reload and Test, or ctest). The bundled model on a real
     skull-stripped FLAIR: ``$ANODODE_SELFTEST_FLAIR`` (with ``$ANODODE_SELFTEST_LESION``, a lesion mask on any
-    grid) when set, else the module's Sample Data scan; plus the cancel and error paths. Like the module, the
-    test never imports torch in Slicer's process."""
+    grid) when set, else the module's Sample Data scan; plus the cancel and error paths. Without the Python
+    packages only the parameter-node test runs and the others are reported as skipped (never installed by a
+    test). Like the module, the test never imports torch in Slicer's process."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -861,6 +883,11 @@ class AnoDODETest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_AnoDODE_parameter_node()
+        unmet = AnoDODELogic.unmetRequirements()
+        if unmet:  # Slicer's Reload and Test calls runTest directly: a SkipTest would end as an error
+            logging.warning(message := panel.selfTestSkipped([r.spec() for r, _ in unmet]))
+            self.delayDisplay(message)
+            return
         self.setUp()
         self.test_AnoDODE_bundled_model_finds_the_lesion()
         self.setUp()
@@ -869,7 +896,7 @@ class AnoDODETest(ScriptedLoadableModuleTest):
     def _logic(self):
         logic = AnoDODELogic()
         unmet = logic.unmetRequirements()
-        if unmet:  # a test should not install packages: run the module once to install them
+        if unmet:  # a test never installs packages (runTest checks first; this guards a direct call)
             self.skipTest(
                 "AnoDODE's Python packages are not installed: " + ", ".join(r.spec() for r, _ in unmet)
             )

@@ -9,7 +9,8 @@ The output set (:class:`OutputSet`), all in one folder:
 =========  ===========================================================================================
 anomaly    float32 voxel anomaly map on the input's exact grid (size, spacing, origin, direction)
 label      uint8 0/1: anomaly > threshold, same grid
-figure     PNG: the most anomalous axial slices with the map and label, colour bar, slice curve (figure.py)
+figure     PNG: the most anomalous axial slices with the map and label, colour bar, slice curve (figure.py);
+           left out of a set that names no figure file (the Slicer worker's ``--no-figure``)
 report     JSON (strict: no NaN/Infinity), see :func:`build_report`; written last, it marks the set complete
 =========  ===========================================================================================
 
@@ -97,7 +98,8 @@ class ScanInputs:
 
 @dataclass(frozen=True)
 class OutputSet:
-    """Where a scan's outputs go: ``folder`` and one file name per kind of ``OUTPUT_KINDS``."""
+    """Where a scan's outputs go: ``folder`` and one file name per kind of ``OUTPUT_KINDS``; a set without a
+    "figure" name is written without the figure (nothing is rendered)."""
 
     folder: Path
     names: Mapping[str, str]
@@ -117,22 +119,22 @@ class OutputSet:
         )
 
     @classmethod
-    def plain(cls, folder: Path, image_suffix: str = ".nrrd") -> OutputSet:
-        """``anomaly<suffix>``, ``label<suffix>``, ``figure.png``, ``report.json`` (one scan per folder, the
-        Slicer worker's layout)."""
-        return cls(
-            Path(folder),
-            {
-                "anomaly": f"anomaly{image_suffix}",
-                "label": f"label{image_suffix}",
-                "figure": "figure.png",
-                "report": "report.json",
-            },
-        )
+    def plain(cls, folder: Path, image_suffix: str = ".nrrd", figure: bool = True) -> OutputSet:
+        """``anomaly<suffix>``, ``label<suffix>``, ``figure.png`` (unless ``figure`` is False), ``report.json``
+        (one scan per folder, the Slicer worker's layout)."""
+        names = {
+            "anomaly": f"anomaly{image_suffix}",
+            "label": f"label{image_suffix}",
+            "figure": "figure.png",
+            "report": "report.json",
+        }
+        if not figure:
+            del names["figure"]
+        return cls(Path(folder), names)
 
     def paths(self) -> dict[str, Path]:
-        """Final path of each kind, in ``OUTPUT_KINDS`` order."""
-        return {k: self.folder / self.names[k] for k in OUTPUT_KINDS}
+        """Final path of each kind the set names, in ``OUTPUT_KINDS`` order."""
+        return {k: self.folder / self.names[k] for k in OUTPUT_KINDS if k in self.names}
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,7 @@ def build_report(
         "warnings": list(dict.fromkeys(_WARNINGS.get() or [])),
         "anodode_version": __version__,
         "outputs": {
-            **{k: str(paths[k]) for k in _REPORT_ORDER},
+            **{k: str(paths[k]) for k in _REPORT_ORDER if k in paths},
             **{e.kind: str(outputs.folder / e.name) for e in extras},
         },
     }
@@ -343,9 +345,10 @@ def score_to_files(
             volume_io.image_like(result.label.astype(np.uint8), image, sitk.sitkUInt8),
             staged.path(names["label"]),
         )
-        staged.path(names["figure"]).write_bytes(
-            figure_png(image, result, report, model.config.localisation.slice_area_mm2)
-        )
+        if "figure" in names:
+            staged.path(names["figure"]).write_bytes(
+                figure_png(image, result, report, model.config.localisation.slice_area_mm2)
+            )
         for extra in extras:
             extra.write(staged.path(extra.name), image, result, report)
         staged.path(names["report"]).write_bytes(report_bytes(report))

@@ -2,12 +2,20 @@
 
     python -m AnoDODELib.worker --input IN --output-dir DIR [--mask M] [--model DIR] [--contrast NAME=PATH ...]
                                 [--device auto|cpu|cuda] [--preset fast|standard|exact] [--threshold T]
+                                [--no-figure] [--parent-pid PID]
 
 Protocol, one line each:
     stdout  ``PROGRESS <fraction 0..1> <message>``   non-decreasing fraction, flushed at once
     stdout  ``DONE``                                 last line, after every output is in place
     stderr  ``ERROR: <message>``                     exactly one such line, then exit code 1
-Other stderr lines are log messages (``[WARNING] ...``) meant for a log panel.
+Other stderr lines are log messages (``[WARNING] ...``) meant for a log panel. Each prefix is unique, so a host
+may also read both streams merged into one (Slicer's ``launchConsoleProcess`` does that).
+
+``--no-figure``: the output set has no figure.png and nothing is rendered (the Slicer module shows the map in
+its own views; without matplotlib the figure would only cost time and a warning). ``--parent-pid PID``: the
+host's process id; when that process ends (a crash included) or this worker loses its own parent (e.g. a
+launcher between host and worker is killed), the worker stops as on SIGTERM, removing its partial outputs,
+so it never outlives its host holding the GPU.
 
     python -m AnoDODELib.worker --device-info
 prints one JSON line, what torch sees in this interpreter ({"torch": "2.3.0", "cuda_build": "12.1" | null,
@@ -15,8 +23,8 @@ prints one JSON line, what torch sees in this interpreter ({"torch": "2.3.0", "c
 asks this instead of importing torch (and initialising CUDA) in Slicer's own process.
 
 Outputs, all or none (outputs.score_to_files, the same engine as ``anodode score``): DIR/anomaly.nrrd
-(float32), DIR/label.nrrd (uint8, both on the input's grid), DIR/figure.png (figure.py) and DIR/report.json (written
-last). SIGTERM/SIGINT stop the worker promptly; nothing of this run's output set is left behind.
+(float32), DIR/label.nrrd (uint8, both on the input's grid), DIR/figure.png (figure.py; not with ``--no-figure``)
+and DIR/report.json (written last). SIGTERM/SIGINT stop the worker promptly; nothing of this run's output set is left behind.
 
 This module imports nothing heavy at import time (no torch), so a host such as Slicer can import the
 protocol helpers (``build_command``, ``parse_line``) before the dependencies are installed.
@@ -31,6 +39,8 @@ import math
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -69,9 +79,12 @@ def build_command(
     preset: str = "standard",
     threshold: float | None = None,
     other_contrasts: dict[str, str | os.PathLike] | None = None,
+    figure: bool = True,
+    parent_pid: int | None = None,
 ) -> list[str]:
     """The argv that runs this worker with ``python`` (e.g. Slicer's PythonSlicer); ``other_contrasts``:
-    a multi-contrast model's other contrasts by name (files aligned with the input)."""
+    a multi-contrast model's other contrasts by name (files aligned with the input); ``figure`` False adds
+    ``--no-figure``; ``parent_pid`` (the host's process id) adds ``--parent-pid``."""
     cmd = [
         str(python),
         "-m",
@@ -93,6 +106,10 @@ def build_command(
         cmd += ["--threshold", repr(float(threshold))]
     for name, path in (other_contrasts or {}).items():
         cmd += ["--contrast", f"{name}={path}"]
+    if not figure:
+        cmd.append("--no-figure")
+    if parent_pid is not None:
+        cmd += ["--parent-pid", str(int(parent_pid))]
     return cmd
 
 
@@ -161,6 +178,78 @@ class Cancelled(BaseException):
     """Raised from the SIGTERM/SIGINT handler so cleanup runs and the worker exits promptly."""
 
 
+#: How often the host watch looks at the host (s), and how long it then waits for a clean stop before
+#: ending the process outright (s): a long native call (one big tensor operation) delays the clean stop.
+HOST_POLL_S = 0.5
+HOST_GONE_GRACE_S = 10.0
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running: POSIX ``kill(pid, 0)``, a zombie (Linux ``/proc``) counting as ended;
+    Windows ``OpenProcess`` + ``WaitForSingleObject``."""
+    if os.name == "nt":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x00100000, False, int(pid))  # SYNCHRONIZE
+        if not handle:
+            return False
+        try:
+            return kernel32.WaitForSingleObject(handle, 0) != 0  # 0 = WAIT_OBJECT_0: it has ended
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(pid, 0) is the answer
+
+
+class HostWatch:
+    """Stops this process when its host ends: a daemon thread checks every ``HOST_POLL_S`` s that process
+    ``host_pid`` is alive and (POSIX) that this process still has the parent it started with. When either
+    fails it records why, delivers SIGTERM to this process (Windows: ``_thread.interrupt_main``), so the
+    SIGTERM handler raises ``Cancelled`` and the partial outputs are removed, and after ``HOST_GONE_GRACE_S``
+    ends the process with ``os._exit`` if it is still there."""
+
+    def __init__(self, host_pid: int) -> None:
+        self.host_pid = int(host_pid)
+        self.parent = os.getppid()
+        self.reason: str | None = None
+
+    def check(self) -> str | None:
+        """Why this worker should stop now, or None while its host is alive."""
+        if not process_alive(self.host_pid):
+            return f"the host process {self.host_pid} has ended"
+        if os.name != "nt" and os.getppid() != self.parent:
+            return f"its parent process {self.parent} has ended"
+        return None
+
+    def start(self) -> None:
+        """Start watching (a daemon thread)."""
+        threading.Thread(target=self._watch, name="anodode-host-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while self.reason is None:
+            time.sleep(HOST_POLL_S)
+            self.reason = self.check()
+        if os.name == "nt":
+            import _thread
+
+            _thread.interrupt_main(signal.SIGTERM)
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(HOST_GONE_GRACE_S)
+        _error(f"cancelled ({self.reason}); the worker did not stop within {HOST_GONE_GRACE_S:g} s")
+        os._exit(EXIT_CANCELLED)
+
+
 class UsageError(Exception):
     """A bad command line (unknown preset, non-finite threshold, bad --contrast): one ERROR line, exit 1."""
 
@@ -174,7 +263,9 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m AnoDODELib.worker", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="3-D scan (any SimpleITK format)")
     p.add_argument(
-        "--output-dir", required=True, help="folder for anomaly.nrrd, label.nrrd, figure.png, report.json"
+        "--output-dir",
+        required=True,
+        help="folder for anomaly.nrrd, label.nrrd, figure.png (not with --no-figure), report.json",
     )
     p.add_argument("--mask", help="brain mask on the input's grid (non-zero = brain)")
     p.add_argument("--model", help="model bundle folder (default: the bundled model)")
@@ -188,6 +279,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--preset", default="standard", choices=PRESET_NAMES)
     p.add_argument("--threshold", type=float, help="label threshold (default: the model's calibrated one)")
+    p.add_argument(
+        "--no-figure", dest="figure", action="store_false", help="write no figure.png (nothing is rendered)"
+    )
+    p.add_argument(
+        "--parent-pid",
+        type=int,
+        help="the host's process id: stop when that process (or this one's parent) ends",
+    )
     return p
 
 
@@ -242,7 +341,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> None:
     )
     score_to_files(
         inputs,
-        OutputSet.plain(Path(args.output_dir)),
+        OutputSet.plain(Path(args.output_dir), figure=args.figure),
         model,
         threshold=args.threshold,
         device=args.device,
@@ -275,11 +374,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             _error(f"torch cannot be used: {_describe(exc)}")
             return EXIT_ERROR
         return 0
+    watch = None
     try:
         args = _parser().parse_args(argv)
+        if args.parent_pid is not None:
+            watch = HostWatch(args.parent_pid)
+            watch.reason = watch.check()
+            if watch.reason is not None:
+                raise Cancelled(watch.reason)
+            watch.start()
         _run(args, _Progress())
     except Cancelled as exc:
-        _error(f"cancelled ({exc})")
+        _error(f"cancelled ({watch.reason if watch is not None and watch.reason else exc})")
         return EXIT_CANCELLED
     except UsageError as exc:
         _error(f"usage: {exc}")

@@ -27,6 +27,7 @@ class ModelInfo:
     description: str
     threshold: float | None  # calibrated label threshold (anomaly-map units), None if not calibrated
     contrasts: tuple[str, ...]  # contrasts[0] is the input volume; the others need their own selector
+    quantile: float | None = None  # the calibration's quantile of normal training tissue (e.g. 0.995)
 
     @property
     def extraContrasts(self) -> tuple[str, ...]:
@@ -65,6 +66,7 @@ def readModelInfo(path, modelsDir: Path) -> ModelInfo:
     config = info.get("config") if isinstance(info.get("config"), dict) else {}
     calibration = config.get("calibration") or {}
     threshold = calibration.get("threshold") if isinstance(calibration, dict) else None
+    quantile = calibration.get("quantile") if isinstance(calibration, dict) else None
     features = config.get("features") or {}
     contrasts = tuple(str(c) for c in (features.get("contrasts") or ("flair",)))
     valid = isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0
@@ -74,7 +76,24 @@ def readModelInfo(path, modelsDir: Path) -> ModelInfo:
         description=str(info.get("description") or ""),
         threshold=float(threshold) if valid else None,
         contrasts=contrasts,
+        quantile=float(quantile) if isinstance(quantile, (int, float)) and 0 < quantile < 1 else None,
     )
+
+
+def thresholdExplanation(info: ModelInfo | None, mapUnits: str | None = None) -> str:
+    """What the threshold means, for the line under the slider: which voxels it selects and where the
+    calibrated value comes from, in the map's units when known."""
+    text = "Voxels above the threshold form the Anomaly segment; the heat map colours only them."
+    if info is not None and info.threshold is not None:
+        where = (
+            f"the {100 * info.quantile:g}th percentile of the map on normal training tissue"
+            if info.quantile is not None
+            else "calibrated on normal training tissue"
+        )
+        text += f" Calibrated value {info.threshold:.4g}: {where}."
+    if mapUnits:
+        text += f" Units: {mapUnits}."
+    return text
 
 
 def thresholdSliderRange(threshold: float, mapMaximum: float | None = None) -> tuple[float, float]:
@@ -129,19 +148,58 @@ def warningsHtml(warnings: Sequence[str]) -> str:
     if not warnings:
         return ""
     items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
-    return f"<b>The engine warned:</b><ul style='margin-left:0px'>{items}</ul>"
+    return f"<b>Warnings:</b><ul style='margin-left:0px'>{items}</ul>"
 
 
-def summary(report: dict, warningCount: int = 0) -> str:
-    """The status line after a run."""
-    text = (
-        f"Volume score {report['volume_score_bpd']:.4g} bpd; {report.get('anomalous_voxels', '?')} anomalous "
-        f"voxels at threshold {report['threshold']:.4g}; {report['seconds']:.1f} s on {report['device']} "
-        f"({report.get('preset', '')}, model {report.get('model', '?')})."
-    )
+def summary(report: dict, warningCount: int = 0, topSlice: int | None = None, topPositionMm=None) -> str:
+    """The status line after a run, in a reader's words: the anomalous volume at the threshold, the most
+    anomalous slice (the one the views show), the time and device; the warnings' count."""
+    volume = report.get("anomalous_volume_ml")
+    found = (
+        f"{volume:.1f} mL anomalous" if isinstance(volume, (int, float)) else "anomalous volume unknown"
+    ) + f" at threshold {report['threshold']:.3g}"
+    text = f"Done: {found}."
+    if topSlice is not None:
+        where = f" (S {topPositionMm:+.1f} mm)" if topPositionMm is not None else ""
+        text += f" Showing slice {topSlice}{where}, the most anomalous."
+    preset = f", {report['preset']} accuracy" if report.get("preset") else ""
+    text += f" {report['seconds']:.0f} s on {str(report['device']).upper()}{preset}."
     if warningCount:
         text += f" {warningCount} warning{'s' if warningCount > 1 else ''}: see below."
     return text
+
+
+def thresholdStatus(threshold: float, anomalousMl: float) -> str:
+    """The status line after moving the threshold slider."""
+    return (
+        f"Threshold {threshold:.3g}: {anomalousMl:.1f} mL anomalous (re-labelled; the model was not re-run)."
+    )
+
+
+def workerExitMessage(returncode: int | None, logLines: Sequence[str]) -> str:
+    """Why a worker that wrote no ``ERROR:`` line ended: a kill by the system (most often for lack of
+    memory) gets its own message; otherwise the exit code and the last lines that are not ``[INFO]``."""
+    import signal
+
+    killedBy = None
+    if returncode is not None and returncode < 0:
+        killedBy = -returncode
+    elif returncode in (128 + 9, 128 + 6, 128 + 11):  # a launcher reports its child's signal as 128 + n
+        killedBy = returncode - 128
+    if killedBy == signal.SIGKILL:
+        return (
+            "the worker process was killed by the system before it finished (SIGKILL). This most often means "
+            "the computer ran out of memory: close other programs, choose the fast accuracy or the GPU, or "
+            "crop the scan to the head, and try again."
+        )
+    if killedBy is not None:
+        try:
+            name = signal.Signals(killedBy).name
+        except ValueError:
+            name = f"signal {killedBy}"
+        return f"the worker process crashed ({name}); see the log for its last messages."
+    tail = [line for line in logLines if line.strip() and not line.startswith("[INFO]")][-3:]
+    return f"the worker ended with exit code {returncode}" + (": " + " | ".join(tail) if tail else "")
 
 
 def peakIndex(anomaly) -> tuple[int, ...]:
@@ -182,3 +240,48 @@ def coverageWarnings(report: dict, sliceSpacingMm: float) -> list[str]:
         f"partial brain coverage: the slices with brain span {extent:.0f} mm (a whole brain is about "
         f"120-170 mm), so regions outside the scan were not assessed"
     ]
+
+
+def runWarnings(
+    logLines: Sequence[str],
+    report: dict,
+    sliceSpacingMm: float,
+    requestedDevice: str | None = None,
+    deviceInfo: dict | None = None,
+) -> list[str]:
+    """Every warning about a finished run: the worker's own, a GPU fallback (when the device asked for is
+    given) and partial brain coverage."""
+    device = deviceWarnings(requestedDevice, report, deviceInfo) if requestedDevice else []
+    return engineWarnings(logLines) + device + coverageWarnings(report, sliceSpacingMm)
+
+
+def applyButtonState(
+    running: bool, cancelling: bool, installing: bool, hasInput: bool, missingContrasts: Sequence[str] = ()
+) -> tuple[str, bool, str]:
+    """(text, enabled, tool tip) of the Detect anomalies / Cancel button."""
+    text = (
+        "Installing Python packages..."
+        if installing
+        else "Cancelling..."
+        if cancelling
+        else "Cancel"
+        if running
+        else "Detect anomalies"
+    )
+    enabled = (running and not cancelling) or (
+        not installing and not running and hasInput and not missingContrasts
+    )
+    tip = (
+        f"Select the {', '.join(missingContrasts)} volume first."
+        if missingContrasts and not running
+        else "Score the input with the model (runs in a separate process; click again to cancel)."
+    )
+    return text, enabled, tip
+
+
+def selfTestSkipped(missing: Sequence[str]) -> str:
+    """The self-test's message when the Python packages are missing (it never installs them)."""
+    return (
+        f"Scoring tests skipped: AnoDODE's Python packages are not installed ({', '.join(missing)}). "
+        "Click 'Detect anomalies' once to install them."
+    )

@@ -102,13 +102,36 @@ def install(monkeypatch, tmp_path: Path):
     temp = tmp_path / "slicer_tmp"
     temp.mkdir(exist_ok=True)
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(temp)), raising=False)
+    monkeypatch.setattr(slicer, "app", stand_in_app(temp), raising=False)
     monkeypatch.syspath_prepend(str(MODULE_DIR))
     forget()
     wrapper = importlib.import_module("slicer.parameterNodeWrapper")
     assert Path(wrapper.__file__).resolve().is_relative_to(reference.resolve())
     module = importlib.import_module("AnoDODE")
     return module, scene, slicer, wrapper
+
+
+class StartupEnvironment:
+    """What ``slicer.app.startupEnvironment()`` returns (a QProcessEnvironment): ``keys()`` and ``value()``,
+    here of this process's environment, so ``slicer.util.startupEnvironment`` and ``launchConsoleProcess``
+    run their real code."""
+
+    def __init__(self, env: dict | None = None) -> None:
+        self.env = dict(os.environ if env is None else env)
+
+    def keys(self) -> list[str]:
+        return list(self.env)
+
+    def value(self, name: str) -> str:
+        return self.env.get(name, "")
+
+
+def stand_in_app(temporaryPath) -> types.SimpleNamespace:
+    """The parts of ``slicer.app`` the module's logic and ``slicer.util`` use: the temporary folder, the startup
+    environment and ``processEvents`` (a no-op: there is no GUI to refresh)."""
+    return types.SimpleNamespace(
+        temporaryPath=str(temporaryPath), startupEnvironment=StartupEnvironment, processEvents=lambda: None
+    )
 
 
 def forget() -> None:

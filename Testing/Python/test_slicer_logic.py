@@ -153,6 +153,47 @@ def test_segmentation_exports_back_to_the_label(scene, volume):
     reference = seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole())
     assert reference is volume
     np.testing.assert_array_equal(export_segment(scene, seg, volume), label)
+    display = seg.GetDisplayNode()  # outline only in the slice views: the heat map fills the segment
+    assert display.GetSegmentOpacity2DFill(M.ANOMALY_SEGMENT_ID) == 0.0
+    assert display.GetSegmentVisibility2DOutline(M.ANOMALY_SEGMENT_ID)
+
+
+def test_anomaly_segment_carries_standard_terminology(scene, volume):
+    """The segment's terminology entry, read back by Slicer's own Terminologies logic with the context file
+    the module ships: SNOMED CT codes for DICOM SEG export, and the recommended colour is the segment's."""
+    from slicer_reference import MODULE_DIR
+
+    terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
+    M.ensureTerminology(terminologies, MODULE_DIR / "Resources")
+    M.ensureTerminology(terminologies, MODULE_DIR / "Resources")  # loaded once
+    names = vtk.vtkStringArray()
+    terminologies.GetLoadedTerminologyNames(names)
+    assert [names.GetValue(i) for i in range(names.GetNumberOfValues())].count(M.TERMINOLOGY_CONTEXT) == 1
+    seg = M.updateSegmentationNode(scene, volume, M.labelFromAnomalyMap(known_map(), 1.0))
+    segment = seg.GetSegmentation().GetSegment(M.ANOMALY_SEGMENT_ID)
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert terminologies.DeserializeTerminologyEntry(segment.GetTerminology(), entry)
+    assert entry.GetTerminologyContextName() == M.TERMINOLOGY_CONTEXT
+    codes = [
+        (o.GetCodingSchemeDesignator(), o.GetCodeValue(), o.GetCodeMeaning())
+        for o in (entry.GetCategoryObject(), entry.GetTypeObject(), entry.GetRegionObject())
+    ]
+    assert codes == [
+        ("SCT", "49755003", "Morphologically Altered Structure"),
+        ("SCT", "52988006", "Lesion"),
+        ("SCT", "12738006", "Brain"),
+    ]
+    assert entry.GetRegionContextName() == "Anatomic codes - DICOM master list"
+    # the type is found in the loaded context (so Slicer's terminology selector shows it, with its colour)
+    category, found = slicer.vtkSlicerTerminologyCategory(), slicer.vtkSlicerTerminologyType()
+    context = M.TERMINOLOGY_CONTEXT
+    assert terminologies.GetNumberOfCategoriesInTerminology(context) == 1
+    terminologies.GetNthCategoryInTerminology(context, 0, category)
+    assert category.GetCodeValue() == entry.GetCategoryObject().GetCodeValue() and category.GetShowAnatomy()
+    assert terminologies.GetNumberOfTypesInTerminologyCategory(context, category) == 1
+    terminologies.GetNthTypeInTerminologyCategory(context, category, 0, found)
+    assert found.GetCodeValue() == entry.GetTypeObject().GetCodeValue()
+    assert found.GetRecommendedDisplayRGBValue() == tuple(round(255 * c) for c in M.ANOMALY_COLOR)
 
 
 def test_display_settings(scene, volume):
@@ -165,12 +206,13 @@ def test_display_settings(scene, volume):
     color = display.GetColorNode()
     assert color is not None and color.GetName() == M.HEAT_COLOR_NAME and color.GetNumberOfColors() == 256
     assert not display.GetAutoWindowLevel()
-    lo, hi = M.DISPLAY_FLOOR_FRACTION * threshold, float(anomaly.max())
+    above = anomaly[anomaly > threshold]
+    lo, hi = threshold, float(np.percentile(above, M.WINDOW_TOP_PERCENTILE))
     assert display.GetWindowLevelMin() == pytest.approx(lo)
-    assert display.GetWindowLevelMax() == pytest.approx(hi)
+    assert display.GetWindowLevelMax() == pytest.approx(hi, rel=1e-6)
     assert display.GetApplyThreshold() and not display.GetAutoThreshold()
-    assert display.GetLowerThreshold() == pytest.approx(lo)
-    assert display.GetUpperThreshold() >= hi
+    assert display.GetLowerThreshold() == pytest.approx(lo) and display.GetLowerThreshold() > threshold
+    assert display.GetUpperThreshold() >= float(anomaly.max())  # the highest voxels are drawn (saturated)
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         composite = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
         assert composite.GetBackgroundVolumeID() == volume.GetID()
@@ -223,7 +265,7 @@ def test_repeated_runs_reuse_and_replace(scene, volume):
     assert segmentation.GetNumberOfSegments() == 2
     assert segmentation.GetSegment(user_id).GetName() == "Brain"
     np.testing.assert_array_equal(export_segment(scene, seg, volume), label2)
-    assert again["table"].GetTable().GetValue(0, 1).ToDouble() == pytest.approx(0.5)
+    assert again["table"].GetTable().GetValueByName(0, M.SCORE_COLUMN).ToDouble() == pytest.approx(0.5)
     assert_unchanged(volume, before)
 
 
@@ -247,10 +289,14 @@ def test_rethreshold_relabels_without_touching_the_map(scene, volume):
         np.testing.assert_array_equal(label, expected)
         np.testing.assert_array_equal(export_segment(scene, out["segmentation"], volume), expected)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(out["heatmap"]), anomaly)
-        assert out["heatmap"].GetDisplayNode().GetLowerThreshold() == pytest.approx(0.5 * threshold)
+        assert out["heatmap"].GetDisplayNode().GetLowerThreshold() == pytest.approx(threshold)
         assert float(out["heatmap"].GetAttribute("AnoDODE.Threshold")) == threshold
     # the engine's rule is strict: a voxel exactly at the threshold is not anomalous
     assert M.labelFromAnomalyMap(np.array([0.5, 1.0, 1.5]), 1.0).tolist() == [0, 0, 1]
+
+
+def column(table, name) -> list[float]:
+    return [table.GetTable().GetValueByName(r, name).ToDouble() for r in range(table.GetNumberOfRows())]
 
 
 def test_score_table_and_plot(scene, volume):
@@ -259,26 +305,94 @@ def test_score_table_and_plot(scene, volume):
     out = M.applyResults(scene, volume, known_map(), np.zeros(SHAPE, np.uint8), report)
     table = out["table"]
     assert table.GetNumberOfRows() == SHAPE[0]
-    assert table.GetColumnName(0) == M.SLICE_COLUMN and table.GetColumnName(1) == M.SCORE_COLUMN
-    scores = [table.GetTable().GetValue(r, 1).ToDouble() for r in range(SHAPE[0])]
+    names = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+    assert names == [M.SLICE_COLUMN, M.POSITION_COLUMN, M.MAP_SCORE_COLUMN, M.SCORE_COLUMN]
+    scores = column(table, M.SCORE_COLUMN)
     assert math.isnan(scores[0])
     np.testing.assert_allclose(scores[1:], report["slice_scores"][1:])
-    assert table.GetColumnName(2) == M.MAP_SCORE_COLUMN
-    p99 = [table.GetTable().GetValue(r, 2).ToDouble() for r in range(SHAPE[0])]
-    assert math.isnan(p99[0])
-    np.testing.assert_allclose(p99[1:], report["slice_anomaly_scores"][1:])
+    map_scores = column(table, M.MAP_SCORE_COLUMN)
+    assert math.isnan(map_scores[0])
+    np.testing.assert_allclose(map_scores[1:], report["slice_anomaly_scores"][1:])
     assert [table.GetTable().GetValue(r, 0).ToInt() for r in range(SHAPE[0])] == list(range(SHAPE[0]))
-    assert table.GetColumnName(3) == M.POSITION_COLUMN
     centre = [(d - 1) / 2 for d in reversed(SHAPE)]
+    positions = column(table, M.POSITION_COLUMN)
     for r in (0, 4, SHAPE[0] - 1):  # slice axis 0 = IJK k: the world S of the slice centre, 0.01 mm
-        expected = world_of_ijk([centre[0], centre[1], r])[2]
-        assert table.GetTable().GetValue(r, 3).ToDouble() == pytest.approx(expected, abs=0.006)
+        assert positions[r] == pytest.approx(world_of_ijk([centre[0], centre[1], r])[2], abs=0.006)
     assert float(table.GetAttribute("AnoDODE.volume_score_bpd")) == 1.25
     assert table.GetAttribute("AnoDODE.slice_axis") == "0"
     chart = out["plot"]
     series = chart.GetNthPlotSeriesNode(0)
     assert series.GetTableNode() is table
-    assert (series.GetXColumnName(), series.GetYColumnName()) == (M.SLICE_COLUMN, M.SCORE_COLUMN)
+    assert (series.GetXColumnName(), series.GetYColumnName()) == (M.SLICE_COLUMN, M.MAP_SCORE_COLUMN)
+
+
+def test_the_plot_peaks_where_the_views_jump(scene, volume):
+    """Issue 23.4: the likelihood score peaks at slice 2, the heat map's score at slice 6. The plot shows the
+    ranking the module jumps by, so its highest point is the slice the views open on."""
+    report = report_for(1.0, [None, 1.5, 9.0] + [1.0] * (SHAPE[0] - 3))
+    report["slice_anomaly_scores"] = [None, 0.2, 0.1, 0.3, 0.2, 0.4, 0.9, 0.5] + [0.3] * (SHAPE[0] - 8)
+    out = M.applyResults(scene, volume, known_map(), np.zeros(SHAPE, np.uint8), report)
+    series = out["plot"].GetNthPlotSeriesNode(0)
+    plotted = column(out["table"], series.GetYColumnName())
+    assert int(np.nanargmax(plotted)) == M.mostAnomalousRow(out["table"]) == 6
+    assert int(np.nanargmax(column(out["table"], M.SCORE_COLUMN))) == 2  # the other ranking disagrees
+    # a report without heat-map slice scores: both fall back to the likelihood score, still together
+    report["slice_anomaly_scores"] = [None] * SHAPE[0]
+    again = M.applyResults(
+        scene, volume, known_map(), np.zeros(SHAPE, np.uint8), report, tableNode=out["table"]
+    )
+    assert again["plot"].GetNthPlotSeriesNode(0).GetYColumnName() == M.SCORE_COLUMN
+    assert M.mostAnomalousRow(again["table"]) == 2
+
+
+def test_heat_display_ignores_an_outlier_and_draws_no_dark_halo():
+    """Issue 23.7: the window's top is robust to one extreme voxel, and the ramp never starts at black."""
+    rng = np.random.default_rng(3)
+    anomaly = np.zeros(20000, np.float32)
+    anomaly[:2000] = rng.uniform(1.0, 3.0, 2000)  # the anomalous voxels, threshold 1
+    anomaly[2000:8000] = rng.uniform(0.0, 1.0, 6000)  # below the threshold: not drawn
+    lo, hi = M.heatmapDisplayRange(anomaly, 1.0)
+    anomaly[0] = 1000.0  # one outlier
+    lo2, hi2 = M.heatmapDisplayRange(anomaly, 1.0)
+    assert lo == lo2 > 1.0 and lo == pytest.approx(1.0)
+    assert 2.9 < hi < 3.0 and hi2 == pytest.approx(hi, rel=0.01)  # not 1000
+    assert M.heatmapDisplayRange(np.zeros(10), 2.0) == (pytest.approx(2.0), pytest.approx(2.5))  # none above
+    ramp = np.array([M.heatColor(t) for t in np.linspace(0.0, 1.0, 101)])
+    assert ramp[0, 0] >= 0.7 and ramp.max(axis=1).min() >= 0.7  # the darkest colour is still a bright red
+    assert np.all(np.diff(ramp[:, 1]) >= 0)  # from red towards yellow, monotonically
+
+
+def test_hand_edits_of_the_anomaly_segment_are_kept(scene, volume):
+    """Issue 23.10: re-thresholding after the user edited "Anomaly" (Segment Editor) keeps the edit as
+    "Anomaly (edited)" and writes the new label into a fresh "Anomaly"; without an edit, it is replaced."""
+    anomaly = known_map()
+    out = M.applyResults(scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, 1.0), report_for(1.0))
+    seg = out["segmentation"]
+    segmentation = seg.GetSegmentation()
+    M.rethreshold(scene, volume, out["heatmap"], seg, 1.5)  # not edited: replaced in place
+    assert segmentation.GetNumberOfSegments() == 1 and not M.segmentEditedByHand(seg, volume)
+    edited = M.labelFromAnomalyMap(anomaly, 1.5)
+    edited[5, 5:9, 5:9] = 1  # the user paints a few voxels
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        M.orientedImageFromArray(edited, volume),
+        seg,
+        M.ANOMALY_SEGMENT_ID,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+    )
+    assert M.segmentEditedByHand(seg, volume)
+    label = M.rethreshold(scene, volume, out["heatmap"], seg, 0.8)
+    assert segmentation.GetNumberOfSegments() == 2
+    kept = segmentation.GetSegment(M.ANOMALY_SEGMENT_ID)
+    assert kept.GetName() == M.EDITED_SEGMENT_NAME
+    np.testing.assert_array_equal(M.segmentArray(seg, M.ANOMALY_SEGMENT_ID, volume), edited)
+    current = M.anomalySegmentID(seg)
+    assert current != M.ANOMALY_SEGMENT_ID and segmentation.GetSegment(current).GetName() == "Anomaly"
+    np.testing.assert_array_equal(M.segmentArray(seg, current, volume), label)
+    assert segmentation.GetSegment(current).GetTerminology() == M.anomalyTerminology()
+    M.rethreshold(scene, volume, out["heatmap"], seg, 1.2)  # the slider again: the new segment follows
+    assert segmentation.GetNumberOfSegments() == 2
+    np.testing.assert_array_equal(M.segmentArray(seg, M.ANOMALY_SEGMENT_ID, volume), edited)
+    np.testing.assert_array_equal(M.segmentArray(seg, current, volume), M.labelFromAnomalyMap(anomaly, 1.2))
 
 
 # ----------------------------------------------------------------------------- geometry helpers
@@ -351,9 +465,8 @@ def test_brain_mask_from_labelmap_and_segmentation(scene, volume):
 def test_results_remember_their_input(scene, volume):
     anomaly = known_map()
     out = M.applyResults(scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, 1.0), report_for(1.0))
-    assert not M.resultsMatchInput(out["heatmap"], volume)  # not marked yet
-    M.markResultsInput(volume, out["heatmap"], out["segmentation"], None)
     assert M.resultsMatchInput(out["heatmap"], volume)
+    assert all(M.resultsInput(out[k]) is volume for k in ("heatmap", "segmentation", "table"))
     other = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "another scan")
     slicer.util.updateVolumeFromArray(other, np.zeros(SHAPE, np.float32))
     other.SetIJKToRASMatrix(vtk_matrix(IJK_TO_RAS))
@@ -363,6 +476,54 @@ def test_results_remember_their_input(scene, volume):
     moved[0, 3] += 1.0
     volume.SetIJKToRASMatrix(vtk_matrix(moved))  # the input's grid changed after the run
     assert not M.resultsMatchInput(out["heatmap"], volume)
+
+
+def test_results_find_their_input_after_a_scene_import(tmp_path):
+    """Issue 23.5: a saved scene imported into a scene whose node IDs clash. Slicer renames the imported
+    nodes and rewrites their node references; an ID kept in an attribute would point at a stranger."""
+    saved = slicer.vtkMRMLScene()
+    scan = saved.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "saved scan")
+    slicer.util.updateVolumeFromArray(scan, np.ones(SHAPE, np.float32))
+    anomaly = known_map()
+    out = M.applyResults(saved, scan, anomaly, M.labelFromAnomalyMap(anomaly, 1.0), report_for(1.0))
+    path = tmp_path / "saved.mrml"
+    saved.SetURL(str(path))
+    assert saved.Commit()
+
+    scene = slicer.vtkMRMLScene()
+    stranger = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "stranger")  # takes the saved scan's ID
+    assert stranger.GetID() == scan.GetID()
+    scene.SetURL(str(path))
+    scene.Import()
+    imported = {n.GetName(): n for n in scene.GetNodesByClass("vtkMRMLScalarVolumeNode")}
+    heat = imported[out["heatmap"].GetName()]
+    assert imported["saved scan"].GetID() != scan.GetID()  # renamed on import
+    assert M.resultsInput(heat) is imported["saved scan"]
+    assert M.resultsInput(heat) is not stranger
+
+
+def test_outputs_go_beside_the_input_in_the_data_tree(scene, volume):
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = shNode.CreateFolderItem(shNode.GetSceneItemID(), "study")
+    shNode.CreateItem(study, volume)  # what Slicer's application logic does for every node added
+    anomaly = known_map()
+    out = M.applyResults(scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, 1.0), report_for(1.0))
+    for key in ("heatmap", "segmentation", "table", "plot"):
+        assert shNode.GetItemParent(shNode.GetItemByDataNode(out[key])) == study, key
+
+
+def test_outputs_never_overwrite_the_input_and_opacity_follows_the_slider(scene, volume):
+    with pytest.raises(ValueError, match="is the input volume"):
+        M.checkOutputNodes(volume, volume)
+    M.checkOutputNodes(volume, None)
+    anomaly = known_map()
+    out = M.applyResults(scene, volume, anomaly, M.labelFromAnomalyMap(anomaly, 1.0), report_for(1.0))
+    M.setHeatmapOpacity(scene, out["heatmap"], 0.8)
+    composites = [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode") for i in range(3)]
+    assert [c.GetForegroundOpacity() for c in composites] == [pytest.approx(0.8)] * 3
+    composites[0].SetForegroundVolumeID(None)  # a view showing something else keeps its opacity
+    M.setHeatmapOpacity(scene, out["heatmap"], 0.3)
+    assert [c.GetForegroundOpacity() for c in composites] == [pytest.approx(v) for v in (0.8, 0.3, 0.3)]
 
 
 def test_show_chart_switches_to_a_layout_with_a_plot_view(scene, volume):

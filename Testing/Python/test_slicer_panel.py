@@ -89,9 +89,66 @@ def test_engine_warnings_parse_and_deduplicate():
         "scan does not look skull-stripped",
     ]
     assert "<li>a &lt;b&gt;</li>" in panel.warningsHtml(["a <b>"]) and panel.warningsHtml([]) == ""
-    assert panel.summary(
-        {"volume_score_bpd": 1.5, "threshold": 3.8, "seconds": 2.0, "device": "cpu"}, 2
-    ).endswith("2 warnings: see below.")
+
+
+def test_status_line_speaks_the_readers_words():
+    """Issue 23.6: no "bpd" in the status line; the anomalous volume, the slice shown, time and device."""
+    report = {
+        "volume_score_bpd": 1.5,
+        "threshold": 7.3719,
+        "seconds": 41.6,
+        "device": "cpu",
+        "preset": "standard",
+        "anomalous_volume_ml": 12.345,
+    }
+    text = panel.summary(report, 2, 30, -12.04)
+    assert text == (
+        "Done: 12.3 mL anomalous at threshold 7.37. Showing slice 30 (S -12.0 mm), the most anomalous. "
+        "42 s on CPU, standard accuracy. 2 warnings: see below."
+    )
+    assert "bpd" not in text and "bits" not in text
+    assert panel.summary({"threshold": 1.0, "seconds": 2.0, "device": "cuda:0"}) == (
+        "Done: anomalous volume unknown at threshold 1. 2 s on CUDA:0."
+    )
+    assert panel.thresholdStatus(4.25, 3.04) == (
+        "Threshold 4.25: 3.0 mL anomalous (re-labelled; the model was not re-run)."
+    )
+
+
+def test_threshold_is_explained_in_its_units():
+    info = panel.ModelInfo(MODELS, "m", "", 7.3719, ("flair",), quantile=0.995)
+    text = panel.thresholdExplanation(info, "bits/dim")
+    assert "Calibrated value 7.372: the 99.5th percentile of the map on normal training tissue." in text
+    assert text.endswith("Units: bits/dim.") and "Anomaly segment" in text
+    bundled = panel.readModelInfo(None, MODELS)
+    assert bundled.quantile == pytest.approx(0.995)  # the bundled model.json's calibration
+    assert "Calibrated value" not in panel.thresholdExplanation(None)
+
+
+def test_a_killed_worker_is_reported_with_a_memory_hint():
+    """Issue 23.10: exit -9 (or 137 through a launcher) after "[INFO] loaded model" is the system's OOM kill."""
+    log = ["[INFO] loaded model anodode-flair-brats", "[INFO] scoring"]
+    for code in (-9, 137):
+        message = panel.workerExitMessage(code, log)
+        assert "ran out of memory" in message and "[INFO]" not in message
+    assert "SIGSEGV" in panel.workerExitMessage(-11, log)
+    assert panel.workerExitMessage(3, [*log, "Traceback ...", "boom"]) == (
+        "the worker ended with exit code 3: Traceback ... | boom"
+    )
+
+
+def test_apply_button_states():
+    assert panel.applyButtonState(False, False, False, True) == (
+        "Detect anomalies",
+        True,
+        "Score the input with the model (runs in a separate process; click again to cancel).",
+    )
+    assert panel.applyButtonState(False, False, False, False)[1] is False  # no input
+    assert panel.applyButtonState(True, False, False, True)[:2] == ("Cancel", True)
+    assert panel.applyButtonState(True, True, False, True)[:2] == ("Cancelling...", False)
+    assert panel.applyButtonState(False, False, True, True)[:2] == ("Installing Python packages...", False)
+    text, enabled, tip = panel.applyButtonState(False, False, False, True, ["t1ce"])
+    assert not enabled and tip == "Select the t1ce volume first."
 
 
 def test_gpu_fallback_warning():
@@ -177,6 +234,8 @@ def bare_widget(module, parameterNode, calibrated=3.8):
     widget = object.__new__(module.AnoDODEWidget)
     widget._parameterNode = parameterNode
     widget._settingThreshold = False
+    widget._thresholdMovedDuringRun = False
+    widget._installing = False
     widget._run = None
     widget._lastInputID = parameterNode.inputVolume.GetID() if parameterNode.inputVolume else None
     widget._modelInfo = panel.ModelInfo(MODELS, "m", "", calibrated, ("flair",))
@@ -205,6 +264,59 @@ def test_moving_the_slider_unticks_calibrated_but_code_does_not(anodode_module):
     assert p.threshold == pytest.approx(3.8) and p.autoThreshold
     widget._updateThresholdRange(3.8)
     assert widget.ui.thresholdSliderWidget.maximum == pytest.approx(7.6)
+
+
+def test_a_threshold_moved_during_a_run_is_kept(anodode_module):
+    """Issue 23.10: the slider moved while the model runs is applied to the new results, not dropped."""
+    module, scene, slicer, wrapper = anodode_module
+    p = module.AnoDODELogic().getParameterNode()
+    widget = bare_widget(module, p)
+    widget.setThresholdQuietly(3.8)
+    assert widget.thresholdAfterRun(3.8) == pytest.approx(3.8)
+    widget._run = object()  # a run in progress
+    widget.onThresholdChanged(5.5)
+    p.threshold = 5.5
+    assert not p.autoThreshold and widget._thresholdMovedDuringRun
+    widget.applyThreshold()  # nothing to re-label while running
+    assert widget.thresholdAfterRun(3.8) == pytest.approx(5.5)
+    p.autoThreshold = True
+    widget.onAutoThresholdToggled(True)  # back to calibrated during the run: the run's threshold wins
+    assert widget.thresholdAfterRun(3.8) == pytest.approx(3.8)
+
+
+def test_installing_is_not_interrupted_by_closing_the_scene(anodode_module, tmp_path):
+    """Issue 23.3: a scene close (or Reload) during the first-run installation stops a scoring run, never
+    pip: the installation is Slicer's blocking pip_install, whose process runs to its end."""
+    module, scene, slicer, wrapper = anodode_module
+    p = module.AnoDODELogic().getParameterNode()
+    widget = bare_widget(module, p)
+    widget._pollTimer = None
+    widget._deviceQuery = None
+    widget.setParameterNode = lambda node: None
+    marker = tmp_path / "installed"
+    code = (
+        "import pathlib, sys, time; print('Collecting torch', flush=True); time.sleep(1); "
+        "pathlib.Path(sys.argv[1]).write_text('complete')"
+    )
+
+    def pip_install(specs):  # Slicer's pip_install: launchConsoleProcess + logProcessOutput
+        proc = slicer.util.launchConsoleProcess(
+            [sys.executable, "-c", code, str(marker)], useStartupEnvironment=False
+        )
+        widget.onSceneStartClose(None, None)  # the user closes the scene meanwhile
+        widget.abortWork()  # or reloads the module
+        slicer.util.logProcessOutput(proc)
+
+    from AnoDODESlicerLib import dependencies
+
+    result = dependencies.installFirstRun(
+        [(dependencies.REQUIREMENTS[1], "not installed")],
+        lambda: None,
+        lambda plan: plan.choices()[0],
+        pip_install,
+        recheck=lambda: [],
+    )
+    assert result.ok and marker.read_text() == "complete"
 
 
 def test_changing_the_input_detaches_old_results(anodode_module):
@@ -259,6 +371,34 @@ def test_module_self_test_runs_the_bundled_model_on_a_real_flair(anodode_module,
     assert messages[-1] == "Test passed"
     image = sitk.ReadImage(str(flair))
     assert image.GetSize()  # the scan really was read
+
+
+def test_self_test_without_the_packages_reports_a_skip_instead_of_failing(anodode_module, monkeypatch):
+    """Issue 23.8: Reload and Test calls runTest() directly, where a SkipTest is an error: without the
+    packages the parameter-node test runs and the scoring tests are reported as skipped."""
+    module, scene, slicer, wrapper = anodode_module
+    from AnoDODESlicerLib import dependencies
+
+    monkeypatch.setattr(
+        module.AnoDODELogic,
+        "unmetRequirements",
+        staticmethod(lambda: [(dependencies.TORCH, "not installed")]),
+    )
+    monkeypatch.setattr(
+        module.AnoDODELogic, "runBlocking", lambda *a, **k: pytest.fail("scored without torch")
+    )
+    messages = []
+    monkeypatch.setattr(
+        slicer.util, "delayDisplay", lambda message, msec=None: messages.append(message), raising=False
+    )
+    import unittest
+
+    try:
+        module.AnoDODETest().runTest()  # returns: no SkipTest raised through Slicer's runTest
+    except unittest.SkipTest as exc:  # pytest would count it as a skip of this test, not a failure
+        pytest.fail(f"runTest raised SkipTest: {exc}")
+    assert messages[0].startswith("Parameter node")
+    assert messages[-1].startswith("Scoring tests skipped") and "torch>=2.2" in messages[-1]
 
 
 def test_partial_coverage_warning():

@@ -188,30 +188,25 @@ def test_worker_threshold_and_mask(small_scan, tiny_model_dir, tmp_path):
     assert not a[sitk.GetArrayFromImage(mask) == 0].any()  # nothing outside the given brain mask
 
 
-def test_cancel_kills_the_process_group_and_leaves_no_outputs(small_scan, tiny_model_dir, tmp_path):
-    """Cancel: SIGTERM to the worker's process group, SIGKILL after the grace period. Either way no output
-    file is in place afterwards. Whether the worker finished its cleanup within the grace depends on the
-    machine's load (it once did not, on a busy runner, and left its hidden staging folder): that folder, if
-    any, is what SIGKILL may leave, and the next run's ``remove_stale_staging`` removes it. No timing is
-    asserted."""
-    if os.name == "nt":
-        pytest.skip("process groups are POSIX here; Windows uses taskkill /T")
+def test_cancel_stops_the_worker_and_leaves_no_outputs(small_scan, tiny_model_dir, tmp_path):
+    """Cancel: SIGTERM to the worker, SIGKILL after the grace period. Either way no output file is in place
+    afterwards. Whether the worker finished its cleanup within the grace depends on the machine's load: its
+    hidden staging folder, if any, is what SIGKILL may leave, and the next run's ``remove_stale_staging``
+    removes it. No timing is asserted."""
     from AnoDODELib.atomic_write import STAGING_PREFIX, remove_stale_staging
 
     out = tmp_path / "out"
     cmd = build_command(sys.executable, small_scan, out, model=tiny_model_dir, device="cpu", preset="exact")
-    worker = AnoDODEProcess.WorkerProcess(cmd, env=worker_env(), cwd=str(REPO))
+    worker = AnoDODEProcess.WorkerProcess(cmd)
     deadline = time.monotonic() + 120
     seen = []
     while time.monotonic() < deadline and not any(line.startswith("PROGRESS") for _, line in seen):
         seen += worker.poll()
         time.sleep(0.02)
     assert any(line.startswith("PROGRESS") for _, line in seen), seen
-    assert os.getpgid(worker.pid) == worker.pid  # its own process group: the parent can kill the tree
-    worker.cancel(grace=5.0)
+    worker.cancel(grace=30.0)
     assert worker.proc.poll() is not None and worker.proc.returncode != 0
-    with pytest.raises(ProcessLookupError):
-        os.killpg(worker.pid, 0)  # nothing of the group survives
+    assert worker.waitForExit(30.0)
     leftovers = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert [n for n in leftovers if not n.startswith(STAGING_PREFIX)] == []  # no output in place
     remove_stale_staging(out)  # what the next run does first: a killed run's staging folder goes
@@ -219,17 +214,17 @@ def test_cancel_kills_the_process_group_and_leaves_no_outputs(small_scan, tiny_m
 
 
 def test_cancel_kills_a_worker_that_ignores_sigterm(tmp_path):
-    """The SIGKILL half of cancel, made deterministic: a worker that ignores SIGTERM is killed (SIGKILL to its
-    process group) once the grace is over, whatever the machine's load."""
+    """The SIGKILL half of cancel, made deterministic: a worker that ignores SIGTERM is killed once the grace
+    is over, whatever the machine's load."""
     if os.name == "nt":
-        pytest.skip("process groups are POSIX here; Windows uses taskkill /T")
+        pytest.skip("POSIX signals; Windows uses taskkill /T")
     code = (
         "import signal, time\n"
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         "print('PROGRESS 0.0000 stubborn', flush=True)\n"
         "time.sleep(600)\n"
     )
-    worker = AnoDODEProcess.WorkerProcess([sys.executable, "-c", code], env=worker_env(), cwd=str(tmp_path))
+    worker = AnoDODEProcess.WorkerProcess([sys.executable, "-c", code])
     seen = []
     while not any(line.startswith("PROGRESS") for _, line in seen):
         assert worker.proc.poll() is None, seen
@@ -237,6 +232,127 @@ def test_cancel_kills_a_worker_that_ignores_sigterm(tmp_path):
         time.sleep(0.02)
     worker.cancel(grace=0.5)
     assert worker.proc.returncode == -signal.SIGKILL
+
+
+def test_no_figure_renders_nothing_and_warns_of_nothing(small_scan, tiny_model_dir, tmp_path):
+    """Slicer has no matplotlib: with --no-figure the worker writes no figure and logs no advice about it
+    (without the flag the same run warns, so the check can fail)."""
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from AnoDODELib.worker import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    base = [str(small_scan), "--model", str(tiny_model_dir), "--device", "cpu", "--preset", "fast"]
+    runs = {}
+    for name, extra in (("plain", []), ("no_figure", ["--no-figure"])):
+        out = tmp_path / name
+        runs[name] = subprocess.run(
+            [sys.executable, "-c", code, "--input", *base, "--output-dir", str(out), *extra],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=worker_env(),
+            cwd=REPO,
+        )
+        assert runs[name].returncode == 0, runs[name].stderr
+
+    def warnings(proc):
+        return [line for line in proc.stderr.splitlines() if line.startswith("[WARNING]")]
+
+    figure_warnings = [w for w in warnings(runs["plain"]) if "matplotlib" in w]
+    assert figure_warnings and "pip install" in figure_warnings[0]  # the figure path, without matplotlib
+    quiet = runs["no_figure"].stderr
+    assert "matplotlib" not in quiet and "pip install" not in quiet, quiet
+    assert warnings(runs["no_figure"]) == [w for w in warnings(runs["plain"]) if w not in figure_warnings]
+    out = tmp_path / "no_figure"
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(OUTPUTS) - {"figure.png"})
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["outputs"]) == {"anomaly", "label", "report"}
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert report["slice_scores"] == plain["slice_scores"]  # the same scores, only the figure left out
+    assert build_command("py", "a", "b", figure=False)[-1] == "--no-figure"
+    assert "--no-figure" not in build_command("py", "a", "b")
+
+
+# ----------------------------------------------------------------------------- the worker ends with its host
+
+WATCH_SCRIPT = (
+    "import signal, sys, time\n"
+    "from AnoDODELib import worker\n"
+    "signal.signal(signal.SIGTERM, worker._on_signal)\n"
+    "watch = worker.HostWatch(int(sys.argv[1]))\n"
+    "watch.start()\n"
+    "print('watching', flush=True)\n"
+    "try:\n"
+    "    time.sleep(60)\n"  # a mutant that never notices ends here, and the test fails
+    "except worker.Cancelled:\n"
+    "    print('stopped:', watch.reason, flush=True)\n"
+    "    sys.exit(worker.EXIT_CANCELLED)\n"
+)
+
+
+def dead_pid() -> int:
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    return finished.pid
+
+
+def test_worker_with_a_gone_host_stops_before_scoring(small_scan, tiny_model_dir, tmp_path):
+    pid = dead_pid()
+    out = tmp_path / "out"
+    proc = run_worker(
+        ["--input", small_scan, "--output-dir", out, "--model", tiny_model_dir, "--parent-pid", pid]
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert error_lines(proc.stderr) == [f"ERROR: cancelled (the host process {pid} has ended)"]
+    assert not out.exists()
+    assert build_command("py", "a", "b", parent_pid=42)[-2:] == ["--parent-pid", "42"]
+    live = run_worker(
+        ["--input", tmp_path / "missing.nrrd", "--output-dir", out, "--parent-pid", os.getpid()]
+    )
+    assert "missing.nrrd" in error_lines(live.stderr)[0]  # a live host: the run goes on (to its own error)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals and parent processes")
+def test_worker_stops_when_its_host_ends():
+    """A host that dies without a word (a crash): the worker notices and stops within its poll interval."""
+    host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", WATCH_SCRIPT, str(host.pid)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=worker_env(),
+    )
+    try:
+        assert watcher.stdout.readline().strip() == "watching"
+        host.kill()
+        host.wait()  # reaped, as a crashed Slicer is by its parent
+        out, _ = watcher.communicate(timeout=60)
+    finally:
+        host.kill()
+        watcher.kill()
+    assert out.strip() == f"stopped: the host process {host.pid} has ended"
+    assert watcher.returncode == 143
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals and parent processes")
+def test_worker_stops_when_the_launcher_between_is_killed():
+    """Slicer -> PythonSlicer launcher -> worker: killing the launcher (as a cancel may) leaves no orphan."""
+    launcher_code = "import subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1], sys.argv[2]])"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", launcher_code, WATCH_SCRIPT, str(os.getpid())],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=worker_env(),
+    )
+    try:
+        assert launcher.stdout.readline().strip() == "watching"
+        launcher.kill()
+        launcher.wait()
+        rest = launcher.stdout.read()  # EOF only once the worker, which shares the pipe, has ended too
+    finally:
+        launcher.kill()
+    assert rest.strip() == f"stopped: its parent process {launcher.pid} has ended"
 
 
 def test_sigterm_exits_promptly_with_one_error_line(small_scan, tiny_model_dir, tmp_path):
@@ -315,6 +431,8 @@ def module_with_stubbed_gui(monkeypatch, tmp_path):
     import types
     import unittest
 
+    import slicer_reference
+
     slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
     for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleWidget"):
@@ -330,7 +448,7 @@ def module_with_stubbed_gui(monkeypatch, tmp_path):
     temp = tmp_path / "slicer_tmp"
     temp.mkdir()
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(temp)), raising=False)
+    monkeypatch.setattr(slicer, "app", slicer_reference.stand_in_app(temp), raising=False)
     monkeypatch.delitem(sys.modules, "AnoDODE", raising=False)
     module = importlib.import_module("AnoDODE")
     yield module, scene, temp
@@ -368,7 +486,7 @@ def test_module_logic_runs_the_worker_and_loads_results(module_with_stubbed_gui,
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
     assert seg.GetSegmentation().GetSegment("Anomaly") is not None
     assert table.GetNumberOfRows() == before.shape[report["slice_axis"]]
-    assert "bpd" in logic.summary(report)
+    assert "mL anomalous" in logic.summary(report) and "bpd" not in logic.summary(report)
     # the worker read the node's geometry: its grid equals the file's
     assert report["slice_axis"] == int(
         np.argmax(np.abs(np.array(image.GetDirection()).reshape(3, 3)[2])[::-1])
