@@ -1,9 +1,11 @@
 """Render docs/screenshot.png (the extension catalog's screenshot) from an ``anodode score`` output.
 
 Not a screen capture of Slicer: a matplotlib rendering of what the module shows after a run, drawn with the
-module's own display rules (heat colours, window and display floor from ``AnoDODESlicerLib.mrml``): the scan
-with the heat map over it in three views through the map's peak, the "Anomaly" segment outlined, the
-slice-score plot with the most anomalous slice marked, and the top rows of the slice-score table.
+module's own display rules and words (heat colours and window from ``AnoDODESlicerLib.mrml``, the status line
+from ``AnoDODESlicerLib.panel``): the scan with the heat map over it (only the voxels above the threshold are
+coloured) in three views through the most anomalous slice, the slice the module opens on, and the map's peak
+in it, the "Anomaly" segment outlined, the slice-score plot (the ranking the module jumps by) with that slice
+marked, and the top rows of the slice-score table.
 
     anodode demo --output-dir OUT        # the synthetic phantom: no patient data in the repository
     python docs/make_screenshot.py OUT/phantom_flair.nii.gz OUT docs/screenshot.png
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "AnoDODE"))
 
-from AnoDODESlicerLib import mrml
+from AnoDODESlicerLib import mrml, panel
 
 
 def read_lps(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -61,7 +64,16 @@ def main(argv=None) -> int:
     anomaly, _ = read_lps(args.score_dir / f"{stem}_anomaly.nii.gz")
     label, _ = read_lps(args.score_dir / f"{stem}_label.nii.gz")
     threshold = float(report["threshold"])
-    peak = np.unravel_index(int(np.argmax(anomaly)), anomaly.shape)
+    # the module's ranking (mrml.plottedColumn): the heat map's slice scores, else the likelihood's
+    plotted = report.get("slice_anomaly_scores") or []
+    if not any(v is not None for v in plotted):
+        plotted = report["slice_scores"]
+    plotted = np.array([np.nan if v is None else v for v in plotted], dtype=float)
+    shown = int(np.nanargmax(plotted))
+    # that slice in the LPS-ordered array: the input's axial index axis may run inferior-wards
+    direction = np.array(sitk.ReadImage(str(args.scan)).GetDirection()).reshape(3, 3)
+    k = shown if direction[2, 2 - int(report["slice_axis"])] > 0 else anomaly.shape[0] - 1 - shown
+    peak = (k, *np.unravel_index(int(np.argmax(anomaly[k])), anomaly.shape[1:]))
     lo, hi = np.percentile(scan[scan > 0], [1, 99.5])
     sx, sy, sz = spacing
     views = [  # (title, scan, map, label, extent, letters: left, right, top, bottom)
@@ -116,36 +128,26 @@ def main(argv=None) -> int:
     scores = np.array([np.nan if v is None else v for v in report["slice_scores"]], dtype=float)
     plot = fig.add_subplot(grid[1, 2])
     plot.set_facecolor("white")
-    plot.plot(np.arange(scores.size), scores, color="#1f77b4", lw=1.2)
-    plot.axvline(peak[0], color=mrml.ANOMALY_COLOR, lw=1, ls="--")
-    plot.set_title(f"Slice scores (label threshold {threshold:.3g})", color="w", fontsize=10)
+    plot.plot(np.arange(plotted.size), plotted, color=mrml.ANOMALY_COLOR, lw=1.2)
+    plot.axvline(shown, color="#1f77b4", lw=1, ls="--")
+    plot.set_title(f"AnoDODE slice scores (label threshold {threshold:.3g})", color="w", fontsize=10)
     plot.set_xlabel("slice index", color="w", fontsize=8)
-    plot.set_ylabel("bits per dimension", color="w", fontsize=8)
+    plot.set_ylabel("anomaly score (top 1 cm2)", color="w", fontsize=8)
     plot.tick_params(colors="w", labelsize=7)
-    panel = fig.add_subplot(grid[:, 0])
-    panel.axis("off")
-    order = [i for i in np.argsort(-np.nan_to_num(scores, nan=-np.inf)) if np.isfinite(scores[i])][:14]
-    p99 = report.get("slice_anomaly_scores") or [None] * scores.size
-    rows = [[str(i), f"{scores[i]:.3f}", "" if p99[i] is None else f"{p99[i]:.2f}"] for i in order]
-    panel.text(
-        0.0, 1.0, "AnoDODE", color="w", fontsize=14, weight="bold", va="top", transform=panel.transAxes
+    side = fig.add_subplot(grid[:, 0])
+    side.axis("off")
+    order = [i for i in np.argsort(-np.nan_to_num(plotted, nan=-np.inf)) if np.isfinite(plotted[i])][:14]
+    rows = [[str(i), f"{plotted[i]:.2f}", "" if np.isnan(scores[i]) else f"{scores[i]:.3f}"] for i in order]
+    side.text(0.0, 1.0, "AnoDODE", color="w", fontsize=14, weight="bold", va="top", transform=side.transAxes)
+    status = textwrap.fill(panel.summary(report, 0, shown), 48)
+    side.text(
+        0.0, 0.955, status, color="#dddddd", fontsize=8.5, va="top", wrap=True, transform=side.transAxes
     )
-    panel.text(
-        0.0,
-        0.955,
-        (
-            f"Volume score {report['volume_score_bpd']:.3g} bpd\n{report['anomalous_voxels']} "
-            f"anomalous voxels at threshold {threshold:.3g}\n{report['seconds']:.0f} s on "
-            f"{report['device']} ({report['preset']}, model {report['model']})"
-        ),
-        color="#dddddd",
-        fontsize=8.5,
-        va="top",
-        transform=panel.transAxes,
-    )
-    table = panel.table(
+    table = side.table(
         cellText=rows,
-        colLabels=["Slice", "Score (bpd)", mrml.MAP_SCORE_COLUMN],
+        colLabels=[
+            c.replace(" (", "\n(") for c in (mrml.SLICE_COLUMN, mrml.MAP_SCORE_COLUMN, mrml.SCORE_COLUMN)
+        ],
         loc="lower left",
         bbox=[0.0, 0.02, 1.0, 0.74],
     )
