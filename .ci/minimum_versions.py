@@ -20,7 +20,7 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
 def floors(skip: set[str]) -> dict[str, str]:
-    deps = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    deps = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]["dependencies"]
     out = {}
     for dep in deps:
         m = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9][A-Za-z0-9.]*)\s*", dep)

@@ -786,7 +786,7 @@ class AnoDODELogic(ScriptedLoadableModuleLogic):
         import SimpleITK as sitk
 
         configureTerminology()
-        report = json.loads((run.outputDir / "report.json").read_text())
+        report = json.loads((run.outputDir / "report.json").read_text(encoding="utf-8"))
         anomaly = sitk.GetArrayFromImage(sitk.ReadImage(str(run.outputDir / "anomaly.nrrd")))
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(run.outputDir / "label.nrrd")))
         run.report = report

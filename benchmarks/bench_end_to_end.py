@@ -172,13 +172,19 @@ def run_once(
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         res = subprocess.run(
-            [python, "-c", CHILD, str(out), *argv], env=env, capture_output=True, text=True, check=False
+            [python, "-c", CHILD, str(out), *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            check=False,
         )
         wall = time.perf_counter() - t
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if res.returncode or not out.exists():
             raise RuntimeError(f"anodode score failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
-        child = json.loads(out.read_text())["seconds"]
+        child = json.loads(out.read_text(encoding="utf-8"))["seconds"]
     module = child.pop("module")
     inside = child.pop("in-process total")
     stages = {k: float(v) for k, v in child.items()}
@@ -267,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 indent=2,
             )
-            + "\n"
+            + "\n",
+            encoding="utf-8",
         )
         print(f"wrote {args.json}")
     return 0

@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in prof.items():
             print(f"  {k:24s} {v:8.2f}  {100 * v / total:5.1f} %")
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
 
@@ -352,7 +352,7 @@ def machine(dev: torch.device) -> str:
         return torch.cuda.get_device_name(0)
     name = "cpu"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
@@ -431,7 +431,7 @@ def end_to_end(args) -> int:
         secs = [v[key] if key else v[n]["seconds"] for v in out["volumes"]]
         print(f"{n}: mean {np.mean(secs):.1f} s per volume (min {np.min(secs):.1f}, max {np.max(secs):.1f})")
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
@@ -465,7 +465,14 @@ def large_volume(args) -> int:
             "r=score_image(img,mdl,m,device='cpu',preset=every);"
             "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"
         )
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        res = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            check=False,
+        )
         if res.returncode:
             print(res.stderr, file=sys.stderr)
             return 1
@@ -479,7 +486,8 @@ def large_volume(args) -> int:
             json.dumps(
                 {"large_volume": {"shape": [512, 512, 300], "seconds": sec, "peak_rss_mib": rss}}, indent=2
             )
-            + "\n"
+            + "\n",
+            encoding="utf-8",
         )
     return 0 if rss < 4096 else 1
 

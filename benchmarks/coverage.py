@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"label Dice {r['label_dice']:.3f}"
             )
     if args.json:
-        args.json.write_text(json.dumps({"model": str(args.model or "bundled"), "scans": out}, indent=2))
+        args.json.write_text(
+            json.dumps({"model": str(args.model or "bundled"), "scans": out}, indent=2), encoding="utf-8"
+        )
     return 0
 
 

@@ -37,7 +37,7 @@ BITWISE = ("BitAnd", "BitOr", "BitXor")
 def body_rows(path: Path, names: set[str]) -> dict[str, tuple[int, int]]:
     """{function name: (first body row, last row)} for the named functions of a file (1-based rows)."""
     out = {}
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in names:
             out[node.name] = (node.body[0].lineno, node.end_lineno)
     return out

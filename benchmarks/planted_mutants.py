@@ -501,10 +501,10 @@ def run_mutant(m: Mutant, full: bool, python: str, tests: list[str] | None = Non
         root = Path(tmp)
         copy_tree(root)
         target = root / m.path
-        text = target.read_text()
+        text = target.read_text(encoding="utf-8")
         if text.count(m.old) != 1:
             return "NOT APPLIED", 0.0, f"{m.path}: the text occurs {text.count(m.old)} times"
-        target.write_text(text.replace(m.old, m.new))
+        target.write_text(text.replace(m.old, m.new), encoding="utf-8")
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(root / "AnoDODE"), str(root)]),
@@ -521,7 +521,16 @@ def run_mutant(m: Mutant, full: bool, python: str, tests: list[str] | None = Non
             *([] if full else tests or m.tests),
         ]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, check=False, cwd=root, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            cmd,
+            check=False,
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
         seconds = time.perf_counter() - t0
         tail = (proc.stdout.strip().splitlines() or [""])[-1]
         if proc.returncode == 0:

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     stem = args.scan.name.split(".")[0]
-    report = json.loads((args.score_dir / f"{stem}_report.json").read_text())
+    report = json.loads((args.score_dir / f"{stem}_report.json").read_text(encoding="utf-8"))
     scan, spacing = read_lps(args.scan)
     anomaly, _ = read_lps(args.score_dir / f"{stem}_anomaly.nii.gz")
     label, _ = read_lps(args.score_dir / f"{stem}_label.nii.gz")

@@ -198,7 +198,7 @@ def read_msd(
     channels = dict(MSD_CHANNEL)
     meta = root / "dataset.json"
     if meta.exists():
-        modality = json.loads(meta.read_text()).get("modality", {})
+        modality = json.loads(meta.read_text(encoding="utf-8")).get("modality", {})
         named = {v.lower(): int(k) for k, v in modality.items()}
         channels = {c: named.get(MSD_NAMES[c], ch) for c, ch in channels.items()}
     out = []
@@ -221,7 +221,7 @@ def read_csv(
     path = Path(path)
     base = path.parent
     out = []
-    with open(path, newline="") as f:
+    with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         cols = {k.strip().lower(): k for k in (reader.fieldnames or [])}
         for c in contrasts:

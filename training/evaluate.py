@@ -220,10 +220,10 @@ def print_table(rows: list[dict], file=None) -> None:
 def write_table(rows: list[dict], directory: Path, extra: dict | None = None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "results.json").write_text(
-        json.dumps({**(extra or {}), "rows": rows}, indent=2, default=str)
+        json.dumps({**(extra or {}), "rows": rows}, indent=2, default=str), encoding="utf-8"
     )
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("case", "method"), k))
-    with open(directory / "results.csv", "w", newline="") as f:
+    with open(directory / "results.csv", "w", encoding="utf-8", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
@@ -314,7 +314,9 @@ def score_cases(
                     )
                 )
                 (montage_dir / f"{lc.case.name}.png").write_bytes(png)
-                (montage_dir / f"{lc.case.name}.json").write_text(json.dumps({"voxel_auprc": key}))
+                (montage_dir / f"{lc.case.name}.json").write_text(
+                    json.dumps({"voxel_auprc": key}), encoding="utf-8"
+                )
             for _, n in ranked[worst:]:
                 for ext in (".png", ".json"):
                     (montage_dir / f"{n}{ext}").unlink(missing_ok=True)
@@ -477,12 +479,12 @@ def main(argv: list[str] | None = None) -> int:
         args.worst,
         progress=rank == 0,
     )
-    (shard_dir / f"rank{rank}.json").write_text(json.dumps(rows, default=str))
+    (shard_dir / f"rank{rank}.json").write_text(json.dumps(rows, default=str), encoding="utf-8")
     barrier()
     if rank == 0:
         rows = []
         for r in range(world):
-            rows += json.loads((shard_dir / f"rank{r}.json").read_text())
+            rows += json.loads((shard_dir / f"rank{r}.json").read_text(encoding="utf-8"))
         scored = list(dict.fromkeys(r["case"] for r in rows))
         pooled_vox, pooled_slice, curves = merge(out / "voxels", scored)
         for method in pooled_vox.keys() | pooled_slice.keys():
@@ -499,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         # the worst cases over all ranks get their montages
         cands = []
         for jf in shard_dir.glob("montages*/*.json"):
-            cands.append((json.loads(jf.read_text())["voxel_auprc"], jf))
+            cands.append((json.loads(jf.read_text(encoding="utf-8"))["voxel_auprc"], jf))
         (out / "montages").mkdir(parents=True, exist_ok=True)
         for k, (_, jf) in enumerate(sorted(cands)[: args.worst]):
             shutil.copyfile(jf.with_suffix(".png"), out / "montages" / f"worst{k + 1}_{jf.stem}.png")

@@ -457,8 +457,10 @@ def run(
         }
     results["seconds"] = round(time.perf_counter() - t0, 1)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "results.json").write_text(json.dumps(_finite(results), indent=2, allow_nan=False) + "\n")
-    (output / "results.md").write_text(markdown(results))
+    (output / "results.json").write_text(
+        json.dumps(_finite(results), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
+    (output / "results.md").write_text(markdown(results), encoding="utf-8")
     return results
 
 
@@ -518,12 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.tables_from is not None:
         try:
-            results = json.loads(args.tables_from.read_text())
+            results = json.loads(args.tables_from.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             print(f"error: cannot read {args.tables_from}: {exc}", file=sys.stderr)
             return 2
         args.output.mkdir(parents=True, exist_ok=True)
-        (args.output / "results.md").write_text(markdown(results))
+        (args.output / "results.md").write_text(markdown(results), encoding="utf-8")
         print(markdown(results))
         return 0
     try:

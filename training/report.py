@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     args = ap.parse_args(argv)
     try:
-        rows = json.loads(args.results.read_text())["rows"]
+        rows = json.loads(args.results.read_text(encoding="utf-8"))["rows"]
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: cannot read results from {args.results}: {exc}", file=sys.stderr)
         return 1

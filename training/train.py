@@ -526,6 +526,8 @@ def git_commit() -> str | None:
                 cwd=Path(__file__).resolve().parents[1],
                 capture_output=True,
                 text=True,
+                encoding="utf-8",
+                errors="replace",
                 timeout=10,
             ).stdout.strip()
             or None
@@ -671,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 indent=2,
             )
-            + "\n"
+            + "\n",
+            encoding="utf-8",
         )
     gen = torch.Generator().manual_seed(tc.seed)
     if args.cache is None:

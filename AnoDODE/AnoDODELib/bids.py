@@ -311,7 +311,11 @@ def mask_sidecar(scan: FlairScan) -> ExtraOutput:
             "Threshold": report["threshold"],
             "ThresholdUnits": report["map_units"],
         }
-        path.write_text(json.dumps(sidecar, indent=2, ensure_ascii=False, allow_nan=False) + "\n", "utf-8")
+        path.write_text(
+            json.dumps(sidecar, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+            "utf-8",
+            encoding="utf-8",
+        )
 
     return ExtraOutput("mask_sidecar", name, write)
 

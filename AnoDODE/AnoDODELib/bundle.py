@@ -162,7 +162,7 @@ def load_model(
     if not meta_path.is_file():
         raise BundleError(f"model bundle {directory} has no model.json")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise BundleError(f"{meta_path} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):

@@ -63,7 +63,7 @@ def anodode_outputs(folder: Path) -> set[Path]:
     found: set[Path] = set()
     for report in folder.glob("*report.json"):
         try:
-            data = json.loads(report.read_text())
+            data = json.loads(report.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         outputs = data.get("outputs") if isinstance(data, dict) and "anodode_version" in data else None

@@ -149,7 +149,7 @@ def write_summary(
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a summary.json, [] when there is none or it is not one (an unreadable file is replaced)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     rows = data.get("rows") if isinstance(data, dict) else None

@@ -184,7 +184,9 @@ def write_bids_dataset(root, files: dict, image: sitk.Image, name: str = "synthe
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(json.dumps({"Name": name, "BIDSVersion": "1.10.0"}))
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": name, "BIDSVersion": "1.10.0"}), encoding="utf-8"
+    )
     out = {}
     for relative, offset in files.items():
         path = root / relative

@@ -177,7 +177,7 @@ def test_kill_during_the_moves_never_shows_a_mixed_set(tmp_path):
     folder's files for a complete set; the next run completes it."""
     names = ["s_anomaly.nii.gz", "s_label.nii.gz", "s_overlay.png", "s_report.json"]
     for n in names:
-        (tmp_path / n).write_text("old")
+        (tmp_path / n).write_text("old", encoding="utf-8")
     script = (
         "import os, signal, sys; from AnoDODELib import atomic_write\n"
         "real, n = os.replace, [0]\n"
@@ -195,13 +195,13 @@ def test_kill_during_the_moves_never_shows_a_mixed_set(tmp_path):
     )
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "s_report.json").exists()  # no report: an incomplete set, whatever else is there
-    assert [(tmp_path / n).read_text() for n in names[:2]] == ["new", "new"]
+    assert [(tmp_path / n).read_text(encoding="utf-8") for n in names[:2]] == ["new", "new"]
     with StagedWrite(tmp_path) as s:
         for n in names:
-            s.path(n).write_text("newer")
+            s.path(n).write_text("newer", encoding="utf-8")
         s.commit()
     assert listing(tmp_path) == sorted(names)  # the killed run's staging folder is gone too
-    assert {(tmp_path / n).read_text() for n in names} == {"newer"}
+    assert {(tmp_path / n).read_text(encoding="utf-8") for n in names} == {"newer"}
 
 
 def test_sigterm_during_the_moves_is_deferred_until_the_set_is_complete(tmp_path, monkeypatch):
@@ -226,7 +226,7 @@ def test_sigterm_during_the_moves_is_deferred_until_the_set_is_complete(tmp_path
         with pytest.raises(Stop):
             with StagedWrite(tmp_path) as s:
                 for n in ("a.png", "a.json"):
-                    s.path(n).write_text("x")
+                    s.path(n).write_text("x", encoding="utf-8")
                 s.commit()
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -245,7 +245,7 @@ def test_a_failed_move_leaves_no_part_of_the_new_set(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         with StagedWrite(tmp_path) as s:
             for n in ("m_anomaly.nrrd", "m_report.json"):
-                s.path(n).write_text("x")
+                s.path(n).write_text("x", encoding="utf-8")
             s.commit()
     assert listing(tmp_path) == []
 
@@ -272,6 +272,8 @@ def test_sigterm_at_any_moment_leaves_a_complete_set_or_nothing(model_dir, delay
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        encoding="utf-8",
+        errors="replace",
     )
     time.sleep(delay)
     proc.send_signal(signal.SIGTERM)
@@ -339,8 +341,8 @@ def test_every_bundle_field_is_validated_with_one_line_naming_it(model_dir, kind
     bundle = tmp_path / "bundle"
     shutil.copytree(model_dir, bundle)
     (tmp_path / "outside.pt").write_bytes((bundle / "weights.pt").read_bytes())
-    meta = json.loads((bundle / "model.json").read_text())
-    (bundle / "model.json").write_text(json.dumps(_break(meta, kind)))
+    meta = json.loads((bundle / "model.json").read_text(encoding="utf-8"))
+    (bundle / "model.json").write_text(json.dumps(_break(meta, kind)), encoding="utf-8")
     with pytest.raises(BundleError, match=BUNDLE_BREAKAGES[kind].replace("(", r"\(")):
         load_model(bundle)
     out = tmp_path / "out"
@@ -366,9 +368,9 @@ def test_tampered_weights_give_one_line_exit_2(model_dir, tamper, phantom, tmp_p
         torch.save({"net": Path("/etc/passwd")}, buffer)
         data = buffer.getvalue()
     (bundle / "weights.pt").write_bytes(data)
-    meta = json.loads((bundle / "model.json").read_text())
+    meta = json.loads((bundle / "model.json").read_text(encoding="utf-8"))
     meta["weights"]["sha256"] = hashlib.sha256(data).hexdigest()
-    (bundle / "model.json").write_text(json.dumps(meta))
+    (bundle / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     out = tmp_path / "out"
     code, lines = score(capsys, phantom, "--model", bundle, "--output-dir", out)
     assert_refused(code, lines, 2, "weights.pt")
@@ -399,13 +401,13 @@ def test_a_file_in_the_way_of_the_output_folder_fails_before_scoring(
     model_dir, phantom, tmp_path, capsys, monkeypatch
 ):
     blocker = tmp_path / "out"
-    blocker.write_text("a file")
+    blocker.write_text("a file", encoding="utf-8")
     monkeypatch.setattr(cli, "score_to_files", lambda *a, **k: pytest.fail("scored despite the bad folder"))
     code, lines = score(capsys, phantom, "--model", model_dir, "--output-dir", blocker)
     assert_refused(code, lines, 2, str(blocker), "is a file")
     code, lines = score(capsys, phantom, "--model", model_dir, "--output-dir", blocker / "sub")
     assert_refused(code, lines, 2, "cannot create the output folder")
-    assert blocker.read_text() == "a file"
+    assert blocker.read_text(encoding="utf-8") == "a file"
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
@@ -483,7 +485,7 @@ def test_head_size_bound_in_mm():
 def test_demo_with_a_bad_model_leaves_nothing(tmp_path, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "model.json").write_text("null")
+    (bad / "model.json").write_text("null", encoding="utf-8")
     out = tmp_path / "demo"
     code = cli.main(["demo", "--model", str(bad), "--output-dir", str(out), "--quiet"])
     assert code == 2 and listing(out) == []
@@ -539,9 +541,9 @@ def test_worker_follows_the_same_rules(model_dir, phantom, tmp_path, capsys):
     nan = with_voxels(phantom, tmp_path / "nan.nii.gz", v=math.nan)
     bundle = tmp_path / "bundle"
     shutil.copytree(model_dir, bundle)
-    meta = json.loads((bundle / "model.json").read_text())
+    meta = json.loads((bundle / "model.json").read_text(encoding="utf-8"))
     meta["config"]["localisation"]["n_reconstructions"] = 0
-    (bundle / "model.json").write_text(json.dumps(meta))
+    (bundle / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     cases = [
         (["--input", truncated], "gzip stream is incomplete"),
         (["--input", nan], "NaN or infinite"),
@@ -652,7 +654,7 @@ def test_implausible_spacing_fails_one_input_in_one_line_and_the_batch_goes_on(
     assert len(lines) == len(bad), lines
     for path, line in zip(bad, lines):
         assert line.startswith(f"anodode: error: {path}: ") and ("spacing" in line or "spans" in line), line
-    rows = json.loads((out / "summary.json").read_text())
+    rows = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert [r["status"] == "ok" for r in rows["rows"]] == [False] * len(bad) + [True]
     assert rows["failed"] == len(bad) and rows["ok"] == 1
     assert listing(out) == sorted(p.name for p in OutputSet.with_stem(out, "phantom").paths().values())
@@ -839,6 +841,8 @@ def test_a_sheared_grid_is_refused_in_one_line(model_dir, phantom, tmp_path, suf
         + ["--model", str(model_dir), "--output-dir", str(out), "--quiet", "--device", "cpu"],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         env=ENV,
         timeout=300,
     )

@@ -86,7 +86,9 @@ def schema_regexes(group: str) -> list[str]:
 
 def bids_files(root: Path) -> list[str]:
     """The dataset's files as a BIDS validator indexes them: dot files skipped, .bidsignore applied."""
-    ignore = (root / ".bidsignore").read_text().split() if (root / ".bidsignore").exists() else []
+    ignore = (
+        (root / ".bidsignore").read_text(encoding="utf-8").split() if (root / ".bidsignore").exists() else []
+    )
     out = []
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).as_posix()
@@ -121,7 +123,7 @@ def test_participant_level_writes_bids_derivatives(participant_run):
 
 def test_dataset_description_is_a_derivative_one(participant_run, dataset):
     _, out, _ = participant_run
-    description = json.loads((out / "dataset_description.json").read_text())
+    description = json.loads((out / "dataset_description.json").read_text(encoding="utf-8"))
     schema = bids_schema.load_schema()
     assert description["BIDSVersion"] == schema.bids_version == bids.BIDS_VERSION
     assert description["DatasetType"] == "derivative" and description["Name"]
@@ -140,7 +142,7 @@ def resolve_uri(uri: str, out: Path, description: dict) -> Path:
 
 def test_derivatives_are_on_the_flair_grid_and_point_to_their_sources(participant_run, dataset):
     _, out, _ = participant_run
-    description = json.loads((out / "dataset_description.json").read_text())
+    description = json.loads((out / "dataset_description.json").read_text(encoding="utf-8"))
     for flair in FLAIRS:
         source = flair[: -len("_FLAIR.nii.gz")]
         folder = Path(flair).parent
@@ -150,8 +152,12 @@ def test_derivatives_are_on_the_flair_grid_and_point_to_their_sources(participan
         for image in (amap, mask):
             assert image.GetSize() == scan.GetSize() and image.GetSpacing() == scan.GetSpacing()
             assert image.GetOrigin() == scan.GetOrigin() and image.GetDirection() == scan.GetDirection()
-        sidecar = json.loads((out / folder / f"{Path(source).name}_desc-anomaly_FLAIR.json").read_text())
-        mask_sidecar = json.loads((out / folder / f"{Path(source).name}_desc-anomaly_mask.json").read_text())
+        sidecar = json.loads(
+            (out / folder / f"{Path(source).name}_desc-anomaly_FLAIR.json").read_text(encoding="utf-8")
+        )
+        mask_sidecar = json.loads(
+            (out / folder / f"{Path(source).name}_desc-anomaly_mask.json").read_text(encoding="utf-8")
+        )
         assert resolve_uri(sidecar["Sources"][0], out, description) == (dataset / flair).resolve()
         assert sidecar["input"] == str(dataset / flair) and isinstance(sidecar["volume_score_bpd"], float)
         assert resolve_uri(mask_sidecar["Sources"][0], out, description) == (
@@ -167,19 +173,19 @@ def test_group_level_summarises_the_participants(participant_run, dataset, tmp_p
     copy = tmp_path / "anodode"
     shutil.copytree(out, copy)
     assert main(["bids", str(dataset), str(copy), "group", "--quiet"]) == 0
-    data = json.loads((copy / "summary.json").read_text())
+    data = json.loads((copy / "summary.json").read_text(encoding="utf-8"))
     assert (data["inputs"], data["ok"], data["failed"], data["without_flair"]) == (3, 3, 0, ["sub-03"])
     for row, flair in zip(data["rows"], FLAIRS):
         sidecar = out / flair.replace("_FLAIR.nii.gz", "_desc-anomaly_FLAIR.json")
         assert row["input"] == str(dataset / flair)
-        assert row["volume_score_bpd"] == json.loads(sidecar.read_text())["volume_score_bpd"]
-    assert (copy / "summary.csv").read_text().count("\n") == 4
+        assert row["volume_score_bpd"] == json.loads(sidecar.read_text(encoding="utf-8"))["volume_score_bpd"]
+    assert (copy / "summary.csv").read_text(encoding="utf-8").count("\n") == 4
     assert bids_files(copy) == bids_files(out)  # the summaries are listed in .bidsignore
     # a participant whose outputs are missing: listed with its status, exit 1
     (copy / FLAIRS[1].replace("_FLAIR.nii.gz", "_desc-anomaly_FLAIR.json")).unlink()
     capsys.readouterr()
     assert main(["bids", str(dataset), str(copy), "group", "--quiet"]) == 1
-    data = json.loads((copy / "summary.json").read_text())
+    data = json.loads((copy / "summary.json").read_text(encoding="utf-8"))
     assert (data["ok"], data["failed"]) == (2, 1)
     assert data["rows"][1]["status"].startswith("no derivatives")
     assert f"{dataset / FLAIRS[1]}: no derivatives" in capsys.readouterr().err
@@ -239,9 +245,9 @@ def invalid_dataset(root: Path, kind: str) -> Path:
         return folder
     folder.mkdir()
     if kind == "bad_json":
-        (folder / "dataset_description.json").write_text("{")
+        (folder / "dataset_description.json").write_text("{", encoding="utf-8")
     elif kind == "no_participants":
-        (folder / "dataset_description.json").write_text("{}")
+        (folder / "dataset_description.json").write_text("{}", encoding="utf-8")
         (folder / "derivatives").mkdir()
     return folder
 
@@ -277,10 +283,10 @@ def test_bad_selections_and_output_folders_get_exit_2(dataset, tmp_path, capsys)
     other = tmp_path / "other"
     other.mkdir()
     foreign = '{"Name": "fmriprep", "DatasetType": "derivative", "GeneratedBy": [{"Name": "fMRIPrep"}]}'
-    (other / "dataset_description.json").write_text(foreign)
+    (other / "dataset_description.json").write_text(foreign, encoding="utf-8")
     assert main(["bids", str(dataset), str(other), "participant"]) == 2
     assert "holds another dataset" in error_line(capsys)
-    assert (other / "dataset_description.json").read_text() == foreign
+    assert (other / "dataset_description.json").read_text(encoding="utf-8") == foreign
     assert main(["bids", str(dataset), str(tmp_path / "none"), "group"]) == 2
     assert "run the participant level first" in error_line(capsys)
     assert not out.exists()

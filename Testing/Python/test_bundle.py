@@ -16,7 +16,7 @@ def test_round_trip_preserves_weights_and_config(tiny_model_dir, tmp_path):
     assert again.config == model.config
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
-    meta = json.loads((out / "model.json").read_text())
+    meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
     assert meta["format_version"] == FORMAT_VERSION
     assert set(meta["config"]) == {
         "preprocess",
@@ -36,9 +36,9 @@ def _copy(src, dst):
 
 def test_unknown_format_version_is_refused(tiny_model_dir, tmp_path):
     d = _copy(tiny_model_dir, tmp_path / "m")
-    meta = json.loads((d / "model.json").read_text())
+    meta = json.loads((d / "model.json").read_text(encoding="utf-8"))
     meta["format_version"] = 99
-    (d / "model.json").write_text(json.dumps(meta))
+    (d / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(BundleError, match="format version 99"):
         load_model(d)
 
@@ -54,9 +54,9 @@ def test_checksum_mismatch_is_refused(tiny_model_dir, tmp_path):
 
 def test_architecture_mismatch_is_refused(tiny_model_dir, tmp_path):
     d = _copy(tiny_model_dir, tmp_path / "m")
-    meta = json.loads((d / "model.json").read_text())
+    meta = json.loads((d / "model.json").read_text(encoding="utf-8"))
     meta["config"]["score_net"]["hidden"] = 32
-    (d / "model.json").write_text(json.dumps(meta))
+    (d / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(BundleError, match="does not fit"):
         load_model(d)
 
@@ -69,13 +69,13 @@ def test_broken_bundles_give_one_line_errors(tiny_model_dir, tmp_path, breakage)
     elif breakage == "no_json":
         (d / "model.json").unlink()
     elif breakage == "bad_json":
-        (d / "model.json").write_text("{not json")
+        (d / "model.json").write_text("{not json", encoding="utf-8")
     elif breakage == "no_weights":
         (d / "weights.pt").unlink()
     else:
-        meta = json.loads((d / "model.json").read_text())
+        meta = json.loads((d / "model.json").read_text(encoding="utf-8"))
         meta["config"]["sde"]["beta_typo"] = 1.0
-        (d / "model.json").write_text(json.dumps(meta))
+        (d / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(BundleError) as info:
         load_model(d)
     assert "\n" not in str(info.value)
@@ -96,7 +96,7 @@ def test_readme_says_what_the_bundled_model_was_trained_on():
 
     from AnoDODELib.bundle import load_model
 
-    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8").split())
     cases = load_model().metadata["training"]["cases"]
     brats = [c for c in cases if "BraTS" in c["dataset"] or "BRATS" in c["dataset"] or "TCGA" in c["dataset"]]
     wmh = [c for c in cases if c["dataset"] == "WMH clinical"]

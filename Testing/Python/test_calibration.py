@@ -147,7 +147,7 @@ def test_training_calibrates_on_its_first_calibration_cases(cfg, monkeypatch):
 def test_training_defaults_reproduce_the_shipped_bundle():
     """``python -m training.train`` with its defaults records the settings the shipped bundle was trained with
     (so the README's training command rebuilds it)."""
-    meta = json.loads((default_model_dir() / "model.json").read_text())["training"]
+    meta = json.loads((default_model_dir() / "model.json").read_text(encoding="utf-8"))["training"]
     recorded = meta["train_config"]
     defaults = json.loads(json.dumps(dataclasses.asdict(train.TrainConfig())))  # as model.json stores it
     for key, value in recorded.items():
@@ -155,7 +155,9 @@ def test_training_defaults_reproduce_the_shipped_bundle():
     from AnoDODELib.bundle import migrate
     from AnoDODELib.config import ModelConfig, from_dict
 
-    stored = migrate(json.loads((default_model_dir() / "model.json").read_text()))  # any bundle format
+    stored = migrate(
+        json.loads((default_model_dir() / "model.json").read_text(encoding="utf-8"))
+    )  # any bundle format
     cfg = from_dict(ModelConfig, stored["config"], "config")
     rebuilt = train.model_config(tuple(cfg.features.contrasts))
     for section in ("preprocess", "features", "sde", "score_net", "localisation"):

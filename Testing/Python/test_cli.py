@@ -68,7 +68,7 @@ def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
         assert img.GetPixelID() == pixel
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{stem}_label.nii.gz")))
     assert set(np.unique(label)) <= {0, 1}
-    report = json.loads((out / f"{stem}_report.json").read_text())
+    report = json.loads((out / f"{stem}_report.json").read_text(encoding="utf-8"))
     for key in (
         "volume_score_bpd",
         "slice_axis",
@@ -120,7 +120,7 @@ def test_threshold_override(phantom_file, tiny_model_dir, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "phantom_label.nii.gz"))).sum() == 0
-    assert json.loads((tmp_path / "phantom_report.json").read_text())["threshold"] == 1e9
+    assert json.loads((tmp_path / "phantom_report.json").read_text(encoding="utf-8"))["threshold"] == 1e9
 
 
 def test_sagittally_stored_input_reports_its_axial_axis(phantom_file, tiny_model_dir, tmp_path):
@@ -130,7 +130,7 @@ def test_sagittally_stored_input_reports_its_axial_axis(phantom_file, tiny_model
     sitk.WriteImage(sag, str(path))
     r = run_cli("score", path, "--model", tiny_model_dir, "--output-dir", tmp_path / "o", "--quiet")
     assert r.returncode == 0, r.stderr
-    report = json.loads((tmp_path / "o" / "sag_report.json").read_text())
+    report = json.loads((tmp_path / "o" / "sag_report.json").read_text(encoding="utf-8"))
     assert report["slice_axis"] == 2
     assert len(report["slice_scores"]) == sitk.GetArrayFromImage(sag).shape[2]
     out = sitk.ReadImage(str(tmp_path / "o" / "sag_anomaly.nii.gz"))
@@ -174,7 +174,9 @@ def test_bad_input_one_line_error_and_no_files(kind, phantom_file, tiny_model_di
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("anodode: error:")]
     assert len(lines) == 1, r.stderr
     assert only_summary(out)
-    rows = json.loads((out / "summary.json").read_text())["rows"]  # the failed input's row: its error line
+    rows = json.loads((out / "summary.json").read_text(encoding="utf-8"))[
+        "rows"
+    ]  # the failed input's row: its error line
     assert [(row["input"], row["status"]) for row in rows] == [
         (str(bad), lines[0][len("anodode: error: ") :])
     ]
@@ -201,9 +203,9 @@ def test_incompatible_model_bundle(phantom_file, tiny_model_dir, tmp_path):
 
     d = tmp_path / "m"
     shutil.copytree(tiny_model_dir, d)
-    meta = json.loads((d / "model.json").read_text())
+    meta = json.loads((d / "model.json").read_text(encoding="utf-8"))
     meta["format_version"] = 0
-    (d / "model.json").write_text(json.dumps(meta))
+    (d / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     out = tmp_path / "out"
     r = run_cli("score", phantom_file, "--model", d, "--output-dir", out)
     assert r.returncode == 2
@@ -333,7 +335,7 @@ def test_batch_summary_rows_are_the_reports_values(phantom_file, tiny_model_dir,
     assert r.returncode == 1  # one input failed
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("anodode: error:")]
     assert len(errors) == 1 and str(missing) in errors[0]
-    data = json.loads((out / "summary.json").read_text())
+    data = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert (data["inputs"], data["ok"], data["failed"], data["pending"]) == (3, 2, 1, 0)
     rows = data["rows"]
     assert [row["input"] for row in rows] == [str(phantom_file), str(missing), str(other)]
@@ -342,7 +344,7 @@ def test_batch_summary_rows_are_the_reports_values(phantom_file, tiny_model_dir,
     brain = sitk.GetArrayFromImage(sitk.ReadImage(str(mask))) > 0
     version = hashlib.sha256((tiny_model_dir / "weights.pt").read_bytes()).hexdigest()[:12]
     for row, stem in ((rows[0], "phantom"), (rows[2], "other")):
-        report = json.loads((out / f"{stem}_report.json").read_text())
+        report = json.loads((out / f"{stem}_report.json").read_text(encoding="utf-8"))
         assert row["status"] == "ok"
         for key in (
             "volume_score_bpd",
@@ -378,7 +380,7 @@ def test_batch_summary_rows_are_the_reports_values(phantom_file, tiny_model_dir,
         if HAS_MATPLOTLIB:
             n = len(most_anomalous_slices(scores, N_SLICES, image.GetSpacing()[2]))
             assert sitk_png.GetSize() == figure_size_px(n)
-    with open(out / "summary.csv", newline="") as f:
+    with open(out / "summary.csv", encoding="utf-8", newline="") as f:
         table = list(csv.DictReader(f))
     assert [t["status"] for t in table] == [row["status"] for row in rows]
     assert float(table[0]["map_p99"]) == rows[0]["map_p99"]
@@ -392,11 +394,11 @@ def test_a_folder_input_scores_every_image_in_it(phantom_file, tiny_model_dir, t
     study.mkdir()
     shutil.copy(phantom_file, study / "a.nii.gz")
     sitk.WriteImage(sitk.ReadImage(str(phantom_file)), str(study / "b.nrrd"))
-    (study / "notes.txt").write_text("not an image")
+    (study / "notes.txt").write_text("not an image", encoding="utf-8")
     out = tmp_path / "out"
     r = run_cli("score", study, "--model", tiny_model_dir, "--output-dir", out, "--preset", "fast", "--quiet")
     assert r.returncode == 0, r.stderr
-    rows = json.loads((out / "summary.json").read_text())["rows"]
+    rows = json.loads((out / "summary.json").read_text(encoding="utf-8"))["rows"]
     assert [(row["input"], row["status"]) for row in rows] == [
         (str(study / "a.nii.gz"), "ok"),
         (str(study / "b.nrrd"), "ok"),
@@ -426,7 +428,14 @@ def test_figure_without_matplotlib_is_plain_with_one_notice(phantom_file, tiny_m
         f"sys.exit(main(['score', {str(phantom_file)!r}, '--model', {str(tiny_model_dir)!r}, "
         f"'--output-dir', {str(out)!r}, '--preset', 'fast', '--quiet']))"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     notices = [ln for ln in r.stderr.splitlines() if "matplotlib is not installed" in ln]
     assert len(notices) == 1
@@ -452,6 +461,8 @@ def test_a_closed_stdout_pipe_ends_quietly():
             stdout=write,
             stderr=subprocess.PIPE,
             text=True,
+            encoding="utf-8",
+            errors="replace",
             timeout=120,
             check=False,
         )
@@ -484,6 +495,8 @@ def test_a_closed_stdout_does_not_fail_a_scored_input(phantom_file, tiny_model_d
             stdout=write,
             stderr=subprocess.PIPE,
             text=True,
+            encoding="utf-8",
+            errors="replace",
             timeout=300,
             check=False,
         )
@@ -491,7 +504,7 @@ def test_a_closed_stdout_does_not_fail_a_scored_input(phantom_file, tiny_model_d
         os.close(write)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert [r["status"] for r in summary["rows"]] == ["ok"] and summary["failed"] == 0
     assert (out / "phantom_report.json").is_file() and (out / "phantom_anomaly.nii.gz").is_file()
 
@@ -510,7 +523,7 @@ def test_a_folder_scored_into_itself_can_be_scored_again(phantom_file, tiny_mode
             "score", study, "--model", tiny_model_dir, "--output-dir", study, "--preset", "fast", "--quiet"
         )
         assert r.returncode == 0, (run, r.stderr)
-        rows = json.loads((study / "summary.json").read_text())["rows"]
+        rows = json.loads((study / "summary.json").read_text(encoding="utf-8"))["rows"]
         assert [(row["input"], row["status"]) for row in rows] == [(str(study / "a.nii.gz"), "ok")], run
     assert "left out 2 file(s) an earlier AnoDODE run wrote there" in r.stderr
     assert sorted(p.name for p in study.iterdir()) == sorted(
@@ -529,7 +542,13 @@ def test_bad_log_level_and_empty_output_dir_are_usage_errors(phantom_file, tiny_
 
     env = {**os.environ, "ANODODE_LOG": "loud"}
     r = subprocess.run(
-        [sys.executable, "-m", "AnoDODELib.cli", "info"], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "AnoDODELib.cli", "info"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
+        timeout=120,
     )
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
@@ -559,11 +578,11 @@ def test_runs_into_one_folder_keep_each_others_rows(tmp_path):
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, name]) for name in "abcd"]
     assert [p.wait(timeout=300) for p in procs] == [0] * 4
-    rows = json.loads((out / "summary.json").read_text())["rows"]
+    rows = json.loads((out / "summary.json").read_text(encoding="utf-8"))["rows"]
     assert sorted(r["input"] for r in rows) == sorted(f"{k}_{j}.nii.gz" for k in "abcd" for j in range(3))
     assert all(r["status"] == "x" for r in rows)
     summary.write_summary([summary.summary_row("b_1.nii.gz", error="again")], out)
-    again = json.loads((out / "summary.json").read_text())["rows"]
+    again = json.loads((out / "summary.json").read_text(encoding="utf-8"))["rows"]
     assert [r["input"] for r in again] == [r["input"] for r in rows]
     assert [r["status"] for r in again if r["input"] == "b_1.nii.gz"] == ["again"]
 
@@ -582,7 +601,7 @@ def test_help_texts_are_true():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     text = " ".join(sub.choices["score"].format_help().split())
     assert "folder of NIfTI/NRRD/MHA files" in text and "(default: anodode_output)" in text
-    readme = (repo / "README.md").read_text()
+    readme = (repo / "README.md").read_text(encoding="utf-8")
     for section in re.findall(r"README(?:\.md)?, '([^']+)'", text):
         assert f"## {section}\n" in readme, section
     for doc in re.findall(r"(docs/[\w.]+\.md)", text):
@@ -609,6 +628,8 @@ def test_warnings_get_a_line_of_their_own_beside_the_progress_bar(phantom_file, 
         + ["--output-dir", str(tmp_path / "out"), "--preset", "fast"],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         env=env,
         timeout=300,
     )

@@ -135,7 +135,7 @@ def test_model_config_has_no_solver_and_calibration_no_slice_scores():
 
 
 def v1_meta() -> dict:
-    return json.loads((V1_BUNDLE / "model.json").read_text())
+    return json.loads((V1_BUNDLE / "model.json").read_text(encoding="utf-8"))
 
 
 def test_the_v1_reference_is_a_v1_bundle():
@@ -185,7 +185,10 @@ def test_a_v1_bundle_loads_and_saves_as_current(tmp_path):
         LocalisationConfig, {**meta["config"]["localisation"], "brightness_quantile": None}
     )
     again = load_model(save_model(model, tmp_path / "v2"))
-    assert json.loads((tmp_path / "v2" / "model.json").read_text())["format_version"] == FORMAT_VERSION
+    assert (
+        json.loads((tmp_path / "v2" / "model.json").read_text(encoding="utf-8"))["format_version"]
+        == FORMAT_VERSION
+    )
     assert again.config == model.config
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert bool((a == b).all()), k
@@ -195,7 +198,7 @@ def test_stored_network_widths_are_ignored_in_favour_of_the_features(tmp_path):
     shutil.copytree(V1_BUNDLE, tmp_path / "b")
     meta = v1_meta()
     meta["config"]["score_net"]["channels"] = 5
-    (tmp_path / "b" / "model.json").write_text(json.dumps(meta))
+    (tmp_path / "b" / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     assert from_dict(ModelConfig, migrate(meta)["config"]).score_net.channels == 3  # derived, not read
     assert load_model(tmp_path / "b").config.score_net.channels == 3
 
@@ -204,7 +207,7 @@ def test_stored_network_widths_are_ignored_in_favour_of_the_features(tmp_path):
 def test_unknown_format_versions_are_refused(version, tmp_path):
     shutil.copytree(V1_BUNDLE, tmp_path / "b")
     meta = {**v1_meta(), "format_version": version}
-    (tmp_path / "b" / "model.json").write_text(json.dumps(meta))
+    (tmp_path / "b" / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(BundleError, match="format version"):
         load_model(tmp_path / "b")
 
@@ -285,9 +288,9 @@ def test_a_bundle_value_that_would_explode_a_run_is_refused_at_load(
     model grid, 10^9 reconstruction steps, a 10^6-wide network) fail at load with one line naming the field."""
     bundle_dir = tmp_path / "bundle"
     shutil.copytree(tiny_model_dir, bundle_dir)
-    meta = json.loads((bundle_dir / "model.json").read_text())
+    meta = json.loads((bundle_dir / "model.json").read_text(encoding="utf-8"))
     meta["config"][section][field] = value
-    (bundle_dir / "model.json").write_text(json.dumps(meta))
+    (bundle_dir / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(BundleError, match=rf"config\.{section}\.{field} must be") as err:
         load_model(bundle_dir)
     assert "\n" not in str(err.value)

@@ -197,7 +197,7 @@ def test_readers_carry_the_extra_contrasts(tmp_path, phantom):
     # CSV: one column per contrast; a row without one of them is left out
     table = tmp_path / "list.csv"
     d = tmp_path / "b" / "BraTS2021_00000"
-    with open(table, "w", newline="") as f:
+    with open(table, "w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows(
             [
                 ["name", "flair", "t1ce"],
@@ -294,7 +294,7 @@ def test_train_score_and_evaluate_a_two_contrast_model(tmp_path, phantom):
         "--quiet",
     ]
     assert cli(["score", str(flair), "--contrast", f"t1ce={t1ce}", *common]) == 0
-    report = json.loads((out / "BraTS2021_00000_flair_report.json").read_text())
+    report = json.loads((out / "BraTS2021_00000_flair_report.json").read_text(encoding="utf-8"))
     assert report["contrasts"] == {"flair": str(flair), "t1ce": str(t1ce)}
     assert report["volume_score_bpd"] == report["volume_score_bpd"]  # finite, not NaN
     out2 = tmp_path / "out2"
@@ -325,7 +325,7 @@ def test_train_score_and_evaluate_a_two_contrast_model(tmp_path, phantom):
         )
         == 0
     )
-    rows = json.loads((ev / "results.json").read_text())["rows"]
+    rows = json.loads((ev / "results.json").read_text(encoding="utf-8"))["rows"]
     assert {r["case"] for r in rows} >= {"BraTS2021_00000", "BraTS2021_00001", "POOLED"}
     assert (
         evaluate.main(

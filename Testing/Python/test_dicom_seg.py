@@ -190,7 +190,7 @@ def test_score_writes_the_seg_with_the_set(series, tiny_model_dir, tmp_path):
     assert set_files(out) == sorted(
         f"series_{k}" for k in ("anomaly.nii.gz", "label.nii.gz", "figure.png", "report.json", "seg.dcm")
     )
-    report = json.loads((out / "series_report.json").read_text())
+    report = json.loads((out / "series_report.json").read_text(encoding="utf-8"))
     assert report["outputs"]["dicom_seg"] == str(out / "series_seg.dcm")
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "series_label.nii.gz")))
     seg = hd.seg.segread(out / "series_seg.dcm")

@@ -40,7 +40,7 @@ def csv_cases(tmp_path_factory):
         sitk.WriteImage(ph.image, str(d / f"p{i}.nii.gz"))
         sitk.WriteImage(ph.lesion, str(d / f"p{i}_seg.nii.gz"))
         rows.append([f"p{i}", f"p{i}.nii.gz", f"p{i}_seg.nii.gz"])
-    with open(d / "cases.csv", "w", newline="") as f:
+    with open(d / "cases.csv", "w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows([["name", "flair", "seg"], *rows])
     return d / "cases.csv"
 
@@ -69,7 +69,7 @@ def test_train_then_evaluate_cli(tmp_path, csv_cases):
     ]
     assert train.main(args) == 0
     assert (model / "model.json").is_file() and (run / "gaussian_baseline.npz").is_file()
-    cfg = json.loads((run / "run_config.json").read_text())
+    cfg = json.loads((run / "run_config.json").read_text(encoding="utf-8"))
     assert cfg["train_config"]["steps"] == 30 and [c["name"] for c in cfg["cases"]] == ["p0", "p1"]
     assert (run / "checkpoint.pt").is_file()
     out = tmp_path / "eval"
@@ -94,7 +94,7 @@ def test_train_then_evaluate_cli(tmp_path, csv_cases):
         )
         == 0
     )
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "results.json").read_text(encoding="utf-8"))
     methods = {(r["case"], r["method"]) for r in res["rows"]}
     for m in ("anodode", "flair_zscore", "gaussian"):
         assert {("p0", m), ("p1", m), ("POOLED", m)} <= methods
@@ -115,7 +115,7 @@ def test_evaluate_refuses_a_missing_case_file_with_one_line(tmp_path, capsys):
     from training import evaluate
 
     table = tmp_path / "cases.csv"
-    table.write_text("name,flair,seg\nx,missing.nii.gz,\n")
+    table.write_text("name,flair,seg\nx,missing.nii.gz,\n", encoding="utf-8")
     out = tmp_path / "eval"
     assert (
         evaluate.main(["--model", str(default_model_dir()), "--output", str(out), "--data", f"csv:{table}"])
@@ -318,13 +318,13 @@ def test_recalibrate_reproduces_the_training_threshold(tmp_path, csv_cases):
         )
         == 0
     )
-    meta = json.loads((model / "model.json").read_text())
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
     trained = meta["config"]["calibration"]["threshold"]
     weights = hashlib.sha256((model / "weights.pt").read_bytes()).hexdigest()
     meta["config"]["calibration"]["threshold"] = 123.0
-    (model / "model.json").write_text(json.dumps(meta))
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     assert calibrate.main(["--model", str(model), "--data", f"csv:{csv_cases}"]) == 0
-    again = json.loads((model / "model.json").read_text())
+    again = json.loads((model / "model.json").read_text(encoding="utf-8"))
     assert again["config"]["calibration"]["threshold"] == pytest.approx(trained, rel=1e-5)
     assert (
         again["weights"]["sha256"]

@@ -32,7 +32,7 @@ def ui():
 
 @pytest.fixture(scope="module")
 def module_ast():
-    return ast.parse(MODULE_FILE.read_text())
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
 
 
 def ui_parameter_widgets(root) -> dict[str, ET.Element]:
@@ -125,7 +125,7 @@ def test_custom_widgets_are_declared(ui):
 
 def test_code_uses_only_widgets_that_exist(ui, module_ast):
     names = {w.get("name") for w in ui.iter("widget")}
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
     assert used, "the widget does not use self.ui"
     assert used <= names, used - names
 
@@ -143,7 +143,7 @@ def test_template_structure(module_ast):
     ]
     assert "runTest" in test_methods and any(m.startswith("test_") for m in test_methods)
     # glue only, the work is in AnoDODESlicerLib (the bound is for ruff-formatted code)
-    assert len(MODULE_FILE.read_text().splitlines()) < 1000
+    assert len(MODULE_FILE.read_text(encoding="utf-8").splitlines()) < 1000
 
 
 def test_choices_match_the_engine(module_ast):
@@ -181,7 +181,7 @@ def shipped_files(folder: Path) -> set[str]:
 
 
 def test_cmake_lists_every_script():
-    scripts = cmake_list(CMAKE_FILE.read_text(), "MODULE_PYTHON_SCRIPTS")
+    scripts = cmake_list(CMAKE_FILE.read_text(encoding="utf-8"), "MODULE_PYTHON_SCRIPTS")
     assert len(scripts) == len(set(scripts)), "duplicate entries"
     expected = {p.name for p in MODULE_DIR.glob("*.py")} | {
         p.relative_to(MODULE_DIR).as_posix()
@@ -192,7 +192,7 @@ def test_cmake_lists_every_script():
 
 
 def test_cmake_lists_every_resource():
-    resources = cmake_list(CMAKE_FILE.read_text(), "MODULE_PYTHON_RESOURCES")
+    resources = cmake_list(CMAKE_FILE.read_text(encoding="utf-8"), "MODULE_PYTHON_RESOURCES")
     assert len(resources) == len(set(resources)), "duplicate entries"
     expected = shipped_files(MODULE_DIR / "Resources")
     assert {"Resources/UI/AnoDODE.ui", "Resources/Icons/AnoDODE.png"} <= expected
@@ -200,13 +200,13 @@ def test_cmake_lists_every_resource():
 
 
 def test_cmake_module_and_extension_settings():
-    module = CMAKE_FILE.read_text()
+    module = CMAKE_FILE.read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule(" in module and "WITH_GENERIC_TESTS" in module
     assert re.search(
         r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", module, re.DOTALL
     )
     assert not re.search(r"file\s*\(\s*GLOB", module, re.IGNORECASE), "list files explicitly"
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "project(AnoDODE)" in top
     for variable in (
         "EXTENSION_HOMEPAGE",
@@ -241,8 +241,8 @@ def test_extension_catalog_metadata():
     links to exist at the paths its URLs name."""
     import json
 
-    top = (REPO / "CMakeLists.txt").read_text()
-    entry = json.loads((REPO / "AnoDODE.json").read_text())
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    entry = json.loads((REPO / "AnoDODE.json").read_text(encoding="utf-8"))
     assert entry["$schema"].endswith("/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#")
     assert set(entry) == {
         "$schema",
@@ -266,7 +266,7 @@ def test_extension_catalog_metadata():
             )
     for contributor in cmake_value(top, "EXTENSION_CONTRIBUTORS").split(", "):
         assert re.fullmatch(r"[^()]+ \([^()]+\)", contributor), f"not 'Name (Organisation)': {contributor}"
-    license_text = (REPO / "LICENSE").read_text()
+    license_text = (REPO / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
     assert "END OF TERMS AND CONDITIONS" in license_text
 
@@ -275,7 +275,7 @@ def test_extension_catalog_metadata():
 
 
 def imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -302,7 +302,7 @@ def test_slicer_helpers_are_qt_and_torch_free(path):
 
 
 def test_worker_imports_nothing_heavy_at_module_level():
-    tree = ast.parse((MODULE_DIR / "AnoDODELib" / "worker.py").read_text())
+    tree = ast.parse((MODULE_DIR / "AnoDODELib" / "worker.py").read_text(encoding="utf-8"))
     top = set()
     for node in tree.body:
         if isinstance(node, ast.Import):

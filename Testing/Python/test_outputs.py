@@ -43,7 +43,7 @@ MAP_ATOL = 1e-5
 
 
 def reference() -> dict:
-    return json.loads((REFERENCE / "reference.json").read_text())
+    return json.loads((REFERENCE / "reference.json").read_text(encoding="utf-8"))
 
 
 def array(path: Path) -> np.ndarray:
@@ -99,7 +99,7 @@ def test_phantom_matches_the_reference(reference_model, phantom_path, tmp_path):
         elif key != "anomalous_voxels":
             assert got[key] == value, key
     assert abs(got["anomalous_voxels"] - want["anomalous_voxels"]) <= int(near.sum())
-    assert json.loads(outputs.paths()["report"].read_text()) == report
+    assert json.loads(outputs.paths()["report"].read_text(encoding="utf-8")) == report
 
 
 def test_real_scan_is_bit_identical_to_the_reference(reference_model, tmp_path):
@@ -156,7 +156,9 @@ def test_cli_and_worker_write_the_same_set_and_report(phantom_path, tmp_path, ca
     for kind in ("anomaly", "label"):
         assert np.array_equal(array(named[kind]), array(plain.paths()[kind]))
     assert named["figure"].read_bytes() == plain.paths()["figure"].read_bytes()
-    from_cli, from_worker = (json.loads(p.read_text()) for p in (named["report"], plain.paths()["report"]))
+    from_cli, from_worker = (
+        json.loads(p.read_text(encoding="utf-8")) for p in (named["report"], plain.paths()["report"])
+    )
     assert from_cli.keys() == from_worker.keys()
     assert stable(from_cli) == stable(from_worker)
     assert from_cli["anodode_version"] and from_cli["model_dir"] == from_worker["model_dir"] == model_dir

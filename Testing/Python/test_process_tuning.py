@@ -34,6 +34,8 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=120,
         check=False,
         env={"PYTHONPATH": ENV_PATH, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
@@ -75,7 +77,7 @@ def test_exit_now_keeps_code_output_and_log_and_skips_teardown(tmp_path):
     assert res.returncode == 3
     assert res.stdout == "written, no newline"  # flushed from the pipe's buffer; no atexit, no later code
     assert res.stderr == "an error line"
-    assert "a logged line" in log.read_text()
+    assert "a logged line" in log.read_text(encoding="utf-8")
 
 
 def test_exit_now_under_a_tracer_exits_normally():

@@ -61,6 +61,6 @@ def test_summary_pairs_each_method_with_the_smoothed_zscore(tmp_path, capsys):
     assert mean_line.startswith("| anodode | 0.750 [")  # pooled rows are not averaged in
     assert any(ln.startswith("| flair_zscore |") for ln in text.splitlines())
     path = tmp_path / "results.json"
-    path.write_text(json.dumps({"rows": rows}))
+    path.write_text(json.dumps({"rows": rows}), encoding="utf-8")
     assert report.main([str(path), "--summary", "--resamples", "500"]) == 0
     assert "Paired with `flair_zscore_smoothed`" in capsys.readouterr().out

@@ -19,7 +19,7 @@ from AnoDODESlicerLib import dependencies as D
 
 def test_requirements_match_pyproject():
     tomllib = pytest.importorskip("tomllib")
-    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
     parsed = {}
     for spec in declared:
         name, _, minimum = spec.partition(">=")
@@ -89,6 +89,8 @@ def test_checking_requirements_imports_none_of_them():
         check=False,
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -96,7 +98,7 @@ def test_checking_requirements_imports_none_of_them():
 
 def test_module_file_never_imports_torch():
     """Not even in its self-test: Slicer's process must not load torch (or initialise CUDA)."""
-    tree = ast.parse((REPO / "AnoDODE" / "AnoDODE.py").read_text())
+    tree = ast.parse((REPO / "AnoDODE" / "AnoDODE.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]

@@ -49,15 +49,18 @@ def test_model_info_of_a_two_contrast_model_and_bad_folders(tmp_path):
                 "name": "two",
                 "config": {"features": {"contrasts": ["flair", "t1ce"]}, "calibration": {"threshold": 2.5}},
             }
-        )
+        ),
+        encoding="utf-8",
     )
     info = panel.readModelInfo(folder, MODELS)
     assert (info.contrasts, info.extraContrasts, info.threshold) == (("flair", "t1ce"), ("t1ce",), 2.5)
-    (folder / "model.json").write_text(json.dumps({"name": "uncalibrated", "config": {"calibration": {}}}))
+    (folder / "model.json").write_text(
+        json.dumps({"name": "uncalibrated", "config": {"calibration": {}}}), encoding="utf-8"
+    )
     assert panel.readModelInfo(folder, MODELS).threshold is None
     with pytest.raises(ValueError, match="no readable model.json"):
         panel.readModelInfo(tmp_path / "missing", MODELS)
-    (folder / "model.json").write_text("{not json")
+    (folder / "model.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="not valid JSON"):
         panel.readModelInfo(folder, MODELS)
     with pytest.raises(ValueError, match="no bundled model"):
@@ -184,7 +187,14 @@ def test_real_scan_warnings_reach_the_panel(tmp_path, tiny_model_dir):
         sys.executable, scan, tmp_path / "out", model=tiny_model_dir, device="cpu", preset="fast"
     )
     proc = subprocess.run(
-        command, check=False, capture_output=True, text=True, timeout=600, env=workerEnvironment()
+        command,
+        check=False,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
+        env=workerEnvironment(),
     )
     warnings = panel.engineWarnings(proc.stderr.splitlines())
     assert any("thick slices" in w for w in warnings), proc.stderr
@@ -316,7 +326,7 @@ def test_installing_is_not_interrupted_by_closing_the_scene(anodode_module, tmp_
         pip_install,
         recheck=lambda: [],
     )
-    assert result.ok and marker.read_text() == "complete"
+    assert result.ok and marker.read_text(encoding="utf-8") == "complete"
 
 
 def test_changing_the_input_detaches_old_results(anodode_module):

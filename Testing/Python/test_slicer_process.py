@@ -143,6 +143,8 @@ def test_device_info_request(tmp_path):
         check=False,
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=300,
         env=C.workerEnvironment(),
         cwd=str(tmp_path),

@@ -76,8 +76,8 @@ def test_write_summary_is_atomic_and_protects_inputs(tmp_path):
     rows = [summary_row("a.nii.gz", _report())]
     csv_path, json_path = write_summary(rows, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.csv", "summary.json"]  # no temp left
-    assert json.loads(json_path.read_text())["rows"][0]["volume_score_bpd"] == 1.25
-    assert csv_path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    assert json.loads(json_path.read_text(encoding="utf-8"))["rows"][0]["volume_score_bpd"] == 1.25
+    assert csv_path.read_text(encoding="utf-8").splitlines()[0] == ",".join(COLUMNS)
     with pytest.raises(ValueError, match="refusing to overwrite"):
         write_summary(rows, tmp_path, protect=[tmp_path / "summary.csv"])
 

@@ -58,7 +58,7 @@ def write_brats(root: Path, vols, layout: str, n: int = 2) -> list[str]:
         if i == 0:
             sitk.WriteImage(seg, str(d / f"{name}{sep}seg.nii.gz"))
         names.append(name)
-    (root / "README.txt").write_text("not a case")
+    (root / "README.txt").write_text("not a case", encoding="utf-8")
     return names
 
 
@@ -118,7 +118,7 @@ def test_msd_reader_extracts_the_channel(tmp_path, vols):
     assert lc.tumour.any()
     # dataset.json's modality order wins over the default
     (tmp_path / "dataset.json").write_text(
-        '{"modality": {"0": "T2w", "1": "T1w", "2": "t1gd", "3": "FLAIR"}}'
+        '{"modality": {"0": "T2w", "1": "T1w", "2": "t1gd", "3": "FLAIR"}}', encoding="utf-8"
     )
     assert read_msd(tmp_path)[0].channel == 3
     assert detect_layout(tmp_path) == "msd"
@@ -132,7 +132,7 @@ def test_csv_reader(tmp_path, vols):
     mask = sitk.Cast(contrasts["flair"] > 0, sitk.sitkUInt8)
     sitk.WriteImage(mask, str(tmp_path / "ixi_mask.nii.gz"))
     table = tmp_path / "list.csv"
-    with open(table, "w", newline="") as f:
+    with open(table, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["name", "FLAIR", "seg", "brain_mask"])
         w.writerow(["caseA", "a_flair.nii.gz", "a_seg.nii.gz", ""])

@@ -168,7 +168,7 @@ def test_the_test_command_in_docs_training_runs_as_written():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    text = (repo / "docs" / "training.md").read_text()
+    text = (repo / "docs" / "training.md").read_text(encoding="utf-8")
     section = text[text.index("## Tests") :]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     command = " ".join(block.replace("\\\n", " ").split())
@@ -181,6 +181,8 @@ def test_the_test_command_in_docs_training_runs_as_written():
         cwd=repo,
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=300,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

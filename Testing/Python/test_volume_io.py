@@ -296,7 +296,7 @@ def _write(img: sitk.Image, path: Path) -> Path:
 BAD_FILES = {
     "missing": lambda d: d / "does_not_exist.nii.gz",
     "garbage": lambda d: (d / "garbage.nii.gz").write_bytes(os.urandom(3000)) and d / "garbage.nii.gz",
-    "text": lambda d: (d / "notes.txt").write_text("hello\nworld\n") and d / "notes.txt",
+    "text": lambda d: (d / "notes.txt").write_text("hello\nworld\n", encoding="utf-8") and d / "notes.txt",
     "empty_file": lambda d: (d / "empty.nrrd").write_bytes(b"") or d / "empty.nrrd",
     "2d": lambda d: _write(sitk.Image([8, 8], sitk.sitkFloat32) + 1, d / "slice.nii.gz"),
     "2d_png": lambda d: _write(sitk.Image([8, 8], sitk.sitkUInt8) + 1, d / "slice.png"),
@@ -528,12 +528,14 @@ def test_the_several_series_warning_reaches_the_user_and_the_report(tmp_path, ti
         + ["--output-dir", str(out), "--preset", "fast", "--quiet"],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
     said = [ln for ln in r.stderr.splitlines() if "holds 2 DICOM series" in ln]
     assert len(said) == 1 and said[0].startswith("anodode: WARNING: ") and "largest (12 files)" in said[0]
-    report = json.loads((out / "study_report.json").read_text())
+    report = json.loads((out / "study_report.json").read_text(encoding="utf-8"))
     assert any("holds 2 DICOM series" in w for w in report["warnings"])
 
 

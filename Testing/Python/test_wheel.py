@@ -21,7 +21,16 @@ from conftest import REPO
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    return subprocess.run([str(c) for c in cmd], check=False, capture_output=True, text=True, env=env, **kw)
+    return subprocess.run(
+        [str(c) for c in cmd],
+        check=False,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
+        **kw,
+    )
 
 
 def test_wheel_install_scores_with_the_bundled_model(tmp_path, phantom_file):
@@ -55,7 +64,7 @@ def test_wheel_install_scores_with_the_bundled_model(tmp_path, phantom_file):
     site_dir = Path(
         run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
     )
-    (site_dir / "running_env_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    (site_dir / "running_env_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n", encoding="utf-8")
     installed = run(
         [sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", "--no-index", wheel]
     )
@@ -86,9 +95,11 @@ def test_wheel_install_scores_with_the_bundled_model(tmp_path, phantom_file):
         cwd=tmp_path,
     )
     assert scored.returncode == 0, scored.stderr
-    report = json.loads((out / "phantom_report.json").read_text())
+    report = json.loads((out / "phantom_report.json").read_text(encoding="utf-8"))
     shipped = json.loads(
-        (REPO / "AnoDODE" / "Resources" / "Models" / "anodode-flair-brats" / "model.json").read_text()
+        (REPO / "AnoDODE" / "Resources" / "Models" / "anodode-flair-brats" / "model.json").read_text(
+            encoding="utf-8"
+        )
     )
     assert report["threshold"] == shipped["config"]["calibration"]["threshold"]
     assert (out / "phantom_anomaly.nii.gz").is_file()

@@ -39,6 +39,8 @@ def run_worker(args, timeout=600) -> subprocess.CompletedProcess:
         check=False,
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=timeout,
         env=worker_env(),
         cwd=REPO,
@@ -135,7 +137,7 @@ def test_worker_scores_a_real_scan(small_flair, tiny_model_dir, tmp_path):
         np.testing.assert_allclose(result.GetSpacing(), image.GetSpacing(), atol=1e-6)
         np.testing.assert_allclose(result.GetOrigin(), image.GetOrigin(), atol=1e-4)
         np.testing.assert_allclose(result.GetDirection(), image.GetDirection(), atol=1e-6)
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     for key in (
         "volume_score_bpd",
         "slice_axis",
@@ -182,7 +184,7 @@ def test_worker_threshold_and_mask(small_scan, tiny_model_dir, tmp_path):
         ]
     )
     assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["threshold"] == pytest.approx(0.123)
     a = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "anomaly.nrrd")))
     assert not a[sitk.GetArrayFromImage(mask) == 0].any()  # nothing outside the given brain mask
@@ -250,6 +252,8 @@ def test_no_figure_renders_nothing_and_warns_of_nothing(small_scan, tiny_model_d
             check=False,
             capture_output=True,
             text=True,
+            encoding="utf-8",
+            errors="replace",
             timeout=600,
             env=worker_env(),
             cwd=REPO,
@@ -266,9 +270,9 @@ def test_no_figure_renders_nothing_and_warns_of_nothing(small_scan, tiny_model_d
     assert warnings(runs["no_figure"]) == [w for w in warnings(runs["plain"]) if w not in figure_warnings]
     out = tmp_path / "no_figure"
     assert sorted(p.name for p in out.iterdir()) == sorted(set(OUTPUTS) - {"figure.png"})
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert set(report["outputs"]) == {"anomaly", "label", "report"}
-    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text(encoding="utf-8"))
     assert report["slice_scores"] == plain["slice_scores"]  # the same scores, only the figure left out
     assert build_command("py", "a", "b", figure=False)[-1] == "--no-figure"
     assert "--no-figure" not in build_command("py", "a", "b")
@@ -321,6 +325,8 @@ def test_worker_stops_when_its_host_ends():
         [sys.executable, "-c", WATCH_SCRIPT, str(host.pid)],
         stdout=subprocess.PIPE,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         env=worker_env(),
     )
     try:
@@ -343,6 +349,8 @@ def test_worker_stops_when_the_launcher_between_is_killed():
         [sys.executable, "-c", launcher_code, WATCH_SCRIPT, str(os.getpid())],
         stdout=subprocess.PIPE,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         env=worker_env(),
     )
     try:
@@ -359,7 +367,14 @@ def test_sigterm_exits_promptly_with_one_error_line(small_scan, tiny_model_dir, 
     out = tmp_path / "out"
     cmd = build_command(sys.executable, small_scan, out, model=tiny_model_dir, device="cpu", preset="exact")
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env(), cwd=REPO
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=worker_env(),
+        cwd=REPO,
     )
     first = proc.stdout.readline()
     assert first.startswith("PROGRESS"), first
