@@ -313,7 +313,6 @@ def mask_sidecar(scan: FlairScan) -> ExtraOutput:
         }
         path.write_text(
             json.dumps(sidecar, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-            "utf-8",
             encoding="utf-8",
         )
 
