@@ -38,7 +38,14 @@ from .cases import Case
 logger = logging.getLogger("training.cache")
 
 CACHE_FORMAT = 1
-ENGINE_SOURCES = ("volume_io.py", "features.py", "pipeline.py")
+ENGINE_SOURCES = (
+    "volume_io.py",
+    "features.py",
+    "pipeline.py",
+    "brain_mask.py",
+    "brain_extraction.py",
+    "bias_field.py",
+)
 DEFAULT_CACHE = Path("cache") / "preprocess"
 
 

@@ -1,6 +1,7 @@
 """The ``anodode`` command.
 
-    anodode score INPUT [INPUT ...] [--mask MASK] [--contrast NAME=PATH] [--model DIR] [--output-dir DIR]
+    anodode score INPUT [INPUT ...] [--mask MASK] [--brain-extraction auto|always|never]
+                  [--contrast NAME=PATH] [--model DIR] [--output-dir DIR]
                   [--device auto|cpu|cuda] [--threshold T] [--preset fast|standard|exact]
     anodode bids  BIDS_DIR OUTPUT_DIR participant|group [--participant-label L ...] [--session S ...]
                   [--model DIR] [--device ...] [--threshold T] [--preset ...]   the BIDS-App (bids.py)
@@ -8,14 +9,17 @@
     anodode info  [--model DIR]          model, torch build and device
 
 INPUT is an image file, a DICOM series folder, or a folder of NIfTI/NRRD/MetaImage files (every image in
-it). For each input ``score`` writes <stem>_anomaly.nii.gz (float32), <stem>_label.nii.gz (uint8),
-<stem>_figure.png (figure.py) and <stem>_report.json (inputs with the same file name are told apart by
+it). Without --mask, a scan that does not look skull-stripped has its brain extracted (HD-BET,
+brain_extraction.py; --brain-extraction always/never forces or disables it). For each input ``score`` writes
+<stem>_anomaly.nii.gz (float32), <stem>_label.nii.gz (uint8), <stem>_brainmask.nii.gz (uint8, the brain
+scored), <stem>_figure.png (figure.py) and <stem>_report.json (inputs with the same file name are told apart by
 their folder: <folder>_<stem>), and for a DICOM series folder <stem>_seg.dcm, the label as a DICOM SEG
 (dicom_seg.py; needs highdicom, ``pip install "anodode[dicom]"``); after each input, summary.csv and
 summary.json list every input of the batch (summary.py: status ``ok``, the one-line error, or ``pending``). A multi-contrast model reads INPUT as
 its primary contrast and takes each other contrast as ``--contrast NAME=PATH``, repeated once per input in
 input order (as ``--mask``). Exit code 0 when every input was scored; otherwise a one-line error per failure
-and 1 (a bad input: unreadable, truncated, NaN/inf voxels, too small to be a head), 2 (bad usage, a bad
+and 1 (a bad input: unreadable, truncated, NaN/inf voxels, too small to be a head, an implausible brain
+extraction), 2 (bad usage, a bad
 model bundle, an unusable output folder, --device cuda without a GPU), 130 (SIGINT) or 143 (SIGTERM). Each
 input's files appear together or not at all (outputs.py).
 """
@@ -38,6 +42,7 @@ from tqdm import tqdm
 
 from . import __version__, bids, dicom_seg, process_tuning, summary, volume_io
 from .atomic_write import OutputError, StagedWrite
+from .brain_mask import EXTRACTION_MODES
 from .bundle import BundleError, default_model_dir, load_model
 from .outputs import OutputSet, ScanInputs, score_to_files
 from .pipeline import PRESETS, check_contrasts, resolve_device
@@ -175,6 +180,7 @@ def _score_one(
             preset=args.preset,
             callback=progress,
             protect=protect,
+            brain_extraction=args.brain_extraction,
             **extra,
         )
     finally:
@@ -220,6 +226,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         return _fail(
             f"--mask was given {len(masks)} time(s) for {len(inputs)} input(s); give one per input", 2
         )
+    if masks and args.brain_extraction == "always":
+        return _fail("--mask gives the brain: --brain-extraction always contradicts it", 2)
     model = _scoring_model(args)
     if isinstance(model, int):
         return model
@@ -425,7 +433,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"synthetic FLAIR-like phantom (not a patient) with a lesion centred at "
         f"{_mm(phantom.lesion_centre_mm)} (LPS, mm): {flair}"
     )
-    args.inputs, args.mask, args.contrast = [str(flair)], None, None
+    args.inputs, args.mask, args.contrast, args.brain_extraction = [str(flair)], None, None, "auto"
     code = 1
     try:
         code = cmd_score(args)
@@ -543,7 +551,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="MASK",
-        help="brain mask on the input's grid (repeat once per input)",
+        help="brain mask on the input's grid (repeat once per input); default: extracted from a raw head "
+        "scan, the non-background region of a skull-stripped one",
+    )
+    s.add_argument(
+        "--brain-extraction",
+        default="auto",
+        choices=EXTRACTION_MODES,
+        help="without --mask: auto (extract the brain when the scan does not look skull-stripped; default), "
+        "always, never (use the non-background region)",
     )
     s.add_argument(
         "--contrast",

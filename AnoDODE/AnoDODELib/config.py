@@ -31,6 +31,7 @@ DIVERGENCES = ("exact", "hutchinson")
 LOCALISATIONS = ("likelihood", "reconstruction", "combined")
 RESIDUAL_SCALES = ("all", "finest")
 INTENSITY_REFERENCES = ("mean", "wm_peak")
+BIAS_CORRECTIONS = ("none", "n4")
 
 # Bounds on the numbers a model.json may hold: beyond them a run would not finish or not fit in memory (a
 # hand-edited or corrupt bundle fails to load with one line naming the field, instead of scoring for hours).
@@ -119,11 +120,14 @@ class PreprocessConfig:
         "mean": the robust mean and standard deviation of the brain (the historical z-score);
         "wm_peak": the mode of the brain's intensity histogram (normal-appearing white matter on FLAIR) and
         the median absolute deviation about it, which a lesion or a large dark CSF space moves far less.
+    bias_correction: "n4": each contrast is divided by its N4 bias field fitted inside the brain before it is
+        normalised (``bias_field.n4_corrected``), at training and at scoring alike; "none": used as read.
     """
 
     in_plane_spacing_mm: float = 2.0
     clip_z: float = 6.0
     intensity_reference: str = "mean"
+    bias_correction: str = "none"
 
     def __post_init__(self) -> None:
         _real(
@@ -134,6 +138,7 @@ class PreprocessConfig:
         )
         _real(self.clip_z, "clip_z", above=0.0, at_most=100.0)
         _choice(self.intensity_reference, "intensity_reference", INTENSITY_REFERENCES)
+        _choice(self.bias_correction, "bias_correction", BIAS_CORRECTIONS)
 
 
 CONTRASTS = ("flair", "t1", "t1ce", "t2")

@@ -9,6 +9,7 @@ The output set (:class:`OutputSet`), all in one folder:
 =========  ===========================================================================================
 anomaly    float32 voxel anomaly map on the input's exact grid (size, spacing, origin, direction)
 label      uint8 0/1: anomaly > threshold, same grid
+brainmask  uint8 0/1: the brain the scan was scored over (given, extracted or the non-background), same grid
 figure     PNG: the most anomalous axial slices with the map and label, colour bar, slice curve (figure.py);
            left out of a set that names no figure file (the Slicer worker's ``--no-figure``)
 report     JSON (strict: no NaN/Infinity), see :func:`build_report`; written last, it marks the set complete
@@ -36,6 +37,7 @@ import SimpleITK as sitk
 
 from . import __version__, figure, summary, volume_io
 from .atomic_write import OutputError, StagedWrite, check_protect
+from .brain_mask import BrainMask, check_mode
 from .pipeline import PRESETS, ScoreResult, check_contrasts, score_image
 
 logger = logging.getLogger(__name__)
@@ -77,9 +79,9 @@ def collecting_warnings(function: F) -> F:
 
 
 #: The kinds of file in an output set, in the order they are moved into place (the report last).
-OUTPUT_KINDS = ("anomaly", "label", "figure", "report")
+OUTPUT_KINDS = ("anomaly", "label", "brainmask", "figure", "report")
 #: The order of the report's "outputs" entry (kept as in reports written before this module existed).
-_REPORT_ORDER = ("anomaly", "label", "report", "figure")
+_REPORT_ORDER = ("anomaly", "label", "report", "figure", "brainmask")
 
 
 @dataclass(frozen=True)
@@ -106,13 +108,14 @@ class OutputSet:
 
     @classmethod
     def with_stem(cls, folder: Path, stem: str, image_suffix: str = ".nii.gz") -> OutputSet:
-        """``<stem>_anomaly<suffix>``, ``<stem>_label<suffix>``, ``<stem>_figure.png``, ``<stem>_report.json``
-        (the ``anodode score`` layout, several scans per folder)."""
+        """``<stem>_anomaly<suffix>``, ``<stem>_label<suffix>``, ``<stem>_brainmask<suffix>``,
+        ``<stem>_figure.png``, ``<stem>_report.json`` (the ``anodode score`` layout, several scans per folder)."""
         return cls(
             Path(folder),
             {
                 "anomaly": f"{stem}_anomaly{image_suffix}",
                 "label": f"{stem}_label{image_suffix}",
+                "brainmask": f"{stem}_brainmask{image_suffix}",
                 "figure": f"{stem}_figure.png",
                 "report": f"{stem}_report.json",
             },
@@ -120,11 +123,12 @@ class OutputSet:
 
     @classmethod
     def plain(cls, folder: Path, image_suffix: str = ".nrrd", figure: bool = True) -> OutputSet:
-        """``anomaly<suffix>``, ``label<suffix>``, ``figure.png`` (unless ``figure`` is False), ``report.json``
-        (one scan per folder, the Slicer worker's layout)."""
+        """``anomaly<suffix>``, ``label<suffix>``, ``brainmask<suffix>``, ``figure.png`` (unless ``figure`` is
+        False), ``report.json`` (one scan per folder, the Slicer worker's layout)."""
         names = {
             "anomaly": f"anomaly{image_suffix}",
             "label": f"label{image_suffix}",
+            "brainmask": f"brainmask{image_suffix}",
             "figure": "figure.png",
             "report": "report.json",
         }
@@ -166,7 +170,9 @@ def build_report(
     slice_anomaly_scores: the anomaly map's mean over each slice's most anomalous 100 mm^2 of brain; threshold: the
     label threshold (anomaly map units, ``map_units``); anomalous_volume_ml, map_max, map_p99,
     most_anomalous_slices: see ``summary.map_statistics``; nfe / nfe_reconstruction: score-network
-    evaluations per location; seconds: scoring wall time (s); model_version: ``summary.model_version``;
+    evaluations per location; seconds: scoring wall time (s), brain extraction included; model_version:
+    ``summary.model_version``; brain_mask: where the brain mask came from (``brain_mask.BrainMask.describe``:
+    source "file", "extracted" or "background", the extraction tool and version, its seconds, the volume in mL);
     outputs: the path of each file of the set, the ``extras`` after the ``OUTPUT_KINDS``;
     warnings: the warnings logged while the scan was read and scored (inside ``collecting_warnings``), one
     line each, in order, without repeats.
@@ -182,9 +188,12 @@ def build_report(
         result.slice_anomaly_scores,
         result.geometry.spacing_mm[0],
     )
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    brain = result.brain_mask or BrainMask(result.brain, "file" if inputs.mask else "background")
     return {
         "input": str(inputs.image),
         "mask": str(inputs.mask) if inputs.mask else None,
+        "brain_mask": brain.describe(voxel_ml),
         "contrasts": {primary: str(inputs.image), **{c: str(p) for c, p in inputs.contrasts.items()}},
         "volume_score_bpd": float(result.volume_score_bpd),
         "slice_axis": int(result.slice_axis),
@@ -273,6 +282,7 @@ def score_to_files(
     protect: Iterable[Path] = (),
     extras: Sequence[ExtraOutput] = (),
     report_fields: Mapping[str, Any] | None = None,
+    brain_extraction: str = "auto",
 ) -> dict[str, Any]:
     """Read, validate and score one scan with a loaded model, and write its output set; returns the report.
 
@@ -284,6 +294,8 @@ def score_to_files(
     be a head, see ``volume_io.read_image`` and ``check_head_size``), ``atomic_write.OutputError`` (an
     unusable output folder), ``ValueError`` (a bad preset, a non-finite threshold, an unavailable device),
     each with a one-line message. A mask covering a lesion-sized part of the scan is scored with a warning.
+    Without a mask, ``brain_extraction`` ("auto", "always", "never"; see brain_mask.py) decides the brain;
+    an implausible extraction is an ``InputError``.
 
     ``extras``: more files of the set (:class:`ExtraOutput`), written before the report. ``report_fields``:
     keys added to the report (e.g. a BIDS sidecar's ``Sources``); ``ValueError`` for one the report has.
@@ -296,6 +308,9 @@ def score_to_files(
         raise ValueError(
             f"the threshold must be a finite number >= 0 (the anomaly map is >= 0), got {threshold}"
         )
+    check_mode(brain_extraction)
+    if inputs.mask is not None and brain_extraction == "always":
+        raise ValueError("a brain mask was given: brain extraction 'always' contradicts it")
     report_progress = callback or (lambda fraction, message: None)
     protected = [*inputs.files(), *protect, *(p for e in extras for p in e.reads)]
     kinds = [*OUTPUT_KINDS, *(e.kind for e in extras)]
@@ -329,6 +344,7 @@ def score_to_files(
             name=str(inputs.image),
             other_contrasts=others,
             other_names={c: str(p) for c, p in inputs.contrasts.items()},
+            brain_extraction=brain_extraction,
         )
         report_progress(0.96, "writing results")
         report = build_report(inputs, image, result, model, preset, outputs, extras)
@@ -345,6 +361,11 @@ def score_to_files(
             volume_io.image_like(result.label.astype(np.uint8), image, sitk.sitkUInt8),
             staged.path(names["label"]),
         )
+        if "brainmask" in names:
+            volume_io.write_image(
+                volume_io.image_like(result.brain.astype(np.uint8), image, sitk.sitkUInt8),
+                staged.path(names["brainmask"]),
+            )
         if "figure" in names:
             staged.path(names["figure"]).write_bytes(
                 figure_png(image, result, report, model.config.localisation.slice_area_mm2)

@@ -34,6 +34,8 @@ from .anomaly_map import (
     smooth_in_mask,
     smooth_on_grid,
 )
+from .bias_field import n4_corrected
+from .brain_mask import BrainMask, resolve_brain_mask
 from .config import LocalisationConfig, ModelConfig, SolverConfig
 from .features import extract_features
 from .likelihood import log_likelihood, solver_kwargs
@@ -123,36 +125,30 @@ def prepare_volume(
     other_contrasts: Mapping[str, sitk.Image] | None = None,
     other_names: Mapping[str, str] | None = None,
 ) -> PreparedVolume:
-    """Validate, canonicalise, normalise and featurise a 3-D scan (mask in the image's array layout).
+    """Validate, canonicalise, bias-correct, normalise and featurise a 3-D scan (mask in the image's array
+    layout; None: ``brain_mask.resolve_brain_mask`` decides, extracting the brain of a raw head scan).
 
     ``image`` is the model's primary contrast (``cfg.features.contrasts[0]``); a multi-contrast model
     also needs ``other_contrasts``: every other contrast it reads, by name, aligned with ``image`` (on its
     grid, or resampled onto it by physical position, see ``volume_io.align_to``). Each contrast is
-    z-scored within the primary's brain mask. ``name`` and ``other_names`` (by contrast; default
-    "<name> (<contrast>)") name the files in messages.
+    bias-corrected (``cfg.preprocess.bias_correction``) and normalised within the primary's brain mask.
+    ``name`` and ``other_names`` (by contrast; default "<name> (<contrast>)") name the files in messages.
     """
     check_contrasts(cfg, other_contrasts, name)
     volume_io.check_scan_geometry(image, name, cfg.preprocess.in_plane_spacing_mm)  # before any allocation
     array = volume_io.validate_intensities(image, name)
     for warning in volume_io.spacing_warnings(image):
         logger.warning(warning)
-    if mask is None:
-        mask = volume_io.brain_mask_from_image(array, slice_axis=volume_io.axial_axis(image))
-        if not volume_io.looks_skull_stripped(array, mask):
-            logger.warning(
-                "%s does not look skull-stripped: the brain mask is the non-background region; "
-                "pass --mask for a better result",
-                name,
-            )
-    if not mask.any():
-        raise volume_io.InputError(f"{name}: the brain mask is empty")
+    mask = resolve_brain_mask(image, array, mask, name=name).array
     geometry = volume_io.slice_geometry(image)
     brain = geometry.to_canonical(mask.astype(bool))
     sp = cfg.preprocess.in_plane_spacing_mm
 
-    def normalised_on_grid(canonical: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+    def normalised_on_grid(values: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+        if cfg.preprocess.bias_correction == "n4":
+            values = n4_corrected(values, mask, image.GetSpacing())
         z = volume_io.normalise_intensity(
-            canonical,
+            geometry.to_canonical(values),
             brain,
             clip_z=cfg.preprocess.clip_z,
             reference=cfg.preprocess.intensity_reference,
@@ -160,12 +156,12 @@ def prepare_volume(
         )
         return z, volume_io.resample_slices(z, geometry.spacing_mm[1:], sp, order=1)
 
-    normalised, grid_img = normalised_on_grid(geometry.to_canonical(array), name)
+    normalised, grid_img = normalised_on_grid(array, name)
     grids = [grid_img]
     for contrast in cfg.features.contrasts[1:]:
         source = (other_names or {}).get(contrast, f"{name} ({contrast})")
         other = volume_io.align_to(other_contrasts[contrast], image, source, region=mask)
-        grids.append(normalised_on_grid(geometry.to_canonical(other), source)[1])
+        grids.append(normalised_on_grid(other, source)[1])
     grid_mask = (
         volume_io.resample_slices(brain.astype(np.float32), geometry.spacing_mm[1:], sp, order=1) > 0.5
     )
@@ -357,6 +353,7 @@ class ScoreResult:
     nfe_reconstruction: int  # score-network evaluations per location for the reconstruction, all draws
     canonical_slice_anomaly_scores: list[float | None]  # per canonical slice: the anomaly map's mean over
     #                          its most anomalous slice_area_mm2 of brain (slice_map_scores); None without brain
+    brain_mask: BrainMask | None = None  # where canonical_brain came from (file, extracted, background)
 
     @property
     def slice_axis(self) -> int:
@@ -617,24 +614,44 @@ def score_image(
     name: str = "input",
     other_contrasts: Mapping[str, sitk.Image] | None = None,
     other_names: Mapping[str, str] | None = None,
+    brain_extraction: str = "auto",
 ) -> ScoreResult:
     """Score a 3-D scan with a loaded model; see ``ScoreResult`` for the outputs. ``image`` is the model's
     primary contrast; ``other_contrasts`` its other contrasts by name, ``other_names`` their file names for
-    messages (see ``prepare_volume``)."""
+    messages (see ``prepare_volume``). ``mask``: the brain mask (the image's array layout), else
+    ``brain_extraction`` decides (``brain_mask.EXTRACTION_MODES``: "auto" extracts the brain of a scan that is
+    not skull-stripped, on ``device``)."""
     if isinstance(preset, str) and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     dev = resolve_device(device)
     t0 = time.perf_counter()
     report = callback or (lambda fraction, message: None)
     report(0.0, "preprocessing")
+    check_contrasts(model.config, other_contrasts, name)
+    volume_io.check_scan_geometry(image, name, model.config.preprocess.in_plane_spacing_mm)
+    brain = resolve_brain_mask(
+        image,
+        volume_io.validate_intensities(image, name),
+        mask,
+        extraction=brain_extraction,
+        device=dev,
+        name=name,
+        callback=lambda f, m: report(0.6 * min(1.0, max(0.0, f)), m),
+    )
+    start = 0.6 if brain.source == "extracted" else 0.0  # the extraction is most of a CPU run
+
+    def stage(f: float, m: str) -> None:
+        report(start + (1.0 - start) * f, m)
+
+    stage(0.0, "preprocessing")
     prepared = prepare_volume(
-        image, model.config, mask, name=name, other_contrasts=other_contrasts, other_names=other_names
+        image, model.config, brain.array, name=name, other_contrasts=other_contrasts, other_names=other_names
     )
-    report(0.1, "scoring")
+    stage(0.1, "scoring")
     scores, scored = score_prepared(
-        model, prepared, preset, device=dev, callback=lambda f, m: report(0.1 + 0.8 * f, m)
+        model, prepared, preset, device=dev, callback=lambda f, m: stage(0.1 + 0.8 * f, m)
     )
-    report(0.9, "building maps")
+    stage(0.9, "building maps")
     density = density_map(prepared, scores, model, scored=scored)  # once: the map's and the slice score's
     anomaly = weighted_map(prepared, density, model.config.localisation)
     thr = float(model.config.calibration.threshold if threshold is None else threshold)
@@ -652,6 +669,7 @@ def score_image(
         str(dev),
         scores.nfe_reconstruction * model.config.localisation.n_reconstructions,
         map_slice_scores(prepared, anomaly, model.config.localisation.slice_area_mm2),
+        brain,
     )
     report(1.0, "done")
     return result

@@ -827,19 +827,33 @@ def brain_mask_from_image(
     return mask
 
 
-def looks_skull_stripped(array: np.ndarray, mask: np.ndarray) -> bool:
-    """Heuristic (used for a warning only): whether ``array`` looks skull-stripped.
+def _side_faces(array: np.ndarray, slice_axis: int) -> np.ndarray:
+    """The voxels on the four faces of a 3-D array that bound its slices along ``slice_axis`` in-plane (the
+    faces crossed by the in-plane axes; the first and last slice are not among them)."""
+    moved = np.moveaxis(array, slice_axis, 0)
+    return np.concatenate(
+        [moved[:, 0].ravel(), moved[:, -1].ravel(), moved[:, :, 0].ravel(), moved[:, :, -1].ravel()]
+    )
+
+
+def looks_skull_stripped(array: np.ndarray, mask: np.ndarray, slice_axis: int | None = None) -> bool:
+    """Heuristic: whether ``array`` looks skull-stripped (then its non-background region is its brain).
 
     A skull-stripped scan sits in a constant background that fills the field-of-view border: True when
-    at least 60% of the border-face voxels hold the background value (the most frequent border value),
-    the mask touches at most 25% of the border-face voxels, and the mask covers less than 70% of the
-    volume. A raw head scan has noisy background and tissue (scalp, neck) reaching the border.
+    at least 60% of the border voxels hold the background value (the most frequent border value), the mask
+    touches at most 25% of the border voxels, and the mask covers less than 70% of the volume. A raw head
+    scan has noisy background and tissue (scalp, neck) reaching the border. With ``slice_axis`` (the axial
+    axis) the border is the in-plane one only (``_side_faces``), so a slab that cuts through the brain (a
+    partial-coverage or cropped stripped scan, whose first and last slices are full of brain) still counts.
     """
     if array.shape != mask.shape:
         raise ValueError(f"array {array.shape} and mask {mask.shape} differ in shape")
-    faces = _border_faces(array)
+    if slice_axis is None:
+        faces, mask_faces = _border_faces(array), _border_faces(mask.astype(bool))
+    else:
+        faces, mask_faces = _side_faces(array, slice_axis), _side_faces(mask.astype(bool), slice_axis)
     background_fraction = float(_is_background(faces, _background_value(array)).mean())
-    mask_border = float(_border_faces(mask.astype(bool)).mean())
+    mask_border = float(mask_faces.mean())
     return bool(background_fraction >= 0.6 and mask_border <= 0.25 and float(mask.mean()) < 0.7)
 
 

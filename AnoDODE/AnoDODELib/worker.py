@@ -1,6 +1,7 @@
 """Out-of-process scoring for the Slicer module (and anything else that wants a line protocol).
 
-    python -m AnoDODELib.worker --input IN --output-dir DIR [--mask M] [--model DIR] [--contrast NAME=PATH ...]
+    python -m AnoDODELib.worker --input IN --output-dir DIR [--mask M] [--brain-extraction auto|always|never]
+                                [--model DIR] [--contrast NAME=PATH ...]
                                 [--device auto|cpu|cuda] [--preset fast|standard|exact] [--threshold T]
                                 [--no-figure] [--parent-pid PID]
 
@@ -23,7 +24,8 @@ prints one JSON line, what torch sees in this interpreter ({"torch": "2.3.0", "c
 asks this instead of importing torch (and initialising CUDA) in Slicer's own process.
 
 Outputs, all or none (outputs.score_to_files, the same engine as ``anodode score``): DIR/anomaly.nrrd
-(float32), DIR/label.nrrd (uint8, both on the input's grid), DIR/figure.png (figure.py; not with ``--no-figure``)
+(float32), DIR/label.nrrd and DIR/brainmask.nrrd (uint8, all on the input's grid), DIR/figure.png (figure.py; not
+with ``--no-figure``)
 and DIR/report.json (written last). SIGTERM/SIGINT stop the worker promptly; nothing of this run's output set is left behind.
 
 This module imports nothing heavy at import time (no torch), so a host such as Slicer can import the
@@ -48,10 +50,12 @@ from typing import NamedTuple
 OUTPUT_FILES = {
     "anomaly": "anomaly.nrrd",
     "label": "label.nrrd",
+    "brainmask": "brainmask.nrrd",
     "figure": "figure.png",
     "report": "report.json",
 }
 DEVICES = ("auto", "cpu", "cuda")
+BRAIN_EXTRACTION = ("auto", "always", "never")  # mirrors brain_mask.EXTRACTION_MODES (checked by a test)
 PRESET_NAMES = ("fast", "standard", "exact")  # mirrors pipeline.PRESETS; checked against it at run time
 EXIT_ERROR = 1
 EXIT_CANCELLED = 128 + signal.SIGTERM
@@ -81,6 +85,7 @@ def build_command(
     other_contrasts: dict[str, str | os.PathLike] | None = None,
     figure: bool = True,
     parent_pid: int | None = None,
+    brain_extraction: str = "auto",
 ) -> list[str]:
     """The argv that runs this worker with ``python`` (e.g. Slicer's PythonSlicer); ``other_contrasts``:
     a multi-contrast model's other contrasts by name (files aligned with the input); ``figure`` False adds
@@ -100,6 +105,8 @@ def build_command(
     ]
     if mask:
         cmd += ["--mask", str(mask)]
+    elif brain_extraction != "auto":
+        cmd += ["--brain-extraction", brain_extraction]
     if model:
         cmd += ["--model", str(model)]
     if threshold is not None:
@@ -265,9 +272,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output-dir",
         required=True,
-        help="folder for anomaly.nrrd, label.nrrd, figure.png (not with --no-figure), report.json",
+        help="folder for anomaly.nrrd, label.nrrd, brainmask.nrrd, figure.png (not with --no-figure), report.json",
     )
     p.add_argument("--mask", help="brain mask on the input's grid (non-zero = brain)")
+    p.add_argument(
+        "--brain-extraction",
+        default="auto",
+        choices=BRAIN_EXTRACTION,
+        help="without --mask: auto (extract the brain of a scan that is not skull-stripped), always, never",
+    )
     p.add_argument("--model", help="model bundle folder (default: the bundled model)")
     p.add_argument(
         "--contrast",
@@ -347,6 +360,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> None:
         device=args.device,
         preset=args.preset,
         callback=progress.stage(0.01, 1.0),
+        brain_extraction=args.brain_extraction,
     )
 
 

@@ -55,11 +55,18 @@ def test_score_writes_the_contract(phantom_file, tiny_model_dir, tmp_path):
     stem = "phantom"
     files = sorted(p.name for p in out.iterdir())
     assert files == sorted(
-        [f"{stem}_{k}" for k in ("anomaly.nii.gz", "label.nii.gz", "report.json", "figure.png")]
+        [
+            f"{stem}_{k}"
+            for k in ("anomaly.nii.gz", "label.nii.gz", "brainmask.nii.gz", "report.json", "figure.png")
+        ]
         + ["summary.csv", "summary.json"]
     )
     ref = sitk.ReadImage(str(phantom_file))
-    for name, pixel in (("anomaly", sitk.sitkFloat32), ("label", sitk.sitkUInt8)):
+    for name, pixel in (
+        ("anomaly", sitk.sitkFloat32),
+        ("label", sitk.sitkUInt8),
+        ("brainmask", sitk.sitkUInt8),
+    ):
         img = sitk.ReadImage(str(out / f"{stem}_{name}.nii.gz"))
         assert img.GetSize() == ref.GetSize()
         assert np.allclose(img.GetSpacing(), ref.GetSpacing())

@@ -27,7 +27,8 @@ from AnoDODELib.outputs import OUTPUT_KINDS, OutputSet, ScanInputs, score_to_fil
 
 REFERENCE = Path(__file__).parent / "data" / "scoring_reference"
 VOLATILE = ("input", "mask", "contrasts", "model_dir", "seconds", "outputs")
-#: Report keys added after the reference was written (issue 15; values tested in test_cli.py).
+#: Report keys added after the reference was written (issue 15; values tested in test_cli.py; brain_mask: issue
+#: 20, tested in test_brain_mask.py).
 ADDED = {
     "map_units",
     "model_version",
@@ -36,6 +37,7 @@ ADDED = {
     "map_p99",
     "most_anomalous_slices",
     "warnings",
+    "brain_mask",
 }
 #: Allowed difference of the phantom's map from the reference where float arithmetic differs (another CPU).
 #: On the machine that wrote the reference the maps are bit-identical (asserted by the real-case test).
