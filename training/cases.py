@@ -403,6 +403,27 @@ def isles_cases(root: Path | None = None) -> list[Case]:
     return [c] if c.flair.exists() and c.seg is not None and c.seg.exists() else []
 
 
+RAW_CLINICAL = ("104252", "105755")
+
+
+def raw_clinical_cases(root: Path | None = None) -> list[Case]:
+    """The raw clinical MS FLAIRs (skull, scalp and bias field present; 2-D, 6.4-6.5 mm slices): the input as
+    a clinician has it. No brain mask: a model extracts the brain as a user's run does. The site's own mask
+    (``site_mask``) is for evaluation only."""
+    d = (root or data_dir()) / "raw_clinical_ms"
+    cases = [
+        Case(f"raw_ms_{n}", "raw clinical MS", d / n / "flair.nii.gz", d / n / "label.nii.gz")
+        for n in RAW_CLINICAL
+    ]
+    return [c for c in cases if c.flair.exists() and c.seg is not None and c.seg.exists()]
+
+
+def site_mask(case: Case) -> Path:
+    """The site's own mask of a raw clinical case (beside its FLAIR): a white-matter region that leaves out
+    the cortex, the posterior fossa and the vertex (804 and 765 mL against HD-BET's 1560 and 1382 mL)."""
+    return case.flair.parent / "brainmask.nii.gz"
+
+
 def unlabelled_cases(root: Path | None = None) -> list[Case]:
     """BraTS-family FLAIRs without a lesion mask (qualitative use only)."""
     d = root or data_dir()

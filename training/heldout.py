@@ -8,7 +8,11 @@ Groups (all in ../shared/data; a case is never in the training set of the model 
     wmh    the 3 clinical 2-D FLAIRs with white-matter hyperintensities (another site, 0.47 mm x 8 mm),
            each scored by a model trained without it;
     isles  the ISLES 2022 stroke FLAIR (5 mm slices; its lesion mask, drawn on the DWI, is resampled onto the
-           FLAIR by physical position), scored by a model trained on every training case.
+           FLAIR by physical position), scored by a model trained on every training case;
+    raw    the 2 raw clinical MS FLAIRs (skull, scalp, bias field; 6.4-6.5 mm slices), scored by the same model
+           as a user runs it (``score_image`` with no mask: the brain is extracted) and with the site's own
+           mask, every metric over the WHOLE volume (a label on the scalp counts); the baselines are z-scored
+           inside the site's mask.
 The training recipe is the shipped one (``training.train.model_config`` and ``TrainConfig``): normal tissue
 of the BraTS-family cases and, with ``--train-wmh`` (the default), of the WMH cases (their lesions and a
 6 mm margin excluded), so ``wmh`` is a leave-one-out over its 3 cases.
@@ -23,7 +27,8 @@ Metrics per case and pooled per group: voxel AUPRC, best-possible Dice, slice AU
 it holds lesion; AnoDODE ranks slices by ``slice_scores``, every other map by its mean over the slice's most
 anomalous ``slice_area_mm2`` of brain, as the report's ``slice_anomaly_scores`` rank AnoDODE's map; the earlier
 protocol, each map's 99th percentile in the slice, is kept beside it), Dice at the calibrated threshold.
-Writes results.json and results.md (the tables the README quotes) in ``--output``.
+``--groups`` scores only some groups (and trains only the runs they need). Writes results.json and results.md
+(the tables the README quotes) in ``--output``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from AnoDODELib.anomaly_map import (
@@ -56,7 +62,16 @@ from AnoDODELib.pipeline import (
 
 from . import metrics, options
 from .baselines import GaussianBaseline, position_columns
-from .cases import Case, brats_family_cases, isles_cases, wmh_clinical_cases
+from .cases import (
+    Case,
+    brats_family_cases,
+    isles_cases,
+    raw_clinical_cases,
+    read_case_image,
+    seg_array,
+    site_mask,
+    wmh_clinical_cases,
+)
 from .evaluate import baseline_maps
 from .train import (
     LoadedCase,
@@ -70,7 +85,9 @@ from .train import (
 
 logger = logging.getLogger("training.heldout")
 
-GROUPS = ("brats", "wmh", "isles")
+GROUPS = ("brats", "wmh", "isles", "raw")
+#: the raw group's methods: AnoDODE as a user runs it, AnoDODE with the site's mask, the two baselines
+RAW_METHODS = ("anodode", "anodode_site_mask", "flair_zscore", "flair_zscore_smoothed")
 METHODS = ("anodode", "gaussian", "flair_zscore", "flair_zscore_smoothed")
 # other localisations of the same density, scored from the same per-location results (``--variants``)
 VARIANTS = {
@@ -186,6 +203,68 @@ def score_case(
     )
 
 
+def score_raw_case(
+    model: AnoDODEModel, case: Case, group: str, threshold: float, preset: str = "standard"
+) -> CaseScores:
+    """A raw head scan scored as a user runs it (no mask: ``score_image`` extracts the brain) and with the
+    site's own mask, and the z-score baselines inside the site's mask; every voxel of the scan counts (maps
+    are 0, baselines their minimum, outside their masks), slices ranked by each map's mean over the slice's
+    most anomalous ``slice_area_mm2``."""
+    from AnoDODELib import volume_io
+    from AnoDODELib.anomaly_map import slice_top_area_scores
+    from AnoDODELib.pipeline import score_image
+
+    from .baselines import flair_zscore_map, smoothed_zscore_map
+
+    image = read_case_image(case)
+    geo = volume_io.slice_geometry(image)
+    truth = geo.to_canonical(seg_array(case, image))
+    site = volume_io.read_mask(site_mask(case), image)
+    user = score_image(image, model, None, device="cpu", preset=preset, name=case.name)
+    with_site = score_image(image, model, site, device="cpu", preset=preset, name=case.name)
+    raw = geo.to_canonical(sitk.GetArrayFromImage(image).astype(np.float32))
+    site_c = geo.to_canonical(site)
+
+    def floored(m: np.ndarray) -> np.ndarray:  # -inf outside the mask -> the map's minimum (finite)
+        return np.where(np.isfinite(m), m, float(m[np.isfinite(m)].min())).astype(np.float32)
+
+    maps = {
+        "anodode": user.canonical_map,
+        "anodode_site_mask": with_site.canonical_map,
+        "flair_zscore": floored(flair_zscore_map(raw, site_c)),
+        "flair_zscore_smoothed": floored(smoothed_zscore_map(raw, site_c, geo.spacing_mm)),
+    }
+    everything = np.ones(truth.shape, bool)
+    pixel_mm2 = float(geo.spacing_mm[1] * geo.spacing_mm[2])
+    area = model.config.localisation.slice_area_mm2
+
+    def per_slice(m: np.ndarray) -> np.ndarray:
+        return np.array(
+            [np.nan if v is None else v for v in slice_top_area_scores(m, everything, pixel_mm2, area)]
+        )
+
+    logger.info(
+        "%s: brain %s by %s in %.1f s (%.0f mL); %d label voxels, %d of them outside the site's mask",
+        case.name,
+        user.brain_mask.source,
+        user.brain_mask.tool,
+        user.brain_mask.seconds,
+        float(user.canonical_brain.sum()) * float(np.prod(geo.spacing_mm)) / 1000.0,
+        int(user.canonical_label.sum()),
+        int((user.canonical_label.astype(bool) & ~site_c).sum()),
+    )
+    return CaseScores(
+        case.name,
+        group,
+        truth.ravel(),
+        {k: m.ravel() for k, m in maps.items()},
+        {k: per_slice(m) for k, m in maps.items()},
+        {},
+        truth.reshape(truth.shape[0], -1).any(1),
+        {"anodode": threshold, "anodode_site_mask": threshold},
+    )
+
+
 def variant_localisations(model: AnoDODEModel, names: list[str]) -> dict[str, LocalisationConfig]:
     """``anodode`` (the model's own localisation) and the named ``VARIANTS`` of it."""
     own = model.config.localisation
@@ -254,7 +333,12 @@ def train_fold(
 
 
 def plan(
-    brats: list[Case], wmh: list[Case], isles: list[Case], folds: int, train_wmh: bool
+    brats: list[Case],
+    wmh: list[Case],
+    isles: list[Case],
+    folds: int,
+    train_wmh: bool,
+    raw: list[Case] = (),
 ) -> list[tuple[list[str], list[tuple[str, str]]]]:
     """The training runs: (names trained on, [(group, name scored), ...]); no scored name is trained on."""
     everyone = [c.name for c in brats] + ([c.name for c in wmh] if train_wmh else [])
@@ -262,12 +346,13 @@ def plan(
     for k in range(folds):
         held = [c.name for c in brats[k::folds]]
         runs.append(([n for n in everyone if n not in held], [("brats", n) for n in held]))
+    unseen = [("isles", c.name) for c in isles] + [("raw", c.name) for c in raw]
     if train_wmh:
         for c in wmh:
             runs.append(([n for n in everyone if n != c.name], [("wmh", c.name)]))
-        runs.append((everyone, [("isles", c.name) for c in isles]))
+        runs.append((everyone, unseen))
     else:
-        runs.append((everyone, [("wmh", c.name) for c in wmh] + [("isles", c.name) for c in isles]))
+        runs.append((everyone, [("wmh", c.name) for c in wmh] + unseen))
     return runs
 
 
@@ -330,26 +415,26 @@ def markdown(results: dict) -> str:
         if g not in results["groups"]:
             continue
         grp = results["groups"][g]
+        head = (
+            "AnoDODE as a user runs it (brain extracted) / AnoDODE with the site's mask / FLAIR z-score / smoothed "
+            "z-score (both in the site's mask), over the whole volume"
+            if g == "raw"
+            else "AnoDODE / FLAIR z-score / smoothed z-score (the last two columns: AnoDODE's)"
+        )
         lines += [
-            (
-                f"**{g}** ({len(grp['cases'])} case(s)): AnoDODE / FLAIR z-score / smoothed z-score (the last two "
-                "columns: AnoDODE's)"
-            ),
+            f"**{g}** ({len(grp['cases'])} case(s)): {head}",
             "",
             "| case | " + " | ".join(h for _, h in COLUMNS) + " |",
             "|---|" + "---|" * len(COLUMNS),
         ]
+        shown = RAW_METHODS if g == "raw" else ("anodode", "flair_zscore", "flair_zscore_smoothed")
         for name, r in list(grp["cases"].items()) + [("**pooled**", grp["pooled"])]:
             cells = []
             for key, _ in COLUMNS:
-                if key in ANODODE_ONLY:
+                if key in ANODODE_ONLY and g != "raw":
                     cells.append(_fmt(r["anodode"].get(key)))
                 else:
-                    cells.append(
-                        " / ".join(
-                            _fmt(r[m].get(key)) for m in ("anodode", "flair_zscore", "flair_zscore_smoothed")
-                        )
-                    )
+                    cells.append(" / ".join(_fmt(r[m].get(key)) for m in shown))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
@@ -401,6 +486,7 @@ def run(
     features: dict | None = None,
     save_models: bool = False,
     from_models: Path | None = None,
+    groups: tuple[str, ...] = GROUPS,
 ) -> dict:
     cfg = model_config()
     changes = {**(features or {}), **({} if slice_position else {"slice_position": False})}
@@ -414,36 +500,46 @@ def run(
     tc = dataclasses.replace(TrainConfig(), steps=steps)
     variants = list(variants or [])
     brats, wmh, isles = brats_family_cases(), wmh_clinical_cases(), isles_cases()
-    if len(brats) < folds or not wmh or not isles:
+    raw = raw_clinical_cases()
+    if len(brats) < folds or not wmh or not isles or ("raw" in groups and not raw):
         raise FileNotFoundError(
-            "the three groups need ../shared/data (8 BraTS-family, wmh_clinical, isles22)"
+            "the groups need ../shared/data (8 BraTS-family, wmh_clinical, isles22, raw_clinical_ms)"
         )
     t0 = time.perf_counter()
+    # run k keeps its number (OUTPUT/models/runK) whichever groups are scored
+    runs = [
+        (k, train, [(g, n) for g, n in targets if g in groups])
+        for k, (train, targets) in enumerate(plan(brats, wmh, isles, folds, train_wmh, raw), start=1)
+    ]
+    runs = [r for r in runs if r[2]]
     cases = {c.name: c for c in brats + wmh + isles}
-    loaded = {n: load_case(c, cfg, tc.healthy, tc.tumour_margin_mm) for n, c in cases.items()}
+    needed = {n for _, train, targets in runs for n in train + [n for g, n in targets if g != "raw"]}
+    loaded = {n: load_case(c, cfg, tc.healthy, tc.tumour_margin_mm) for n, c in cases.items() if n in needed}
+    raw_cases = {c.name: c for c in raw}
     scored: list[CaseScores] = []
-    runs = plan(brats, wmh, isles, folds, train_wmh)
-    for i, (train_names, targets) in enumerate(runs):
+    for number, train_names, targets in runs:
         logger.info(
-            "run %d/%d: training on %d cases, scoring %s",
-            i + 1,
-            len(runs),
-            len(train_names),
-            [n for _, n in targets],
+            "run %d: training on %d cases, scoring %s", number, len(train_names), [n for _, n in targets]
         )
-        saved = from_models / f"run{i + 1}" if from_models is not None else None
+        saved = from_models / f"run{number}" if from_models is not None else None
         model, gaussian, thresholds = train_fold([loaded[n] for n in train_names], cfg, tc, variants, saved)
         if save_models and saved is None:
-            save_model(model, output / "models" / f"run{i + 1}")
-            gaussian.save(output / "models" / f"run{i + 1}" / "gaussian_baseline.npz")
-        scored += [score_case(model, gaussian, loaded[n], g, thresholds, preset) for g, n in targets]
+            save_model(model, output / "models" / f"run{number}")
+            gaussian.save(output / "models" / f"run{number}" / "gaussian_baseline.npz")
+        scored += [
+            score_raw_case(model, raw_cases[n], g, thresholds["anodode"], preset)
+            if g == "raw"
+            else score_case(model, gaussian, loaded[n], g, thresholds, preset)
+            for g, n in targets
+        ]
     results: dict = {
         "protocol": {
             "folds": folds,
             "train_wmh": train_wmh,
             "steps": steps,
             "preset": preset,
-            "runs": [{"train": t, "scored": [n for _, n in s]} for t, s in runs],
+            "groups": list(groups),
+            "runs": [{"run": k, "train": t, "scored": [n for _, n in s]} for k, t, s in runs],
         },
         "config": dataclasses.asdict(cfg),
         "train_config": dataclasses.asdict(tc),
@@ -451,6 +547,8 @@ def run(
     }
     for g in GROUPS:
         mine = [c for c in scored if c.group == g]
+        if not mine:
+            continue
         results["groups"][g] = {
             "cases": {c.name: case_metrics([c]) for c in mine},
             "pooled": case_metrics(mine),
@@ -493,6 +591,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="ablation: clip intensities at this level before the regional average",
+    )
+    ap.add_argument(
+        "--groups",
+        nargs="+",
+        default=list(GROUPS),
+        choices=GROUPS,
+        help="score only these groups (only the training runs they need are made)",
     )
     ap.add_argument("--save-models", action="store_true", help="keep each run's model in OUTPUT/models/runK")
     ap.add_argument(
@@ -544,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             args.save_models,
             args.from_models,
+            tuple(args.groups),
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ BIDS_DIR (:func:`select`), through ``outputs.score_to_files`` (the one scoring p
                                            and ``Description``; written last, it marks the set complete
 ``<source>_desc-anomaly_mask.nii.gz``      the uint8 0/1 label (map > threshold): a BIDS binary mask
 ``<source>_desc-anomaly_mask.json``        its sidecar: ``Type`` "Lesion", ``Sources`` (the map), threshold
+``<source>_desc-brain_mask.nii.gz``        the uint8 0/1 brain the scan was scored over (given or extracted)
 ``<source>_desc-anomaly_FLAIR.png``        the figure (not a BIDS file: listed in ``.bidsignore``)
 =========================================  ====================================================================
 
@@ -95,6 +96,7 @@ class FlairScan:
             {
                 "anomaly": f"{base}_FLAIR.nii.gz",
                 "label": f"{base}_mask.nii.gz",
+                "brainmask": f"{self.source}_desc-brain_mask.nii.gz",
                 "figure": f"{base}_FLAIR.png",
                 "report": f"{base}_FLAIR.json",
             },

@@ -4,7 +4,8 @@
                   [--contrast NAME=PATH] [--model DIR] [--output-dir DIR]
                   [--device auto|cpu|cuda] [--threshold T] [--preset fast|standard|exact]
     anodode bids  BIDS_DIR OUTPUT_DIR participant|group [--participant-label L ...] [--session S ...]
-                  [--model DIR] [--device ...] [--threshold T] [--preset ...]   the BIDS-App (bids.py)
+                  [--brain-extraction ...] [--model DIR] [--device ...] [--threshold T] [--preset ...]
+                                         the BIDS-App (bids.py)
     anodode demo  [--output-dir DIR]     score a synthetic phantom with the bundled model (offline)
     anodode info  [--model DIR]          model, torch build and device
 
@@ -532,13 +533,22 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
 
+    def brain_extraction_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--brain-extraction",
+            default="auto",
+            choices=EXTRACTION_MODES,
+            help="without a brain mask: auto (extract the brain when the scan does not look skull-stripped; "
+            "default), always, never (use the non-background region)",
+        )
+
     s = sub.add_parser(
         "score",
         help="score one or more 3-D scans",
         description="Score each INPUT: a 3-D image file (NIfTI, NRRD, MHA, ...), a DICOM series folder, or a "
-        "folder of NIfTI/NRRD/MHA files (every image in it, not its subfolders). Writes <stem>_anomaly, "
-        "_label, _figure and _report per input and summary.csv/.json into --output-dir (README.md, 'Score "
-        "your own scan').",
+        "folder of NIfTI/NRRD/MHA files (every image in it, not its subfolders); raw head scans or "
+        "skull-stripped ones. Writes <stem>_anomaly, _label, _brainmask, _figure and _report per input and "
+        "summary.csv/.json into --output-dir (README.md, 'Score your own scan').",
     )
     s.add_argument(
         "inputs",
@@ -554,13 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="brain mask on the input's grid (repeat once per input); default: extracted from a raw head "
         "scan, the non-background region of a skull-stripped one",
     )
-    s.add_argument(
-        "--brain-extraction",
-        default="auto",
-        choices=EXTRACTION_MODES,
-        help="without --mask: auto (extract the brain when the scan does not look skull-stripped; default), "
-        "always, never (use the non-background region)",
-    )
+    brain_extraction_option(s)
     s.add_argument(
         "--contrast",
         action="append",
@@ -593,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="participants to analyse (sub-<L> folders; default: all)",
     )
     b.add_argument("--session", nargs="+", default=None, metavar="S", help="sessions (default: all)")
+    brain_extraction_option(b)
     common(b)
     b.set_defaults(func=cmd_bids)
     d = sub.add_parser("demo", help="score a synthetic phantom with the bundled model (offline)")

@@ -36,16 +36,19 @@ DERIVATIVES = [
     "sub-01/anat/sub-01_desc-anomaly_FLAIR.png",
     "sub-01/anat/sub-01_desc-anomaly_mask.nii.gz",
     "sub-01/anat/sub-01_desc-anomaly_mask.json",
+    "sub-01/anat/sub-01_desc-brain_mask.nii.gz",
     "sub-02/ses-1/anat/sub-02_ses-1_acq-ax_run-1_desc-anomaly_FLAIR.nii.gz",
     "sub-02/ses-1/anat/sub-02_ses-1_acq-ax_run-1_desc-anomaly_FLAIR.json",
     "sub-02/ses-1/anat/sub-02_ses-1_acq-ax_run-1_desc-anomaly_FLAIR.png",
     "sub-02/ses-1/anat/sub-02_ses-1_acq-ax_run-1_desc-anomaly_mask.nii.gz",
     "sub-02/ses-1/anat/sub-02_ses-1_acq-ax_run-1_desc-anomaly_mask.json",
+    "sub-02/ses-1/anat/sub-02_ses-1_acq-ax_run-1_desc-brain_mask.nii.gz",
     "sub-02/ses-2/anat/sub-02_ses-2_desc-anomaly_FLAIR.nii.gz",
     "sub-02/ses-2/anat/sub-02_ses-2_desc-anomaly_FLAIR.json",
     "sub-02/ses-2/anat/sub-02_ses-2_desc-anomaly_FLAIR.png",
     "sub-02/ses-2/anat/sub-02_ses-2_desc-anomaly_mask.nii.gz",
     "sub-02/ses-2/anat/sub-02_ses-2_desc-anomaly_mask.json",
+    "sub-02/ses-2/anat/sub-02_ses-2_desc-brain_mask.nii.gz",
 ]
 
 
