@@ -19,6 +19,7 @@ def test_plan_never_trains_on_a_scored_case_and_scores_every_case_once(train_wmh
     brats, wmh, isles = _cases("b", 8), _cases("w", 3), _cases("i", 1)
     runs = heldout.plan(brats, wmh, isles, 4, train_wmh)
     scored = [n for _, targets in runs for _, n in targets]
+    assert not any(g == "raw" for _, t in runs for g, _ in t)  # no raw cases given: no raw group
     assert sorted(scored) == sorted(c.name for c in brats + wmh + isles)
     for train, targets in runs:
         assert not set(train) & {n for _, n in targets}
@@ -28,6 +29,17 @@ def test_plan_never_trains_on_a_scored_case_and_scores_every_case_once(train_wmh
     assert all(groups[c.name] == "brats" for c in brats) and all(groups[c.name] == "wmh" for c in wmh)
     assert len(runs) == (4 + 3 + 1 if train_wmh else 4 + 1)
     assert [n for _, n in runs[1][1]] == ["b1", "b5"]  # fold k scores cases k, k + folds
+
+
+def test_raw_cases_are_scored_by_the_model_that_saw_no_raw_scan():
+    brats, wmh, isles, raw = _cases("b", 8), _cases("w", 3), _cases("i", 1), _cases("r", 2)
+    runs = heldout.plan(brats, wmh, isles, 4, True, raw)
+    raw_runs = [(train, targets) for train, targets in runs if any(g == "raw" for g, _ in targets)]
+    assert len(raw_runs) == 1
+    train, targets = raw_runs[0]
+    assert sorted(n for g, n in targets if g == "raw") == ["r0", "r1"]
+    assert not any(n.startswith("r") for t, _ in runs for n in t)  # no raw case is trained on
+    assert sorted(train) == sorted(c.name for c in brats + wmh)  # the model trained on every training case
 
 
 def _case_scores(name, truth, anodode, z, slices_truth, thr):
