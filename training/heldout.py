@@ -50,7 +50,7 @@ from AnoDODELib.anomaly_map import (
     smooth_on_grid,
 )
 from AnoDODELib.bundle import AnoDODEModel, load_model, save_model
-from AnoDODELib.config import LocalisationConfig
+from AnoDODELib.config import BIAS_CORRECTIONS, LocalisationConfig
 from AnoDODELib.pipeline import (
     canonical_map,
     canonical_slice_scores,
@@ -487,8 +487,13 @@ def run(
     save_models: bool = False,
     from_models: Path | None = None,
     groups: tuple[str, ...] = GROUPS,
+    bias_correction: str | None = None,
 ) -> dict:
     cfg = model_config()
+    if bias_correction is not None:
+        cfg = dataclasses.replace(
+            cfg, preprocess=dataclasses.replace(cfg.preprocess, bias_correction=bias_correction)
+        )
     changes = {**(features or {}), **({} if slice_position else {"slice_position": False})}
     if changes:
         feats = dataclasses.replace(cfg.features, **changes)
@@ -599,6 +604,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=GROUPS,
         help="score only these groups (only the training runs they need are made)",
     )
+    ap.add_argument(
+        "--bias-correction",
+        choices=BIAS_CORRECTIONS,
+        default=None,
+        help="the preprocessing's bias-field correction (default: the shipped recipe's)",
+    )
     ap.add_argument("--save-models", action="store_true", help="keep each run's model in OUTPUT/models/runK")
     ap.add_argument(
         "--from-models",
@@ -650,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
             args.save_models,
             args.from_models,
             tuple(args.groups),
+            args.bias_correction,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
