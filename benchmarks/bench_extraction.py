@@ -98,7 +98,8 @@ def main() -> int:
         print(f"  {k}: {v['median_s']:.1f}  ({', '.join(f'{x:.1f}' for x in v['runs_s'])})")
     if args.json:
         args.json.write_text(
-            json.dumps({"threads": args.threads, "device": args.device, **summary}, indent=2)
+            json.dumps({"threads": args.threads, "device": args.device, **summary}, indent=2),
+            encoding="utf-8",
         )
     return 0
 

@@ -145,7 +145,7 @@ def test_raw_scan_scored_over_the_extracted_brain_only(fake, tmp_path, tiny_mode
     assert entry["source"] == "extracted" and entry["tool"] == "stand-in 1.0"
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     assert entry["volume_ml"] == pytest.approx(brain.sum() * voxel_ml, abs=1e-3)
-    assert json.loads(files["report"].read_text())["brain_mask"] == entry
+    assert json.loads(files["report"].read_text(encoding="utf-8"))["brain_mask"] == entry
     assert report["outputs"]["brainmask"] == str(files["brainmask"])
 
 
