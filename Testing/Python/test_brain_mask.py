@@ -133,7 +133,7 @@ def test_raw_scan_scored_over_the_extracted_brain_only(fake, tmp_path, tiny_mode
     fake(brain)
     outputs = OutputSet.with_stem(tmp_path / "out", "raw")
     report = score_to_files(
-        ScanInputs(path), outputs, load_model(tiny_model_dir), device="cpu", threshold=-1e9
+        ScanInputs(path), outputs, load_model(tiny_model_dir), device="cpu", threshold=0.0
     )
     files = outputs.paths()
     written = sitk.ReadImage(str(files["brainmask"]))

@@ -532,9 +532,16 @@ def test_a_folder_scored_into_itself_can_be_scored_again(phantom_file, tiny_mode
         assert r.returncode == 0, (run, r.stderr)
         rows = json.loads((study / "summary.json").read_text(encoding="utf-8"))["rows"]
         assert [(row["input"], row["status"]) for row in rows] == [(str(study / "a.nii.gz"), "ok")], run
-    assert "left out 2 file(s) an earlier AnoDODE run wrote there" in r.stderr
+    assert "left out 3 file(s) an earlier AnoDODE run wrote there" in r.stderr
     assert sorted(p.name for p in study.iterdir()) == sorted(
-        ["a.nii.gz", "a_anomaly.nii.gz", "a_label.nii.gz", "a_figure.png", "a_report.json"]
+        [
+            "a.nii.gz",
+            "a_anomaly.nii.gz",
+            "a_label.nii.gz",
+            "a_brainmask.nii.gz",
+            "a_figure.png",
+            "a_report.json",
+        ]
         + ["summary.csv", "summary.json"]
     )
     # a folder holding nothing but outputs has nothing to score
@@ -632,7 +639,7 @@ def test_warnings_get_a_line_of_their_own_beside_the_progress_bar(phantom_file, 
     env = {**os.environ, "COLUMNS": "100"}
     r = subprocess.run(
         [sys.executable, "-m", "AnoDODELib.cli", "score", str(path), "--model", str(tiny_model_dir)]
-        + ["--output-dir", str(tmp_path / "out"), "--preset", "fast"],
+        + ["--output-dir", str(tmp_path / "out"), "--preset", "fast", "--brain-extraction", "never"],
         capture_output=True,
         text=True,
         encoding="utf-8",

@@ -188,7 +188,15 @@ def test_score_writes_the_seg_with_the_set(series, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     assert score(folder, out, tiny_model_dir) == 0
     assert set_files(out) == sorted(
-        f"series_{k}" for k in ("anomaly.nii.gz", "label.nii.gz", "figure.png", "report.json", "seg.dcm")
+        f"series_{k}"
+        for k in (
+            "anomaly.nii.gz",
+            "label.nii.gz",
+            "brainmask.nii.gz",
+            "figure.png",
+            "report.json",
+            "seg.dcm",
+        )
     )
     report = json.loads((out / "series_report.json").read_text(encoding="utf-8"))
     assert report["outputs"]["dicom_seg"] == str(out / "series_seg.dcm")
@@ -210,7 +218,8 @@ def test_without_highdicom_nifti_outputs_and_one_line(series, tiny_model_dir, tm
     with caplog.at_level(logging.WARNING):
         assert score(folder, out, tiny_model_dir) == 0
     assert set_files(out) == sorted(
-        f"series_{k}" for k in ("anomaly.nii.gz", "label.nii.gz", "figure.png", "report.json")
+        f"series_{k}"
+        for k in ("anomaly.nii.gz", "label.nii.gz", "brainmask.nii.gz", "figure.png", "report.json")
     )
     lines = [r.getMessage() for r in caplog.records if "DICOM SEG" in r.getMessage()]
     assert lines == [

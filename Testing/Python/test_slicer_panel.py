@@ -175,7 +175,8 @@ def test_describe_device():
 
 
 def test_real_scan_warnings_reach_the_panel(tmp_path, tiny_model_dir):
-    """A clinical scan with 6.5 mm slices and its skull: the worker's warnings come out as panel messages."""
+    """A clinical scan with 6.5 mm slices and its skull: the worker's warnings come out as panel messages; the
+    brain is extracted (said in the log), so there is no "not skull-stripped" warning."""
     import subprocess
 
     from AnoDODESlicerLib.child_process import workerEnvironment
@@ -198,7 +199,8 @@ def test_real_scan_warnings_reach_the_panel(tmp_path, tiny_model_dir):
     )
     warnings = panel.engineWarnings(proc.stderr.splitlines())
     assert any("thick slices" in w for w in warnings), proc.stderr
-    assert any("skull-stripped" in w for w in warnings), proc.stderr
+    assert not any("skull-stripped" in w for w in warnings), proc.stderr
+    assert "brain extracted with HD-BET" in proc.stderr
 
 
 # ----------------------------------------------------------------------------- sample data and self-test checks

@@ -525,7 +525,8 @@ def test_the_several_series_warning_reaches_the_user_and_the_report(tmp_path, ti
     out = tmp_path / "out"
     r = subprocess.run(
         [sys.executable, "-m", "AnoDODELib.cli", "score", str(folder), "--model", str(tiny_model_dir)]
-        + ["--output-dir", str(out), "--preset", "fast", "--quiet"],
+        + ["--output-dir", str(out), "--preset", "fast", "--quiet"]
+        + ["--brain-extraction", "never"],  # a synthetic series, not a head
         capture_output=True,
         text=True,
         encoding="utf-8",

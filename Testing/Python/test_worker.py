@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "AnoDODE"))
 from AnoDODESlicerLib import child_process as AnoDODEProcess
 
 FLAIR = ("brats2012", "BRATS_HG0015", "BRATS_HG0015_FLAIR.mha")
-OUTPUTS = ("anomaly.nrrd", "label.nrrd", "figure.png", "report.json")
+OUTPUTS = ("anomaly.nrrd", "label.nrrd", "brainmask.nrrd", "figure.png", "report.json")
 
 
 def worker_env() -> dict:
@@ -271,7 +271,7 @@ def test_no_figure_renders_nothing_and_warns_of_nothing(small_scan, tiny_model_d
     out = tmp_path / "no_figure"
     assert sorted(p.name for p in out.iterdir()) == sorted(set(OUTPUTS) - {"figure.png"})
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert set(report["outputs"]) == {"anomaly", "label", "report"}
+    assert set(report["outputs"]) == {"anomaly", "label", "brainmask", "report"}
     plain = json.loads((tmp_path / "plain" / "report.json").read_text(encoding="utf-8"))
     assert report["slice_scores"] == plain["slice_scores"]  # the same scores, only the figure left out
     assert build_command("py", "a", "b", figure=False)[-1] == "--no-figure"
