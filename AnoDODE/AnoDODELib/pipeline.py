@@ -288,7 +288,9 @@ def score_locations(
     if solver is None:
         solver = dataclasses.replace(PRESETS["standard"].likelihood, t_eps=model.config.sde.t_eps)
     loc_cfg = model.config.localisation
-    y_all = model.standardiser(features.float()).detach()
+    # standardised where the standardiser's buffers are (a model moved to the GPU has them there), kept on the
+    # CPU: each chunk goes to ``device`` in _score_chunk
+    y_all = model.standardiser(features.float().to(model.standardiser.mean.device)).detach().cpu()
     context = context.float()
     n = y_all.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(seed)

@@ -256,3 +256,14 @@ def test_slice_score_is_the_top_area_mean_of_the_hyperintense_gated_likelihood_m
     assert 1 < k < brain.sum()
     top = np.sort(lmap[target][brain].astype(np.float64))[-k:]
     assert got[target] == pytest.approx(float(top.mean()), rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run it on a GPU machine)")
+def test_a_model_moved_to_the_gpu_scores_cpu_features_as_on_the_cpu(tiny_model_dir, problem):
+    """training.train calibrates with the model moved to the GPU and the features on the CPU: the standardiser
+    used to fail there ("Expected all tensors to be on the same device", issue 21)."""
+    feats, ctx = problem
+    on_cpu = score_locations(load_model(tiny_model_dir), feats, ctx, device="cpu")
+    on_gpu = score_locations(load_model(tiny_model_dir).to("cuda"), feats, ctx, device="cuda")
+    assert on_gpu.bpd.device.type == "cpu"
+    np.testing.assert_allclose(on_gpu.bpd.numpy(), on_cpu.bpd.numpy(), rtol=1e-4, atol=1e-4)
